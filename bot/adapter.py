@@ -1,0 +1,55 @@
+"""The adapter extension point: how `parley serve` finds and runs platform adapters.
+
+Adapters live in the `adapters` package and plug in through the `parley.adapters`
+entry-point group (see pyproject.toml), so `bot/` never imports an adapter. An
+entry point names a factory `create(runtime) -> Adapter | None`; it returns None
+when its platform is not configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol
+
+from bot.inbox import Inbox
+from bot.reply import ReplySink
+from bot.turns import Turn
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Adapter(Protocol):
+    platform: str
+
+    async def run(self, inbox: Inbox) -> None:
+        """Own the platform connection: put each user message into the inbox as a Turn
+        and acknowledge the platform. Runs until cancelled, then closes the connection."""
+        ...
+
+    def sink_for(self, turn: Turn) -> ReplySink:
+        """Where the answer to `turn` goes."""
+        ...
+
+
+AdapterFactory = Callable[["Runtime"], "Adapter | None"]
+
+
+def adapter_factories() -> dict[str, AdapterFactory]:
+    return {ep.name: ep.load() for ep in entry_points(group="parley.adapters")}
+
+
+def configured_adapters(runtime: Runtime, *, exclude: tuple[str, ...] = ("console",)) -> list[Adapter]:
+    adapters = []
+    for name, factory in sorted(adapter_factories().items()):
+        if name in exclude:
+            continue
+        adapter = factory(runtime)
+        if adapter is not None:
+            log.info("adapter %s enabled", name)
+            adapters.append(adapter)
+    return adapters

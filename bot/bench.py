@@ -1,0 +1,206 @@
+"""`parley bench`: Parley against the same requests sent straight to vLLM, in one run.
+
+K conversations of T turns run concurrently twice: once through the dialogue
+manager (context store, dedupe, prompt layout, LLM client: everything but a
+platform), once as plain streaming HTTP requests to vLLM carrying identical
+prompts. Both runs ask for exactly `--max-tokens` tokens (`ignore_eos`), and
+their texts are tagged per run so neither warms the other's prefix cache.
+It prints both throughputs and their ratio, Parley's own time per turn (the
+turn's time minus the time spent waiting on the engine) and the prefix-cache hit
+rate of prompt tokens from vLLM's `/metrics`, overall and from the third turn on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from bot.config import Settings
+from bot.context import Context, Message
+from bot.prompts import build_messages
+from bot.runtime import Runtime, open_runtime
+from bot.turns import Outcome, Turn
+
+TOPICS = (
+    "how to rotate the API keys for our staging workspace without downtime",
+    "why the nightly export to the data warehouse sometimes finishes twice",
+    "what the difference is between the team plan and the business plan for guests",
+    "how to move a shared channel from one workspace to another and keep its history",
+    "whether the mobile app can keep working offline during a flight",
+    "how single sign-on interacts with the guest accounts of contractors",
+    "what happens to scheduled messages when their author is deactivated",
+    "how to set up an on-call rotation that follows the sun across three offices",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conversations", "-k", type=int, default=8, help="concurrent conversations (default 8)")
+    parser.add_argument("--turns", "-t", type=int, default=6, help="turns per conversation (default 6)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
+
+
+def _question(run: str, conv: int, turn: int) -> str:
+    topic = TOPICS[(conv + turn) % len(TOPICS)]
+    return (
+        f"[{run} chat {conv}, question {turn}] I'd like to understand {topic}. Please explain the steps, "
+        "the settings involved, and anything an administrator should check before and after the change."
+    )
+
+
+def prometheus_sum(text: str, name: str) -> float:
+    """Sum of one metric over all its label sets in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@dataclass
+class CacheReading:
+    hits: float
+    queries: float
+    generated: float
+
+    def __sub__(self, other: CacheReading) -> CacheReading:
+        return CacheReading(self.hits - other.hits, self.queries - other.queries, self.generated - other.generated)
+
+    def __add__(self, other: CacheReading) -> CacheReading:
+        return CacheReading(self.hits + other.hits, self.queries + other.queries, self.generated + other.generated)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+async def _reading(runtime: Runtime) -> CacheReading:
+    text = await runtime.llm.metrics_text()
+    return CacheReading(
+        prometheus_sum(text, "vllm:prefix_cache_hits_total"),
+        prometheus_sum(text, "vllm:prefix_cache_queries_total"),
+        prometheus_sum(text, "vllm:generation_tokens_total"),
+    )
+
+
+class _NullSink:
+    """Consumes the stream as a platform sink would, without a platform."""
+
+    async def send(self, text: str) -> None:
+        return None
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        return "".join([c async for c in chunks])
+
+
+@dataclass
+class RunResult:
+    name: str
+    seconds: float
+    early: CacheReading  # turns 1-2
+    late: CacheReading  # turns 3..T
+    added: list[float]
+
+    @property
+    def total(self) -> CacheReading:
+        return self.early + self.late
+
+    @property
+    def throughput(self) -> float:
+        return self.total.generated / self.seconds if self.seconds else 0.0
+
+
+async def _phased(runtime: Runtime, turns: int, conversations: int, one_turn: Callable[[int, int], object]) -> tuple[float, CacheReading, CacheReading]:
+    """Turns 1-2 of every conversation, a metrics reading, then turns 3..T."""
+
+    async def conversation(conv: int, first: int, last: int) -> None:
+        for t in range(first, last + 1):
+            await one_turn(conv, t)  # type: ignore[misc]
+
+    start_reading = await _reading(runtime)
+    started = time.perf_counter()
+    await asyncio.gather(*(conversation(c, 1, min(2, turns)) for c in range(conversations)))
+    elapsed = time.perf_counter() - started
+    mid_reading = await _reading(runtime)
+    started = time.perf_counter()
+    if turns > 2:
+        await asyncio.gather(*(conversation(c, 3, turns) for c in range(conversations)))
+    elapsed += time.perf_counter() - started
+    end_reading = await _reading(runtime)
+    return elapsed, mid_reading - start_reading, end_reading - mid_reading
+
+
+async def _through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
+    run = f"P{uuid.uuid4().hex[:6]}"
+    added: list[float] = []
+
+    async def one_turn(conv: int, turn: int) -> None:
+        reply = await runtime.manager.handle(
+            Turn(platform="bench", tenant=run, channel=str(conv), user="bench", text=_question(run, conv, turn), event_id=f"{run}-{conv}-{turn}"),
+            _NullSink(),
+        )
+        if reply.outcome is not Outcome.ANSWERED:
+            raise RuntimeError(f"bench turn {conv}/{turn} ended {reply.outcome}: {reply.error}")
+        added.append(reply.total - reply.llm_time)
+
+    seconds, early, late = await _phased(runtime, t, k, one_turn)
+    return RunResult("parley", seconds, early, late, added)
+
+
+async def _direct(runtime: Runtime, settings: Settings, k: int, t: int, max_tokens: int) -> RunResult:
+    run = f"D{uuid.uuid4().hex[:6]}"
+    model = await runtime.llm.model()
+    histories: dict[int, list[Message]] = {c: [] for c in range(k)}
+    async with httpx.AsyncClient(timeout=settings.llm.total_timeout, limits=httpx.Limits(max_connections=k + 4)) as http:
+
+        async def one_turn(conv: int, turn: int) -> None:
+            text = _question(run, conv, turn)
+            messages = build_messages(settings.context.system_prompt, Context(tuple(histories[conv])), text)
+            body = {
+                "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": settings.llm.temperature,
+                "stream": True, "ignore_eos": True,
+            }
+            answer = ""
+            async with http.stream("POST", f"{runtime.llm.base_url}/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                        for choice in json.loads(line[5:]).get("choices", ()):
+                            answer += (choice.get("delta") or {}).get("content") or ""
+            histories[conv] += [Message("user", text, 0), Message("assistant", answer, 0)]
+
+        seconds, early, late = await _phased(runtime, t, k, one_turn)
+    return RunResult("direct", seconds, early, late, [])
+
+
+def _ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    k, t = args.conversations, args.turns
+    llm = settings.llm.model_copy(update={"max_tokens": args.max_tokens, "extra_body": {**settings.llm.extra_body, "ignore_eos": True}})
+    settings = settings.model_copy(update={"llm": llm})
+    async with open_runtime(settings, say) as runtime:
+        say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, against {runtime.llm.base_url}")
+        await _direct(runtime, settings, 2, 1, 4)  # warm-up: model discovery, connections
+        direct = await _direct(runtime, settings, k, t, args.max_tokens)
+        parley = await _through_parley(runtime, k, t)
+    ratio = parley.throughput / direct.throughput if direct.throughput else 0.0
+    print(f"turns per run              {k * t} ({k} conversations x {t} turns, {args.max_tokens} tokens each)")
+    print(f"throughput direct          {direct.throughput:8.1f} tokens/s  ({direct.seconds:.2f} s)")
+    print(f"throughput through Parley  {parley.throughput:8.1f} tokens/s  ({parley.seconds:.2f} s)")
+    print(f"throughput ratio           {ratio:8.3f}  (Parley / direct)")
+    print(f"Parley time per turn       p50 {_ms(parley.added, 0.5):.2f} ms   p99 {_ms(parley.added, 0.99):.2f} ms   "
+          f"mean {statistics.fmean(parley.added) * 1000:.2f} ms")
+    for result in (direct, parley):
+        print(f"prefix-cache hit rate {result.name:<7} all turns {result.total.hit_rate:6.1%}   "
+              f"turns 1-2 {result.early.hit_rate:6.1%}   turns 3+ {result.late.hit_rate:6.1%}")

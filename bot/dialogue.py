@@ -1,0 +1,236 @@
+"""The dialogue manager: runs one turn from its arrival to its saved answer.
+
+For each turn: keep the conversation's turns in order, drop platform retries,
+answer commands, check the input, load the context, run the handler, stream
+the answer into the reply sink, save both sides. Every turn ends in exactly one
+logged `Outcome`; no error escapes without the user being told something.
+
+`serve` is the worker loop over an inbox: different conversations run
+concurrently (bounded by `max_in_flight`), turns of one conversation strictly one
+after another in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+
+from bot import messages
+from bot.config import Settings
+from bot.context import Context, ContextStore, Message
+from bot.dedupe import Deduper
+from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError
+from bot.handlers import Handler
+from bot.inbox import Inbox
+from bot.llm import LLMClient
+from bot.logs import turn_fields
+from bot.reply import ReplySink, SinkFactory
+from bot.turns import ConversationKey, Outcome, Reply, Turn
+
+log = logging.getLogger(__name__)
+
+
+class KeyedLocks:
+    """One FIFO lock per conversation, kept only while someone holds or waits for it.
+
+    `hold` takes the lock before its first suspension, so turns that start in
+    arrival order also acquire in arrival order (asyncio.Lock is fair).
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[ConversationKey, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What the handler produced, as the guarded stream saw it."""
+
+    text: str = ""
+    error: LLMError | None = None
+    first_token: float | None = None
+    llm_time: float = 0.0
+
+
+class DialogueManager:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ContextStore,
+        deduper: Deduper,
+        llm: LLMClient,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._deduper = deduper
+        self._llm = llm
+        self._handlers = handlers
+        self._locks = KeyedLocks()
+        self._slots = asyncio.Semaphore(settings.dialogue.max_in_flight)
+
+    # -- one turn ------------------------------------------------------------------------
+
+    async def handle(self, turn: Turn, sink: ReplySink) -> Reply:
+        """Run one turn to its end. Never raises except for cancellation."""
+        started = time.perf_counter()
+        async with self._locks.hold(turn.key):
+            try:
+                reply = await self._run(turn, sink, started)
+            except ParleyError as exc:
+                reply = await self._fail(turn, sink, exc, started, expected=True)
+            except Exception as exc:  # the error boundary around one turn
+                reply = await self._fail(turn, sink, exc, started, expected=False)
+        log.info(
+            "turn %s in %.0f ms (llm %.0f ms, first token %s)",
+            reply.outcome,
+            reply.total * 1000,
+            reply.llm_time * 1000,
+            f"{reply.ttft * 1000:.0f} ms" if reply.ttft is not None else "-",
+            extra=turn_fields(turn),
+        )
+        return reply
+
+    async def _run(self, turn: Turn, sink: ReplySink, started: float) -> Reply:
+        if not await self._deduper.claim(turn):
+            return self._reply(turn, Outcome.DUPLICATE, started)
+        if turn.command == "help":
+            await sink.send(messages.HELP)
+            return self._reply(turn, Outcome.COMMAND, started, text=messages.HELP)
+        if turn.command == "reset":
+            await self._store.reset(turn.key)
+            await sink.send(messages.RESET_DONE)
+            return self._reply(turn, Outcome.COMMAND, started, text=messages.RESET_DONE)
+        try:
+            self._check(turn.text)
+        except InputRejected as exc:
+            log.info("input rejected: %s", exc, extra=turn_fields(turn))
+            text = messages.for_user(exc)
+            await sink.send(text)
+            return self._reply(turn, Outcome.REJECTED, started, text=text, error=exc.reason)
+
+        # Counting the user's tokens runs beside the context load and the answer.
+        user_tokens = asyncio.create_task(self._count(turn.text))
+        try:
+            context = await self._store.load(turn.key)
+            answer = _Answer()
+            shown = await sink.stream(self._guarded(self._route(turn).answer(turn, context), answer))
+            if not shown.strip():
+                # An engine that ends with nothing visible must not leave the user in silence.
+                shown = messages.EMPTY_ANSWER
+                await sink.send(shown)
+            new = [Message("user", turn.text, await user_tokens)]
+            if answer.text.strip():
+                new.append(Message("assistant", answer.text, await self._count(answer.text)))
+            await self._store.save(turn.key, context, new)
+        finally:
+            user_tokens.cancel()
+        if answer.error is not None:
+            log.warning("answer failed: %r", answer.error, extra=turn_fields(turn))
+        return self._reply(
+            turn,
+            Outcome.FAILED if answer.error else Outcome.ANSWERED,
+            started,
+            text=shown,
+            error=type(answer.error).__name__ if answer.error else "",
+            ttft=answer.first_token - started if answer.first_token else None,
+            llm_time=answer.llm_time,
+        )
+
+    def _route(self, turn: Turn) -> Handler:
+        # Only plain chat exists so far; intent routing replaces this choice.
+        return self._handlers["chat"]
+
+    def _check(self, text: str) -> None:
+        if not text.strip():
+            raise InputRejected("empty")
+        limit = self._settings.context.max_input_chars
+        if len(text) > limit:
+            raise InputRejected("too_long", length=len(text), limit=limit)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from bytes that were not UTF-8
+            raise InputRejected("invalid_utf8", length=len(text)) from None
+
+    async def _guarded(self, deltas: AsyncIterator[str], answer: _Answer) -> AsyncIterator[str]:
+        """The handler's stream as the sink sees it: an LLM failure becomes a notice to
+        the user (appended if the answer had started), never an exception in the sink."""
+        started = time.perf_counter()
+        try:
+            async with aclosing(deltas):
+                async for delta in deltas:
+                    if answer.first_token is None:
+                        answer.first_token = time.perf_counter()
+                    answer.text += delta
+                    yield delta
+        except LLMError as exc:
+            answer.error = exc
+            yield messages.interrupted(exc) if answer.text.strip() else messages.for_user(exc)
+        finally:
+            answer.llm_time = time.perf_counter() - started
+
+    async def _count(self, text: str) -> int:
+        try:
+            return await self._llm.count_tokens(text)
+        except LLMError:
+            # The engine is down (the turn is failing anyway): estimate, ~4 chars a token.
+            return len(text) // 4 + 1
+
+    async def _fail(self, turn: Turn, sink: ReplySink, exc: BaseException, started: float, *, expected: bool) -> Reply:
+        if expected:
+            log.error("turn failed: %r", exc, extra=turn_fields(turn))
+        else:
+            log.exception("turn crashed", extra=turn_fields(turn))
+        text = messages.for_user(exc)
+        try:
+            await sink.send(text)
+        except Exception:
+            log.exception("could not tell the user about the failure", extra=turn_fields(turn))
+        return self._reply(turn, Outcome.FAILED, started, text=text, error=type(exc).__name__)
+
+    @staticmethod
+    def _reply(turn: Turn, outcome: Outcome, started: float, **fields: object) -> Reply:
+        return Reply(turn.key, turn.event_id, outcome, total=time.perf_counter() - started, **fields)  # type: ignore[arg-type]
+
+    # -- the worker loop -----------------------------------------------------------------
+
+    async def serve(self, inbox: Inbox, sinks: Mapping[str, SinkFactory]) -> None:
+        """Take turns from the inbox until it is closed, then finish those in flight."""
+        async with asyncio.TaskGroup() as turns:
+            while True:
+                try:
+                    turn = await inbox.get()
+                except InboxClosed:
+                    break
+                await self._slots.acquire()
+                # Created in arrival order; each takes its conversation's lock first thing.
+                turns.create_task(self._serve_one(turn, sinks))
+
+    async def _serve_one(self, turn: Turn, sinks: Mapping[str, SinkFactory]) -> None:
+        try:
+            factory = sinks.get(turn.platform)
+            if factory is None:
+                log.error("no adapter for platform %s; turn dropped", turn.platform, extra=turn_fields(turn))
+                return
+            await self.handle(turn, factory.sink_for(turn))
+        finally:
+            self._slots.release()

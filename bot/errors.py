@@ -1,0 +1,116 @@
+"""Parley's one error tree. Every error carries the data a caller needs to act on it.
+
+User-facing wording for these errors is made in one place, `bot.messages`.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Base of every error Parley raises on purpose."""
+
+
+class ConfigError(ParleyError):
+    """A setting is missing or invalid; `setting` names the environment variable."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
+class InputRejected(ParleyError):
+    """A turn's text cannot be handled as it is (`reason`: empty, too_long, invalid_utf8)."""
+
+    def __init__(self, reason: str, *, length: int = 0, limit: int = 0) -> None:
+        super().__init__(f"input rejected: {reason} (length={length}, limit={limit})")
+        self.reason = reason
+        self.length = length
+        self.limit = limit
+
+
+class StoreUnavailable(ParleyError):
+    """Redis (or another store) could not be reached."""
+
+
+class InboxFull(ParleyError):
+    """The inbox is at its bound; the caller tells the user to try again shortly."""
+
+
+class InboxClosed(ParleyError):
+    """The inbox was closed for shutdown and has nothing left."""
+
+
+class LLMError(ParleyError):
+    """Base for failures talking to the LLM engine. `url` is the engine's base URL."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class EngineUnavailable(LLMError):
+    """The engine refused or dropped the connection (down, restarting, wrong URL)."""
+
+    retryable = True
+
+
+class EngineTimeout(LLMError):
+    """The engine did not answer in time; `phase` is connect, read or total."""
+
+    def __init__(self, message: str, *, url: str = "", phase: str, timeout: float) -> None:
+        super().__init__(message, url=url)
+        self.phase = phase
+        self.timeout = timeout
+
+
+class EngineOverloaded(LLMError):
+    """The engine answered 429 or 503; `retry_after` is in seconds when it said."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, url: str = "", status: int, retry_after: float | None) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class EngineRejected(LLMError):
+    """The engine refused the request as invalid (4xx): retrying cannot help."""
+
+    def __init__(self, message: str, *, url: str = "", status: int, detail: str) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.detail = detail
+
+
+class EngineFailed(LLMError):
+    """The engine failed (5xx other than 503) or answered something we cannot use."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None, detail: str = "") -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.detail = detail
+
+
+class PlatformError(ParleyError):
+    """A chat platform refused a call. `permanent` errors (channel gone, no access) are not retried."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        platform: str,
+        status: int | None = None,
+        code: str = "",
+        retry_after: float | None = None,
+        permanent: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.platform = platform
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.permanent = permanent

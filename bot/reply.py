@@ -1,0 +1,171 @@
+"""The way back to the user: reply sinks, and the post-then-edit streaming they share.
+
+A `ReplySink` is what the dialogue manager writes a turn's answer to. Platforms
+whose messages can be edited (Slack, Discord) only need to provide a
+`MessageEditor` (post a message, edit a message); `EditingSink` does the rest:
+it posts as soon as the first token exists, edits at most once per `interval`
+(coalescing every token in between, never an edit per token), edits a last time
+with the final text, and continues in a new message when the answer outgrows the
+platform's limit, splitting between paragraphs and never inside a code block
+when that can be avoided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable
+from typing import Protocol
+
+from bot.turns import Turn
+
+
+class ReplySink(Protocol):
+    async def send(self, text: str) -> None:
+        """Deliver a complete message (help, an error, a notice)."""
+        ...
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        """Deliver an answer as it is generated; returns the text delivered."""
+        ...
+
+
+class SinkFactory(Protocol):
+    """What an adapter gives the dialogue manager so it can answer a turn later."""
+
+    def sink_for(self, turn: Turn) -> ReplySink: ...
+
+
+class MessageEditor(Protocol):
+    async def post(self, text: str) -> str:
+        """Post a new message; returns its platform id."""
+        ...
+
+    async def edit(self, message_id: str, text: str) -> None: ...
+
+
+FENCE = "```"
+CLOSE_RESERVE = len("\n" + FENCE)
+
+
+def _open_fence(text: str) -> str | None:
+    """The opening line of the code block still open at the end of `text`, if any."""
+    opening = None
+    for line in text.split("\n"):
+        if line.lstrip().startswith(FENCE):
+            opening = None if opening is not None else line.strip()
+    return opening
+
+
+def split_first(text: str, limit: int) -> tuple[str, str]:
+    """Cut `text` into a first page of at most `limit` characters and the rest.
+
+    Prefers, in order: a paragraph break outside code, a line break outside code
+    (each only if it leaves a page at least a third full), a line break inside a
+    code block (the block is closed on this page and reopened on the next), a
+    space, and finally a hard cut. The choice depends only on the first `limit`
+    characters, so a page does not change once the answer has grown past it.
+    """
+    if len(text) <= limit:
+        return text, ""
+    window = text[: limit - CLOSE_RESERVE]
+    floor = limit // 3
+
+    def outside_code(sep: str) -> int:
+        pos = window.rfind(sep)
+        while pos >= floor:
+            if _open_fence(window[:pos]) is None:
+                return pos
+            pos = window.rfind(sep, 0, pos)
+        return -1
+
+    for sep in ("\n\n", "\n"):
+        cut = outside_code(sep)
+        if cut > 0:
+            return text[:cut].rstrip(), text[cut:].lstrip("\n")
+    cut = window.rfind("\n")
+    if cut < floor:
+        cut = window.rfind(" ")
+    if cut < floor:
+        cut = len(window)
+    head, rest = text[:cut], text[cut:].lstrip("\n") if text[cut : cut + 1] == "\n" else text[cut:]
+    fence = _open_fence(head)
+    if fence is not None:
+        head, rest = head.rstrip("\n") + "\n" + FENCE, fence + "\n" + rest
+    return head, rest
+
+
+def split_pages(text: str, limit: int) -> list[str]:
+    pages = []
+    while True:
+        page, text = split_first(text, limit)
+        pages.append(page)
+        if not text:
+            return pages
+
+
+class EditingSink:
+    """`ReplySink` for platforms that post then edit. One instance per answer."""
+
+    def __init__(self, editor: MessageEditor, *, limit: int, interval: float) -> None:
+        self._editor = editor
+        self._limit = limit
+        self._interval = interval
+        self._ids: list[str] = []  # platform ids of the messages posted so far, in order
+        self._shown: list[str] = []  # what each of them shows now
+        self.first_visible_at: float | None = None
+        self.calls = 0  # posts and edits made, for the benchmarks
+
+    async def send(self, text: str) -> None:
+        await self._show(text)
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        text = ""
+        dirty = asyncio.Event()
+        done = False
+
+        async def flush() -> None:
+            # Runs beside the token loop, so a slow platform call never stalls reading
+            # the engine's stream; tokens that arrive meanwhile go into the next edit.
+            while True:
+                await dirty.wait()
+                dirty.clear()
+                started = time.monotonic()
+                await self._show(text)
+                if done and not dirty.is_set():
+                    return
+                await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+        flusher = asyncio.create_task(flush())
+        try:
+            async for chunk in chunks:
+                text += chunk
+                if text.strip():
+                    dirty.set()
+                if flusher.done():
+                    flusher.result()  # a platform error: stop reading the engine
+            done = True
+            dirty.set()
+            await flusher
+        finally:
+            if not flusher.done():
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+        return text
+
+    async def _show(self, text: str) -> None:
+        if not text.strip():
+            return
+        pages = split_pages(text, self._limit)
+        for i, page in enumerate(pages):
+            if i < len(self._ids):
+                if self._shown[i] != page:
+                    await self._editor.edit(self._ids[i], page)
+                    self.calls += 1
+                    self._shown[i] = page
+            else:
+                self._ids.append(await self._editor.post(page))
+                self.calls += 1
+                self._shown.append(page)
+                if self.first_visible_at is None:
+                    self.first_visible_at = time.monotonic()

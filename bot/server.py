@@ -1,0 +1,51 @@
+"""Running adapters and dialogue workers together, and stopping them in order.
+
+Shutdown order: stop intake (cancel the adapters' listeners), close the inbox,
+let the workers finish the turns in flight within `drain_timeout`, then the
+runtime closes the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from bot.inbox import MemoryInbox
+from bot.adapter import Adapter
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def run_adapters(runtime: Runtime, adapters: Sequence[Adapter], *, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set, SIGTERM/SIGINT arrives, or an adapter's `run` returns."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    inbox = MemoryInbox(runtime.settings.dialogue.inbox_size)
+    sinks = {adapter.platform: adapter for adapter in adapters}
+    try:
+        async with asyncio.TaskGroup() as tg:
+            workers = tg.create_task(runtime.manager.serve(inbox, sinks), name="dialogue-workers")
+            intake = [tg.create_task(a.run(inbox), name=f"adapter-{a.platform}") for a in adapters]
+            stopper = tg.create_task(stop.wait(), name="stop-signal")
+            await asyncio.wait([*intake, stopper], return_when=asyncio.FIRST_COMPLETED)
+            log.info("shutting down: intake stopped, draining turns in flight")
+            for task in (*intake, stopper):
+                task.cancel()
+            await inbox.close()
+            try:
+                async with asyncio.timeout(runtime.settings.dialogue.drain_timeout):
+                    await asyncio.shield(workers)
+            except TimeoutError:
+                log.warning("turns still in flight after %.0f s; cancelling them", runtime.settings.dialogue.drain_timeout)
+                workers.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,102 @@
+"""Platform-neutral, immutable types for what travels through Parley: turns and replies."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Names one conversation. `tenant` is the Slack team, Discord guild or web site, so two
+    workspaces never share a conversation; `thread` is empty where the platform has none."""
+
+    platform: str
+    tenant: str
+    channel: str
+    thread: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.tenant}:{self.channel}:{self.thread}"
+
+    @property
+    def hash_tag(self) -> str:
+        """`{...}` so that every key of one conversation lands in one Redis Cluster slot."""
+        return "{" + str(self).replace("{", "(").replace("}", ")") + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One user message, as an adapter hands it to the dialogue manager.
+
+    `event_id` is the platform's id for the event (Slack `event_id`, Discord message or
+    interaction id): retries of one event carry the same id. `command` is an explicit
+    request from a slash command (`help`, `reset`, `ask`, `translate`), `reply_to` the
+    platform id of the message the answer should answer, and `meta` holds what an
+    adapter needs to reply later (for example a Discord interaction token).
+    """
+
+    platform: str
+    tenant: str
+    channel: str
+    user: str
+    text: str
+    event_id: str
+    thread: str = ""
+    at: float = field(default_factory=time.time)
+    command: str | None = None
+    reply_to: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey(self.platform, self.tenant, self.channel, self.thread)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        return cls(**data)
+
+
+def decode_text(raw: bytes) -> str:
+    """Decode platform bytes without losing them: invalid UTF-8 survives as lone surrogates,
+    which the dialogue manager rejects with a clear answer instead of crashing later."""
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+class Outcome(enum.StrEnum):
+    """How a turn ended; every turn ends in exactly one of these (and it is logged)."""
+
+    ANSWERED = "answered"
+    FAILED = "failed"  # the LLM failed; the user was told
+    REJECTED = "rejected"  # bad input; the user was told why
+    DUPLICATE = "duplicate"  # a platform retry of a turn already taken; nothing sent
+    COMMAND = "command"  # help, reset and the like
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the dialogue manager did with a turn: the text the user saw, and timings.
+
+    `ttft` is seconds from the turn's start to the first token, `llm_time` the seconds
+    spent waiting on the engine, `total` the whole turn. `total - llm_time` is Parley's
+    own share, which `parley bench` reports.
+    """
+
+    key: ConversationKey
+    event_id: str
+    outcome: Outcome
+    text: str = ""
+    error: str = ""
+    ttft: float | None = None
+    llm_time: float = 0.0
+    total: float = 0.0

@@ -1,0 +1,125 @@
+"""Fixtures that own real servers: a redis-server and a vLLM CPU engine, started here and stopped here.
+
+`tests/run.sh` installs what they need (redis-server, the engine's venv, the demo
+model); these fixtures only start and stop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from bot.config import (
+    ContextSettings,
+    DialogueSettings,
+    EngineSettings,
+    LLMSettings,
+    LogSettings,
+    RedisSettings,
+    Settings,
+)
+from bot.engine import free_port, local_engine
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with persistence off. Can be restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; tests/run.sh installs it (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(100):
+            try:
+                subprocess.run(["redis-cli", "-p", str(self.port), "ping"], check=True, capture_output=True, timeout=2)
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
+                import time
+
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def engine_settings() -> EngineSettings:
+    """The demo model on a free port with a small KV cache; the venv and model are shared
+    with `parley engine` (PARLEY_ENGINE_HOME, default ~/.cache/parley), so they are built once."""
+    return EngineSettings(port=0, max_num_seqs=32, kv_cache_bytes=256 * 1024**2, max_model_len=4096)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine() -> AsyncIterator[str]:
+    """The base URL (`.../v1`) of a real vLLM CPU engine serving the random-weight demo model."""
+    async with local_engine(engine_settings()) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
+    """Settings for one test: its own Redis key prefix, short answers, fast timeouts.
+
+    Random weights never stop on their own, so answers are bounded by max_tokens with
+    ignore_eos (a fixed, known length)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(*, llm_url: str | None = None, **sections: object) -> Settings:
+        values: dict[str, object] = {
+            "log": LogSettings(_env_file=None),
+            "redis": RedisSettings(_env_file=None, url=redis_server.url, prefix=prefix),
+            "llm": LLMSettings(_env_file=None, base_url=llm_url, max_tokens=12, extra_body={"ignore_eos": True},
+                               connect_timeout=2, read_timeout=20, total_timeout=60),
+            "context": ContextSettings(_env_file=None),
+            "dialogue": DialogueSettings(_env_file=None),
+            "engine": engine_settings(),
+        }
+        values.update(sections)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make

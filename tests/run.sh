@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run them all (the engine tier too).
+#   bash tests/run.sh            # all tests
+#   bash tests/run.sh -k slack   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null; then
+  echo "tests/run.sh: installing redis-server (apt)" >&2
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' > .venv/pip-install.log 2>&1; then
+  cat .venv/pip-install.log >&2
+  exit 1
+fi
+# The vLLM CPU engine's own venv and the random-weight demo model (cached in ~/.cache/parley).
+.venv/bin/parley engine --install-only
+
+# -m "" selects every test, including the engine tier that a bare `pytest -q` leaves out.
+exec .venv/bin/python -m pytest -q -m "" "$@"
