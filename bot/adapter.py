@@ -39,17 +39,21 @@ class Adapter(Protocol):
 AdapterFactory = Callable[["Runtime"], "Adapter | None"]
 
 
-def adapter_factories() -> dict[str, AdapterFactory]:
-    return {ep.name: ep.load() for ep in entry_points(group="parley.adapters")}
+def adapter_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group="parley.adapters"))
+
+
+def create_adapter(name: str, runtime: Runtime) -> Adapter | None:
+    """Load one adapter's module (only now, so an unused platform costs nothing) and create it."""
+    (ep,) = entry_points(group="parley.adapters", name=name)
+    factory: AdapterFactory = ep.load()
+    return factory(runtime)
 
 
 def configured_adapters(runtime: Runtime, *, exclude: tuple[str, ...] = ("console",)) -> list[Adapter]:
     adapters = []
-    for name, factory in sorted(adapter_factories().items()):
-        if name in exclude:
-            continue
-        adapter = factory(runtime)
-        if adapter is not None:
+    for name in adapter_names():
+        if name not in exclude and (adapter := create_adapter(name, runtime)) is not None:
             log.info("adapter %s enabled", name)
             adapters.append(adapter)
     return adapters

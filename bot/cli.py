@@ -35,13 +35,14 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _chat(settings: Settings) -> None:
-    from bot.adapter import adapter_factories
+    from bot.adapter import create_adapter
     from bot.runtime import open_runtime
     from bot.server import run_adapters
 
     async with open_runtime(settings, say) as runtime:
-        console = adapter_factories()["console"](runtime)
-        await run_adapters(runtime, [console])  # type: ignore[list-item]
+        console = create_adapter("console", runtime)
+        assert console is not None  # the console needs no configuration
+        await run_adapters(runtime, [console])
 
 
 async def _engine(settings: Settings, install_only: bool) -> None:
