@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -122,6 +122,10 @@ class SlackSettings(BaseSettings):
     http_port: int = Field(3000, ge=0, le=65535)
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
     message_limit: int = Field(3000, ge=100, le=40000)
+    native_streaming: bool = True  # chat.startStream/appendStream/stopStream where offered; else edits
+    rate_limit_retries: int = Field(3, ge=0)  # retries of a call Slack answered 429, after its Retry-After
+    request_timeout: float = Field(30.0, gt=0)  # seconds one Web API call may take
+    thread_ttl: int = Field(7 * 24 * 3600, gt=0)  # seconds Parley keeps following a quiet thread
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +147,30 @@ class DiscordSettings(BaseSettings):
     open_threads: bool = False  # start a thread for each new conversation
     edit_interval: float = Field(1.0, ge=0)
     message_limit: int = Field(2000, ge=100, le=2000)
+    sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
+    thread_archive_minutes: int = 1440  # an opened thread hides after this quiet time: 60, 1440, 4320 or 10080
+
+    @field_validator("api_base_url", "gateway_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must be an http(s):// or ws(s):// URL")
+        return v
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        count = info.data.get("shard_count")
+        if v is not None and (count is None or not v or any(not 0 <= i < count for i in v)):
+            raise ValueError("needs DISCORD_SHARD_COUNT, and each id in 0 .. count-1")
+        return v
+
+    @field_validator("thread_archive_minutes")
+    @classmethod
+    def _archive(cls, v: int) -> int:
+        if v not in (60, 1440, 4320, 10080):
+            raise ValueError("must be 60, 1440, 4320 or 10080")
+        return v
 
     @property
     def enabled(self) -> bool:

@@ -182,7 +182,11 @@ class LLMClient:
         vLLM ignores unknown request fields (and so silently ignored the retired
         `guided_choice`), so the answer is checked: an unconstrained answer is an error.
         """
-        body = self._body(messages, max_tokens=32, temperature=0.0, structured_outputs={"choice": list(labels)})
+        # ignore_eos (from extra_body, used to get fixed-length answers) would run past
+        # the label's end, so a choice always may stop.
+        body = self._body(
+            messages, max_tokens=32, temperature=0.0, ignore_eos=False, structured_outputs={"choice": list(labels)}
+        )
         async with self._slots:
             result = await self._request("POST", f"{self.base_url}/chat/completions", json=body)
         answer = (result["choices"][0]["message"].get("content") or "").strip()

@@ -114,12 +114,14 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
             "log": LogSettings(_env_file=None),
             "redis": RedisSettings(_env_file=None, url=redis_server.url, prefix=prefix),
             "llm": LLMSettings(_env_file=None, base_url=llm_url, max_tokens=12, extra_body={"ignore_eos": True},
-                               connect_timeout=2, read_timeout=20, total_timeout=60),
+                               connect_timeout=10, read_timeout=30, total_timeout=120),
             "context": ContextSettings(_env_file=None),
             "dialogue": DialogueSettings(_env_file=None),
             "engine": engine_settings(),
         }
         values.update(sections)
+        if llm_url:
+            values["llm"] = values["llm"].model_copy(update={"base_url": llm_url})  # type: ignore[attr-defined]
         return Settings(**values)  # type: ignore[arg-type]
 
     return make

@@ -1,0 +1,66 @@
+"""Which conversation a Discord message belongs to, for follow-ups without a mention.
+
+A reply to one of Parley's answers continues that answer's conversation, however
+long the reply chain has grown; a message in a thread Parley answers in continues
+the thread's. Discord only tells us the message replied to, so each answer
+message Parley posts (and each thread it talks in) is remembered with its
+conversation id: in Redis, under the bot's prefix and with the context's expiry
+(a conversation whose context has expired has nothing to continue), or, without
+Redis, in a bounded in-process map.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.config import RedisSettings
+from bot.errors import StoreUnavailable
+
+
+class Chains(Protocol):
+    async def remember(self, message_id: str, conversation: str) -> None: ...
+
+    async def conversation_of(self, message_id: str) -> str | None:
+        """The conversation `message_id` belongs to, if Parley remembers it."""
+        ...
+
+
+class RedisChains:
+    def __init__(self, redis: Redis, settings: RedisSettings) -> None:
+        self._redis = redis
+        self._prefix = f"{settings.prefix}:discord:conv:"
+        self._ttl = settings.context_ttl
+
+    async def remember(self, message_id: str, conversation: str) -> None:
+        try:
+            await self._redis.set(self._prefix + message_id, conversation, ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot save a Discord reply chain: {exc}") from exc
+
+    async def conversation_of(self, message_id: str) -> str | None:
+        try:
+            value = await self._redis.get(self._prefix + message_id)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read a Discord reply chain: {exc}") from exc
+        return value.decode() if value is not None else None
+
+
+class MemoryChains:
+    """For a bot without Redis (its context is in memory too): the newest `max_entries`."""
+
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self._map: OrderedDict[str, str] = OrderedDict()
+        self._max = max_entries
+
+    async def remember(self, message_id: str, conversation: str) -> None:
+        self._map[message_id] = conversation
+        self._map.move_to_end(message_id)
+        while len(self._map) > self._max:
+            self._map.popitem(last=False)
+
+    async def conversation_of(self, message_id: str) -> str | None:
+        return self._map.get(message_id)

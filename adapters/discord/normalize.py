@@ -1,0 +1,199 @@
+"""Discord events as Parley sees them: pure functions from discord.py objects to `Turn`s.
+
+Nothing here does I/O. Where a decision needs to know something stored (which
+conversation a replied-to message belongs to), the caller looks it up and passes
+the answer in.
+
+How a Discord conversation is named (`Turn.key`):
+
+- tenant is the guild id, or "dm", so two guilds never share context;
+- in a thread, channel is the thread's parent channel and thread the thread's id
+  (a thread is one conversation; a thread opened from a message has that
+  message's id, so a conversation keeps its name when Parley opens a thread for it);
+- in a channel, thread is the id of the message that started the reply chain;
+- a DM channel is one conversation: channel and thread are its id;
+- a slash command outside a thread or DM belongs to the channel's own
+  conversation (thread ""), so `/ask` follow-ups and `/reset` there agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import discord
+
+from bot.config import DiscordSettings
+from bot.turns import Turn
+
+PLATFORM = "discord"
+DM_TENANT = "dm"
+COMMANDS = ("ask", "translate", "reset", "help")
+# Ordinary user messages; joins, pins, boosts and the like are not questions.
+USER_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+THREAD_NAME_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a message or interaction happened, as Parley names it."""
+
+    tenant: str
+    channel: str
+    thread_id: str | None  # the thread's id when it happened in a thread
+    dm: bool
+
+    def allowed(self, settings: DiscordSettings, *, guild_id: int | None, channel_ids: tuple[int, ...]) -> bool:
+        if self.dm:
+            return True
+        if settings.allowed_guilds and guild_id not in settings.allowed_guilds:
+            return False
+        return not settings.allowed_channels or any(c in settings.allowed_channels for c in channel_ids)
+
+
+def tenant_of(guild_id: int | None) -> str:
+    return str(guild_id) if guild_id is not None else DM_TENANT
+
+
+def guild_id_of(message: discord.Message) -> int | None:
+    if message.guild is not None:
+        return message.guild.id
+    # A guild not (yet) in the cache still names itself on the channel.
+    return getattr(message.channel, "guild_id", None)
+
+
+def place_of(channel: object, guild_id: int | None) -> Place:
+    channel_id = str(getattr(channel, "id", ""))
+    if guild_id is None:
+        return Place(DM_TENANT, channel_id, None, dm=True)
+    if isinstance(channel, discord.Thread):
+        return Place(tenant_of(guild_id), str(channel.parent_id), channel_id, dm=False)
+    return Place(tenant_of(guild_id), channel_id, None, dm=False)
+
+
+def channel_ids(channel: object) -> tuple[int, ...]:
+    """The channel and, for a thread, its parent: either may be in `allowed_channels`."""
+    ids = [getattr(channel, "id", 0)]
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        ids.append(channel.parent_id)
+    return tuple(ids)
+
+
+def is_from_bot(message: discord.Message) -> bool:
+    """Parley's own messages and every other bot's (and webhooks') are never answered."""
+    return message.author.bot or message.webhook_id is not None or message.type not in USER_MESSAGE_TYPES
+
+
+def mentions_bot(message: discord.Message, *, bot_id: int, bot_role_ids: frozenset[int] = frozenset()) -> bool:
+    """Addressed to Parley: a user mention, or a mention of the role Discord made for the bot."""
+    if any(user.id == bot_id for user in message.mentions):
+        return True
+    return bool(bot_role_ids.intersection(message.raw_role_mentions))
+
+
+def strip_mention(text: str, *, bot_id: int, bot_role_ids: frozenset[int] = frozenset()) -> str:
+    ids = "|".join(str(i) for i in (bot_id, *bot_role_ids))
+    return re.sub(rf"<@[!&]?(?:{ids})>", "", text).strip()
+
+
+def replied_to(message: discord.Message) -> int | None:
+    ref = message.reference
+    if ref is None or ref.message_id is None:
+        return None
+    return ref.message_id
+
+
+def chain_root_guess(message: discord.Message, *, bot_id: int) -> str | None:
+    """The conversation a reply continues when nothing was stored for the replied-to
+    message (store lost or expired): if it is Parley's, the message that answer
+    replied to, else None (a reply to someone else's message is not for Parley)."""
+    resolved = message.reference.resolved if message.reference else None
+    if not isinstance(resolved, discord.Message) or resolved.author.id != bot_id:
+        return None
+    parent = replied_to(resolved)
+    return str(parent if parent is not None else resolved.id)
+
+
+def message_turn(
+    message: discord.Message,
+    *,
+    bot_id: int,
+    bot_role_ids: frozenset[int] = frozenset(),
+    conversation: str | None,
+    open_thread: bool = False,
+) -> Turn:
+    """The turn for a message Parley answers. `conversation` is the known conversation
+    it continues (a reply chain's root) or None for a new one, which the message starts.
+    With `open_thread`, a new conversation in a channel is answered in a new thread."""
+    place = place_of(message.channel, guild_id_of(message))
+    meta: dict[str, str] = {}
+    if place.dm:
+        thread, reply_to = place.channel, None  # the DM is the conversation; no need to quote
+    elif place.thread_id is not None:
+        thread, reply_to = place.thread_id, str(message.id)
+    elif conversation is not None:
+        thread, reply_to = conversation, str(message.id)
+    else:
+        thread, reply_to = str(message.id), str(message.id)
+        if open_thread:
+            meta["open_thread"] = "1"
+    meta["post_channel"] = str(message.channel.id)  # the thread itself, when in one
+    return Turn(
+        platform=PLATFORM,
+        tenant=place.tenant,
+        channel=place.channel,
+        thread=thread,
+        user=str(message.author.id),
+        text=strip_mention(message.content, bot_id=bot_id, bot_role_ids=bot_role_ids),
+        event_id=str(message.id),
+        at=message.created_at.timestamp(),
+        reply_to=reply_to,
+        meta=meta,
+    )
+
+
+def interaction_turn(
+    interaction: discord.Interaction,
+    *,
+    command: str,
+    text: str = "",
+    target_language: str | None = None,
+    original_message_id: int | None = None,
+) -> Turn:
+    """The turn for a slash command. `meta` carries what the reply needs later — the
+    application id and the interaction token (valid 15 minutes), never the bot token."""
+    place = place_of(interaction.channel, interaction.guild_id)
+    if place.dm:
+        thread = place.channel
+    else:
+        thread = place.thread_id or ""
+    meta = {
+        "application_id": str(interaction.application_id),
+        "interaction_token": interaction.token,
+        "post_channel": str(interaction.channel_id),
+        # The deferred response is the first message of the answer; "@original" names it
+        # when Discord did not say its id.
+        "original": str(original_message_id) if original_message_id else "@original",
+    }
+    if target_language:
+        meta["target_language"] = target_language
+    return Turn(
+        platform=PLATFORM,
+        tenant=place.tenant,
+        channel=place.channel,
+        thread=thread,
+        user=str(interaction.user.id),
+        text=text,
+        event_id=str(interaction.id),
+        at=interaction.created_at.timestamp(),
+        command=command,
+        meta=meta,
+    )
+
+
+def thread_name(text: str) -> str:
+    """A thread's title from the question that opened it: its first line, shortened."""
+    first = " ".join(text.split("\n", 1)[0].split())
+    if len(first) > THREAD_NAME_LIMIT:
+        first = first[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
+    return first or "Parley"

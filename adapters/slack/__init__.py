@@ -1,0 +1,36 @@
+"""The Slack adapter: `normalize` (payloads -> turns), `sink` (answers back), `app` (transport).
+
+`parley serve` finds it through the `parley.adapters` entry point `slack = "adapters.slack:create"`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adapters.slack.app import SlackAdapter
+from adapters.slack.threads import MemoryThreads, RedisThreads, ThreadMemory
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+__all__ = ["SlackAdapter", "create"]
+
+
+def create(runtime: Runtime) -> SlackAdapter | None:
+    """The adapter, or None when SLACK_BOT_TOKEN is unset. Checks the settings now, so that
+    `parley serve` stops at once with a clear line instead of at the first event."""
+    settings = runtime.settings.slack
+    if not settings.enabled:
+        return None
+    if settings.app_token is None and settings.signing_secret is None:
+        raise ConfigError(
+            "SLACK_SIGNING_SECRET",
+            "required for the Events API over HTTP (or set SLACK_APP_TOKEN to use Socket Mode)",
+        )
+    threads: ThreadMemory
+    if runtime.redis is not None:
+        threads = RedisThreads(runtime.redis, prefix=runtime.settings.redis.prefix, ttl=settings.thread_ttl)
+    else:
+        threads = MemoryThreads(ttl=settings.thread_ttl)
+    return SlackAdapter(settings=settings, deduper=runtime.deduper, threads=threads)

@@ -1,0 +1,219 @@
+"""The Slack transport: a slack-bolt `AsyncApp` over Socket Mode or the Events API over HTTP.
+
+The request path does only what must happen before Slack is acknowledged: turn the
+payload into a `Turn` (`normalize`), look up or remember the thread, and put the
+turn into the inbox. Bolt runs with `process_before_response=True`, so the ack
+goes out when the listener returns, after the turn is safely in the inbox, and no
+listener is started fire-and-forget. The answer is produced later by a dialogue
+worker, through `sink_for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack import normalize
+from adapters.slack.normalize import Identity, Incoming, Route
+from adapters.slack.sink import ResponseUrlSink, SlackSink, StreamingSupport, call
+from adapters.slack.threads import ThreadMemory
+from bot import messages
+from bot.config import SlackSettings
+from bot.dedupe import Deduper
+from bot.errors import ConfigError, InboxFull, ParleyError, PlatformError
+from bot.inbox import Inbox
+from bot.logs import turn_fields
+from bot.reply import ReplySink
+from bot.turns import Turn
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"  # the Request URL for events and the slash command (HTTP mode)
+ANY = re.compile(".*")
+
+
+def web_client(settings: SlackSettings) -> AsyncWebClient:
+    """The one Web API client of the adapter. Slack's 429s are retried after their
+    Retry-After by slack_sdk's handler (it only does so when given one)."""
+    assert settings.bot_token is not None
+    return AsyncWebClient(
+        token=settings.bot_token.get_secret_value(),
+        base_url=settings.api_base_url,
+        timeout=int(settings.request_timeout),
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=settings.rate_limit_retries),
+        ],
+    )
+
+
+class SlackAdapter:
+    platform = "slack"
+
+    def __init__(
+        self,
+        *,
+        settings: SlackSettings,
+        deduper: Deduper,
+        threads: ThreadMemory,
+        client: AsyncWebClient | None = None,
+    ) -> None:
+        self._settings = settings
+        self._deduper = deduper
+        self._threads = threads
+        self._client = client or web_client(settings)
+        self._streaming = StreamingSupport(settings.native_streaming)
+        self.identity: Identity | None = None
+        self.ready = asyncio.Event()  # set once Slack can reach Parley (for tests and probes)
+        self.port: int | None = None  # the HTTP port bound (Events API mode)
+
+    # -- the way back -----------------------------------------------------------------------
+
+    def sink_for(self, turn: Turn) -> ReplySink:
+        if url := turn.meta.get("response_url"):
+            return ResponseUrlSink(url)
+        return SlackSink(
+            self._client,
+            turn,
+            limit=self._settings.message_limit,
+            interval=self._settings.edit_interval,
+            streaming=self._streaming,
+        )
+
+    # -- the connection -----------------------------------------------------------------------
+
+    async def run(self, inbox: Inbox) -> None:
+        auth = await self._authorize()
+        # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
+        async with asyncio.TaskGroup() as notices:
+            app = self._bolt_app(auth, inbox, notices)
+            if self._settings.app_token is not None:
+                await self._socket_mode(app, self._settings.app_token.get_secret_value())
+            else:
+                await self._http(app)
+
+    async def _authorize(self) -> AuthorizeResult:
+        """auth.test once at start-up; bolt is then given this fixed result, so no event
+        waits on an auth.test of its own."""
+        try:
+            response = await call("auth.test", self._client.auth_test())
+        except PlatformError as exc:
+            if exc.permanent:
+                raise ConfigError("SLACK_BOT_TOKEN", f"Slack refused the bot token ({exc.code})") from None
+            raise
+        self.identity = Identity(
+            user_id=str(response.get("user_id", "")),
+            bot_id=str(response.get("bot_id", "")),
+            team_id=str(response.get("team_id", "")),
+        )
+        log.info("slack: signed in as %s (%s) in team %s", response.get("user"), self.identity.user_id, self.identity.team_id)
+        return AuthorizeResult.from_auth_test_response(bot_token=self._client.token, auth_test_response=response)
+
+    def _bolt_app(self, auth: AuthorizeResult, inbox: Inbox, notices: asyncio.TaskGroup) -> AsyncApp:
+        socket_mode = self._settings.app_token is not None
+        secret = self._settings.signing_secret
+
+        async def authorize() -> AuthorizeResult:
+            return auth
+
+        app = AsyncApp(
+            client=self._client,
+            authorize=authorize,
+            signing_secret=secret.get_secret_value() if secret else "",
+            request_verification_enabled=not socket_mode,  # Socket Mode has no signatures
+            process_before_response=True,  # ack after the listener: after the inbox has the turn
+            ignoring_self_events_enabled=True,
+            logger=logging.getLogger("slack_bolt"),
+        )
+
+        async def on_event(body: dict[str, Any]) -> None:
+            assert self.identity is not None
+            incoming = normalize.from_event(body, self.identity)
+            if incoming is not None:
+                await self._take(incoming, inbox, notices)
+
+        async def on_command(body: dict[str, Any], ack: Any) -> None:
+            turn = normalize.from_command(body)
+            try:
+                await inbox.put(turn)
+            except InboxFull:
+                log.warning("inbox full; slash command refused", extra=turn_fields(turn))
+                await ack(text=messages.BUSY, response_type="ephemeral")
+                return
+            await ack()
+
+        # One listener for every event (bolt answers 404 to events nobody listens to, and
+        # Slack would retry those); `normalize` decides what is Parley's to answer.
+        app.event(ANY)(on_event)
+        app.command(ANY)(on_command)
+        return app
+
+    async def _take(self, incoming: Incoming, inbox: Inbox, notices: asyncio.TaskGroup) -> None:
+        turn = incoming.turn
+        if incoming.route is Route.THREAD and not await self._threads.joined(turn.key):
+            return
+        if incoming.route is not Route.DIRECT:
+            await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
+        if incoming.no_text:
+            notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))
+            return
+        try:
+            await inbox.put(turn)
+        except InboxFull:
+            log.warning("inbox full; the user is asked to retry", extra=turn_fields(turn))
+            notices.create_task(self._notify(turn, messages.BUSY, once=False))
+            return
+        # InboxClosed (shutting down) propagates: bolt answers 500 and Slack retries later.
+        log.info("slack %s taken", incoming.route, extra=turn_fields(turn))
+
+    async def _notify(self, turn: Turn, text: str, *, once: bool) -> None:
+        """Tell the user something without the dialogue manager; `once` drops Slack's retries."""
+        try:
+            if once and not await self._deduper.claim(turn):
+                return
+            await self.sink_for(turn).send(text)
+        except ParleyError as exc:
+            log.error("could not post a notice: %r", exc, extra=turn_fields(turn))
+
+    async def _socket_mode(self, app: AsyncApp, app_token: str) -> None:
+        handler = AsyncSocketModeHandler(app, app_token, web_client=self._client)
+        try:
+            await handler.connect_async()
+            log.info("slack: connected over Socket Mode")
+            self.ready.set()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.ready.clear()
+            await handler.close_async()
+
+    async def _http(self, app: AsyncApp) -> None:
+        async def events(request: web.Request) -> web.Response:
+            return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+
+        server = web.Application()
+        server.router.add_post(EVENTS_PATH, events)
+        runner = web.AppRunner(server, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._settings.http_host, self._settings.http_port)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            log.info("slack: Events API listening on %s:%s%s", self._settings.http_host, self.port, EVENTS_PATH)
+            self.ready.set()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.ready.clear()
+            await runner.cleanup()

@@ -1,0 +1,163 @@
+"""Slack payloads -> `Turn`s: pure functions, no I/O (the wire-format third of the adapter).
+
+Which Slack messages are Parley's to answer:
+
+- an @mention in a channel (`app_mention`): answer in the mention's thread, and
+  join that thread;
+- a reply in a thread Parley has joined, without a mention (`message` with
+  `thread_ts`): answer only if the caller knows Parley is in that thread
+  (`Route.THREAD`; the thread memory lives in `adapters.slack.threads`);
+- a direct message (`message` with `channel_type` "im"): one conversation per
+  DM, or per thread where the user threads;
+- `/parley help|reset` (a slash command).
+
+Everything else is ignored: Parley's own messages and other bots', edits,
+deletions, joins and the other subtypes, and the `message` copy of a channel
+message that mentions Parley (Slack sends both it and the `app_mention`, with
+different event ids; answering both would answer twice).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bot.turns import Turn
+
+PLATFORM = "slack"
+COMMANDS = ("help", "reset")
+# Subtypes that are still a person writing to Parley; every other one (message_changed,
+# message_deleted, channel_join, bot_message, ...) is an event about a message, not one.
+USER_SUBTYPES = (None, "file_share", "thread_broadcast")
+# `<@U123>` or `<@U123|name>`: how Slack writes a user mention in message text.
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+class Route(enum.StrEnum):
+    MENTION = "mention"  # @Parley in a channel: answer, and follow the thread from now on
+    DIRECT = "direct"  # a DM: always answer
+    THREAD = "thread"  # a thread reply without a mention: answer only if Parley is in the thread
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message that may be Parley's to answer. `no_text` marks a file sent without words."""
+
+    route: Route
+    turn: Turn
+    no_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who Parley is in the workspace, from `auth.test` at start-up."""
+
+    user_id: str
+    bot_id: str
+    team_id: str
+
+
+def mentions(text: str, user_id: str) -> bool:
+    return any(m.group(1) == user_id for m in _USER_MENTION.finditer(text))
+
+
+def clean_text(text: str, bot_user_id: str) -> str:
+    """The text as the model should read it: Parley's own mention removed, other people's
+    mentions kept (as `<@U…>`, which Slack shows as a name if the answer repeats it), and
+    Slack's three HTML escapes undone."""
+
+    def keep_others(m: re.Match[str]) -> str:
+        return "" if m.group(1) == bot_user_id else f"<@{m.group(1)}>"
+
+    text = _USER_MENTION.sub(keep_others, text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def command_of(text: str) -> str | None:
+    word = text.strip().lower()
+    return word if word in COMMANDS else None
+
+
+def is_dm(channel: str, channel_type: str | None = None) -> bool:
+    return channel_type == "im" or (channel_type is None and channel.startswith("D"))
+
+
+def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
+    """The `Incoming` for an Events API callback (or a Socket Mode `events_api` payload), or
+    None when Parley must not answer it."""
+    event = body.get("event") or {}
+    kind = event.get("type")
+    if kind not in ("app_mention", "message") or _not_a_person(event, me):
+        return None
+    channel = event.get("channel", "")
+    ts = event.get("ts", "")
+    thread_ts = event.get("thread_ts") or ""
+    raw = event.get("text") or ""
+    if kind == "app_mention":
+        if is_dm(channel):
+            return None  # a DM arrives as a `message` event too; that one is answered
+        route, thread = Route.MENTION, thread_ts or ts
+    elif is_dm(channel, event.get("channel_type")):
+        route, thread = Route.DIRECT, thread_ts
+    elif mentions(raw, me.user_id):
+        return None  # the `app_mention` event for this same message is answered
+    elif thread_ts and thread_ts != ts:
+        route, thread = Route.THREAD, thread_ts
+    else:
+        return None  # a channel message not addressed to Parley
+    text = clean_text(raw, me.user_id)
+    user = event.get("user", "")
+    tenant = body.get("team_id") or event.get("team") or me.team_id
+    turn = Turn(
+        platform=PLATFORM,
+        tenant=tenant,
+        channel=channel,
+        thread=thread,
+        user=user,
+        text=text,
+        event_id=body.get("event_id") or f"{channel}:{ts}",
+        at=_seconds(event.get("event_ts") or ts),
+        command=command_of(text),
+        reply_to=ts,
+        meta={"user_team": event.get("user_team") or event.get("team") or tenant},
+    )
+    no_text = not text and bool(event.get("files") or event.get("attachments"))
+    return Incoming(route, turn, no_text=no_text)
+
+
+def from_command(body: dict[str, Any]) -> Turn:
+    """The `Turn` for `/parley ...`: `reset` forgets the conversation of the channel (a DM's
+    conversation; in a channel thread, `@Parley reset` resets that thread), anything else
+    asks for help. The answer goes back through the command's `response_url`."""
+    channel = body.get("channel_id", "")
+    return Turn(
+        platform=PLATFORM,
+        tenant=body.get("team_id", ""),
+        channel=channel,
+        user=body.get("user_id", ""),
+        text=(body.get("text") or "").strip(),
+        # Slash commands are never retried by Slack; the trigger id is unique per invocation.
+        event_id="command:" + (body.get("trigger_id") or f"{channel}:{body.get('user_id', '')}"),
+        command="reset" if command_of(body.get("text") or "") == "reset" else "help",
+        meta={"response_url": body.get("response_url", "")},
+    )
+
+
+def _not_a_person(event: dict[str, Any], me: Identity) -> bool:
+    return (
+        event.get("subtype") not in USER_SUBTYPES
+        or bool(event.get("bot_id") or event.get("bot_profile"))
+        or not event.get("user")
+        or event.get("user") == me.user_id
+    )
+
+
+def _seconds(ts: str) -> float:
+    try:
+        return float(ts)
+    except (TypeError, ValueError):
+        return time.time()

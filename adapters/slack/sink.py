@@ -1,0 +1,297 @@
+"""Answers back into Slack: post then edit, or Slack's native streaming where offered.
+
+`SlackEditor` is the `MessageEditor` under `bot.reply.EditingSink` (chat.postMessage,
+then chat.update at most once per `edit_interval`, a new message in the same thread
+past `message_limit`). `SlackSink` first tries chat.startStream/appendStream/stopStream,
+which show the answer growing without edits; a workspace or channel that does not
+offer them (unknown_method, not_allowed, ...) gets the edits instead, with nothing
+posted twice. Rate limits are the Web API client's job: it is built with a 429
+retry handler that waits out Retry-After, so no call here retries by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from bot.errors import PlatformError
+from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, _open_fence
+from bot.turns import Turn
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+# Errors that no retry or other message can fix: the channel or the access is gone.
+PERMANENT = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive",
+    "token_revoked", "missing_scope", "no_permission", "restricted_action", "cant_update_message",
+    "message_not_found", "msg_too_long", "team_access_not_granted", "ekm_access_denied",
+})
+# chat.startStream refusals that mean "use edits instead". The first group is about the
+# workspace or token (remembered for every later answer), the rest about this one place.
+STREAMING_ABSENT = frozenset({
+    "unknown_method", "not_allowed_token_type", "missing_scope", "feature_not_enabled",
+    "method_deprecated", "not_implemented",
+})
+STREAMING_REFUSED = STREAMING_ABSENT | {
+    "not_allowed", "method_not_supported_for_channel_type", "restricted_action", "invalid_arguments",
+    "team_not_allowed", "user_not_found",
+}
+
+
+def platform_error(exc: SlackApiError, method: str) -> PlatformError:
+    response = exc.response
+    code = str(response.get("error", "") or "")
+    retry_after = response.headers.get("Retry-After") or response.headers.get("retry-after")
+    return PlatformError(
+        f"{method} failed: {code or response.status_code}",
+        platform=PLATFORM,
+        status=response.status_code,
+        code=code,
+        retry_after=float(retry_after) if retry_after else None,
+        permanent=code in PERMANENT,
+    )
+
+
+async def call(method: str, request: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
+    """One Web API call with Slack's failures turned into `PlatformError` (never carrying the token)."""
+    try:
+        return await request
+    except SlackApiError as exc:
+        raise platform_error(exc, method) from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PlatformError(f"{method} failed: {type(exc).__name__}", platform=PLATFORM) from exc
+
+
+class SlackEditor:
+    """`MessageEditor` over chat.postMessage and chat.update, in one channel (and thread)."""
+
+    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts or None  # None: top level (a DM that is not threaded)
+
+    async def post(self, text: str) -> str:
+        response = await call(
+            "chat.postMessage",
+            self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
+        )
+        return str(response["ts"])
+
+    async def edit(self, message_id: str, text: str) -> None:
+        await call("chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=text))
+
+
+class StreamingSupport:
+    """Whether this workspace offers native streaming; learnt from the first refusal, shared
+    by every answer of one adapter."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.available = enabled
+
+
+class _Refused(Exception):
+    """chat.startStream was refused before anything was shown: answer with edits instead."""
+
+
+class NativeStream:
+    """One answer through chat.startStream/appendStream/stopStream, in pages of `limit`.
+
+    Appended text cannot be taken back, so pages are cut as the text arrives: a page
+    is closed when the next piece would overflow it, at a line break (or a space) in
+    that piece, closing and reopening a code block that spans the cut.
+    """
+
+    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str, user: str, team: str, limit: int) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._user = user
+        self._team = team
+        self._limit = limit
+        self._ts: str | None = None  # the message streaming now
+        self._page = ""
+        self.started = False
+
+    async def write(self, piece: str) -> None:
+        while piece:
+            room = self._limit - CLOSE_RESERVE - len(self._page)
+            if len(piece) <= room:
+                await self._append(piece)
+                return
+            head, piece = _cut(piece, room)
+            fence = _open_fence(self._page + head)
+            if fence is not None:
+                head, piece = head.rstrip("\n") + "\n" + FENCE, fence + "\n" + piece
+            if head.strip():
+                await self._append(head)
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self._ts is not None:
+            ts, self._ts, self._page = self._ts, None, ""
+            await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts))
+
+    async def _append(self, text: str) -> None:
+        if self._ts is None:
+            try:
+                response = await call(
+                    "chat.startStream",
+                    self._client.chat_startStream(
+                        channel=self._channel,
+                        thread_ts=self._thread_ts,
+                        markdown_text=text,
+                        recipient_user_id=self._user or None,
+                        recipient_team_id=self._team or None,
+                    ),
+                )
+            except PlatformError as exc:
+                if not self.started and (exc.code in STREAMING_REFUSED or exc.status == 404):
+                    raise _Refused(exc.code) from exc
+                raise
+            self._ts = str(response["ts"])
+            self.started = True
+        else:
+            await call("chat.appendStream", self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=text))
+        self._page += text
+
+
+def _cut(piece: str, room: int) -> tuple[str, str]:
+    """Split `piece` so the head fits in `room`: at the last line break, else the last space
+    (either only if it keeps a third of the room), else exactly at `room`."""
+    if room <= 0:
+        return "", piece
+    window = piece[:room]
+    for sep in ("\n", " "):
+        pos = window.rfind(sep)
+        if pos >= room // 3 and pos > 0:
+            return piece[:pos], piece[pos:].lstrip("\n") if sep == "\n" else piece[pos + 1 :]
+    return window, piece[room:]
+
+
+class SlackSink:
+    """`ReplySink` for one answer in one Slack conversation."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        turn: Turn,
+        *,
+        limit: int,
+        interval: float,
+        streaming: StreamingSupport,
+    ) -> None:
+        self._client = client
+        self._turn = turn
+        self._limit = limit
+        self._interval = interval
+        self._streaming = streaming
+        self._editing = EditingSink(
+            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread), limit=limit, interval=interval
+        )
+
+    async def send(self, text: str) -> None:
+        await self._editing.send(text)
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        # Native streaming always answers in a thread; a DM's top level gets edits.
+        if not (self._streaming.available and self._turn.thread):
+            return await self._editing.stream(chunks)
+        turn = self._turn
+        native = NativeStream(
+            self._client, channel=turn.channel, thread_ts=turn.thread, user=turn.user,
+            team=turn.meta.get("user_team", turn.tenant), limit=self._limit,
+        )
+        source = aiter(chunks)
+        try:
+            return await self._stream_native(native, source)
+        except _Refused as exc:
+            code, text = exc.args
+            if code in STREAMING_ABSENT:
+                self._streaming.available = False
+            log.info("native streaming refused (%s); answering with edits", code)
+            return await self._editing.stream(_resume(text, source))
+
+    async def _stream_native(self, native: NativeStream, source: AsyncIterator[str]) -> str:
+        """Read the engine's stream and append what arrived at most once per interval (a
+        flusher beside the reader, as in `EditingSink`, so a slow call never stalls reading)."""
+        text = ""
+        sent = 0
+        dirty = asyncio.Event()
+        done = False
+
+        async def flush() -> None:
+            nonlocal sent
+            while True:
+                await dirty.wait()
+                dirty.clear()
+                started = time.monotonic()
+                upto = len(text)
+                if upto > sent:
+                    await native.write(text[sent:upto])
+                    sent = upto
+                if done and not dirty.is_set():
+                    await native.stop()
+                    return
+                await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+        flusher = asyncio.create_task(flush())
+        try:
+            async for chunk in source:
+                text += chunk
+                if text.strip():
+                    dirty.set()
+                if flusher.done():
+                    break
+            else:
+                done = True
+                dirty.set()
+            await flusher
+        except _Refused as exc:
+            raise _Refused(exc.args[0], text) from exc
+        finally:
+            if not flusher.done():
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+            if native.started:
+                # An answer cut short (an error, a shutdown) must not stay "streaming" forever.
+                with contextlib.suppress(PlatformError):
+                    await native.stop()
+        return text
+
+
+async def _resume(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    """What was read before native streaming was refused, then the rest of the engine's stream."""
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+class ResponseUrlSink:
+    """`ReplySink` for a slash command: one ephemeral answer through its `response_url`."""
+
+    def __init__(self, response_url: str) -> None:
+        self._url = response_url
+
+    async def send(self, text: str) -> None:
+        try:
+            response = await AsyncWebhookClient(self._url).send(text=text, response_type="ephemeral")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PlatformError(f"response_url failed: {type(exc).__name__}", platform=PLATFORM) from exc
+        if response.status != 200:
+            raise PlatformError(f"response_url failed: {response.status}", platform=PLATFORM, status=response.status)
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        text = "".join([chunk async for chunk in chunks])
+        if text.strip():
+            await self.send(text)
+        return text

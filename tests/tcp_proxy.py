@@ -1,0 +1,56 @@
+"""A loopback TCP forwarder for fault injection: put it between Parley and a real server,
+then stop it (connection refused), make it swallow traffic (a hung server), or restart it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int, port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = port
+        self.hang = False  # accept connections but never answer
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """Close the listener and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        try:
+            if self.hang:
+                await asyncio.Event().wait()
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            try:
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # cut by stop(), or the peer went away: either way this connection is over
+        finally:
+            writer.close()
+            self._pipes.discard(task)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            writer.write_eof()

@@ -1,0 +1,190 @@
+"""A turn end to end: real Redis, the real vLLM engine, the real dialogue manager and workers."""
+
+import asyncio
+
+import uuid
+
+import pytest
+
+from bot import messages
+from bot.bench import prometheus_sum
+from bot.config import ContextSettings, LLMSettings, RedisSettings
+from bot.inbox import MemoryInbox
+from bot.runtime import open_runtime
+from bot.turns import Outcome, Turn
+
+pytestmark = pytest.mark.engine
+
+
+class RecordingSink:
+    """Collects what the dialogue manager delivers, chunk by chunk (a platform stand-in)."""
+
+    def __init__(self, log=None):
+        self.chunks = []
+        self.sent = []
+        self.log = log
+
+    async def send(self, text):
+        self.sent.append(text)
+
+    async def stream(self, chunks):
+        async for chunk in chunks:
+            self.chunks.append(chunk)
+            if self.log is not None:
+                self.log.append(chunk)
+        return "".join(self.chunks)
+
+    @property
+    def text(self):
+        return "".join(self.chunks)
+
+
+def make_turn(text, *, channel="C1", event_id=None, **fields):
+    return Turn(platform="test", tenant="T1", channel=channel, user="U1", text=text,
+                event_id=event_id or uuid.uuid4().hex, **fields)
+
+
+async def test_answer_streams_token_by_token_and_both_sides_are_saved(engine, make_settings):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        sink = RecordingSink()
+        turn = make_turn("What is Parley?")
+        reply = await rt.manager.handle(turn, sink)
+        assert reply.outcome is Outcome.ANSWERED
+        assert len(sink.chunks) >= 8 and reply.text == sink.text
+        assert reply.ttft is not None and reply.ttft <= reply.total
+        ctx = await rt.store.load(turn.key)
+        assert [(m.role, m.content) for m in ctx.messages] == [("user", "What is Parley?"), ("assistant", sink.text)]
+        assert all(m.tokens > 0 for m in ctx.messages)
+
+
+async def test_a_duplicate_event_gets_no_second_reply(engine, make_settings):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        first, again = RecordingSink(), RecordingSink()
+        turn = make_turn("once please", event_id="Ev-dup")
+        replies = await asyncio.gather(rt.manager.handle(turn, first), rt.manager.handle(turn, again))
+        assert [r.outcome for r in replies] == [Outcome.ANSWERED, Outcome.DUPLICATE]
+        assert first.text and not again.chunks and not again.sent
+        assert len((await rt.store.load(turn.key)).messages) == 2
+
+
+async def test_two_turns_of_one_conversation_sent_at_once_are_answered_in_order(engine, make_settings):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        order = []
+        sinks = {}
+
+        class Sinks:
+            platform = "test"
+
+            def sink_for(self, turn):
+                sinks[turn.event_id] = RecordingSink(order)
+                order.append(("start", turn.text))
+                return sinks[turn.event_id]
+
+        inbox = MemoryInbox(10)
+        for text in ("first", "second", "third"):
+            await inbox.put(make_turn(text, channel="ordered"))
+        await inbox.close()
+        await rt.manager.serve(inbox, {"test": Sinks()})
+        ctx = await rt.store.load(make_turn("x", channel="ordered").key)
+        assert [m.content for m in ctx.messages if m.role == "user"] == ["first", "second", "third"]
+        # Each answer finished streaming before the next turn's answer began.
+        texts = [sinks[k].text for k in sinks]
+        assert [m.content for m in ctx.messages if m.role == "assistant"] == texts
+
+
+async def test_sixteen_conversations_are_in_flight_together(engine, make_settings):
+    settings = make_settings(llm_url=engine)
+    settings.llm.max_tokens = 256  # long enough that a poll of the gauge sees them
+    async with open_runtime(settings) as rt:
+        peak = 0
+        done = asyncio.Event()
+
+        async def watch():
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, prometheus_sum(await rt.llm.metrics_text(), "vllm:num_requests_running"))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        replies = await asyncio.gather(
+            *(rt.manager.handle(make_turn(f"conversation {i}", channel=f"c{i}"), RecordingSink()) for i in range(16))
+        )
+        done.set()
+        await watcher
+        assert all(r.outcome is Outcome.ANSWERED for r in replies)
+        assert peak > 1
+
+
+async def test_later_turns_of_a_conversation_hit_the_prefix_cache(engine, make_settings):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        async def hits():
+            return prometheus_sum(await rt.llm.metrics_text(), "vllm:prefix_cache_hits_total")
+
+        long_question = "Please explain the deployment steps in detail. " * 12
+        await rt.manager.handle(make_turn(long_question + "one", channel="cache"), RecordingSink())
+        before = await hits()
+        await rt.manager.handle(make_turn("And the second step?", channel="cache"), RecordingSink())
+        assert await hits() - before >= 64  # the whole first exchange came from the cache
+
+
+async def test_context_survives_a_restart_of_the_bot_process(engine, make_settings):
+    settings = make_settings(llm_url=engine)
+    turn = make_turn("remember me", channel="restart")
+    async with open_runtime(settings) as rt:
+        await rt.manager.handle(turn, RecordingSink())
+    async with open_runtime(settings) as rt:  # new clients, new manager: only Redis remembers
+        ctx = await rt.store.load(turn.key)
+        assert ctx.messages[0].content == "remember me"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("", "empty"), ("   \n ", "empty"), ("x" * 1_000_000, "too_long"), (b"caf\xe9 \xff".decode("utf-8", "surrogateescape"), "invalid_utf8")],
+    ids=["empty", "blank", "1MB", "invalid-utf8"],
+)
+async def test_bad_input_gets_a_clear_answer_and_nothing_reaches_the_engine(engine, make_settings, text, reason):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        sink = RecordingSink()
+        turn = make_turn(text)
+        reply = await rt.manager.handle(turn, sink)
+        assert reply.outcome is Outcome.REJECTED and reply.error == reason
+        assert sink.sent == [reply.text] and not sink.chunks
+        assert (await rt.store.load(turn.key)).messages == ()
+
+
+async def test_help_and_reset_commands(engine, make_settings):
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
+        await rt.manager.handle(make_turn("hello", channel="cmd"), RecordingSink())
+        sink = RecordingSink()
+        assert (await rt.manager.handle(make_turn("", channel="cmd", command="reset"), sink)).outcome is Outcome.COMMAND
+        assert sink.sent == [messages.RESET_DONE]
+        assert (await rt.store.load(make_turn("x", channel="cmd").key)).messages == ()
+        sink = RecordingSink()
+        await rt.manager.handle(make_turn("", command="help"), sink)
+        assert sink.sent == [messages.HELP]
+
+
+async def test_memory_store_is_the_fallback_when_no_redis_is_configured(engine, make_settings, monkeypatch):
+    import bot.runtime
+
+    monkeypatch.setattr(bot.runtime, "LOCAL_REDIS", "redis://127.0.0.1:1/0")  # nothing listens there
+    said = []
+    settings = make_settings(llm_url=engine, redis=RedisSettings(_env_file=None, url=None))
+    async with open_runtime(settings, said.append) as rt:
+        assert rt.redis is None
+        turn = make_turn("kept in memory", channel="mem")
+        await rt.manager.handle(turn, RecordingSink())
+        assert len((await rt.store.load(turn.key)).messages) == 2
+    assert any("in memory" in line for line in said)
+
+
+async def test_token_budget_compacts_history_in_steps(engine, make_settings):
+    settings = make_settings(llm_url=engine, context=ContextSettings(_env_file=None, token_budget=120, compact_to=0.5))
+    async with open_runtime(settings) as rt:
+        key = make_turn("x", channel="budget").key
+        sizes = []
+        for i in range(8):
+            await rt.manager.handle(make_turn(f"question number {i} about the budget", channel="budget"), RecordingSink())
+            sizes.append(len((await rt.store.load(key)).messages))
+        assert max(sizes) > min(sizes[2:])  # it shrank at least once
+        assert (await rt.store.load(key)).tokens <= 120

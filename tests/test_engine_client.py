@@ -1,0 +1,66 @@
+"""The LLM client against the real vLLM CPU engine serving the random-weight demo model."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from bot.bench import prometheus_sum
+from bot.config import LLMSettings
+from bot.llm import LLMClient
+
+pytestmark = pytest.mark.engine
+
+LABELS = ["qa", "translate", "chat"]
+
+
+def settings(**overrides):
+    values = {"max_tokens": 16, "extra_body": {"ignore_eos": True}} | overrides
+    return LLMSettings(_env_file=None, **values)
+
+
+async def test_model_is_discovered_and_tokens_are_counted_by_the_engine(engine):
+    async with LLMClient(settings(), base_url=engine) as llm:
+        assert await llm.model() == "parley-demo"
+        assert await llm.health()
+        short, long = await llm.count_tokens("hello"), await llm.count_tokens("hello " * 50)
+        assert 0 < short < long
+
+
+async def test_stream_yields_many_deltas_and_reports_usage(engine):
+    async with LLMClient(settings(), base_url=engine) as llm:
+        async with llm.stream([{"role": "user", "content": "Tell me a story"}], max_tokens=20) as stream:
+            deltas = [d async for d in stream]
+    assert len(deltas) >= 10  # token by token, not one blob at the end
+    assert stream.usage.completion_tokens == 20
+    assert stream.finish_reason == "length"
+
+
+async def test_structured_choice_is_constrained_where_a_free_answer_is_not(engine):
+    async with LLMClient(settings(), base_url=engine) as llm:
+        prompts = [[{"role": "user", "content": f"Which intent is message number {i}?"}] for i in range(12)]
+        choices = await asyncio.gather(*(llm.choose(p, LABELS) for p in prompts))
+        assert set(choices) <= set(LABELS)
+        # The control: the same prompts unconstrained (and with the retired `guided_choice`
+        # field, which vLLM 0.32 accepts and ignores) are not labels. This is what proves
+        # the constraint is doing the work.
+        async with httpx.AsyncClient() as http:
+            free = []
+            for p in prompts[:4]:
+                body = {"model": "parley-demo", "messages": p, "max_tokens": 8, "guided_choice": LABELS}
+                answer = (await http.post(f"{engine}/chat/completions", json=body)).json()
+                free.append(answer["choices"][0]["message"]["content"].strip())
+        assert not set(free) <= set(LABELS)
+
+
+async def test_closing_a_stream_early_aborts_the_request_in_the_engine(engine):
+    async with LLMClient(settings(), base_url=engine) as llm:
+        async with llm.stream([{"role": "user", "content": "long"}], max_tokens=4000) as stream:
+            async for _ in stream:
+                break
+        for _ in range(50):
+            running = prometheus_sum(await llm.metrics_text(), "vllm:num_requests_running")
+            if running == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert running == 0

@@ -1,0 +1,59 @@
+import asyncio
+
+import pytest
+
+from bot.config import RedisSettings
+from bot.dedupe import MemoryDeduper, RedisDeduper
+from bot.dialogue import KeyedLocks
+from bot.errors import InboxClosed, InboxFull
+from bot.inbox import MemoryInbox
+from bot.turns import ConversationKey, Turn
+
+
+def turn(event_id="E1", tenant="T1", text="hi"):
+    return Turn(platform="slack", tenant=tenant, channel="C1", user="U1", text=text, event_id=event_id)
+
+
+async def test_redis_dedupe_claims_each_event_once_per_tenant(redis):
+    deduper = RedisDeduper(redis, RedisSettings(_env_file=None, prefix="dd1"))
+    assert await deduper.claim(turn("E1"))
+    assert not await deduper.claim(turn("E1"))
+    assert await deduper.claim(turn("E1", tenant="T2"))
+    results = await asyncio.gather(*(deduper.claim(turn("E9")) for _ in range(20)))
+    assert results.count(True) == 1
+
+
+async def test_memory_dedupe_matches():
+    deduper = MemoryDeduper(RedisSettings(_env_file=None))
+    assert await deduper.claim(turn("E1"))
+    assert not await deduper.claim(turn("E1"))
+
+
+async def test_inbox_is_bounded_and_drains_after_close():
+    inbox = MemoryInbox(maxsize=2)
+    await inbox.put(turn("1"))
+    await inbox.put(turn("2"))
+    with pytest.raises(InboxFull):
+        await inbox.put(turn("3"))
+    await inbox.close()
+    assert (await inbox.get()).event_id == "1"
+    assert (await inbox.get()).event_id == "2"
+    with pytest.raises(InboxClosed):
+        await inbox.get()
+
+
+async def test_keyed_locks_keep_one_conversation_in_order_and_others_concurrent():
+    locks = KeyedLocks()
+    events = []
+
+    async def work(key, name, delay):
+        async with locks.hold(key):
+            events.append(("start", name))
+            await asyncio.sleep(delay)
+            events.append(("end", name))
+
+    a, b = ConversationKey("x", "t", "a"), ConversationKey("x", "t", "b")
+    await asyncio.gather(work(a, "a1", 0.05), work(a, "a2", 0), work(b, "b1", 0.01))
+    assert events.index(("end", "a1")) < events.index(("start", "a2"))
+    assert events.index(("start", "b1")) < events.index(("end", "a1"))
+    assert len(locks) == 0
