@@ -29,15 +29,15 @@ from bot.prompts import build_messages
 from bot.runtime import Runtime, open_runtime
 from bot.turns import Outcome, Turn
 
-TOPICS = (
-    "how to rotate the API keys for our staging workspace without downtime",
-    "why the nightly export to the data warehouse sometimes finishes twice",
-    "what the difference is between the team plan and the business plan for guests",
-    "how to move a shared channel from one workspace to another and keep its history",
-    "whether the mobile app can keep working offline during a flight",
-    "how single sign-on interacts with the guest accounts of contractors",
-    "what happens to scheduled messages when their author is deactivated",
-    "how to set up an on-call rotation that follows the sun across three offices",
+QUESTIONS = (
+    "How do I rotate the API keys for our staging workspace without downtime?",
+    "Why does the nightly export to the data warehouse sometimes run twice?",
+    "What's the difference between the team plan and the business plan for guests?",
+    "Can I move a shared channel to another workspace and keep its history?",
+    "Does the mobile app keep working offline during a flight?",
+    "How does single sign-on work with our contractors' guest accounts?",
+    "What happens to scheduled messages when their author is deactivated?",
+    "How do I set up an on-call rotation that follows the sun across three offices?",
 )
 
 
@@ -48,11 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _question(run: str, conv: int, turn: int) -> str:
-    topic = TOPICS[(conv + turn) % len(TOPICS)]
-    return (
-        f"[{run} chat {conv}, question {turn}] I'd like to understand {topic}. Please explain the steps, "
-        "the settings involved, and anything an administrator should check before and after the change."
-    )
+    # A typical support question (~20 tokens), tagged so that runs and chats differ.
+    return f"[{run}/{conv}/{turn}] {QUESTIONS[(conv + turn) % len(QUESTIONS)]}"
 
 
 def prometheus_sum(text: str, name: str) -> float:
@@ -191,7 +188,10 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
     settings = settings.model_copy(update={"llm": llm})
     async with open_runtime(settings, say) as runtime:
         say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, against {runtime.llm.base_url}")
-        await _direct(runtime, settings, 2, 1, 4)  # warm-up: model discovery, connections
+        # Warm-up, one turn per conversation through each path: model discovery and the
+        # connection pools (to vLLM and to Redis) are set up before anything is timed.
+        await _direct(runtime, settings, k, 1, args.max_tokens)
+        await _through_parley(runtime, k, 1)
         direct = await _direct(runtime, settings, k, t, args.max_tokens)
         parley = await _through_parley(runtime, k, t)
     ratio = parley.throughput / direct.throughput if direct.throughput else 0.0

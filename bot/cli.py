@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
-        if args.command == "chat" and logging.getLogger().level < logging.WARNING:
-            # The terminal is the chat; keep routine log lines out of it.
+        if args.command in ("chat", "bench") and logging.getLogger().level < logging.WARNING:
+            # The terminal shows the chat or the figures; keep routine log lines out of it.
             logging.getLogger().setLevel(logging.WARNING)
         match args.command:
             case "serve":

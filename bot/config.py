@@ -24,7 +24,10 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def _section(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", validate_default=True)
+    # An empty variable (`SLACK_BOT_TOKEN=`) means unset, as in most .env files.
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=".env", extra="ignore", validate_default=True, env_ignore_empty=True
+    )
 
 
 class LogSettings(BaseSettings):

@@ -3,10 +3,17 @@
 This file runs inside the engine's own virtual environment (it imports torch,
 transformers and tokenizers, which Parley itself never imports): `bot.engine`
 calls it as a script. The result is a Llama-shaped model with random weights and
-a byte-level BPE tokenizer trained here on text that ships with Python, plus a
-chat template. Its answers are random tokens; it exists so that every part of
-the serving path (chat templates, streaming, prefix caching, structured output)
+a word-level tokenizer built here from text that ships with Python, plus a chat
+template. Its answers are random words; it exists so that every part of the
+serving path (chat templates, streaming, prefix caching, structured output)
 runs for real on a machine with no model download.
+
+Why word-level: a real model's answer, sent back as history in the next turn,
+tokenizes to the tokens it was generated as, so the next prompt hits the prefix
+cache through the answer. Random tokens from a byte-level BPE almost never
+re-tokenize the same way (measured: they diverge within the first ~6 tokens),
+which would make every multi-turn cache measurement look worse than any real
+model. Whole words separated by spaces round-trip exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-VOCAB_SIZE = 4096
+VERSION = "2"  # bump when the recipe changes: cached builds are rebuilt
+VOCAB_SIZE = 16384
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -25,11 +33,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def _corpus(limit_bytes: int = 4_000_000) -> list[str]:
-    """English-ish training text that every Python install has: the stdlib's sources."""
+def _corpus(limit_bytes: int = 12_000_000) -> list[str]:
+    """English training text that every Python install has: the language reference's
+    prose (pydoc_data/topics.py), then the stdlib's sources and docstrings."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts, size = [], 0
-    for path in sorted(stdlib.glob("*.py")):
+    for path in [stdlib / "pydoc_data" / "topics.py", *sorted(stdlib.glob("*.py"))]:
         text = path.read_text(encoding="utf-8", errors="ignore")
         texts.append(text)
         size += len(text)
@@ -40,25 +49,20 @@ def _corpus(limit_bytes: int = 4_000_000) -> list[str]:
 
 def build(out: Path, seed: int = 0) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     random.seed(seed)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
 
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL)
+    words.train_from_iterator(_corpus(), trainer=trainer)
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
+        tokenizer_object=words,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="<|end|>",
@@ -88,7 +92,7 @@ def build(out: Path, seed: int = 0) -> None:
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
     )
-    (out / "PARLEY_DEMO_MODEL").write_text("random weights: answers are random tokens\n")
+    (out / "PARLEY_DEMO_MODEL").write_text(VERSION)
 
 
 if __name__ == "__main__":

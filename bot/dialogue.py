@@ -26,7 +26,7 @@ from bot.dedupe import Deduper
 from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError
 from bot.handlers import Handler
 from bot.inbox import Inbox
-from bot.llm import LLMClient
+from bot.llm import LLMClient, Usage, usage_meter
 from bot.logs import turn_fields
 from bot.reply import ReplySink, SinkFactory
 from bot.turns import ConversationKey, Outcome, Reply, Turn
@@ -58,6 +58,10 @@ class KeyedLocks:
             users[0] -= 1
             if not users[0]:
                 del self._locks[key]
+
+
+def _estimate(text: str) -> int:
+    return len(text) // 4 + 1  # ~4 characters a token for English text
 
 
 @dataclass(slots=True)
@@ -111,7 +115,13 @@ class DialogueManager:
         return reply
 
     async def _run(self, turn: Turn, sink: ReplySink, started: float) -> Reply:
-        if not await self._deduper.claim(turn):
+        if turn.command is None:
+            # The context is read beside the dedupe claim: one round trip of waiting, not
+            # two (a duplicate's read is simply dropped).
+            first, context = await asyncio.gather(self._deduper.claim(turn), self._store.load(turn.key))
+        else:
+            first, context = await self._deduper.claim(turn), None
+        if not first:
             return self._reply(turn, Outcome.DUPLICATE, started)
         if turn.command == "help":
             await sink.send(messages.HELP)
@@ -130,19 +140,23 @@ class DialogueManager:
 
         # Counting the user's tokens runs beside the context load and the answer.
         user_tokens = asyncio.create_task(self._count(turn.text))
+        usage = Usage()
+        metering = usage_meter.set(usage)
         try:
-            context = await self._store.load(turn.key)
+            assert context is not None
             answer = _Answer()
             shown = await sink.stream(self._guarded(self._route(turn).answer(turn, context), answer))
             if not shown.strip():
                 # An engine that ends with nothing visible must not leave the user in silence.
                 shown = messages.EMPTY_ANSWER
                 await sink.send(shown)
-            new = [Message("user", turn.text, await user_tokens)]
+            new = [Message("user", turn.text, self._tokens_now(user_tokens, turn.text))]
             if answer.text.strip():
-                new.append(Message("assistant", answer.text, await self._count(answer.text)))
+                tokens = usage.completion_tokens or await self._count(answer.text)
+                new.append(Message("assistant", answer.text, tokens))
             await self._store.save(turn.key, context, new)
         finally:
+            usage_meter.reset(metering)
             user_tokens.cancel()
         if answer.error is not None:
             log.warning("answer failed: %r", answer.error, extra=turn_fields(turn))
@@ -188,12 +202,20 @@ class DialogueManager:
         finally:
             answer.llm_time = time.perf_counter() - started
 
+    @staticmethod
+    def _tokens_now(count: asyncio.Task[int], text: str) -> int:
+        """The exact count if /tokenize has answered by now, else an estimate: the count
+        only steers when history is compacted, and waiting for it would put an engine
+        round trip on every turn's critical path (it runs beside generation instead)."""
+        if count.done() and not count.cancelled():
+            return count.result()
+        return _estimate(text)
+
     async def _count(self, text: str) -> int:
         try:
             return await self._llm.count_tokens(text)
         except LLMError:
-            # The engine is down (the turn is failing anyway): estimate, ~4 chars a token.
-            return len(text) // 4 + 1
+            return _estimate(text)  # the engine is down; the turn is failing anyway
 
     async def _fail(self, turn: Turn, sink: ReplySink, exc: BaseException, started: float, *, expected: bool) -> Reply:
         if expected:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from bot import demo_model
 from bot.config import EngineSettings
 from bot.errors import ParleyError
 
@@ -119,12 +120,13 @@ def ensure_installed(settings: EngineSettings, say: Callable[[str], None] = log.
 def ensure_demo_model(paths: EnginePaths, say: Callable[[str], None] = log.info) -> Path:
     """The tiny random-weight model, built once (a few seconds) with the engine's own torch."""
     with _home_lock(paths):
-        if (paths.demo_model / "PARLEY_DEMO_MODEL").exists():
+        marker = paths.demo_model / "PARLEY_DEMO_MODEL"
+        if marker.exists() and marker.read_text().strip() == demo_model.VERSION:
             return paths.demo_model
         say(f"building the demo model in {paths.demo_model}...")
         building = paths.demo_model.with_name(paths.demo_model.name + ".building")
         shutil.rmtree(building, ignore_errors=True)
-        script = Path(__file__).with_name("demo_model.py")
+        script = Path(demo_model.__file__)
         # -P: the script's folder (bot/) must not shadow stdlib modules in that interpreter.
         _run([str(paths.python), "-P", str(script), str(building)], paths.logs / "demo-model.log", "building the demo model")
         shutil.rmtree(paths.demo_model, ignore_errors=True)

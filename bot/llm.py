@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,16 @@ ChatMessages = Sequence[dict[str, str]]
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+# Every stream that ends adds its usage to the meter of the context it ran in. The dialogue
+# manager sets a fresh meter per turn, so it learns an answer's token count without a
+# second /tokenize round trip and without handlers doing any bookkeeping.
+usage_meter: ContextVar[Usage | None] = ContextVar("parley_usage_meter", default=None)
 
 
 class ChatStream:
@@ -171,10 +182,13 @@ class LLMClient:
         async with self._slots:
             deadline = asyncio.get_running_loop().time() + self._settings.total_timeout
             response = await self._open_stream(body, deadline)
+            chat = ChatStream(response, url=self.base_url, deadline=deadline, total=self._settings.total_timeout)
             try:
-                yield ChatStream(response, url=self.base_url, deadline=deadline, total=self._settings.total_timeout)
+                yield chat
             finally:
                 await response.aclose()
+                if (meter := usage_meter.get()) is not None:
+                    meter.add(chat.usage)
 
     async def choose(self, messages: ChatMessages, labels: Sequence[str]) -> str:
         """One of `labels`, chosen by the model under vLLM's structured-output constraint.

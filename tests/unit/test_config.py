@@ -17,6 +17,7 @@ def test_nested_sections_read_their_prefixed_variables(monkeypatch):
     monkeypatch.setenv("PARLEY_LLM_EXTRA_BODY", '{"ignore_eos": true}')
     monkeypatch.setenv("PARLEY_REDIS_URL", "redis://cache:6379/2")
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret")
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", "4")
     monkeypatch.setenv("DISCORD_SHARD_IDS", "[0, 2]")
     settings = load_settings(None)
     assert settings.llm.base_url == "http://gpu-box:8000/v1"
