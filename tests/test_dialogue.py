@@ -8,7 +8,8 @@ import pytest
 
 from bot import messages
 from bot.bench import prometheus_sum
-from bot.config import ContextSettings, LLMSettings, RedisSettings
+from bot.config import ContextSettings, RedisSettings
+from bot.errors import EngineRejected
 from bot.inbox import MemoryInbox
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn
@@ -188,3 +189,14 @@ async def test_token_budget_compacts_history_in_steps(engine, make_settings):
             sizes.append(len((await rt.store.load(key)).messages))
         assert max(sizes) > min(sizes[2:])  # it shrank at least once
         assert (await rt.store.load(key)).tokens <= 120
+
+
+async def test_a_prompt_longer_than_the_model_takes_is_refused_clearly(engine, make_settings):
+    # Within Parley's character limit but beyond the engine's 4,096-token context: vLLM
+    # answers 400, which must reach the user as one clear sentence.
+    settings = make_settings(llm_url=engine, context=ContextSettings(_env_file=None, max_input_chars=200_000))
+    async with open_runtime(settings) as rt:
+        sink = RecordingSink()
+        reply = await rt.manager.handle(make_turn("word " * 6000), sink)
+        assert reply.outcome is Outcome.FAILED and reply.error == "EngineRejected"
+        assert sink.text == messages.for_user(EngineRejected("x", status=400, detail=""))

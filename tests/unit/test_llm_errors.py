@@ -1,0 +1,48 @@
+"""How engine answers map onto Parley's error tree, and what the user is told."""
+
+import httpx
+import pytest
+
+from bot import messages
+from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineTimeout, EngineUnavailable
+from bot.llm import _map_status, _map_transport_error
+
+URL = "http://engine:8000/v1"
+
+
+def response(status, headers=None, body="{}"):
+    return httpx.Response(status, headers=headers or {}, text=body, request=httpx.Request("POST", URL))
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "kind"),
+    [(429, {"Retry-After": "3"}, EngineOverloaded), (503, {}, EngineOverloaded), (400, {}, EngineRejected),
+     (404, {}, EngineRejected), (500, {}, EngineFailed)],
+)
+def test_status_codes_map_to_typed_errors_with_their_data(status, headers, kind):
+    error = _map_status(response(status, headers, '{"message": "nope"}'), URL)
+    assert isinstance(error, kind) and error.url == URL
+    if kind is EngineOverloaded:
+        assert error.retryable and error.status == status
+        assert error.retry_after == (3.0 if headers else None)
+    if kind is EngineRejected:
+        assert not error.retryable and "nope" in error.detail
+
+
+def test_transport_errors_map_to_unavailable_or_timeout():
+    request = httpx.Request("POST", URL, extensions={"timeout": {"connect": 5.0, "read": 60.0}})
+    refused = _map_transport_error(httpx.ConnectError("refused", request=request), URL)
+    assert isinstance(refused, EngineUnavailable) and refused.retryable
+    silent = _map_transport_error(httpx.ReadTimeout("slow", request=request), URL)
+    assert isinstance(silent, EngineTimeout) and (silent.phase, silent.timeout) == ("read", 60.0)
+    connect = _map_transport_error(httpx.ConnectTimeout("slow", request=request), URL)
+    assert (connect.phase, connect.timeout) == ("connect", 5.0)
+
+
+def test_every_engine_error_has_a_short_user_sentence_without_internals():
+    errors = [EngineUnavailable("boom at http://10.0.0.1", url=URL), EngineTimeout("x", url=URL, phase="read", timeout=1),
+              EngineOverloaded("x", url=URL, status=429, retry_after=None), EngineRejected("x", url=URL, status=400, detail="d"),
+              EngineFailed("x", url=URL)]
+    sentences = {messages.for_user(e) for e in errors}
+    assert len(sentences) == len(errors)  # each failure is explained in its own words
+    assert all(URL not in s and "10.0.0.1" not in s and len(s) < 120 for s in sentences)
