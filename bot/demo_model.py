@@ -3,17 +3,18 @@
 This file runs inside the engine's own virtual environment (it imports torch,
 transformers and tokenizers, which Parley itself never imports): `bot.engine`
 calls it as a script. The result is a Llama-shaped model with random weights and
-a word-level tokenizer built here from text that ships with Python, plus a chat
-template. Its answers are random words; it exists so that every part of the
-serving path (chat templates, streaming, prefix caching, structured output)
+a character-level tokenizer built here from text that ships with Python, plus a chat
+template. Its answers are random characters; it exists so that every part of
+the serving path (chat templates, streaming, prefix caching, structured output)
 runs for real on a machine with no model download.
 
-Why word-level: a real model's answer, sent back as history in the next turn,
-tokenizes to the tokens it was generated as, so the next prompt hits the prefix
-cache through the answer. Random tokens from a byte-level BPE almost never
-re-tokenize the same way (measured: they diverge within the first ~6 tokens),
-which would make every multi-turn cache measurement look worse than any real
-model. Whole words separated by spaces round-trip exactly.
+Why one token per character: a real model's answer, sent back as history in the
+next turn, tokenizes to the tokens it was generated as, so the next prompt hits
+the prefix cache through the answer. Random tokens from a byte-level BPE almost
+never re-tokenize the same way (measured: they diverge within the first ~6
+tokens), which would make every multi-turn cache measurement look worse than
+any real model; whole words round-trip but cannot spell a structured-output
+label that is not in the vocabulary. Single characters do both.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-VERSION = "2"  # bump when the recipe changes: cached builds are rebuilt
-VOCAB_SIZE = 16384
+VERSION = "3"  # bump when the recipe changes: cached builds are rebuilt
+VOCAB_SIZE = 2048  # the most frequent characters of the corpus
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -49,20 +50,21 @@ def _corpus(limit_bytes: int = 12_000_000) -> list[str]:
 
 def build(out: Path, seed: int = 0) -> None:
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     random.seed(seed)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
 
-    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    chars = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    chars.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    chars.decoder = decoders.Fuse()
     trainer = trainers.WordLevelTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL)
-    words.train_from_iterator(_corpus(), trainer=trainer)
+    chars.train_from_iterator(_corpus(), trainer=trainer)
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words,
+        tokenizer_object=chars,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="<|end|>",

