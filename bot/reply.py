@@ -48,7 +48,7 @@ FENCE = "```"
 CLOSE_RESERVE = len("\n" + FENCE)
 
 
-def _open_fence(text: str) -> str | None:
+def open_fence(text: str) -> str | None:
     """The opening line of the code block still open at the end of `text`, if any."""
     opening = None
     for line in text.split("\n"):
@@ -74,7 +74,7 @@ def split_first(text: str, limit: int) -> tuple[str, str]:
     def outside_code(sep: str) -> int:
         pos = window.rfind(sep)
         while pos >= floor:
-            if _open_fence(window[:pos]) is None:
+            if open_fence(window[:pos]) is None:
                 return pos
             pos = window.rfind(sep, 0, pos)
         return -1
@@ -89,7 +89,7 @@ def split_first(text: str, limit: int) -> tuple[str, str]:
     if cut < floor:
         cut = len(window)
     head, rest = text[:cut], text[cut:].lstrip("\n") if text[cut : cut + 1] == "\n" else text[cut:]
-    fence = _open_fence(head)
+    fence = open_fence(head)
     if fence is not None:
         head, rest = head.rstrip("\n") + "\n" + FENCE, fence + "\n" + rest
     return head, rest

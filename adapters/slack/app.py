@@ -130,7 +130,9 @@ class SlackAdapter:
             return auth
 
         app = AsyncApp(
-            client=self._client,
+            # Bolt builds a client per request from this one and the token `authorize` gives;
+            # it carries no token itself, so bolt does not also try its own auth.test.
+            client=AsyncWebClient(base_url=self._settings.api_base_url, timeout=int(self._settings.request_timeout)),
             authorize=authorize,
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=not socket_mode,  # Socket Mode has no signatures

@@ -23,7 +23,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.errors import PlatformError
-from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, _open_fence
+from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, open_fence
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class NativeStream:
                 await self._append(piece)
                 return
             head, piece = _cut(piece, room)
-            fence = _open_fence(self._page + head)
+            fence = open_fence(self._page + head)
             if fence is not None:
                 head, piece = head.rstrip("\n") + "\n" + FENCE, fence + "\n" + piece
             if head.strip():
@@ -287,8 +287,8 @@ class ResponseUrlSink:
             response = await AsyncWebhookClient(self._url).send(text=text, response_type="ephemeral")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformError(f"response_url failed: {type(exc).__name__}", platform=PLATFORM) from exc
-        if response.status != 200:
-            raise PlatformError(f"response_url failed: {response.status}", platform=PLATFORM, status=response.status)
+        if response.status_code != 200:
+            raise PlatformError(f"response_url failed: {response.status_code}", platform=PLATFORM, status=response.status_code)
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         text = "".join([chunk async for chunk in chunks])

@@ -1,0 +1,339 @@
+"""A fake Slack on loopback that speaks Slack's real protocols, so slack-bolt and slack_sdk run unmodified.
+
+- Web API: `POST /api/{method}` (form, query or JSON arguments, bearer token checked),
+  recording every call with its start and end time; per-method latency and a number
+  of 429 answers (with Retry-After) can be injected. Messages posted, edited and
+  streamed are kept per channel and thread.
+- `POST /response/{id}`: slash commands' response_url.
+- `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
+  It says `hello`, pushes envelopes (`push`) and collects the acks.
+- `signed_request`: a signed Events API request as Slack sends one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+
+BOT_USER = "UPARLEY"
+BOT_ID = "BPARLEY"
+TEAM = "T0001"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    started: float
+    ended: float | None = None
+    status: int = 200
+    error: str = ""
+
+
+@dataclass
+class Posted:
+    """A message as the fake shows it: its text now, and whether it came by native streaming."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    streamed: bool = False
+    stopped: bool = False
+
+
+@dataclass
+class Ack:
+    envelope_id: str
+    at: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeSlack:
+    def __init__(self, *, token: str, app_token: str = "", streaming: bool = False) -> None:
+        self.token = token
+        self.app_token = app_token
+        self.streaming = streaming  # offer chat.startStream/appendStream/stopStream
+        self.calls: list[Call] = []
+        self.latency: dict[str, float] = {}  # seconds added to a method (or a response_url path)
+        self.rate_limits: dict[str, int] = {}  # method -> how many of its next calls get a 429
+        self.retry_after = 1
+        self.messages: list[Posted] = []
+        self.responses: list[dict[str, Any]] = []  # what arrived at response_urls
+        self.acks: list[Ack] = []
+        self.url = ""
+        self._ts = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> FakeSlack:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/response/{id}", self._response_url)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    def response_url(self) -> str:
+        return f"{self.url}/response/{uuid.uuid4().hex}"
+
+    # -- what tests look at -----------------------------------------------------------------
+
+    def calls_to(self, method: str, *, ok: bool | None = None) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (ok is None or (c.status == 200 and not c.error) == ok)]
+
+    def in_thread(self, channel: str, thread_ts: str | None) -> list[Posted]:
+        return [m for m in self.messages if m.channel == channel and m.thread_ts == thread_ts]
+
+    async def wait_for(self, check: Callable[[], Any], timeout: float = 120) -> Any:
+        """Wait until `check()` is truthy (re-checked on every call the fake receives)."""
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                while not (result := check()):
+                    try:
+                        async with asyncio.timeout(0.5):
+                            await self._changed.wait()
+                    except TimeoutError:
+                        pass
+                return result
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- the Web API ------------------------------------------------------------------------
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            args.update(await request.json())
+        else:
+            args.update(await request.post())
+        call = Call(method, args, time.monotonic())
+        self.calls.append(call)
+        await self._notify()
+        if delay := self.latency.get(method):
+            await asyncio.sleep(delay)
+        if self.rate_limits.get(method, 0) > 0:
+            self.rate_limits[method] -= 1
+            return self._finish(call, {"ok": False, "error": "ratelimited"}, status=429)
+        expected = self.app_token if method == "apps.connections.open" else self.token
+        if request.headers.get("Authorization") != f"Bearer {expected}":
+            return self._finish(call, {"ok": False, "error": "invalid_auth"})
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        body = handler(args) if handler else {"ok": True}
+        return self._finish(call, body)
+
+    def _finish(self, call: Call, body: dict[str, Any], *, status: int = 200) -> web.Response:
+        call.ended = time.monotonic()
+        call.status = status
+        call.error = "" if body.get("ok") else str(body.get("error"))
+        headers = {"Retry-After": str(self.retry_after)} if status == 429 else {}
+        asyncio.get_running_loop().create_task(self._notify())
+        return web.json_response(body, status=status, headers=headers)
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": "https://fake.slack.test/", "team": "Fake", "user": "parley",
+                "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
+
+    def _new_message(self, args: dict[str, Any], text: str, *, streamed: bool = False) -> dict[str, Any]:
+        ts = f"{2000000000 + next(self._ts)}.000100"
+        self.messages.append(Posted(args["channel"], ts, args.get("thread_ts") or None, text, streamed=streamed))
+        return {"ok": True, "channel": args["channel"], "ts": ts}
+
+    def _find(self, args: dict[str, Any]) -> Posted | None:
+        return next((m for m in self.messages if m.channel == args.get("channel") and m.ts == args.get("ts")), None)
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("text"):
+            return {"ok": False, "error": "no_text"}
+        return self._new_message(args, args["text"])
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(args)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        message.text = args["text"]
+        return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
+
+    def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self.streaming:
+            return {"ok": False, "error": "unknown_method"}
+        if not args.get("thread_ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return self._new_message(args, args.get("markdown_text", ""), streamed=True)
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(args)
+        if not self.streaming:
+            return {"ok": False, "error": "unknown_method"}
+        if message is None or message.stopped:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message.text += args.get("markdown_text", "")
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        response = self._chat_appendStream(args)
+        if response["ok"]:
+            self._find(args).stopped = True  # type: ignore[union-attr]
+        return response
+
+    # -- response_url -----------------------------------------------------------------------
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        if delay := self.latency.get("response_url"):
+            await asyncio.sleep(delay)
+        self.responses.append({"at": time.monotonic(), **await request.json()})
+        await self._notify()
+        return web.Response(text="ok")
+
+    # -- Socket Mode ------------------------------------------------------------------------
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1, "debug_info": {"host": "fake"},
+                            "connection_info": {"app_id": "A0001"}})
+        await self._notify()
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                if "envelope_id" in data:
+                    self.acks.append(Ack(data["envelope_id"], time.monotonic(), data.get("payload") or {}))
+                    await self._notify()
+        self._sockets.remove(ws)
+        return ws
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._sockets)
+
+    async def push(self, kind: str, payload: dict[str, Any]) -> str:
+        """Send an envelope (`events_api`, `slash_commands`) over the open socket; returns its id."""
+        envelope_id = uuid.uuid4().hex
+        await self._sockets[-1].send_json({
+            "envelope_id": envelope_id, "type": kind, "payload": payload, "retry_attempt": 0, "retry_reason": "",
+            "accepts_response_payload": kind != "events_api",
+        })
+        return envelope_id
+
+    def ack_of(self, envelope_id: str) -> Ack | None:
+        return next((a for a in self.acks if a.envelope_id == envelope_id), None)
+
+
+# -- what Slack sends -----------------------------------------------------------------------
+
+_event_ids = itertools.count(1)
+_message_ts = itertools.count(1)
+
+
+def new_ts() -> str:
+    return f"{1700000000 + next(_message_ts)}.000200"
+
+
+def event_callback(event: dict[str, Any], *, team: str = TEAM, event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "token": "unused-verification-token", "team_id": team, "api_app_id": "A0001", "event": event,
+        "type": "event_callback", "event_id": event_id or f"Ev{next(_event_ids):08d}", "event_time": int(time.time()),
+        "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
+    }
+
+
+def mention(channel: str, text: str, *, user: str = "UALICE", ts: str | None = None, thread_ts: str | None = None) -> dict[str, Any]:
+    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts or new_ts(),
+             "channel": channel, "team": TEAM}
+    event["event_ts"] = event["ts"]
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def message(channel: str, text: str, *, user: str = "UALICE", channel_type: str = "channel",
+            thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+    ts = extra.pop("ts", None) or new_ts()
+    event = {"type": "message", "user": user, "text": text, "ts": ts, "event_ts": ts, "channel": channel,
+             "channel_type": channel_type, "team": TEAM, **extra}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def sign(secret: str, timestamp: str, body: str) -> str:
+    digest = hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return f"v0={digest}"
+
+
+@dataclass
+class Delivery:
+    status: int
+    text: str
+    at: float  # monotonic time the response arrived
+
+
+async def signed_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: dict[str, Any],
+    *,
+    secret: str,
+    form: bool = False,
+    timestamp: int | None = None,
+    retry_num: int | None = None,
+    signature: str | None = None,
+) -> Delivery:
+    """POST a payload as Slack does: JSON for events, a form for slash commands, signed."""
+    body = urlencode(payload) if form else json.dumps(payload)
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature if signature is not None else sign(secret, ts, body),
+    }
+    if retry_num is not None:
+        headers["X-Slack-Retry-Num"] = str(retry_num)
+        headers["X-Slack-Retry-Reason"] = "http_timeout"
+    async with session.post(url, data=body.encode(), headers=headers) as response:
+        text = await response.text()
+        return Delivery(response.status, text, time.monotonic())
+
+
+def command(text: str, *, channel: str = "D0001", response_url: str, user: str = "UALICE") -> dict[str, Any]:
+    return {
+        "token": "unused", "team_id": TEAM, "team_domain": "fake", "channel_id": channel, "channel_name": "directmessage",
+        "user_id": user, "user_name": "alice", "command": "/parley", "text": text, "api_app_id": "A0001",
+        "response_url": response_url, "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
+    }

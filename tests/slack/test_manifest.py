@@ -1,0 +1,32 @@
+"""deploy/slack/manifest.json: parses, and asks for exactly what the adapter uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MANIFEST = Path(__file__).parents[2] / "deploy" / "slack" / "manifest.json"
+
+# Each event Parley listens to, and the scope Slack requires for it.
+EVENT_SCOPES = {
+    "app_mention": "app_mentions:read",  # @Parley in a channel
+    "message.channels": "channels:history",  # thread follow-ups in public channels
+    "message.groups": "groups:history",  # ... and in private channels
+    "message.im": "im:history",  # DMs
+}
+CALL_SCOPES = {"chat:write", "commands"}  # chat.postMessage/update/*Stream; /parley
+
+
+def test_manifest_asks_for_exactly_what_parley_uses():
+    manifest = json.loads(MANIFEST.read_text())
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    scopes = manifest["oauth_config"]["scopes"]["bot"]
+    assert sorted(events) == sorted(EVENT_SCOPES)
+    assert sorted(scopes) == sorted(set(EVENT_SCOPES.values()) | CALL_SCOPES)
+    assert "user" not in manifest["oauth_config"]["scopes"]  # no user token
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    [command] = manifest["features"]["slash_commands"]
+    assert command["command"] == "/parley" and "url" not in command  # Socket Mode needs no URL
+    assert manifest["features"]["app_home"]["messages_tab_enabled"] is True  # so people can DM it
+    assert manifest["features"]["bot_user"]["display_name"]
+    assert manifest["_metadata"]["major_version"] == 1
