@@ -32,8 +32,11 @@ class Adapter(Protocol):
         ...
 
     def sink_for(self, turn: Turn) -> ReplySink:
-        """Where the answer to `turn` goes."""
+        """Where the answer to `turn` goes. Platform failures belong in the sink's calls."""
         ...
+
+    # Optional: `async def aclose(self) -> None`, called once the turns in flight have been
+    # answered, to close the platform clients that the sinks use.
 
 
 AdapterFactory = Callable[["Runtime"], "Adapter | None"]

@@ -1,8 +1,9 @@
 """Running adapters and dialogue workers together, and stopping them in order.
 
 Shutdown order: stop intake (cancel the adapters' listeners), close the inbox,
-let the workers finish the turns in flight within `drain_timeout`, then the
-runtime closes the clients.
+let the workers finish the turns in flight within `drain_timeout`, close each
+adapter that has an `aclose()` (the clients its sinks answer through), then the
+runtime closes the shared clients.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ async def run_adapters(runtime: Runtime, adapters: Sequence[Adapter], *, stop: a
             except TimeoutError:
                 log.warning("turns still in flight after %.0f s; cancelling them", runtime.settings.dialogue.drain_timeout)
                 workers.cancel()
+                await asyncio.gather(workers, return_exceptions=True)
+            # Only now may adapters close the clients their sinks answer through.
+            for adapter in adapters:
+                if (aclose := getattr(adapter, "aclose", None)) is not None:
+                    try:
+                        await aclose()
+                    except Exception:
+                        log.exception("closing adapter %s failed", adapter.platform)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

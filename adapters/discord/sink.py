@@ -50,23 +50,29 @@ def platform_errors(action: str) -> Iterator[None]:
             code=str(exc.code),
             permanent=isinstance(exc, (discord.Forbidden, discord.NotFound)),
         ) from exc
-    except discord.ClientException as exc:  # the client is closed: Parley is shutting down
-        raise PlatformError(f"{action}: {exc}", platform=PLATFORM, permanent=True) from exc
+
+
+def live(client: discord.Client | None, action: str) -> discord.Client:
+    """The client, if it can still make requests (it is gone only after a shutdown's drain timeout)."""
+    if client is None or client.is_closed():
+        raise PlatformError(f"{action}: the Discord client is closed", platform=PLATFORM, permanent=True)
+    return client
 
 
 class ChannelEditor:
     """Posts and edits an answer in a channel, thread or DM."""
 
-    def __init__(self, client: discord.Client, turn: Turn, chains: Chains, *, archive_minutes: int) -> None:
+    def __init__(self, client: discord.Client | None, turn: Turn, chains: Chains, *, archive_minutes: int) -> None:
         self._client = client
         self._turn = turn
         self._chains = chains
         self._archive_minutes = archive_minutes
         self._channel_id = int(turn.meta["post_channel"])
+        self._guild_id = int(turn.tenant) if turn.tenant.isdigit() else None
         self._pages = 0
 
     def _channel(self) -> discord.PartialMessageable:
-        return self._client.get_partial_messageable(self._channel_id)
+        return live(self._client, "answering").get_partial_messageable(self._channel_id, guild_id=self._guild_id)
 
     async def post(self, text: str) -> str:
         reference = None
@@ -119,29 +125,33 @@ class ChannelEditor:
 class InteractionEditor:
     """Fills a deferred slash-command response, then adds follow-ups, through the interaction webhook."""
 
-    def __init__(self, client: discord.Client, turn: Turn, chains: Chains) -> None:
+    def __init__(self, client: discord.Client | None, turn: Turn, chains: Chains) -> None:
+        self._client = client
         self._turn = turn
         self._chains = chains
-        self._webhook = discord.Webhook.partial(
-            int(turn.meta["application_id"]), turn.meta["interaction_token"], client=client
-        )
         self._pages = 0
+
+    def _webhook(self) -> discord.Webhook:
+        client = live(self._client, "answering a command")
+        return discord.Webhook.partial(
+            int(self._turn.meta["application_id"]), self._turn.meta["interaction_token"], client=client
+        )
 
     async def post(self, text: str) -> str:
         with platform_errors("answering a command"):
             if self._pages == 0:
                 original = self._turn.meta.get("original", "@original")
-                message = await self._webhook.edit_message(
+                message = await self._webhook().edit_message(
                     int(original) if original.isdigit() else original,  # type: ignore[arg-type]
                     content=text,
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
             else:
-                message = await self._webhook.send(text, wait=True, allowed_mentions=discord.AllowedMentions.none())
+                message = await self._webhook().send(text, wait=True, allowed_mentions=discord.AllowedMentions.none())
         self._pages += 1
         await self._chains.remember(str(message.id), self._turn.thread)
         return str(message.id)
 
     async def edit(self, message_id: str, text: str) -> None:
         with platform_errors("editing a command's answer"):
-            await self._webhook.edit_message(int(message_id), content=text)
+            await self._webhook().edit_message(int(message_id), content=text)

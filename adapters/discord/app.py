@@ -1,0 +1,327 @@
+"""The Discord transport: discord.py's sharded client, its gateway events and slash commands.
+
+`DiscordAdapter.run` owns the client: it logs in, registers the slash commands,
+and keeps the gateway shards of this replica connected (discord.py resumes a
+session after a RECONNECT or a dropped connection, and Discord replays what was
+missed). Each message for Parley becomes a `Turn` in the inbox; each slash command
+is deferred at once (Discord wants an answer within 3 seconds) and answered later
+through the interaction's webhook.
+
+On cancellation the gateway is closed first (no new turns), then the REST client
+is kept until the answers this adapter handed out are finished, then closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+
+from adapters.discord.chains import Chains
+from adapters.discord.normalize import (
+    Place,
+    chain_root_guess,
+    channel_ids,
+    guild_id_of,
+    interaction_turn,
+    is_from_bot,
+    mentions_bot,
+    message_turn,
+    place_of,
+    replied_to,
+)
+from adapters.discord.sink import ChannelEditor, InteractionEditor
+from bot import messages
+from bot.config import DiscordSettings
+from bot.errors import ConfigError, InboxClosed, InboxFull, ParleyError
+from bot.inbox import Inbox
+from bot.logs import turn_fields
+from bot.reply import EditingSink, MessageEditor, ReplySink
+from bot.turns import Turn
+
+log = logging.getLogger(__name__)
+
+# What Parley asks the gateway for, and nothing more: guilds (channels, threads,
+# roles), messages in guilds and DMs, and their text (privileged: without it
+# Discord still sends the text of mentions and DMs).
+INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+# The bot permissions the code uses (see deploy/discord/SETUP.md): read channels and
+# their history (a reply quotes a message), post, post in threads, and with
+# open_threads create public threads.
+PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+)
+THREAD_PERMISSIONS = discord.Permissions(create_public_threads=True)
+PRIVATE_COMMANDS = ("help", "reset")  # answered to the caller only
+
+
+def permissions(*, open_threads: bool) -> discord.Permissions:
+    return PERMISSIONS | THREAD_PERMISSIONS if open_threads else PERMISSIONS
+
+
+def invite_url(application_id: int, *, open_threads: bool) -> str:
+    return discord.utils.oauth_url(
+        application_id, permissions=permissions(open_threads=open_threads), scopes=("bot", "applications.commands")
+    )
+
+
+def point_at(settings: DiscordSettings) -> None:
+    """Send REST and the gateway where the settings say (a rate-limit proxy, the tests'
+    fake). discord.py has exactly two hooks for this, both class attributes read when a
+    request or connection is made: the REST base of every `Route` (webhooks included)
+    and the gateway a shard connects to when Discord has not named one."""
+    discord.http.Route.BASE = settings.api_base_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+def content_granted(flags: discord.ApplicationFlags) -> bool:
+    return flags.gateway_message_content or flags.gateway_message_content_limited
+
+
+class ParleyClient(discord.AutoShardedClient):
+    """discord.py's sharded client with this replica's shards; events go to the adapter."""
+
+    def __init__(self, *, adapter: DiscordAdapter, settings: DiscordSettings, intents: discord.Intents) -> None:
+        super().__init__(
+            intents=intents,
+            shard_count=settings.shard_count,
+            shard_ids=settings.shard_ids,
+            guild_ready_timeout=settings.guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+            max_messages=None,  # Parley reads each message once; no message cache
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self._adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+        add_commands(self.tree, adapter)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._adapter.on_message(message)
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("discord shard %s ready (%s guilds)", shard_id, sum(1 for g in self.guilds if g.shard_id == shard_id))
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        log.info("discord shard %s resumed its session", shard_id)
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        # The error boundary around one gateway event: log it, keep the connection.
+        log.exception("error while handling discord event %s", event_method)
+
+
+def add_commands(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> None:
+    @tree.command(name="ask", description="Ask Parley a question")
+    @app_commands.describe(question="What you want to know")
+    async def ask(interaction: discord.Interaction, question: str) -> None:
+        await adapter.on_command(interaction, "ask", question)
+
+    @tree.command(name="translate", description="Translate a text")
+    @app_commands.describe(text="The text to translate", to="The language to translate into (default: English)")
+    async def translate(interaction: discord.Interaction, text: str, to: str | None = None) -> None:
+        await adapter.on_command(interaction, "translate", text, target_language=to)
+
+    @tree.command(name="reset", description="Make Parley forget this conversation")
+    async def reset(interaction: discord.Interaction) -> None:
+        await adapter.on_command(interaction, "reset")
+
+    @tree.command(name="help", description="What Parley can do")
+    async def help_(interaction: discord.Interaction) -> None:
+        await adapter.on_command(interaction, "help")
+
+
+class DiscordAdapter:
+    platform = "discord"
+
+    def __init__(self, *, settings: DiscordSettings, chains: Chains, drain_timeout: float) -> None:
+        self._settings = settings
+        self._chains = chains
+        self._drain_timeout = drain_timeout
+        self._client: ParleyClient | None = None
+        self._inbox: Inbox | None = None
+        self._closing = False
+        self._answering: set[asyncio.Task[Any]] = set()  # the worker tasks holding one of our sinks
+        self.content_intent = True  # False once Discord has said the text of messages is withheld
+
+    @property
+    def client(self) -> ParleyClient | None:
+        return self._client
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def run(self, inbox: Inbox) -> None:
+        assert self._settings.token is not None
+        self._inbox = inbox
+        point_at(self._settings)
+        intents = discord.Intents(INTENTS.value)
+        try:
+            while True:
+                client = self._client = ParleyClient(adapter=self, settings=self._settings, intents=intents)
+                try:
+                    await client.login(self._settings.token.get_secret_value())
+                    if not intents.message_content or content_granted(client.application_flags):
+                        if self._settings.sync_commands:
+                            await self._sync_commands(client)
+                        await client.connect(reconnect=True)
+                        return
+                except discord.PrivilegedIntentsRequired:
+                    if not intents.message_content:
+                        raise ConfigError("DISCORD_TOKEN", "Discord refused the gateway intents Parley needs") from None
+                except discord.LoginFailure:
+                    raise ConfigError("DISCORD_TOKEN", "Discord rejected the bot token") from None
+                # Discord withholds message text from this application: connect again without asking for it.
+                self._no_content_intent()
+                intents.message_content = False
+                await client.close()
+        finally:
+            await self._shutdown()
+
+    def _no_content_intent(self) -> None:
+        self.content_intent = False
+        log.warning(
+            "Discord has not granted Parley the Message Content intent: it will answer mentions, DMs and "
+            "slash commands, but cannot read follow-ups in reply chains and threads that do not mention it. "
+            "Enable 'Message Content Intent' under Bot in the Discord developer portal, then restart."
+        )
+
+    async def _sync_commands(self, client: ParleyClient) -> None:
+        guild = discord.Object(self._settings.test_guild) if self._settings.test_guild else None
+        if guild is not None:
+            client.tree.copy_global_to(guild=guild)
+        synced = await client.tree.sync(guild=guild)
+        log.info("registered %s slash commands (guild: %s)", len(synced), guild.id if guild else "all")
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        client = self._client
+        if client is None:
+            return
+        for shard in client.shards.values():
+            await shard.disconnect()  # no new turns; REST stays up for the answers in flight
+        await self._drain()
+        await client.close()
+
+    async def _drain(self) -> None:
+        """Wait (at most the drain timeout) for the turns that took one of our sinks.
+        A turn still queued takes its sink as soon as a worker is free, so an empty set
+        is only believed after a short pause."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_timeout
+        while (left := deadline - loop.time()) > 0:
+            if self._answering:
+                await asyncio.wait(set(self._answering), timeout=left)
+                continue
+            await asyncio.sleep(min(0.2, left))
+            if not self._answering:
+                return
+        log.warning("discord answers still in flight at shutdown: %s", len(self._answering))
+
+    # -- the way back ----------------------------------------------------------------------
+
+    def sink_for(self, turn: Turn) -> ReplySink:
+        task = asyncio.current_task()
+        if task is not None and task not in self._answering:
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+        if "interaction_token" in turn.meta:
+            editor: MessageEditor = InteractionEditor(self._client, turn, self._chains)
+        else:
+            editor = ChannelEditor(self._client, turn, self._chains, archive_minutes=self._settings.thread_archive_minutes)
+        return EditingSink(editor, limit=self._settings.message_limit, interval=self._settings.edit_interval)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        client = self._client
+        if self._closing or client is None or client.user is None or is_from_bot(message):
+            return
+        guild_id = guild_id_of(message)
+        place = place_of(message.channel, guild_id)
+        if not place.allowed(self._settings, guild_id=guild_id, channel_ids=channel_ids(message.channel)):
+            return
+        bot_id = client.user.id
+        roles = self._bot_roles(message.guild)
+        conversation = None
+        if not place.dm and not mentions_bot(message, bot_id=bot_id, bot_role_ids=roles):
+            conversation = await self._continued(message, place, bot_id)
+            if conversation is None:
+                return
+        turn = message_turn(
+            message, bot_id=bot_id, bot_role_ids=roles, conversation=conversation,
+            open_thread=self._settings.open_threads,
+        )
+        if not turn.text.strip():
+            if message.attachments or message.stickers:
+                await self._tell(turn, messages.NO_TEXT)
+                return
+            if conversation is not None:
+                return  # an unaddressed follow-up whose text Discord withheld (no content intent)
+        if place.thread_id is not None and conversation is None:
+            await self._chains.remember(place.thread_id, turn.thread)  # called into a thread: it is now ours
+        await self._put(turn)
+
+    async def _continued(self, message: discord.Message, place: Place, bot_id: int) -> str | None:
+        """The conversation an unaddressed guild message continues, or None (not for Parley)."""
+        if place.thread_id is not None:
+            if getattr(message.channel, "owner_id", None) == bot_id:
+                return place.thread_id
+            return await self._chains.conversation_of(place.thread_id)
+        parent = replied_to(message)
+        if parent is None:
+            return None
+        return await self._chains.conversation_of(str(parent)) or chain_root_guess(message, bot_id=bot_id)
+
+    @staticmethod
+    def _bot_roles(guild: discord.Guild | None) -> frozenset[int]:
+        if guild is None:
+            return frozenset()
+        role = guild.self_role  # the role Discord makes for a bot, which users can mention too
+        return frozenset((role.id,)) if role is not None else frozenset()
+
+    async def on_command(
+        self, interaction: discord.Interaction, command: str, text: str = "", *, target_language: str | None = None
+    ) -> None:
+        place = place_of(interaction.channel, interaction.guild_id)
+        allowed = place.allowed(
+            self._settings, guild_id=interaction.guild_id, channel_ids=channel_ids(interaction.channel)
+        )
+        try:
+            # Within Discord's 3 seconds, before anything else: "Parley is thinking…".
+            response = await interaction.response.defer(
+                thinking=True, ephemeral=command in PRIVATE_COMMANDS or not allowed
+            )
+            if not allowed or self._closing:
+                await interaction.delete_original_response()  # not answered here: leave no trace
+                return
+        except discord.HTTPException as exc:
+            log.warning("could not acknowledge /%s (%s %s); Discord shows it as failed", command, exc.status, exc.code)
+            return
+        turn = interaction_turn(
+            interaction,
+            command=command,
+            text=text,
+            target_language=target_language,
+            original_message_id=response.message_id if response is not None else None,
+        )
+        await self._put(turn)
+
+    async def _put(self, turn: Turn) -> None:
+        assert self._inbox is not None
+        try:
+            await self._inbox.put(turn)
+        except InboxFull:
+            log.warning("inbox full; told the user to retry", extra=turn_fields(turn))
+            await self._tell(turn, messages.BUSY)
+        except InboxClosed:
+            log.info("shutting down; message not taken", extra=turn_fields(turn))
+
+    async def _tell(self, turn: Turn, text: str) -> None:
+        plain = dataclasses.replace(turn, meta={k: v for k, v in turn.meta.items() if k != "open_thread"})
+        try:
+            await self.sink_for(plain).send(text)
+        except ParleyError as exc:
+            log.warning("could not tell the user: %s", exc, extra=turn_fields(turn))
