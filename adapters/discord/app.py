@@ -13,7 +13,6 @@ is kept until the answers this adapter handed out are finished, then closed.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -137,14 +136,12 @@ def add_commands(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> Non
 class DiscordAdapter:
     platform = "discord"
 
-    def __init__(self, *, settings: DiscordSettings, chains: Chains, drain_timeout: float) -> None:
+    def __init__(self, *, settings: DiscordSettings, chains: Chains) -> None:
         self._settings = settings
         self._chains = chains
-        self._drain_timeout = drain_timeout
         self._client: ParleyClient | None = None
         self._inbox: Inbox | None = None
         self._closing = False
-        self._answering: set[asyncio.Task[Any]] = set()  # the worker tasks holding one of our sinks
         self.content_intent = True  # False once Discord has said the text of messages is withheld
 
     @property
@@ -196,37 +193,20 @@ class DiscordAdapter:
         log.info("registered %s slash commands (guild: %s)", len(synced), guild.id if guild else "all")
 
     async def _shutdown(self) -> None:
+        """Stop intake only: the gateway closes, REST stays up for the answers in flight
+        until `aclose()`, which `run_adapters` calls once they are done."""
         self._closing = True
-        client = self._client
-        if client is None:
-            return
-        for shard in client.shards.values():
-            await shard.disconnect()  # no new turns; REST stays up for the answers in flight
-        await self._drain()
-        await client.close()
+        if self._client is not None:
+            for shard in self._client.shards.values():
+                await shard.disconnect()
 
-    async def _drain(self) -> None:
-        """Wait (at most the drain timeout) for the turns that took one of our sinks.
-        A turn still queued takes its sink as soon as a worker is free, so an empty set
-        is only believed after a short pause."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._drain_timeout
-        while (left := deadline - loop.time()) > 0:
-            if self._answering:
-                await asyncio.wait(set(self._answering), timeout=left)
-                continue
-            await asyncio.sleep(min(0.2, left))
-            if not self._answering:
-                return
-        log.warning("discord answers still in flight at shutdown: %s", len(self._answering))
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
     # -- the way back ----------------------------------------------------------------------
 
     def sink_for(self, turn: Turn) -> ReplySink:
-        task = asyncio.current_task()
-        if task is not None and task not in self._answering:
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
         if "interaction_token" in turn.meta:
             editor: MessageEditor = InteractionEditor(self._client, turn, self._chains)
         else:

@@ -15,6 +15,7 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -96,6 +97,10 @@ class SlackAdapter:
     # -- the connection -----------------------------------------------------------------------
 
     async def run(self, inbox: Inbox) -> None:
+        if self._client.session is None:
+            # One pooled session for every Web API call: without it slack_sdk opens (and
+            # TLS-handshakes) a new connection per call, an edit included.
+            self._client.session = aiohttp.ClientSession()
         auth = await self._authorize()
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
@@ -104,6 +109,12 @@ class SlackAdapter:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
                 await self._http(app)
+
+    async def aclose(self) -> None:
+        """Called after the answers in flight are done (they post through this session)."""
+        session = self._client.session
+        if session is not None and not session.closed:
+            await session.close()
 
     async def _authorize(self) -> AuthorizeResult:
         """auth.test once at start-up; bolt is then given this fixed result, so no event
