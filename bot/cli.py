@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, ParleyError
@@ -31,7 +32,7 @@ async def _serve(settings: Settings) -> None:
     if not (settings.slack.enabled or settings.discord.enabled):
         raise ConfigError("SLACK_BOT_TOKEN", "no platform is configured: set SLACK_BOT_TOKEN or DISCORD_TOKEN (or try `parley chat`)")
     async with open_runtime(settings, say) as runtime:
-        await run_adapters(runtime, configured_adapters(runtime))
+        await run_adapters(runtime, configured_adapters(runtime), ops=True)
 
 
 async def _chat(settings: Settings) -> None:
@@ -46,16 +47,74 @@ async def _chat(settings: Settings) -> None:
 
 
 async def _engine(settings: Settings, install_only: bool) -> None:
-    from bot.engine import ensure_demo_model, ensure_installed, local_engine
+    from bot.engine import ensure_demo_model, ensure_embedder, ensure_installed, local_engine
 
     if install_only:
         paths = await asyncio.to_thread(ensure_installed, settings.engine, say)
         if not settings.engine.model:
             await asyncio.to_thread(ensure_demo_model, paths, say)
+        if not settings.embed.base_url:
+            await asyncio.to_thread(ensure_embedder, paths, say)
         return
     async with local_engine(settings.engine, say) as base_url:
         say(f"point Parley at it with PARLEY_LLM_BASE_URL={base_url}; Ctrl-C stops it")
         await asyncio.Event().wait()
+
+
+async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None:
+    from bot.kb import KnowledgeBase, load_documents
+    from bot.runtime import connect_redis, open_embedder
+    from bot.tenants import load_tenants
+
+    tenants = load_tenants(settings.tenants.file)
+    config = tenants.get(tenant) if tenant else tenants.default
+    if tenant and tenant not in tenants.listed:
+        say(f"tenant {tenant} is not listed in {tenants.path}: it uses the default knowledge base")
+    documents = await asyncio.to_thread(load_documents, path, timeout=settings.kb.fetch_timeout, progress=say)
+    redis = await connect_redis(settings, say)
+    if redis is None:
+        raise ConfigError("PARLEY_REDIS_URL", "the knowledge base is kept in Redis: set PARLEY_REDIS_URL or start a local Redis")
+    embedder = await open_embedder(settings, say)
+    try:
+        kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
+        stats = await kb.ingest(config.knowledge_base, documents, progress=say)
+    finally:
+        await embedder.aclose()
+        await redis.aclose()
+    print(
+        f"knowledge base {config.knowledge_base!r}: {len(documents)} documents; {stats.added} added, "
+        f"{stats.updated} updated, {stats.unchanged} unchanged, {stats.removed} removed; {stats.chunks} chunks embedded"
+    )
+
+
+async def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from bot import evaluate
+    from bot.kb import KnowledgeBase
+    from bot.llm import LLMClient
+    from bot.routing import Router
+    from bot.runtime import open_embedder
+
+    embedder = await open_embedder(settings, say)
+    try:
+        if args.target == "routing":
+            llm = None
+            if args.llm:
+                if not settings.llm.base_url:
+                    raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
+                llm = LLMClient(settings.llm)
+            try:
+                router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm)
+                report = await evaluate.eval_routing(router, args.file, say)
+            finally:
+                if llm is not None:
+                    await llm.aclose()
+            evaluate.print_routing(report)
+            return 0
+        kb = KnowledgeBase(redis=None, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
+        evaluate.print_kb(await evaluate.eval_kb(kb, args.file or evaluate.DATA / "kb-eval.jsonl", args.kb, say))
+        return 0
+    finally:
+        await embedder.aclose()
 
 
 def _first_parley_error(exc: BaseException) -> ParleyError | None:
@@ -79,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--install-only", action="store_true", help="install vLLM (and build the demo model) and exit")
     from bot.bench import add_arguments as add_bench_arguments
 
+    kb = sub.add_parser("kb", help="manage knowledge bases").add_subparsers(dest="kb_command", required=True, metavar="ACTION")
+    ingest = kb.add_parser(
+        "ingest",
+        help="load Markdown, text and HTML documents into a tenant's knowledge base",
+        description="Load a folder of .md/.txt/.html files, one such file, or a URL-list file (.urls, or a .txt "
+        "of URLs) into a tenant's knowledge base in Redis. Unchanged documents are skipped, changed ones "
+        "replaced, and documents no longer in the source removed.",
+    )
+    ingest.add_argument("path", type=Path, metavar="PATH", help="a folder, a document, or a URL-list file")
+    ingest.add_argument("--tenant", help="the tenant whose knowledge base to fill (default: the [default] one)")
+    evals = sub.add_parser("eval", help="measure routing or knowledge-base retrieval on labelled JSONL")
+    targets = evals.add_subparsers(dest="target", required=True, metavar="WHAT")
+    routing = targets.add_parser(
+        "routing", help="routing accuracy per step, confusion matrix, median routing time",
+        description='Route each {"text", "intent"} line of FILE (default: the shipped set) and report accuracy.',
+    )
+    routing.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of {\"text\", \"intent\"}")
+    routing.add_argument("--llm", action="store_true", help="let the LLM decide close calls (needs PARLEY_LLM_BASE_URL)")
+    kb_eval = targets.add_parser(
+        "kb", help="retrieval hit@k and refusals of unanswerable questions",
+        description='Search a KB folder for each {"question", "doc", "answerable"} line of FILE (default: the shipped set).',
+    )
+    kb_eval.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of questions")
+    kb_eval.add_argument("--kb", type=Path, required=True, metavar="PATH", help="the knowledge-base folder to search")
+
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
     return parser
 
@@ -88,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
-        if args.command in ("chat", "bench") and logging.getLogger().level < logging.WARNING:
+        if args.command in ("chat", "bench", "kb", "eval") and logging.getLogger().level < logging.WARNING:
             # The terminal shows the chat or the figures; keep routine log lines out of it.
             logging.getLogger().setLevel(logging.WARNING)
         match args.command:
@@ -102,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from bot.bench import run_bench
 
                 asyncio.run(run_bench(settings, args, say))
+            case "kb":
+                asyncio.run(_kb_ingest(settings, args.path, args.tenant))
+            case "eval":
+                return asyncio.run(_eval(settings, args))
     except (ParleyError, BaseExceptionGroup) as exc:
         error = _first_parley_error(exc)
         if error is None:

@@ -33,7 +33,7 @@ def _section(prefix: str) -> SettingsConfigDict:
 class LogSettings(BaseSettings):
     model_config = _section("PARLEY_LOG_")
 
-    level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
+    level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")  # DEBUG, INFO, WARNING or ERROR
     json_lines: bool = False  # one JSON object per line, for log shippers
 
 
@@ -41,10 +41,10 @@ class RedisSettings(BaseSettings):
     model_config = _section("PARLEY_REDIS_")
 
     url: str | None = None  # redis://host:6379/0; unset: in-memory stores, for `parley chat` only
-    prefix: str = Field("parley", min_length=1)
+    prefix: str = Field("parley", min_length=1)  # every Redis key starts with this (several bots can share a Redis)
     context_ttl: int = Field(7 * 24 * 3600, gt=0)  # seconds a quiet conversation is kept
     dedupe_ttl: int = Field(24 * 3600, gt=0)  # seconds an event id is remembered
-    socket_timeout: float = Field(5.0, gt=0)
+    socket_timeout: float = Field(5.0, gt=0)  # seconds a Redis call may take
 
     @field_validator("url")
     @classmethod
@@ -57,35 +57,40 @@ class RedisSettings(BaseSettings):
 class LLMSettings(BaseSettings):
     model_config = _section("PARLEY_LLM_")
 
-    base_url: str | None = None  # http://host:8000/v1; unset: Parley starts a local engine
+    base_url: str | None = None  # http://host:8000/v1, or several comma-separated; unset: Parley starts a local engine
     model: str | None = None  # unset: the first model the engine lists
     api_key: SecretStr | None = None  # vLLM's --api-key, if the server has one
     max_concurrency: int = Field(64, ge=1)  # requests in flight to the engine at once
-    connect_timeout: float = Field(5.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)  # seconds to connect to the engine
     read_timeout: float = Field(60.0, gt=0)  # longest silence between two streamed chunks
     total_timeout: float = Field(300.0, gt=0)  # longest a whole answer may take
     retries: int = Field(1, ge=0)  # retries before the first token (connect errors, 429/503)
-    max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(512, ge=1)  # longest answer, in tokens
+    temperature: float = Field(0.7, ge=0)  # sampling temperature of answers
     extra_body: dict[str, Any] = Field(default_factory=dict)  # JSON merged into each request
+    breaker_threshold: int = Field(3, ge=1)  # consecutive failures that take an engine out of use
+    breaker_cooldown: float = Field(10.0, gt=0)  # seconds before a down engine is probed again
+    sticky: bool = True  # each conversation stays on one engine (prefix cache); false: round-robin
+    affinity_header: str = "X-Session-ID"  # carries the conversation key for a router's session affinity; empty: none
 
     @field_validator("base_url")
     @classmethod
     def _http(cls, v: str | None) -> str | None:
-        if v and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/") if v else None
+        urls = [u.strip().rstrip("/") for u in (v or "").split(",") if u.strip()]
+        if any(not u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError("each URL must start with http:// or https://")
+        return ",".join(urls) or None
 
 
 class ContextSettings(BaseSettings):
     model_config = _section("PARLEY_CONTEXT_")
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the default system prompt (a tenant's own replaces it)
     token_budget: int = Field(3000, ge=64)  # history tokens kept for the prompt
     # When the history outgrows the budget it is cut back to this share of it in one
     # step, so the prompt's start (and vLLM's prefix cache) holds for several turns.
-    compact_to: float = Field(0.5, gt=0, lt=1)
-    max_input_chars: int = Field(8000, ge=1)
+    compact_to: float = Field(0.5, gt=0, lt=1)  # share of the budget kept when history is cut back
+    max_input_chars: int = Field(8000, ge=1)  # longer messages are refused with a clear answer
 
 
 class DialogueSettings(BaseSettings):
@@ -96,6 +101,15 @@ class DialogueSettings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0)  # seconds shutdown waits for in-flight turns
 
 
+class OpsSettings(BaseSettings):
+    """The operations endpoint of `parley serve`: /healthz, /readyz and /metrics."""
+
+    model_config = _section("PARLEY_OPS_")
+
+    host: str = "0.0.0.0"  # where /healthz, /readyz and /metrics listen
+    port: int = Field(9464, ge=0, le=65535)  # 0: any free port
+
+
 class EngineSettings(BaseSettings):
     """The local vLLM engine that `parley engine` / `parley chat` start when no URL is set."""
 
@@ -103,14 +117,14 @@ class EngineSettings(BaseSettings):
 
     home: Path = Path.home() / ".cache" / "parley"  # engine venv, demo model, vLLM cache
     model: str | None = None  # a model path or name; unset: the locally built demo model
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where the local engine listens
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port
-    vllm_version: str = "0.32.0"
-    max_num_seqs: int = Field(64, ge=1)
-    max_model_len: int = Field(4096, ge=256)
+    vllm_version: str = "0.32.0"  # the vLLM release installed into the engine venv
+    max_num_seqs: int = Field(64, ge=1)  # vLLM --max-num-seqs: sequences decoded in one batch
+    max_model_len: int = Field(4096, ge=256)  # vLLM --max-model-len: longest prompt plus answer
     block_size: int = Field(32, ge=1)  # 32 beats the CPU default of 128 for prefix reuse
-    kv_cache_bytes: int = Field(512 * 1024**2, ge=16 * 1024**2)
-    startup_timeout: float = Field(600.0, gt=0)
+    kv_cache_bytes: int = Field(512 * 1024**2, ge=16 * 1024**2)  # vLLM --kv-cache-memory-bytes on CPU
+    startup_timeout: float = Field(600.0, gt=0)  # seconds the engine may take to become healthy
     extra_args: list[str] = Field(default_factory=list)  # JSON list of further vLLM flags
 
 
@@ -121,10 +135,10 @@ class SlackSettings(BaseSettings):
     app_token: SecretStr | None = None  # xapp-...: Socket Mode; unset: Events API over HTTP
     signing_secret: SecretStr | None = None  # verifies Events API requests
     api_base_url: str = "https://slack.com/api/"  # GovSlack or a proxy use another host
-    http_host: str = "0.0.0.0"
-    http_port: int = Field(3000, ge=0, le=65535)
+    http_host: str = "0.0.0.0"  # where the Events API endpoint listens (HTTP mode)
+    http_port: int = Field(3000, ge=0, le=65535)  # its port; the Request URL is http(s)://HOST:PORT/slack/events
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
-    message_limit: int = Field(3000, ge=100, le=40000)
+    message_limit: int = Field(3000, ge=100, le=40000)  # characters per message before the answer continues in a new one
     native_streaming: bool = True  # chat.startStream/appendStream/stopStream where offered; else edits
     rate_limit_retries: int = Field(3, ge=0)  # retries of a call Slack answered 429, after its Retry-After
     request_timeout: float = Field(30.0, gt=0)  # seconds one Web API call may take
@@ -138,18 +152,18 @@ class SlackSettings(BaseSettings):
 class DiscordSettings(BaseSettings):
     model_config = _section("DISCORD_")
 
-    token: SecretStr | None = None
+    token: SecretStr | None = None  # the bot token; set to enable the Discord adapter
     api_base_url: str = "https://discord.com/api/v10"  # a shared rate-limit proxy goes here
-    gateway_url: str = "wss://gateway.discord.gg/"
-    shard_count: int | None = Field(None, ge=1)
+    gateway_url: str = "wss://gateway.discord.gg/"  # the gateway (a proxy or a test gateway goes here)
+    shard_count: int | None = Field(None, ge=1)  # total shards over all replicas; unset: one process, Discord's count
     shard_ids: list[int] | None = None  # this replica's shards, JSON list
-    guild_ready_timeout: float = Field(2.0, ge=0)
+    guild_ready_timeout: float = Field(2.0, ge=0)  # seconds to wait for guilds at connect before ready
     test_guild: int | None = None  # register slash commands here only (instant, for testing)
     allowed_guilds: list[int] = Field(default_factory=list)  # empty: every guild
     allowed_channels: list[int] = Field(default_factory=list)  # empty: every channel
     open_threads: bool = False  # start a thread for each new conversation
-    edit_interval: float = Field(1.0, ge=0)
-    message_limit: int = Field(2000, ge=100, le=2000)
+    edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
+    message_limit: int = Field(2000, ge=100, le=2000)  # characters per message before the answer continues in a new one
     sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
     thread_archive_minutes: int = 1440  # an opened thread hides after this quiet time: 60, 1440, 4320 or 10080
 
@@ -180,6 +194,53 @@ class DiscordSettings(BaseSettings):
         return self.token is not None
 
 
+class EmbeddingSettings(BaseSettings):
+    """Sentence embeddings for routing and the knowledge base."""
+
+    model_config = _section("PARLEY_EMBED_")
+
+    base_url: str | None = None  # an OpenAI-compatible /v1 serving an embedding model; unset: local MiniLM
+    model: str = "all-minilm-l6-v2"  # the model name sent to base_url (ignored by the local model)
+    api_key: SecretStr | None = None  # a key for PARLEY_EMBED_BASE_URL, if it needs one
+    local_model: str = Field("fp32", pattern=r"^(fp32|int8)$")  # int8: ~2x faster, cosine 0.97-0.995 to fp32
+    threads: int = Field(1, ge=1)  # onnxruntime threads per call (turns already run concurrently)
+    timeout: float = Field(30.0, gt=0)  # seconds an embeddings call may take
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v and (not v.startswith(("http://", "https://")) or "," in v):
+            raise ValueError("must be one http:// or https:// URL")
+        return v.rstrip("/") if v else None
+
+
+class RoutingSettings(BaseSettings):
+    model_config = _section("PARLEY_ROUTING_")
+
+    examples_file: Path | None = None  # example phrases per intent (TOML); unset: bot/data/intents.toml
+    threshold: float = Field(0.20, ge=-1, le=1)  # best similarity below this: no match, plain chat
+    margin: float = Field(0.03, ge=0, le=2)  # top two intents closer than this: the LLM decides
+    llm_fallback: bool = True  # ask the LLM when the top two are close; off: take the top one
+    neighbours: int = Field(2, ge=1)  # an intent's score is the mean of its k most similar examples
+
+
+class KBSettings(BaseSettings):
+    model_config = _section("PARLEY_KB_")
+
+    chunk_chars: int = Field(900, ge=100)  # a chunk's target size
+    overlap_chars: int = Field(150, ge=0)  # text repeated from the end of the previous chunk
+    top_k: int = Field(3, ge=1)  # passages put in the answer prompt
+    min_score: float = Field(0.35, ge=-1, le=1)  # best passage below this: "I don't know", no LLM call
+    fetch_timeout: float = Field(20.0, gt=0)  # seconds to fetch one URL from a URL-list file
+    max_chunks: int = Field(200_000, ge=1)  # refuse to load more into the in-process index
+
+
+class TenantsSettings(BaseSettings):
+    model_config = _section("PARLEY_TENANTS_")
+
+    file: Path | None = None  # per-tenant settings (TOML); unset: bot/data/tenants.toml
+
+
 class Settings(BaseModel):
     """All sections together, as handed to every part of Parley."""
 
@@ -188,12 +249,18 @@ class Settings(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
     dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    embed: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    kb: KBSettings = Field(default_factory=KBSettings)
+    tenants: TenantsSettings = Field(default_factory=TenantsSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "log", "redis", "llm", "context", "dialogue", "engine", "slack", "discord",
+        "log", "redis", "llm", "context", "dialogue", "ops", "engine", "slack", "discord",
+        "embed", "routing", "kb", "tenants",
     )
 
 

@@ -1,9 +1,13 @@
 """The dialogue manager: runs one turn from its arrival to its saved answer.
 
 For each turn: keep the conversation's turns in order, drop platform retries,
-answer commands, check the input, load the context, run the handler, stream
-the answer into the reply sink, save both sides. Every turn ends in exactly one
-logged `Outcome`; no error escapes without the user being told something.
+answer commands, check the input, load the context, then
+
+    moderation on the input -> route -> handler -> moderation on the output -> reply
+
+and save both sides (as moderated: redacted text never reaches the LLM or the store).
+Every turn ends in exactly one logged `Outcome`; no error escapes without the user
+being told something.
 
 `serve` is the worker loop over an inbox: different conversations run
 concurrently (bounded by `max_in_flight`), turns of one conversation strictly one
@@ -14,21 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.config import Settings
-from bot.context import Context, ContextStore, Message
+from bot.context import ContextStore, Message
 from bot.dedupe import Deduper
 from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError
-from bot.handlers import Handler
+from bot.handlers import Handler, Request
 from bot.inbox import Inbox
-from bot.llm import LLMClient, Usage, usage_meter
+from bot.llm import LLMClient, Usage, affinity_key, usage_meter
 from bot.logs import turn_fields
+from bot.metrics import Metrics
+from bot.moderation import Moderator
 from bot.reply import ReplySink, SinkFactory
+from bot.routing import Route, Router
+from bot.tenants import TenantConfig, Tenants
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,22 @@ class KeyedLocks:
                 del self._locks[key]
 
 
+OUTPUT_HOLD = 64  # characters of an answer held back at most while personal data may be in progress
+_IN_PROGRESS = re.compile(r"(?:[\w.+-]*[\d@+][\w.@+()-]*[ .-]?)+$")
+
+
+def _boundary(text: str) -> int:
+    """How much of the pending answer may be released now. Everything is, except a tail
+    that may be personal data still being written (a run with digits, `+` or `@`, which a
+    phone, card, IBAN or e-mail address has), held until it ends or `OUTPUT_HOLD` is passed:
+    so answers still stream token by token, and a number is checked whole before it shows.
+    Profanity is checked per released piece (a word split across pieces can slip through)."""
+    m = _IN_PROGRESS.search(text)
+    if m is None or len(text) - m.start() > OUTPUT_HOLD:
+        return len(text)
+    return m.start()
+
+
 def _estimate(text: str) -> int:
     return len(text) // 4 + 1  # ~4 characters a token for English text
 
@@ -83,12 +108,21 @@ class DialogueManager:
         deduper: Deduper,
         llm: LLMClient,
         handlers: Mapping[str, Handler],
+        router: Router | None = None,
+        moderator: Moderator | None = None,
+        tenants: Tenants | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._store = store
         self._deduper = deduper
         self._llm = llm
         self._handlers = handlers
+        self._router = router
+        self._moderator = moderator
+        self._default_tenant = TenantConfig()
+        self._tenants = tenants
         self._locks = KeyedLocks()
         self._slots = asyncio.Semaphore(settings.dialogue.max_in_flight)
 
@@ -97,13 +131,19 @@ class DialogueManager:
     async def handle(self, turn: Turn, sink: ReplySink) -> Reply:
         """Run one turn to its end. Never raises except for cancellation."""
         started = time.perf_counter()
-        async with self._locks.hold(turn.key):
-            try:
-                reply = await self._run(turn, sink, started)
-            except ParleyError as exc:
-                reply = await self._fail(turn, sink, exc, started, expected=True)
-            except Exception as exc:  # the error boundary around one turn
-                reply = await self._fail(turn, sink, exc, started, expected=False)
+        # Every engine request of this turn goes to the conversation's engine (prefix cache).
+        sticky = affinity_key.set(str(turn.key) if self._settings.llm.sticky else None)
+        try:
+            async with self._locks.hold(turn.key):
+                try:
+                    reply = await self._run(turn, sink, started)
+                except ParleyError as exc:
+                    reply = await self._fail(turn, sink, exc, started, expected=True)
+                except Exception as exc:  # the error boundary around one turn
+                    reply = await self._fail(turn, sink, exc, started, expected=False)
+        finally:
+            affinity_key.reset(sticky)
+        self._metrics.observe(turn, reply)
         log.info(
             "turn %s in %.0f ms (llm %.0f ms, first token %s)",
             reply.outcome,
@@ -115,7 +155,7 @@ class DialogueManager:
         return reply
 
     async def _run(self, turn: Turn, sink: ReplySink, started: float) -> Reply:
-        if turn.command is None:
+        if turn.command not in ("help", "reset"):
             # The context is read beside the dedupe claim: one round trip of waiting, not
             # two (a duplicate's read is simply dropped).
             first, context = await asyncio.gather(self._deduper.claim(turn), self._store.load(turn.key))
@@ -138,14 +178,35 @@ class DialogueManager:
             await sink.send(text)
             return self._reply(turn, Outcome.REJECTED, started, text=text, error=exc.reason)
 
-        # Counting the user's tokens runs beside the context load and the answer.
+        tenant = self._tenants.get(turn.tenant) if self._tenants else self._default_tenant
+        flags: tuple[str, ...] = ()
+        if self._moderator is not None:
+            verdict = await self._moderator.check(turn, turn.text, tenant.moderation)
+            flags = verdict.reasons + verdict.flags + verdict.redacted
+            if verdict.refused:
+                text = messages.moderation_refused(verdict.reasons)
+                await sink.send(text)
+                return self._reply(turn, Outcome.REJECTED, started, text=text, error="moderation", moderation=flags)
+            # From here on the turn is the moderated one: redacted text is all the LLM and the store see.
+            turn = replace(turn, text=verdict.text)
+        route = await self._route(turn, tenant)
+        log.info(
+            "routed to %s by %s step (score %s) in %.1f ms",
+            route.intent, route.step, f"{route.score:.2f}" if route.score is not None else "-", route.seconds * 1000,
+            extra=turn_fields(turn),
+        )
+
+        # Counting the user's tokens runs beside the answer.
         user_tokens = asyncio.create_task(self._count(turn.text))
         usage = Usage()
         metering = usage_meter.set(usage)
         try:
             assert context is not None
             answer = _Answer()
-            shown = await sink.stream(self._guarded(self._route(turn).answer(turn, context), answer))
+            deltas = self._handlers[route.intent].answer(Request(turn, context, route, tenant))
+            if self._moderator is not None and tenant.moderation.check_output:
+                deltas = self._moderated(deltas, turn, tenant)
+            shown = await sink.stream(self._guarded(deltas, answer))
             if not shown.strip():
                 # An engine that ends with nothing visible must not leave the user in silence.
                 shown = messages.EMPTY_ANSWER
@@ -168,11 +229,47 @@ class DialogueManager:
             error=type(answer.error).__name__ if answer.error else "",
             ttft=answer.first_token - started if answer.first_token else None,
             llm_time=answer.llm_time,
+            intent=route.intent,
+            route_step=route.step,
+            route_time=route.seconds,
+            moderation=flags,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
         )
 
-    def _route(self, turn: Turn) -> Handler:
-        # Only plain chat exists so far; intent routing replaces this choice.
-        return self._handlers["chat"]
+    async def _route(self, turn: Turn, tenant: TenantConfig) -> Route:
+        allowed = [intent for intent in tenant.handlers if intent in self._handlers]
+        if self._router is None:
+            return Route("chat", "default", turn.text)
+        return await self._router.route(turn.text, command=turn.command, allowed=allowed)
+
+    async def _moderated(self, deltas: AsyncIterator[str], turn: Turn, tenant: TenantConfig) -> AsyncIterator[str]:
+        """The answer as the user may see it: each piece checked before release, so personal data or profanity in a generated answer is redacted or
+        withheld before it is shown or saved (see `_boundary`)."""
+        assert self._moderator is not None
+        held = ""
+
+        async def release(segment: str) -> tuple[str, bool]:
+            verdict = await self._moderator.check(turn, segment, tenant.moderation, direction="output")  # type: ignore[union-attr]
+            return (messages.MODERATION_OUTPUT_WITHHELD, True) if verdict.refused else (verdict.text, False)
+
+        async with aclosing(deltas):
+            try:
+                async for delta in deltas:
+                    held += delta
+                    cut = _boundary(held)
+                    if cut:
+                        text, stop = await release(held[:cut])
+                        held = held[cut:]
+                        yield text
+                        if stop:
+                            return
+            except LLMError:
+                if held:  # what was generated before the failure is still checked, then shown
+                    yield (await release(held))[0]
+                raise
+        if held:
+            yield (await release(held))[0]
 
     def _check(self, text: str) -> None:
         if not text.strip():
@@ -254,5 +351,8 @@ class DialogueManager:
                 log.error("no adapter for platform %s; turn dropped", turn.platform, extra=turn_fields(turn))
                 return
             await self.handle(turn, factory.sink_for(turn))
+        except Exception:
+            # An adapter that cannot even make a sink must not take the workers down.
+            log.exception("no way to answer this turn; dropped", extra=turn_fields(turn))
         finally:
             self._slots.release()

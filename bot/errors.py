@@ -114,3 +114,22 @@ class PlatformError(ParleyError):
         self.code = code
         self.retry_after = retry_after
         self.permanent = permanent
+
+
+class EmbedderError(ParleyError):
+    """The embedding model is missing or its endpoint failed."""
+
+
+class TenantConfigError(ParleyError):
+    """The tenants file is invalid: `path`, `tenant` and `field` say where."""
+
+    def __init__(self, path: str, tenant: str, field: str, reason: str) -> None:
+        super().__init__(f"{path}: tenant {tenant!r}, field {field!r}: {reason}")
+        self.path = path
+        self.tenant = tenant
+        self.field = field
+        self.reason = reason
+
+
+class KnowledgeBaseError(ParleyError):
+    """Ingesting or reading a knowledge base failed (a missing path, an unreadable source)."""

@@ -16,9 +16,11 @@ its KV cache.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -102,22 +104,79 @@ class ChatStream:
                     yield text
 
 
+class CircuitBreaker:
+    """Keeps requests off an engine that is down, and lets one probe find out when it is back.
+
+    Closed: requests flow. After `threshold` consecutive failures it opens: the engine is
+    skipped (or, with no other engine, the turn fails at once) for `cooldown` seconds.
+    Then it is half-open: the next request first probes the engine's /health; healthy
+    closes the breaker, anything else opens it for another cooldown.
+    """
+
+    def __init__(self, *, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self._opened_at >= self._cooldown else "open"
+
+    def success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._failures >= self._threshold or self._opened_at is not None:
+            self._opened_at = self._clock()
+
+
+@dataclass(slots=True)
+class Engine:
+    base_url: str  # ends in /v1
+    breaker: CircuitBreaker
+
+    @property
+    def root_url(self) -> str:
+        # /tokenize, /health and /metrics live at the server root, beside /v1.
+        return self.base_url.removesuffix("/v1")
+
+
+# Which conversation the current request belongs to. The dialogue manager sets it per
+# turn; every request of that turn then goes to the conversation's engine.
+affinity_key: ContextVar[str | None] = ContextVar("parley_affinity_key", default=None)
+
+
 class LLMClient:
-    """An OpenAI-compatible client for one vLLM server, owned by the composition root.
+    """An OpenAI-compatible client for one or more vLLM servers, owned by the composition root.
+
+    With several engines, each conversation sticks to one (rendezvous hashing on its key),
+    so that engine's prefix cache keeps serving its history; it moves to the next engine
+    in its order only while its own is down. Engines behind a router instead get the key
+    in a header (`PARLEY_LLM_AFFINITY_HEADER`) for the router's session affinity.
 
     Use as `async with LLMClient(settings) as llm:`; `aclose()` is safe to call twice.
     """
 
     def __init__(self, settings: LLMSettings, *, base_url: str | None = None) -> None:
-        url = base_url or settings.base_url
-        if not url:
+        urls = [u.strip().rstrip("/") for u in (base_url or settings.base_url or "").split(",") if u.strip()]
+        if not urls:
             raise ValueError("LLMClient needs a base URL (PARLEY_LLM_BASE_URL or a local engine)")
-        self.base_url = url.rstrip("/")
-        # /tokenize, /health and /metrics live at the server root, beside /v1.
-        self.root_url = self.base_url.removesuffix("/v1")
+        self.engines = [
+            Engine(url, CircuitBreaker(threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
+            for url in urls
+        ]
         self._settings = settings
         self._model = settings.model
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.in_flight = 0  # generation requests open right now (metrics, tests)
+        self.peak_in_flight = 0
+        self._turn = 0  # round-robin position for requests without affinity
         headers = {}
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -132,6 +191,11 @@ class LLMClient:
             limits=httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=64),
         )
 
+    @property
+    def base_url(self) -> str:
+        """The first engine's URL (the only one, in most deployments)."""
+        return self.engines[0].base_url
+
     async def __aenter__(self) -> LLMClient:
         return self
 
@@ -141,54 +205,122 @@ class LLMClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    # -- choosing an engine --------------------------------------------------------------
+
+    def _order(self, affinity: str | None, *, rotate: bool = False) -> list[Engine]:
+        """Engines in order of preference. Without affinity: the same order for side
+        requests (token counts, choices), the next one in turn for each generation."""
+        if len(self.engines) == 1:
+            return list(self.engines)
+        if affinity is None:
+            if rotate:
+                self._turn = (self._turn + 1) % len(self.engines)
+            return self.engines[self._turn :] + self.engines[: self._turn]
+
+        # Rendezvous hashing: adding or removing an engine moves only the conversations
+        # that must move, and each conversation has a stable order of fallbacks.
+        def weight(engine: Engine) -> bytes:
+            return hashlib.blake2b(f"{affinity}|{engine.base_url}".encode(), digest_size=8).digest()
+
+        return sorted(self.engines, key=weight, reverse=True)
+
+    async def _candidates(self, affinity: str | None, *, rotate: bool = False) -> list[Engine]:
+        """The engines to try, best first, without those whose breaker is open."""
+        usable = []
+        for engine in self._order(affinity, rotate=rotate):
+            state = engine.breaker.state
+            if state == "half_open":
+                if await self._healthy(engine):
+                    log.info("engine %s is back; circuit closed", engine.base_url)
+                    engine.breaker.success()
+                    state = "closed"
+                else:
+                    engine.breaker.failure()
+            if state == "closed":
+                usable.append(engine)
+        if not usable:
+            raise EngineUnavailable("every engine is down (circuit open)", url=self.base_url)
+        return usable
+
+    def _headers(self, affinity: str | None) -> dict[str, str]:
+        header = self._settings.affinity_header
+        return {header: affinity} if header and affinity else {}
+
     # -- discovery and health ------------------------------------------------------------
 
     async def model(self) -> str:
-        """The configured model, else the first one the engine lists (asked once)."""
+        """The configured model, else the first one the engines list (asked once)."""
         if self._model is None:
-            body = await self._request("GET", f"{self.base_url}/models")
+            engine = (await self._candidates(None))[0]
+            body = await self._request(engine, "GET", f"{engine.base_url}/models")
             models = body.get("data") or []
             if not models:
-                raise EngineFailed("the engine lists no models", url=self.base_url)
+                raise EngineFailed("the engine lists no models", url=engine.base_url)
             self._model = models[0]["id"]
-            log.info("using model %s from %s", self._model, self.base_url)
+            log.info("using model %s from %s", self._model, engine.base_url)
         return self._model
 
-    async def health(self) -> bool:
+    async def _healthy(self, engine: Engine) -> bool:
         try:
-            response = await self._http.get(f"{self.root_url}/health", timeout=self._settings.connect_timeout)
+            response = await self._http.get(f"{engine.root_url}/health", timeout=self._settings.connect_timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
 
+    async def health(self) -> dict[str, bool]:
+        """Each engine's /health, by base URL (for readiness)."""
+        results = await asyncio.gather(*(self._healthy(e) for e in self.engines))
+        return {engine.base_url: ok for engine, ok in zip(self.engines, results, strict=True)}
+
+    def circuits(self) -> dict[str, str]:
+        """Each engine's breaker state, by base URL (for metrics)."""
+        return {engine.base_url: engine.breaker.state for engine in self.engines}
+
     async def metrics_text(self) -> str:
-        """The engine's Prometheus metrics, for `parley bench` and readiness."""
-        response = await self._send("GET", f"{self.root_url}/metrics")
-        return response.text
+        """Every engine's Prometheus metrics, one after the other (sums stay right)."""
+        texts = [(await self._send(e, "GET", f"{e.root_url}/metrics")).text for e in self.engines]
+        return "\n".join(texts)
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in `text` by the served model's own tokenizer (vLLM's /tokenize)."""
-        body = await self._request("POST", f"{self.root_url}/tokenize", json={"model": await self.model(), "prompt": text})
+        engine = (await self._candidates(affinity_key.get()))[0]
+        body = await self._request(
+            engine, "POST", f"{engine.root_url}/tokenize", json={"model": await self.model(), "prompt": text}
+        )
         return int(body["count"])
 
     # -- generation ----------------------------------------------------------------------
 
     @asynccontextmanager
     async def stream(self, messages: ChatMessages, *, max_tokens: int | None = None, **params: Any) -> AsyncIterator[ChatStream]:
-        """Stream a chat completion. Retries (connect errors, 429/503) happen only here,
-        before the first token exists; once text may have been shown, a failure is final."""
+        """Stream a chat completion. Retries (connect errors, 429/503, another engine) happen
+        only here, before the first token exists; once text may have been shown, a failure
+        is final."""
         body = self._body(messages, max_tokens=max_tokens, stream=True, **params)
         body["stream_options"] = {"include_usage": True}
-        async with self._slots:
+        async with self._slots, self._counted():
             deadline = asyncio.get_running_loop().time() + self._settings.total_timeout
-            response = await self._open_stream(body, deadline)
-            chat = ChatStream(response, url=self.base_url, deadline=deadline, total=self._settings.total_timeout)
+            engine, response = await self._open_stream(body, deadline, affinity_key.get())
+            chat = ChatStream(response, url=engine.base_url, deadline=deadline, total=self._settings.total_timeout)
             try:
                 yield chat
+            except LLMError as exc:
+                if _engine_fault(exc):
+                    engine.breaker.failure()
+                raise
             finally:
                 await response.aclose()
                 if (meter := usage_meter.get()) is not None:
                     meter.add(chat.usage)
+
+    @asynccontextmanager
+    async def _counted(self) -> AsyncIterator[None]:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     async def choose(self, messages: ChatMessages, labels: Sequence[str]) -> str:
         """One of `labels`, chosen by the model under vLLM's structured-output constraint.
@@ -201,11 +333,16 @@ class LLMClient:
         body = self._body(
             messages, max_tokens=32, temperature=0.0, ignore_eos=False, structured_outputs={"choice": list(labels)}
         )
+        body["model"] = await self.model()
+        affinity = affinity_key.get()
+        engine = (await self._candidates(affinity))[0]
         async with self._slots:
-            result = await self._request("POST", f"{self.base_url}/chat/completions", json=body)
+            result = await self._request(
+                engine, "POST", f"{engine.base_url}/chat/completions", json=body, headers=self._headers(affinity)
+            )
         answer = (result["choices"][0]["message"].get("content") or "").strip()
         if answer not in labels:
-            raise EngineFailed("the engine did not constrain its answer to the labels", url=self.base_url, detail=answer[:100])
+            raise EngineFailed("the engine did not constrain its answer to the labels", url=engine.base_url, detail=answer[:100])
         return answer
 
     def _body(self, messages: ChatMessages, *, max_tokens: int | None, **params: Any) -> dict[str, Any]:
@@ -219,45 +356,61 @@ class LLMClient:
         }
         return body
 
-    async def _open_stream(self, body: dict[str, Any], deadline: float) -> httpx.Response:
+    async def _open_stream(self, body: dict[str, Any], deadline: float, affinity: str | None) -> tuple[Engine, httpx.Response]:
         body["model"] = await self.model()
-        attempt = 0
-        while True:
+        headers = self._headers(affinity)
+        for attempt in range(self._settings.retries + 1):
+            candidates = await self._candidates(affinity, rotate=attempt == 0)
+            engine = candidates[attempt % len(candidates)]
             try:
                 async with asyncio.timeout_at(deadline):
-                    request = self._http.build_request("POST", f"{self.base_url}/chat/completions", json=body)
+                    request = self._http.build_request(
+                        "POST", f"{engine.base_url}/chat/completions", json=body, headers=headers
+                    )
                     response = await self._http.send(request, stream=True)
                     if response.status_code >= 400:
                         await response.aread()
                         await response.aclose()
-                        raise _map_status(response, self.base_url)
-                    return response
+                        raise _map_status(response, engine.base_url)
+                    engine.breaker.success()
+                    return engine, response
             except TimeoutError:
+                engine.breaker.failure()
                 raise EngineTimeout(
-                    "no answer within the total timeout", url=self.base_url, phase="total", timeout=self._settings.total_timeout
+                    "no answer within the total timeout", url=engine.base_url, phase="total", timeout=self._settings.total_timeout
                 ) from None
             except httpx.HTTPError as exc:
-                error: LLMError = _map_transport_error(exc, self.base_url)
+                error: LLMError = _map_transport_error(exc, engine.base_url)
             except LLMError as exc:
                 error = exc
+            if _engine_fault(error):
+                engine.breaker.failure()
             if not error.retryable or attempt >= self._settings.retries:
                 raise error
-            attempt += 1
-            delay = min(getattr(error, "retry_after", None) or 0.5 * attempt, 5.0)
-            log.warning("engine %s: %s; retry %d in %.1fs", self.base_url, error, attempt, delay)
+            delay = min(getattr(error, "retry_after", None) or 0.5 * (attempt + 1), 5.0)
+            log.warning("engine %s: %s; retry %d in %.1fs", engine.base_url, error, attempt + 1, delay)
             await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, engine: Engine, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise _map_transport_error(exc, self.base_url) from exc
+            error = _map_transport_error(exc, engine.base_url)
+            if _engine_fault(error):
+                engine.breaker.failure()
+            raise error from exc
         if response.status_code >= 400:
-            raise _map_status(response, self.base_url)
+            raise _map_status(response, engine.base_url)
         return response
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        return (await self._send(method, url, **kwargs)).json()
+    async def _request(self, engine: Engine, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        return (await self._send(engine, method, url, **kwargs)).json()
+
+
+def _engine_fault(error: LLMError) -> bool:
+    """Failures that say the engine itself is down or broken (not busy, not our request)."""
+    return isinstance(error, (EngineUnavailable, EngineTimeout, EngineFailed))
 
 
 def _map_transport_error(exc: httpx.HTTPError, url: str) -> LLMError:

@@ -20,6 +20,38 @@ RESET_DONE = "Done: I've forgotten this conversation. The next message starts af
 BUSY = "I'm handling a lot of messages right now. Please try again in a minute."
 EMPTY_ANSWER = "(The model returned an empty answer. Please try rephrasing.)"
 NO_TEXT = "I can only read text for now. Please type your question as a message."
+KB_DONT_KNOW = (
+    "I don't know: I couldn't find anything about that in the knowledge base. "
+    "Try rephrasing, or ask a person on the team."
+)
+TRANSLATION_SPANS_LOST = "\n\n_(Some code, links or mentions did not survive translation; here they are unchanged: {spans})_"
+MODERATION_OUTPUT_WITHHELD = "\n\n_(The rest of this answer was withheld by moderation.)_"
+
+_CATEGORY_WORDS = {
+    "email": "an e-mail address",
+    "phone": "a phone number",
+    "card": "a card number",
+    "iban": "a bank account number (IBAN)",
+    "profanity": "offensive language",
+    "prompt-injection": "an attempt to change my instructions",
+}
+
+
+def sources(lines: list[str]) -> str:
+    """The citations under a knowledge-base answer."""
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+def already_in(language: str) -> str:
+    return f"That text is already in {language}, so there is nothing to translate."
+
+
+def moderation_refused(categories: tuple[str, ...]) -> str:
+    """Why a message was refused, in a few words; never repeats the message."""
+    words = [_CATEGORY_WORDS.get(c, f"content about {c}") for c in categories]
+    personal = any(c in ("email", "phone", "card", "iban") for c in categories)
+    advice = " Please don't share personal data here." if personal else " Please rephrase it."
+    return f"I can't take that message: it contains {', '.join(dict.fromkeys(words))}.{advice}"
 
 
 def for_user(exc: BaseException) -> str:

@@ -1,15 +1,18 @@
 """The composition root: creates every shared client once and closes each in order.
 
-`open_runtime()` owns the local engine (if one is started), the LLM client and the
-Redis client through one `AsyncExitStack`; everything else is handed what it needs.
+`open_runtime()` owns the local engine (if one is started), the LLM client, the Redis
+client and the embedder through one `AsyncExitStack`; everything else (tenants, router,
+knowledge base, moderation, handlers, the dialogue manager) is built here once and
+handed what it needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -19,10 +22,16 @@ from bot.config import Settings
 from bot.context import ContextStore, MemoryContextStore, RedisContextStore
 from bot.dedupe import Deduper, MemoryDeduper, RedisDeduper
 from bot.dialogue import DialogueManager
-from bot.engine import local_engine
+from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
-from bot.handlers import build_handlers
+from bot.handlers import Services, build_handlers
+from bot.kb import KnowledgeBase
 from bot.llm import LLMClient
+from bot.metrics import Metrics
+from bot.moderation import Moderator
+from bot.routing import Router
+from bot.tenants import Tenants, load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,11 @@ class Runtime:
     deduper: Deduper
     manager: DialogueManager
     redis: Redis | None
+    embedder: Embedder | None = None
+    kb: KnowledgeBase | None = None
+    router: Router | None = None
+    tenants: Tenants | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def redacted(url: str) -> str:
@@ -61,21 +75,42 @@ async def _connect_redis(url: str, settings: Settings) -> Redis:
     return redis
 
 
+async def connect_redis(settings: Settings, say: Callable[[str], None] = log.info) -> Redis | None:
+    """The configured Redis (an error if unreachable), else a local one if running, else None."""
+    if settings.redis.url:
+        try:
+            return await _connect_redis(settings.redis.url, settings)
+        except (RedisError, OSError) as exc:
+            raise ConfigError("PARLEY_REDIS_URL", f"cannot reach Redis at {redacted(settings.redis.url)}: {exc}") from None
+    try:
+        redis = await _connect_redis(LOCAL_REDIS, settings)
+    except (RedisError, OSError):
+        say("no Redis configured or running locally: context is kept in memory and lost on exit")
+        return None
+    say(f"using the local Redis at {LOCAL_REDIS} for context (PARLEY_REDIS_URL is unset)")
+    return redis
+
+
+async def open_embedder(settings: Settings, say: Callable[[str], None] = log.info) -> Embedder:
+    """The configured embedder: the endpoint when PARLEY_EMBED_BASE_URL is set, else the local
+    ONNX model, built first if this machine has not built it yet (`parley engine --install-only`)."""
+    embed = settings.embed
+    if embed.base_url:
+        key = embed.api_key.get_secret_value() if embed.api_key else None
+        return OpenAIEmbedder(embed.base_url, model=embed.model, api_key=key, timeout=embed.timeout)
+    paths = EnginePaths(settings.engine.home)
+    if not (paths.embedder / "PARLEY_EMBEDDER").exists():
+        await asyncio.to_thread(ensure_installed, settings.engine, say)
+        await asyncio.to_thread(ensure_embedder, paths, say)
+    model = "model.onnx" if embed.local_model == "fp32" else "model-int8.onnx"
+    return await asyncio.to_thread(LocalEmbedder, paths.embedder, model=model, threads=embed.threads)
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
-        redis: Redis | None = None
-        if settings.redis.url:
-            try:
-                redis = await _connect_redis(settings.redis.url, settings)
-            except (RedisError, OSError) as exc:
-                raise ConfigError("PARLEY_REDIS_URL", f"cannot reach Redis at {redacted(settings.redis.url)}: {exc}") from None
-        else:
-            try:
-                redis = await _connect_redis(LOCAL_REDIS, settings)
-                say(f"using the local Redis at {LOCAL_REDIS} for context (PARLEY_REDIS_URL is unset)")
-            except (RedisError, OSError):
-                say("no Redis configured or running locally: context is kept in memory and lost on exit")
+        tenants = load_tenants(settings.tenants.file)  # a bad file stops the start here, with one line
+        redis = await connect_redis(settings, say)
         if redis is not None:
             stack.push_async_callback(redis.aclose)
             store: ContextStore = RedisContextStore(redis, redis_settings=settings.redis, settings=settings.context)
@@ -88,10 +123,29 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         if base_url is None:
             base_url = await stack.enter_async_context(local_engine(settings.engine, say))
         llm = await stack.enter_async_context(LLMClient(settings.llm, base_url=base_url))
-        if not await llm.health():
-            log.warning("the LLM engine at %s is not healthy yet; turns will say so until it is", llm.base_url)
+        for url, healthy in (await llm.health()).items():
+            if not healthy:
+                log.warning("the LLM engine at %s is not healthy yet; turns will say so until it is", url)
 
+        embedder = await open_embedder(settings, say)
+        stack.push_async_callback(embedder.aclose)
+        kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
+        router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm)
+        metrics = Metrics()
+        metrics.live.circuits = llm.circuits
+        metrics.live.llm_in_flight = lambda: llm.in_flight
         manager = DialogueManager(
-            settings=settings, store=store, deduper=deduper, llm=llm, handlers=build_handlers(settings, llm)
+            settings=settings,
+            store=store,
+            deduper=deduper,
+            llm=llm,
+            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb)),
+            router=router,
+            moderator=Moderator(llm),
+            tenants=tenants,
+            metrics=metrics,
         )
-        yield Runtime(settings=settings, llm=llm, store=store, deduper=deduper, manager=manager, redis=redis)
+        yield Runtime(
+            settings=settings, llm=llm, store=store, deduper=deduper, manager=manager, redis=redis,
+            embedder=embedder, kb=kb, router=router, tenants=tenants, metrics=metrics,
+        )

@@ -15,23 +15,30 @@ import signal
 from collections.abc import Sequence
 
 from bot.inbox import MemoryInbox
+from bot.ops import ops_server
 from bot.adapter import Adapter
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-async def run_adapters(runtime: Runtime, adapters: Sequence[Adapter], *, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set, SIGTERM/SIGINT arrives, or an adapter's `run` returns."""
+async def run_adapters(
+    runtime: Runtime, adapters: Sequence[Adapter], *, stop: asyncio.Event | None = None, ops: bool = False
+) -> None:
+    """Run until `stop` is set, SIGTERM/SIGINT arrives, or an adapter's `run` returns.
+    With `ops`, the /healthz, /readyz and /metrics endpoint runs alongside."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     inbox = MemoryInbox(runtime.settings.dialogue.inbox_size)
+    runtime.metrics.live.queue_depth = inbox.__len__
     sinks = {adapter.platform: adapter for adapter in adapters}
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+            if ops:
+                await stack.enter_async_context(ops_server(runtime, adapters, runtime.metrics))
             workers = tg.create_task(runtime.manager.serve(inbox, sinks), name="dialogue-workers")
             intake = [tg.create_task(a.run(inbox), name=f"adapter-{a.platform}") for a in adapters]
             stopper = tg.create_task(stop.wait(), name="stop-signal")

@@ -89,7 +89,9 @@ class Reply:
 
     `ttft` is seconds from the turn's start to the first token, `llm_time` the seconds
     spent waiting on the engine, `total` the whole turn. `total - llm_time` is Parley's
-    own share, which `parley bench` reports.
+    own share, which `parley bench` reports. `intent` is where routing sent the turn,
+    `route_step` which routing step decided (explicit, semantic, llm, no-match, disabled),
+    `moderation` the moderation categories that fired on the input.
     """
 
     key: ConversationKey
@@ -100,3 +102,9 @@ class Reply:
     ttft: float | None = None
     llm_time: float = 0.0
     total: float = 0.0
+    intent: str = ""
+    route_step: str = ""
+    route_time: float = 0.0
+    moderation: tuple[str, ...] = ()
+    prompt_tokens: int = 0  # as the engine counted them, summed over the turn's requests
+    completion_tokens: int = 0

@@ -6,8 +6,6 @@ model); these fixtures only start and stop them.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import subprocess
 import uuid

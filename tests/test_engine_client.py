@@ -22,7 +22,7 @@ def settings(**overrides):
 async def test_model_is_discovered_and_tokens_are_counted_by_the_engine(engine):
     async with LLMClient(settings(), base_url=engine) as llm:
         assert await llm.model() == "parley-demo"
-        assert await llm.health()
+        assert await llm.health() == {engine: True}
         short, long = await llm.count_tokens("hello"), await llm.count_tokens("hello " * 50)
         assert 0 < short < long
 

@@ -1,29 +1,56 @@
 """Handlers: one per kind of intent, behind one small protocol, found through a registry.
 
-A handler turns a turn and its context into a stream of text. It builds its own
-prompt and asks the LLM client for what it needs; the dialogue manager owns
-everything around it (ordering, context, delivery). A new handler is a module
-here with a class decorated `@register("intent")`; nothing else changes.
+A handler turns a request (the turn, its context, where routing sent it, the tenant's
+settings) into a stream of text. It builds its own prompt and asks the LLM client or
+the knowledge base for what it needs; the dialogue manager owns everything around it
+(ordering, moderation, context, delivery). A new handler is a module here with a class
+decorated `@register("intent")`, imported in `build_handlers`; nothing else changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from bot.config import Settings
 from bot.context import Context
 from bot.llm import LLMClient
+from bot.routing import Route
+from bot.tenants import TenantConfig
 from bot.turns import Turn
+
+if TYPE_CHECKING:
+    from bot.kb import KnowledgeBase
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One turn as a handler sees it. `turn.text` is the moderated text (redacted where
+    the tenant said so); `route.text` is what the handler works on."""
+
+    turn: Turn
+    context: Context
+    route: Route
+    tenant: TenantConfig
 
 
 class Handler(Protocol):
-    def answer(self, turn: Turn, context: Context) -> AsyncIterator[str]:
+    def answer(self, request: Request) -> AsyncIterator[str]:
         """Stream the answer's text. Closing the iterator early must cancel the work."""
         ...
 
 
-HandlerFactory = Callable[[Settings, LLMClient], Handler]
+@dataclass(frozen=True)
+class Services:
+    """What the composition root hands every handler factory."""
+
+    settings: Settings
+    llm: LLMClient
+    kb: KnowledgeBase | None = None
+
+
+HandlerFactory = Callable[[Services], Handler]
 _registry: dict[str, HandlerFactory] = {}
 
 
@@ -35,8 +62,12 @@ def register(intent: str) -> Callable[[HandlerFactory], HandlerFactory]:
     return add
 
 
-def build_handlers(settings: Settings, llm: LLMClient) -> dict[str, Handler]:
-    """One instance of every registered handler, keyed by intent."""
-    from bot.handlers import chat  # noqa: F401 - registers itself
+def system_prompt(settings: Settings, tenant: TenantConfig) -> str:
+    return tenant.system_prompt or settings.context.system_prompt
 
-    return {intent: factory(settings, llm) for intent, factory in _registry.items()}
+
+def build_handlers(services: Services) -> dict[str, Handler]:
+    """One instance of every registered handler, keyed by intent."""
+    from bot.handlers import chat, qa, translate  # noqa: F401 - each registers itself
+
+    return {intent: factory(services) for intent, factory in _registry.items()}

@@ -1,25 +1,23 @@
-"""Plain chat: the default handler, answering with the conversation's history."""
+"""Plain chat: the default handler, answering with the conversation's history and the
+tenant's system prompt."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from bot.config import Settings
-from bot.context import Context
-from bot.handlers import register
-from bot.llm import LLMClient
+from bot.handlers import Request, Services, register, system_prompt
 from bot.prompts import build_messages
-from bot.turns import Turn
 
 
 @register("chat")
 class ChatHandler:
-    def __init__(self, settings: Settings, llm: LLMClient) -> None:
-        self._system_prompt = settings.context.system_prompt
-        self._llm = llm
+    def __init__(self, services: Services) -> None:
+        self._settings = services.settings
+        self._llm = services.llm
 
-    async def answer(self, turn: Turn, context: Context) -> AsyncIterator[str]:
-        messages = build_messages(self._system_prompt, context, turn.text)
+    async def answer(self, request: Request) -> AsyncIterator[str]:
+        prompt = system_prompt(self._settings, request.tenant)
+        messages = build_messages(prompt, request.context, request.turn.text)
         async with self._llm.stream(messages) as stream:
             async for delta in stream:
                 yield delta

@@ -77,7 +77,7 @@ async def test_editing_sink_posts_first_then_edits_and_ends_with_the_full_text()
 
 async def test_editing_sink_continues_in_new_messages_past_the_limit():
     editor = RecordingEditor()
-    parts = ["line of text number %d\n" % i for i in range(300)]
+    parts = [f"line of text number {i}\n" for i in range(300)]
     text = await EditingSink(editor, limit=1000, interval=0).stream(_tokens(parts))
     shown = [editor.messages[k] for k in sorted(editor.messages, key=int)]
     assert len(shown) > 5 and all(len(m) <= 1000 for m in shown)

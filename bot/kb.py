@@ -1,0 +1,423 @@
+"""The knowledge base: ingest documents, chunk them, embed them, keep them in Redis, search them.
+
+Redis layout per knowledge base (a tenant's `knowledge_base` name):
+
+    {prefix}:kb:{name}:docs          hash  source -> JSON {sha, title, url, key, chunks}
+    {prefix}:kb:{name}:doc:{digest}  hash  chunks (JSON list), vectors (float32 bytes), model
+    {prefix}:kb:{name}:version       int   bumped on every change, so indexes reload
+
+Re-ingesting an unchanged document does nothing (its digest covers the text, the
+embedding model and the chunking settings); a changed one replaces its chunks in one
+transaction; a document no longer in the source loses its chunks.
+
+Search is brute-force cosine over an in-process numpy matrix loaded from Redis and
+reloaded when the version changes. That serves a support site's KB well: 384 floats
+are 1.5 KB a chunk, so 100,000 chunks are ~150 MB a process and ~10-20 ms a query on
+one core. Past that (or with many large tenants per process) the index belongs in a
+vector store: Redis vector sets / RediSearch HNSW on the same Redis, or a vector DB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.config import KBSettings
+from bot.embeddings import Embedder
+from bot.errors import KnowledgeBaseError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DOC_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm"}
+URL_LIST_SUFFIXES = {".urls", ".list"}
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    source: str  # the path relative to the ingested folder, or the URL
+    title: str
+    text: str  # Markdown-ish: headings as `#` lines, paragraphs split by blank lines
+    url: str = ""  # a link to cite, where the document has one
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    source: str
+    title: str
+    url: str
+    heading: str  # the section the chunk comes from
+    text: str
+
+    @property
+    def citation(self) -> str:
+        name = self.title + (f" — {self.heading}" if self.heading and self.heading != self.title else "")
+        return f"{name} ({self.url})" if self.url else f"{name} ({self.source})"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk: Chunk
+    score: float
+
+
+@dataclass(frozen=True)
+class Index:
+    chunks: tuple[Chunk, ...]
+    vectors: np.ndarray  # one normalised row per chunk
+    version: int = 0
+
+
+@dataclass
+class IngestStats:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    chunks: int = 0
+
+
+# -- reading documents -------------------------------------------------------------------
+
+
+class _HTMLText(html.parser.HTMLParser):
+    """HTML to the Markdown-ish text the chunker reads: headings become `#` lines."""
+
+    BLOCKS = {"p", "div", "li", "section", "article", "br", "tr", "pre", "blockquote", "table", "ul", "ol"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+        self.canonical = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "nav", "footer", "noscript"):
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        elif re.fullmatch(r"h[1-6]", tag):
+            self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
+        elif tag in self.BLOCKS:
+            self.parts.append("\n\n")
+        elif tag == "link" and dict(attrs).get("rel") == "canonical":
+            self.canonical = dict(attrs).get("href") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "nav", "footer", "noscript"):
+            self._skip = max(0, self._skip - 1)
+        elif tag == "title":
+            self._in_title = False
+        elif re.fullmatch(r"h[1-6]", tag) or tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data.strip()
+        elif not self._skip:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_document(source: str, raw: str, url: str = "") -> Document:
+    parser = _HTMLText()
+    parser.feed(raw)
+    text = re.sub(r"[ \t]*\n[ \t]*", "\n", "".join(parser.parts))
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return Document(source, parser.title or _first_heading(text) or source, text, url or parser.canonical)
+
+
+def _front_matter(raw: str) -> tuple[dict[str, str], str]:
+    """`---\\ntitle: ...\\nurl: ...\\n---` at the top of a Markdown file."""
+    m = re.match(r"\A---\s*\n(.*?)\n---\s*\n", raw, re.DOTALL)
+    if not m:
+        return {}, raw
+    meta = {}
+    for line in m[1].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            meta[key.strip().lower()] = value.strip().strip("\"'")
+    return meta, raw[m.end() :]
+
+
+def _first_heading(text: str) -> str:
+    m = re.search(r"^#{1,6}\s+(.+)$", text, re.MULTILINE)
+    return m[1].strip() if m else ""
+
+
+def text_document(source: str, raw: str) -> Document:
+    meta, body = _front_matter(raw)
+    title = meta.get("title") or _first_heading(body) or Path(source).stem.replace("-", " ").replace("_", " ")
+    return Document(source, title, body.strip(), meta.get("url", ""))
+
+
+def _is_url_list(path: Path) -> bool:
+    if path.suffix.lower() in URL_LIST_SUFFIXES:
+        return True
+    if path.suffix.lower() != ".txt":
+        return False
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    return bool(lines) and all(re.match(r"https?://\S+$", ln) for ln in lines)
+
+
+def load_documents(
+    path: Path, *, timeout: float = 20.0, progress: Callable[[str], None] = lambda _: None
+) -> list[Document]:
+    """A folder's Markdown, text and HTML files, or the pages a URL-list file names."""
+    if not path.exists():
+        raise KnowledgeBaseError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
+        if not files:
+            raise KnowledgeBaseError(f"{path}: no .md, .txt or .html files in it")
+        return [_read_file(p, p.relative_to(path).as_posix()) for p in files]
+    if _is_url_list(path):
+        return _fetch_urls(path, timeout, progress)
+    if path.suffix.lower() in DOC_SUFFIXES:
+        return [_read_file(path, path.name)]
+    raise KnowledgeBaseError(f"{path}: not a folder, a .md/.txt/.html file or a URL list (.urls)")
+
+
+def _read_file(path: Path, source: str) -> Document:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KnowledgeBaseError(f"{path}: cannot read it as UTF-8 text: {exc}") from None
+    if path.suffix.lower() in (".html", ".htm"):
+        return html_document(source, raw)
+    return text_document(source, raw)
+
+
+def _fetch_urls(path: Path, timeout: float, progress: Callable[[str], None]) -> list[Document]:
+    urls = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    docs = []
+    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+        for number, url in enumerate(urls, 1):
+            progress(f"fetching {number}/{len(urls)}: {url}")
+            try:
+                response = http.get(url)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise KnowledgeBaseError(f"{path}: cannot fetch {url}: {exc}") from None
+            kind = response.headers.get("content-type", "")
+            if "html" in kind:
+                docs.append(html_document(url, response.text, url))
+            else:
+                doc = text_document(url, response.text)
+                docs.append(Document(doc.source, doc.title, doc.text, doc.url or url))
+    return docs
+
+
+# -- chunking ----------------------------------------------------------------------------
+
+
+def _sections(text: str) -> list[tuple[str, list[str]]]:
+    """(heading, paragraphs) in order; text before the first heading has heading ''."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for block in re.split(r"\n\s*\n", text):
+        block = block.strip()
+        if not block:
+            continue
+        if m := re.match(r"^#{1,6}\s+(.+?)\s*(?:\n(.*))?$", block, re.DOTALL):
+            sections.append((m[1].strip(), []))
+            if m[2] and m[2].strip():
+                sections[-1][1].append(m[2].strip())
+        else:
+            sections[-1][1].append(block)
+    return [(h, ps) for h, ps in sections if ps]
+
+
+def _pieces(paragraph: str, size: int) -> list[str]:
+    """A paragraph longer than a chunk, cut at sentence ends (or hard, as a last resort)."""
+    if len(paragraph) <= size:
+        return [paragraph]
+    out, current = [], ""
+    for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
+        while len(sentence) > size:
+            out.append(sentence[:size])
+            sentence = sentence[size:]
+        if current and len(current) + 1 + len(sentence) > size:
+            out.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}".strip()
+    return [*out, current] if current else out
+
+
+def chunk_document(doc: Document, size: int, overlap: int) -> list[Chunk]:
+    """Chunks that never cross a heading, packed from whole paragraphs up to `size`
+    characters; each after the first in a section starts with the last `overlap`
+    characters of the one before (cut at a word), so an answer that straddles a
+    paragraph break is still found whole in one chunk."""
+    chunks = []
+    for heading, paragraphs in _sections(doc.text):
+        current = ""
+        previous_tail = ""
+        for piece in (p for para in paragraphs for p in _pieces(para, size)):
+            if current and len(current) + 2 + len(piece) > size:
+                chunks.append(Chunk(doc.source, doc.title, doc.url, heading, current))
+                previous_tail = _tail(current, overlap)
+                current = f"{previous_tail}\n\n{piece}" if previous_tail else piece
+            else:
+                current = f"{current}\n\n{piece}" if current else piece
+        if current:
+            chunks.append(Chunk(doc.source, doc.title, doc.url, heading, current))
+    return chunks
+
+
+def _tail(text: str, overlap: int) -> str:
+    if overlap <= 0 or len(text) <= overlap:
+        return "" if overlap <= 0 else text
+    cut = text[-overlap:]
+    space = cut.find(" ")
+    return "…" + (cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut)
+
+
+def embedding_text(chunk: Chunk) -> str:
+    """What is embedded: the title and heading give a short passage its topic."""
+    return " — ".join(p for p in (chunk.title, chunk.heading) if p) + "\n" + chunk.text
+
+
+# -- the store and the index ---------------------------------------------------------------
+
+
+class KnowledgeBase:
+    """Ingest into Redis and search per knowledge-base name; owned by the composition root."""
+
+    def __init__(self, *, redis: Redis | None, embedder: Embedder, settings: KBSettings, prefix: str) -> None:
+        self._redis = redis
+        self._embedder = embedder
+        self._settings = settings
+        self._prefix = prefix
+        self._indexes: dict[str, Index] = {}
+
+    @property
+    def top_k(self) -> int:
+        return self._settings.top_k
+
+    def _key(self, name: str, *parts: str) -> str:
+        return ":".join((self._prefix, "kb", name, *parts))
+
+    def _digest(self, doc: Document) -> str:
+        recipe = f"{self._embedder.name}|{self._settings.chunk_chars}|{self._settings.overlap_chars}|{doc.title}|{doc.url}|"
+        return hashlib.sha256((recipe + doc.text).encode()).hexdigest()
+
+    def _need_redis(self) -> Redis:
+        if self._redis is None:
+            raise KnowledgeBaseError("the knowledge base needs Redis: set PARLEY_REDIS_URL")
+        return self._redis
+
+    async def ingest(
+        self, name: str, documents: Sequence[Document], *, prune: bool = True, progress: Callable[[str], None] = lambda _: None
+    ) -> IngestStats:
+        redis = self._need_redis()
+        stats = IngestStats()
+        docs_key = self._key(name, "docs")
+        try:
+            stored = {k.decode(): json.loads(v) for k, v in (await redis.hgetall(docs_key)).items()}
+            for number, doc in enumerate(documents, 1):
+                sha = self._digest(doc)
+                old = stored.get(doc.source)
+                if old and old["sha"] == sha:
+                    stats.unchanged += 1
+                    continue
+                chunks = chunk_document(doc, self._settings.chunk_chars, self._settings.overlap_chars)
+                progress(f"embedding {number}/{len(documents)}: {doc.source} ({len(chunks)} chunks)")
+                vectors = await self._embedder.embed([embedding_text(c) for c in chunks])
+                doc_key = self._key(name, "doc", hashlib.sha1(doc.source.encode()).hexdigest())
+                meta = {"sha": sha, "title": doc.title, "url": doc.url, "key": doc_key, "chunks": len(chunks)}
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(doc_key)
+                    pipe.hset(doc_key, mapping={
+                        "chunks": json.dumps([[c.heading, c.text] for c in chunks]),
+                        "vectors": np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
+                        "model": self._embedder.name,
+                    })
+                    pipe.hset(docs_key, doc.source, json.dumps(meta))
+                    pipe.incr(self._key(name, "version"))
+                    await pipe.execute()
+                stats.updated += old is not None
+                stats.added += old is None
+                stats.chunks += len(chunks)
+            if prune:
+                gone = set(stored) - {d.source for d in documents}
+                for source in sorted(gone):
+                    async with redis.pipeline(transaction=True) as pipe:
+                        pipe.delete(stored[source]["key"])
+                        pipe.hdel(docs_key, source)
+                        pipe.incr(self._key(name, "version"))
+                        await pipe.execute()
+                    stats.removed += 1
+        except RedisError as exc:
+            raise StoreUnavailable(f"knowledge base ingest failed: {exc}") from exc
+        return stats
+
+    async def index(self, name: str) -> Index:
+        """The KB's index, reloaded from Redis only when its version moved (one GET a call)."""
+        if self._redis is None:
+            return Index((), np.zeros((0, 1), dtype=np.float32))
+        try:
+            version = int(await self._redis.get(self._key(name, "version")) or 0)
+            cached = self._indexes.get(name)
+            if cached is not None and cached.version == version:
+                return cached
+            index = await self._load(name, version)
+        except RedisError as exc:
+            raise StoreUnavailable(f"knowledge base load failed: {exc}") from exc
+        self._indexes[name] = index
+        log.info("knowledge base %s loaded: %d chunks (version %d)", name, len(index.chunks), version)
+        return index
+
+    async def _load(self, name: str, version: int) -> Index:
+        assert self._redis is not None
+        docs = {k.decode(): json.loads(v) for k, v in (await self._redis.hgetall(self._key(name, "docs"))).items()}
+        chunks: list[Chunk] = []
+        rows: list[np.ndarray] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for meta in docs.values():
+                pipe.hmget(meta["key"], "chunks", "vectors", "model")
+            stored = await pipe.execute()
+        for (source, meta), (raw_chunks, raw_vectors, model) in zip(docs.items(), stored, strict=True):
+            if raw_chunks is None or (model or b"").decode() != self._embedder.name:
+                log.warning("knowledge base %s: %s was embedded with another model; re-ingest it", name, source)
+                continue
+            for heading, text in json.loads(raw_chunks):
+                chunks.append(Chunk(source, meta["title"], meta["url"], heading, text))
+            rows.append(np.frombuffer(raw_vectors, dtype=np.float32).reshape(meta["chunks"], -1))
+        if len(chunks) > self._settings.max_chunks:
+            raise KnowledgeBaseError(
+                f"knowledge base {name} has {len(chunks)} chunks, over PARLEY_KB_MAX_CHUNKS={self._settings.max_chunks}: "
+                "the in-process index is the wrong tool at this size; use a vector store"
+            )
+        vectors = np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.float32)
+        return Index(tuple(chunks), vectors, version)
+
+    async def build_index(self, documents: Sequence[Document]) -> Index:
+        """An index in memory only, for `parley eval kb`."""
+        chunks = [c for d in documents for c in chunk_document(d, self._settings.chunk_chars, self._settings.overlap_chars)]
+        return Index(tuple(chunks), await self._embedder.embed([embedding_text(c) for c in chunks]))
+
+    async def search(self, index: Index, question: str) -> list[Hit]:
+        """The top-k passages at or above `min_score`, best first."""
+        if not index.chunks:
+            return []
+        sims = index.vectors @ (await self._embedder.embed([question]))[0]
+        k = min(self._settings.top_k, len(sims))
+        best = np.argpartition(sims, -k)[-k:]
+        best = best[np.argsort(sims[best])[::-1]]
+        return [Hit(index.chunks[i], float(sims[i])) for i in best if sims[i] >= self._settings.min_score]
+
+    async def retrieve(self, name: str, question: str) -> list[Hit]:
+        return await self.search(await self.index(name), question)

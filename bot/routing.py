@@ -1,0 +1,202 @@
+"""Intent routing: decide what a turn asks for (`qa`, `translate` or `chat`), cheapest first.
+
+1. explicit: a slash command the adapter passed through (`ask`, `translate`), or a plain
+   pattern such as "translate to German: ..." (a regex, microseconds);
+2. semantic: the message's embedding against example phrases per intent (an operator-
+   editable TOML file), scored as the mean of each intent's closest examples; below the
+   no-match threshold the turn is plain chat (one embedding, a few ms);
+3. llm: when the top two intents are closer than the margin, vLLM picks one label under
+   a structured-output constraint (one short constrained request).
+
+The `Route` records which step decided, so that `parley eval routing` and the logs can
+say where accuracy and time go.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bot.config import RoutingSettings
+from bot.embeddings import Embedder
+from bot.errors import ConfigError, EmbedderError, LLMError
+from bot.languages import ALIASES, code_for
+from bot.llm import LLMClient
+from bot.tenants import DATA, INTENTS
+
+log = logging.getLogger(__name__)
+
+COMMANDS = {"ask": "qa", "translate": "translate"}
+
+_LANG = "|".join(sorted((re.escape(name) for name in ALIASES), key=len, reverse=True))
+_VERB = (
+    r"(?:please\s+|pls\s+|can you\s+|could you\s+)?"
+    r"(?:translate|tranlsate|transalte|traduis|traduire|traduce|traducir|traduci|tradurre|traduz|traduza|traduzir"
+    r"|übersetze|übersetzen|ubersetze|vertaal|przetłumacz)"
+    r"(?:\s+(?:please|pls|bitte|s'il te plaît|s'il vous plaît|por favor|per favore|alsjeblieft))?"
+)
+# "translate to German: text", "traduis en anglais : texte", "übersetze ins Englische: Text"
+_TO_LANG = re.compile(
+    rf"^\s*{_VERB}\b(?:\s+(?:this|that|the following|it|ceci|cela|esto|das|dies|folgendes))?\s*"
+    rf"(?:(?:in)?to|in|into|en|al|a|auf|nach|ins|in die|para|naar|na)\s+(?P<lang>{_LANG})(?:e|n)?\b\s*[:\-–,]?\s*(?P<text>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+# "translate: text" (target: the tenant's language)
+_BARE = re.compile(rf"^\s*{_VERB}\b\s*(?:this|that)?\s*[:\-–]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+# "German: text" as the argument of a /translate command
+_LANG_PREFIX = re.compile(rf"^\s*(?:(?:in)?to\s+)?(?P<lang>{_LANG})\s*[:\-–,]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+# "how do you say X in Spanish", "what is X in French"
+_HOW_SAY = re.compile(
+    rf"^\s*(?:how\s+(?:do|would|can)\s+(?:you|i|we)\s+say|what(?:'s|\s+is)\s+the\s+\w+\s+for)\s+(?P<text>.+?)\s+in\s+(?P<lang>{_LANG})\s*\??\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# A translate request names the act or a language; without either, a message that merely
+# resembles the translate examples (often: one written in another language) is not one.
+_TRANSLATE_CUE = re.compile(
+    rf"translat|tradu|übersetz|ubersetz|vertaal|tłumacz|\bmeans?\b|\bsays?\b|\bversion\b|\b(?:{_LANG})\b", re.IGNORECASE
+)
+# A language named anywhere ("... into French please"), for translate requests found semantically.
+_ANY_LANG = re.compile(rf"\b(?:in|into|to|en|auf|ins|nach|al|para)\s+(?P<lang>{_LANG})\b", re.IGNORECASE)
+
+CHOOSE_PROMPT = (
+    "You route messages sent to a customer-support chat bot. Answer with one label:\n"
+    "qa: a question or problem about the product, the account, billing, features, errors or policies;\n"
+    "translate: a request to translate a text into another language;\n"
+    "chat: greetings, thanks, small talk, questions about the bot itself, anything else."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a turn goes. `text` is what the handler works on (a pattern's prefix stripped),
+    `target` a language code named by the command or pattern, `step` which step decided."""
+
+    intent: str
+    step: str  # explicit | semantic | llm | no-match | disabled
+    text: str
+    target: str | None = None
+    score: float | None = None
+    seconds: float = 0.0
+
+
+def explicit(command: str | None, text: str) -> Route | None:
+    """Step 1: commands and plain patterns."""
+    if command in COMMANDS:
+        intent = COMMANDS[command]
+        if intent == "translate" and (m := _LANG_PREFIX.match(text)):
+            return Route(intent, "explicit", m["text"].strip(), code_for(m["lang"]))
+        return Route(intent, "explicit", text.strip())
+    if m := _TO_LANG.match(text):
+        return Route("translate", "explicit", m["text"].strip(), code_for(m["lang"]))
+    if m := _HOW_SAY.match(text):
+        return Route("translate", "explicit", m["text"].strip().strip("\"'“”"), code_for(m["lang"]))
+    if m := _BARE.match(text):
+        return Route("translate", "explicit", m["text"].strip())
+    return None
+
+
+def named_language(text: str) -> str | None:
+    """A target language named in a free-form translate request, if any."""
+    m = _ANY_LANG.search(text)
+    return code_for(m["lang"]) if m else None
+
+
+def load_examples(path: Path | None) -> dict[str, list[str]]:
+    """The example phrases per intent; an invalid file is a `ConfigError` naming it."""
+    path = path or DATA / "intents.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("PARLEY_ROUTING_EXAMPLES_FILE", f"cannot read {path}: {exc}") from None
+    examples: dict[str, list[str]] = {}
+    for intent, table in raw.items():
+        phrases = table.get("examples") if isinstance(table, dict) else None
+        if intent not in INTENTS or not isinstance(phrases, list) or not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise ConfigError(
+                "PARLEY_ROUTING_EXAMPLES_FILE",
+                f"{path}: [{intent}] must be one of {', '.join(INTENTS)} with `examples = [\"...\", ...]` (non-empty strings)",
+            )
+        examples[intent] = phrases
+    if not examples:
+        raise ConfigError("PARLEY_ROUTING_EXAMPLES_FILE", f"{path}: no intents")
+    return examples
+
+
+class Router:
+    """Built once by the composition root (`await Router.create(...)` embeds the examples)."""
+
+    def __init__(
+        self,
+        *,
+        settings: RoutingSettings,
+        embedder: Embedder,
+        llm: LLMClient | None,
+        labels: Sequence[str],
+        vectors: np.ndarray,
+    ) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._llm = llm
+        self._labels = np.array(labels)
+        self._vectors = vectors
+        self._intents = sorted(set(labels))
+
+    @classmethod
+    async def create(cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLMClient | None) -> Router:
+        examples = load_examples(settings.examples_file)
+        labels = [intent for intent, phrases in examples.items() for _ in phrases]
+        vectors = await embedder.embed([p for phrases in examples.values() for p in phrases])
+        return cls(settings=settings, embedder=embedder, llm=llm, labels=labels, vectors=vectors)
+
+    def scores(self, vector: np.ndarray) -> dict[str, float]:
+        """Each intent's score: the mean similarity of its `neighbours` closest examples."""
+        sims = self._vectors @ vector
+        k = self._settings.neighbours
+        out = {}
+        for intent in self._intents:
+            mine = sims[self._labels == intent]
+            top = mine if len(mine) <= k else np.partition(mine, -k)[-k:]
+            out[intent] = float(top.mean())
+        return out
+
+    async def route(self, text: str, *, command: str | None = None, allowed: Sequence[str] = INTENTS) -> Route:
+        started = time.perf_counter()
+        route = explicit(command, text) or await self._semantic(text)
+        if route.intent not in allowed:
+            route = Route("chat", "disabled", text, score=route.score)
+        return Route(route.intent, route.step, route.text, route.target, route.score, time.perf_counter() - started)
+
+    async def _semantic(self, text: str) -> Route:
+        try:
+            scores = self.scores((await self._embedder.embed([text]))[0])
+        except EmbedderError as exc:
+            log.warning("routing by embeddings failed (%s); answering as chat", exc)
+            return Route("chat", "no-match", text)
+        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+        if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
+            ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
+        (best, top), (second, runner_up) = ranked[:2]
+        if top < self._settings.threshold:
+            return Route("chat", "no-match", text, score=top)
+        if top - runner_up < self._settings.margin and self._settings.llm_fallback and self._llm is not None:
+            try:
+                chosen = await self._llm.choose(
+                    [{"role": "system", "content": CHOOSE_PROMPT}, {"role": "user", "content": text}], [best, second]
+                )
+                return self._with_target(Route(chosen, "llm", text, score=scores[chosen]))
+            except LLMError as exc:
+                log.warning("routing by LLM failed (%s); taking the closest intent", type(exc).__name__)
+        return self._with_target(Route(best, "semantic", text, score=top))
+
+    @staticmethod
+    def _with_target(route: Route) -> Route:
+        if route.intent != "translate":
+            return route
+        return Route(route.intent, route.step, route.text, named_language(route.text), route.score)

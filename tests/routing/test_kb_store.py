@@ -1,0 +1,75 @@
+"""Ingest into a real Redis: unchanged files do nothing, changed ones are replaced, removed
+ones go; a URL-list file is fetched from a loopback HTTP server."""
+
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bot.config import KBSettings
+from bot.kb import KnowledgeBase, load_documents
+
+SAMPLE = Path(__file__).parents[2] / "deploy" / "sample-kb"
+
+
+@pytest.fixture
+def kb(redis, embedder, make_settings):
+    return KnowledgeBase(redis=redis, embedder=embedder, settings=KBSettings(_env_file=None),
+                         prefix=make_settings().redis.prefix)
+
+
+async def test_ingest_is_incremental(kb, tmp_path):
+    folder = tmp_path / "kb"
+    shutil.copytree(SAMPLE, folder)
+    first = await kb.ingest("t", load_documents(folder))
+    assert first.added == 13 and first.chunks > 13
+    again = await kb.ingest("t", load_documents(folder))
+    assert (again.added, again.updated, again.unchanged, again.removed, again.chunks) == (0, 0, 13, 0, 0)
+
+    (folder / "support.md").write_text("# Contacting support\n\nSupport is open on Saturdays from 9:00 to 12:00 only.\n")
+    (folder / "sso.md").unlink()
+    changed = await kb.ingest("t", load_documents(folder))
+    assert (changed.updated, changed.removed, changed.unchanged) == (1, 1, 11)
+    index = await kb.index("t")
+    assert "sso.md" not in {c.source for c in index.chunks}
+    hits = await kb.retrieve("t", "Is support open on Saturday?")
+    assert hits[0].chunk.source == "support.md" and "Saturdays" in hits[0].chunk.text
+    assert not any("Friday, 8:00" in c.text for c in index.chunks)  # the old chunks went
+
+
+async def test_retrieval_cites_and_refuses(kb):
+    await kb.ingest("t2", load_documents(SAMPLE))
+    hits = await kb.retrieve("t2", "What are the API rate limits?")
+    assert hits[0].chunk.source == "api.html" and "120 requests per minute" in hits[0].chunk.text
+    assert "https://developers.quillstack.example/api" in hits[0].chunk.citation
+    assert await kb.retrieve("t2", "How do I bake sourdough bread?") == []
+    assert await kb.retrieve("no-such-kb", "How do I reset my password?") == []
+
+
+async def test_url_list_is_fetched_over_http(kb, tmp_path):
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(SAMPLE), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = tmp_path / "pages.urls"
+        urls.write_text(f"# the help centre\n{base}/api.html\n{base}/billing.md\n")
+        docs = load_documents(urls)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [d.source for d in docs] == [f"{base}/api.html", f"{base}/billing.md"]
+    assert docs[0].title == "Quillstack API and webhooks"
+    stats = await kb.ingest("t3", docs)
+    assert stats.added == 2
+    hits = await kb.retrieve("t3", "Can I pay with PayPal?")
+    assert hits and hits[0].chunk.source.endswith("/billing.md")
