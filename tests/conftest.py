@@ -6,10 +6,13 @@ model); these fixtures only start and stop them.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,8 @@ from bot.config import (
     Settings,
 )
 from bot.engine import free_port, local_engine
+from bot.runtime import Runtime, open_runtime
+from bot.server import run_adapters
 
 
 class RedisServer:
@@ -123,3 +128,26 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@asynccontextmanager
+async def serve_one(
+    settings: Settings, create: Callable[[Runtime], Any], ready: Callable[[Any], bool]
+) -> AsyncIterator[tuple[Runtime, Any]]:
+    """`parley serve` with one adapter until the block ends, then its ordered shutdown."""
+    async with open_runtime(settings) as runtime:
+        adapter = create(runtime)
+        assert adapter is not None
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_adapters(runtime, [adapter], stop=stop))
+        try:
+            async with asyncio.timeout(120):  # two cores, and an engine may be busy
+                while not (server.done() or ready(adapter)):
+                    await asyncio.sleep(0.02)
+            if server.done():
+                server.result()  # the adapter failed to start: show why
+            yield runtime, adapter
+        finally:
+            stop.set()
+            async with asyncio.timeout(120):
+                await server

@@ -17,9 +17,9 @@ import adapters.discord
 from adapters.discord import DiscordAdapter
 from bot.config import DiscordSettings, Settings
 from bot.context import Context
-from bot.runtime import Runtime, open_runtime
-from bot.server import run_adapters
+from bot.runtime import Runtime
 from bot.turns import ConversationKey
+from tests.conftest import serve_one
 from tests.discord.fake import FakeDiscord, Json
 
 DEAD_LLM = "http://127.0.0.1:9/v1"  # for tests that never reach the model
@@ -77,20 +77,9 @@ class DiscordStack:
 @asynccontextmanager
 async def serving(fake: FakeDiscord, settings: Settings) -> AsyncIterator[DiscordStack]:
     """`parley serve` with only the Discord adapter, until the block ends; then the ordered shutdown."""
-    async with open_runtime(settings) as runtime:
-        adapter = adapters.discord.create(runtime)
-        assert adapter is not None
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_adapters(runtime, [adapter], stop=stop))
-        try:
-            await poll(lambda: server.done() or (adapter.client is not None and adapter.client.is_ready()))
-            if server.done():
-                server.result()
-            yield DiscordStack(fake, runtime, adapter)
-        finally:
-            stop.set()
-            async with asyncio.timeout(120):
-                await server
+    ready = lambda adapter: adapter.client is not None and adapter.client.is_ready()  # noqa: E731
+    async with serve_one(settings, adapters.discord.create, ready) as (runtime, adapter):
+        yield DiscordStack(fake, runtime, adapter)
 
 
 @pytest_asyncio.fixture

@@ -15,9 +15,9 @@ import adapters.slack
 from adapters.slack import SlackAdapter
 from bot.config import Settings, SlackSettings
 from bot.context import Context
-from bot.runtime import Runtime, open_runtime
-from bot.server import run_adapters
+from bot.runtime import Runtime
 from bot.turns import ConversationKey
+from tests.conftest import serve_one
 from tests.slack.fake import TEAM, Delivery, FakeSlack, event_callback, signed_request
 
 BOT_TOKEN = "xoxb-1111-2222-secret-bot-token"
@@ -72,22 +72,9 @@ class SlackStack:
 
 @asynccontextmanager
 async def serving(settings: Settings, fake: FakeSlack) -> AsyncIterator[SlackStack]:
-    async with open_runtime(settings) as runtime:
-        adapter = adapters.slack.create(runtime)
-        assert adapter is not None
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_adapters(runtime, [adapter], stop=stop))
-        ready = asyncio.create_task(adapter.ready.wait())
-        await asyncio.wait([server, ready], return_when=asyncio.FIRST_COMPLETED, timeout=60)
-        if server.done():
-            server.result()  # the adapter failed to start: show why
-        assert ready.done(), "the Slack adapter did not become ready"
-        try:
-            async with aiohttp.ClientSession() as session:
-                yield SlackStack(fake, runtime, adapter, session)
-        finally:
-            stop.set()
-            await server
+    ready = lambda adapter: adapter.ready.is_set()  # noqa: E731
+    async with serve_one(settings, adapters.slack.create, ready) as (runtime, adapter), aiohttp.ClientSession() as session:
+        yield SlackStack(fake, runtime, adapter, session)
 
 
 @pytest_asyncio.fixture
