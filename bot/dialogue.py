@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
@@ -70,19 +69,33 @@ class KeyedLocks:
 
 
 OUTPUT_HOLD = 64  # characters of an answer held back at most while personal data may be in progress
-_IN_PROGRESS = re.compile(r"(?:[\w.+-]*[\d@+][\w.@+()-]*[ .-]?)+$")
+_RUN_CHARS = frozenset("_.+-@()")  # besides letters and digits, what a phone, card, IBAN or e-mail holds
+_SEPARATORS = " .-"  # between the chunks of a number being written
 
 
 def _boundary(text: str) -> int:
     """How much of the pending answer may be released now. Everything is, except a tail
-    that may be personal data still being written (a run with digits, `+` or `@`, which a
+    that may be personal data still being written (chunks with digits, `+` or `@`, which a
     phone, card, IBAN or e-mail address has), held until it ends or `OUTPUT_HOLD` is passed:
     so answers still stream token by token, and a number is checked whole before it shows.
-    Profanity is checked per released piece (a word split across pieces can slip through)."""
-    m = _IN_PROGRESS.search(text)
-    if m is None or len(text) - m.start() > OUTPUT_HOLD:
-        return len(text)
-    return m.start()
+    Profanity is checked per released piece (a word split across pieces can slip through).
+
+    A scan back from the end, never more than `OUTPUT_HOLD` characters: this runs on every
+    streamed token (a backtracking regex here once took seconds on "a1a1...!").
+    """
+    start = pos = len(text)
+    while pos > 0:
+        end = pos - 1 if text[pos - 1] in _SEPARATORS else pos
+        chunk_start = end
+        while chunk_start > 0 and (text[chunk_start - 1].isalnum() or text[chunk_start - 1] in _RUN_CHARS):
+            chunk_start -= 1
+            if len(text) - chunk_start > OUTPUT_HOLD:
+                return len(text)
+        chunk = text[chunk_start:end]
+        if not any(c.isdigit() or c in "@+" for c in chunk):
+            break
+        start = pos = chunk_start
+    return start
 
 
 def _estimate(text: str) -> int:

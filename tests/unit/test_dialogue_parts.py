@@ -57,3 +57,17 @@ async def test_keyed_locks_keep_one_conversation_in_order_and_others_concurrent(
     assert events.index(("end", "a1")) < events.index(("start", "a2"))
     assert events.index(("start", "b1")) < events.index(("end", "a1"))
     assert len(locks) == 0
+
+
+def test_output_hold_back_is_linear_and_holds_only_personal_data_in_progress():
+    from bot.dialogue import OUTPUT_HOLD, _boundary
+
+    assert _boundary("hello world") == len("hello world")
+    assert _boundary("call me at +1 555 123") == len("call me at ")  # a phone number still coming
+    assert _boundary("write to john.doe@exa") == len("write to ")
+    assert _boundary("card 4111-1111-") == len("card ")
+    long_number = "9" * (OUTPUT_HOLD + 1)
+    assert _boundary(long_number) == len(long_number)  # held no longer than OUTPUT_HOLD
+    # This once sent a backtracking regex into exponential time (seconds per token).
+    text = "a1" * 5000 + "!"
+    assert _boundary(text) == len(text)
