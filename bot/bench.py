@@ -18,7 +18,7 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -114,12 +114,12 @@ class RunResult:
         return self.total.generated / self.seconds if self.seconds else 0.0
 
 
-async def _phased(runtime: Runtime, turns: int, conversations: int, one_turn: Callable[[int, int], object]) -> tuple[float, CacheReading, CacheReading]:
+async def _phased(runtime: Runtime, turns: int, conversations: int, one_turn: Callable[[int, int], Awaitable[None]]) -> tuple[float, CacheReading, CacheReading]:
     """Turns 1-2 of every conversation, a metrics reading, then turns 3..T."""
 
     async def conversation(conv: int, first: int, last: int) -> None:
         for t in range(first, last + 1):
-            await one_turn(conv, t)  # type: ignore[misc]
+            await one_turn(conv, t)
 
     start_reading = await _reading(runtime)
     started = time.perf_counter()
