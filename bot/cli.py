@@ -12,10 +12,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, ParleyError
 from bot.logs import setup_logging
+
+if TYPE_CHECKING:
+    from bot.adapter import Adapter
 
 log = logging.getLogger("parley")
 
@@ -29,8 +33,11 @@ async def _serve(settings: Settings) -> None:
     from bot.runtime import open_runtime
     from bot.server import run_adapters
 
-    if not (settings.slack.enabled or settings.discord.enabled):
-        raise ConfigError("SLACK_BOT_TOKEN", "no platform is configured: set SLACK_BOT_TOKEN or DISCORD_TOKEN (or try `parley chat`)")
+    if not (settings.slack.enabled or settings.discord.enabled or settings.web.enabled):
+        raise ConfigError(
+            "SLACK_BOT_TOKEN",
+            "no platform is configured: set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED (or try `parley chat`)",
+        )
     async with open_runtime(settings, say) as runtime:
         await run_adapters(runtime, configured_adapters(runtime), ops=True)
 
@@ -44,6 +51,41 @@ async def _chat(settings: Settings) -> None:
         console = create_adapter("console", runtime)
         assert console is not None  # the console needs no configuration
         await run_adapters(runtime, [console])
+
+
+async def _chat_web(settings: Settings) -> None:
+    """`parley chat --web`: the web chat on this machine only, with the console chat's runtime."""
+    from bot.adapter import create_adapter
+    from bot.runtime import open_runtime
+    from bot.server import run_adapters
+
+    settings = settings.model_copy(update={"web": settings.web.model_copy(update={"enabled": True, "host": "127.0.0.1"})})
+    async with open_runtime(settings, say) as runtime:
+        web = create_adapter("web", runtime)
+        assert web is not None  # enabled above
+        announce = asyncio.create_task(_announce_web(web))
+        try:
+            await run_adapters(runtime, [web])
+        finally:
+            announce.cancel()
+            await asyncio.gather(announce, return_exceptions=True)
+
+
+async def _announce_web(web: Adapter) -> None:
+    """Print the URL once the port is bound, and open it where a browser can show it: on a
+    headless machine webbrowser would start a text browser in this terminal. From a thread,
+    as some launchers wait for the browser to exit."""
+    import os
+    import threading
+    import webbrowser
+
+    ready: asyncio.Event | None = getattr(web, "ready", None)  # the web adapter sets it once its port is bound
+    if ready is not None:
+        await ready.wait()
+    url = f"http://127.0.0.1:{getattr(web, 'port', None)}/"
+    say(f"web chat at {url} (Ctrl-C stops it)")
+    if sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        threading.Thread(target=webbrowser.open, args=(url,), name="open-browser", daemon=True).start()
 
 
 async def _engine(settings: Settings, install_only: bool) -> None:
@@ -133,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", default=".env", help="settings file read besides the environment (default: .env)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run every configured adapter and the dialogue workers")
-    sub.add_parser("chat", help="chat in the terminal (no platform account needed)")
+    chat = sub.add_parser("chat", help="chat in the terminal (no platform account needed)")
+    chat.add_argument("--web", action="store_true",
+                      help="chat in the browser instead: serve the web chat on 127.0.0.1:PARLEY_WEB_PORT and print its URL")
     engine = sub.add_parser("engine", help="start a local vLLM server with the flags Parley relies on")
     engine.add_argument("--install-only", action="store_true", help="install vLLM (and build the demo model) and exit")
     from bot.bench import add_arguments as add_bench_arguments
@@ -164,7 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     kb_eval.add_argument("--kb", type=Path, required=True, metavar="PATH", help="the knowledge-base folder to search")
 
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
+    report = sub.add_parser(
+        "report", help="answers, handoffs, resolution without a person and 👍/👎, per tenant and day",
+        description="Print, per tenant and UTC day, the answers given, the conversations, the handoffs to "
+        "people, the conversations that needed no person, and the 👍/👎 on answers (read from Redis).",
+    )
+    report.add_argument("--days", type=_days, default=7, metavar="N", help="the last N days, today included (default: 7)")
+    report.add_argument("--tenant", metavar="T", help="only this tenant (Slack team, Discord guild or web site id)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {value!r}") from None
+    if not 1 <= days <= 400:
+        raise argparse.ArgumentTypeError("must be between 1 and 400 (figures are kept about 400 days)")
+    return days
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,14 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
-        if args.command in ("chat", "bench", "kb", "eval") and logging.getLogger().level < logging.WARNING:
+        if args.command in ("chat", "bench", "kb", "eval", "report") and logging.getLogger().level < logging.WARNING:
             # The terminal shows the chat or the figures; keep routine log lines out of it.
             logging.getLogger().setLevel(logging.WARNING)
         match args.command:
             case "serve":
                 asyncio.run(_serve(settings))
             case "chat":
-                asyncio.run(_chat(settings))
+                asyncio.run(_chat_web(settings) if args.web else _chat(settings))
             case "engine":
                 asyncio.run(_engine(settings, args.install_only))
             case "bench":
@@ -190,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(_kb_ingest(settings, args.path, args.tenant))
             case "eval":
                 return asyncio.run(_eval(settings, args))
+            case "report":
+                from bot.report import run_report
+
+                asyncio.run(run_report(settings, days=args.days, tenant=args.tenant, as_json=args.json, say=say))
     except (ParleyError, BaseExceptionGroup) as exc:
         error = _first_parley_error(exc)
         if error is None:

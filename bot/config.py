@@ -35,6 +35,7 @@ class LogSettings(BaseSettings):
 
     level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")  # DEBUG, INFO, WARNING or ERROR
     json_lines: bool = False  # one JSON object per line, for log shippers
+    redact_pii: bool = True  # mask e-mail addresses, phone, card and IBAN numbers in log lines
 
 
 class RedisSettings(BaseSettings):
@@ -97,8 +98,12 @@ class DialogueSettings(BaseSettings):
     model_config = _section("PARLEY_DIALOGUE_")
 
     max_in_flight: int = Field(64, ge=1)  # turns handled at once by this process
-    inbox_size: int = Field(1000, ge=1)  # turns waiting before users are told to retry
+    inbox_size: int = Field(1000, ge=1)  # turns waiting (per stream shard with the Redis inbox) before users are told to retry
     drain_timeout: float = Field(30.0, ge=0)  # seconds shutdown waits for in-flight turns
+    inbox: str = Field("auto", pattern=r"^(auto|memory|redis)$")  # auto: a Redis Stream when Redis is there, else in-process
+    stream_shards: int = Field(8, ge=1, le=1024)  # Redis Streams the inbox is spread over (by conversation)
+    visibility_timeout: float = Field(30.0, gt=0)  # seconds a dead worker's turn stays pending before another takes it
+    consumer: str | None = None  # this worker's name in the consumer group; unset: host name and process id
 
 
 class OpsSettings(BaseSettings):
@@ -166,6 +171,7 @@ class DiscordSettings(BaseSettings):
     message_limit: int = Field(2000, ge=100, le=2000)  # characters per message before the answer continues in a new one
     sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
     thread_archive_minutes: int = 1440  # an opened thread hides after this quiet time: 60, 1440, 4320 or 10080
+    retry_buffer: int = Field(1000, ge=1)  # turns kept while the inbox is unreachable
 
     @field_validator("api_base_url", "gateway_url")
     @classmethod
@@ -192,6 +198,42 @@ class DiscordSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+
+class WebSettings(BaseSettings):
+    """The embeddable web chat (`adapters/web`): a widget script and a WebSocket per visitor."""
+
+    model_config = _section("PARLEY_WEB_")
+
+    enabled: bool = False  # serve the web chat from `parley serve`
+    host: str = "0.0.0.0"  # where the widget and its WebSocket listen
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port
+    secret: SecretStr | None = None  # signs visitor tokens (HMAC); unset: a random one per start (visitors lose history on restart)
+    token_ttl: int = Field(30 * 24 * 3600, gt=0)  # seconds a visitor's token (and so their conversation) stays valid
+    site: str = Field("web", min_length=1, max_length=64)  # the tenant the web chat's conversations belong to
+    allowed_origins: list[str] = Field(default_factory=list)  # JSON list of https://host origins that may embed it; empty: same origin only
+    title: str = "Parley"  # the chat panel's title
+    colour: str = Field("#3b5bdb", pattern=r"^#[0-9a-fA-F]{6}$")  # the panel's accent colour
+    greeting: str = "Hi! How can I help?"  # the first line a new visitor sees
+    max_message_chars: int = Field(4000, ge=1)  # longer messages are refused with a clear answer
+    visitor_rate: int = Field(20, ge=1)  # messages a visitor may send per minute
+    ip_rate: int = Field(60, ge=1)  # messages one IP address may send per minute
+    proxy_hops: int = Field(0, ge=0, le=5)  # proxies in front that append X-Forwarded-For (a load balancer: 1); 0: the peer address is the visitor's
+
+
+class HandoffSettings(BaseSettings):
+    """Handing a conversation to human agents in a Slack support channel."""
+
+    model_config = _section("PARLEY_HANDOFF_")
+
+    slack_channel: str | None = None  # the Slack channel id agents work in; unset: no handoff
+    on_request: bool = True  # hand off when the user asks for a person (the `handoff` intent)
+    on_anger: bool = True  # hand off when moderation sees an angry or abusive user
+    after_failures: int = Field(2, ge=0)  # hand off after this many failed answers in a row; 0: never
+
+    @property
+    def enabled(self) -> bool:
+        return self.slack_channel is not None
 
 
 class EmbeddingSettings(BaseSettings):
@@ -222,6 +264,9 @@ class RoutingSettings(BaseSettings):
     margin: float = Field(0.03, ge=0, le=2)  # top two intents closer than this: the LLM decides
     llm_fallback: bool = True  # ask the LLM when the top two are close; off: take the top one
     neighbours: int = Field(2, ge=1)  # an intent's score is the mean of its k most similar examples
+    # The plain-chat answer's engine request starts beside routing; it is kept when the turn goes
+    # to chat (or to a handler answering as chat) and dropped, so vLLM aborts it, otherwise.
+    speculate: bool = True  # start the chat answer while routing decides (per tenant, while it mostly pays)
 
 
 class KBSettings(BaseSettings):
@@ -257,10 +302,12 @@ class Settings(BaseModel):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     kb: KBSettings = Field(default_factory=KBSettings)
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    handoff: HandoffSettings = Field(default_factory=HandoffSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "log", "redis", "llm", "context", "dialogue", "ops", "engine", "slack", "discord",
-        "embed", "routing", "kb", "tenants",
+        "embed", "routing", "kb", "tenants", "web", "handoff",
     )
 
 

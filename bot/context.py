@@ -4,9 +4,12 @@ Layout per conversation (the `{...}` hash tag keeps them in one Redis Cluster sl
 
     {prefix}:ctx:{platform:tenant:channel:thread}:msgs     list of JSON [role, content, tokens]
     {prefix}:ctx:{platform:tenant:channel:thread}:summary  string
+    {prefix}:ctx:{platform:tenant:channel:thread}:seq      the inbox sequence number of the last saved turn
 
 A load is one round trip (LRANGE + GET in a pipeline), a save is one round trip
-(RPUSH, LTRIM, SET, EXPIRE in a pipeline). The history is bounded by a token
+(RPUSH, LTRIM, SET, EXPIRE in one script). The `seq` written with the history
+makes a turn's save and its "answered" mark one atomic step: a turn taken over from
+a worker that died after saving is recognised as answered and not answered twice. The history is bounded by a token
 budget; when it overflows it is cut back to `compact_to` of the budget in one
 step, so the start of the prompt (and so vLLM's prefix cache) stays the same for
 several turns instead of shifting on every turn as a sliding window would.
@@ -15,6 +18,7 @@ several turns instead of shifting on every turn as a sliding window would.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +30,8 @@ from redis.exceptions import RedisError
 from bot.config import ContextSettings, RedisSettings
 from bot.errors import StoreUnavailable
 from bot.turns import ConversationKey
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Context:
 
     messages: tuple[Message, ...] = ()
     summary: str = ""
+    seq: int = 0  # the inbox sequence number of the last turn saved (0: none, or an in-process inbox)
 
     @property
     def tokens(self) -> int:
@@ -70,56 +77,72 @@ def compact(messages: Sequence[Message], budget: int, target: float) -> int:
 class ContextStore(Protocol):
     async def load(self, key: ConversationKey) -> Context: ...
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message]) -> Context:
-        """Append `new` to the history `before` was loaded as; returns the history now stored."""
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
+        """Append `new` to the history `before` was loaded as, marking turn `seq` saved (when
+        given); returns the history now stored."""
         ...
 
     async def reset(self, key: ConversationKey) -> None: ...
 
 
+# KEYS: msgs, summary, seq. ARGV: seq, ttl, how many of the oldest to drop, new messages...
+# One atomic step; a turn already saved (its seq is not above the stored one) is refused.
+_SAVE = """
+local seq = tonumber(ARGV[1])
+if seq > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= seq then return 0 end
+if #ARGV > 3 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 4)) end
+if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[1], ARGV[3], -1) end
+if seq > 0 then redis.call('SET', KEYS[3], seq) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+
 class RedisContextStore:
     def __init__(self, redis: Redis, *, redis_settings: RedisSettings, settings: ContextSettings) -> None:
         self._redis = redis
+        self._save = redis.register_script(_SAVE)
         self._prefix = redis_settings.prefix
         self._ttl = redis_settings.context_ttl
         self._budget = settings.token_budget
         self._target = settings.compact_to
 
-    def _keys(self, key: ConversationKey) -> tuple[str, str]:
+    def _keys(self, key: ConversationKey) -> tuple[str, str, str]:
         base = f"{self._prefix}:ctx:{key.hash_tag}"
-        return f"{base}:msgs", f"{base}:summary"
+        return f"{base}:msgs", f"{base}:summary", f"{base}:seq"
 
     async def load(self, key: ConversationKey) -> Context:
-        msgs_key, summary_key = self._keys(key)
+        msgs_key, summary_key, seq_key = self._keys(key)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                raw, summary = await pipe.lrange(msgs_key, 0, -1).get(summary_key).execute()
+                raw, summary, seq = await pipe.lrange(msgs_key, 0, -1).get(summary_key).get(seq_key).execute()
         except RedisError as exc:
             raise StoreUnavailable(f"context load failed: {exc}") from exc
         messages = tuple(Message(*json.loads(item)) for item in raw)
-        return Context(messages, (summary or b"").decode())
+        return Context(messages, (summary or b"").decode(), int(seq or 0))
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message]) -> Context:
-        msgs_key, summary_key = self._keys(key)
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
+        msgs_key, summary_key, seq_key = self._keys(key)
         messages = (*before.messages, *new)
         drop = compact(messages, self._budget, self._target)
-        after = Context(messages[drop:], before.summary)
+        after = Context(messages[drop:], before.summary, max(seq, before.seq))
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if new:
-                    pipe.rpush(msgs_key, *(json.dumps([m.role, m.content, m.tokens]) for m in new))
-                if drop:
-                    pipe.ltrim(msgs_key, drop, -1)
-                pipe.expire(msgs_key, self._ttl)
-                pipe.expire(summary_key, self._ttl)
-                await pipe.execute()
+            saved = await self._save(
+                keys=[msgs_key, summary_key, seq_key],
+                args=[seq, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new)],
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"context save failed: {exc}") from exc
+        if not saved:
+            # Only a worker that stalled past the inbox's visibility timeout gets here: the turn
+            # was taken over and saved by another worker, whose copy stands.
+            log.warning("turn %s of %s was already saved by another worker; this copy is dropped", seq, key)
+            return before
         return after
 
     async def reset(self, key: ConversationKey) -> None:
         try:
-            await self._redis.delete(*self._keys(key))
+            await self._redis.delete(*self._keys(key)[:2])  # the seq mark stays: it is about turns, not history
         except RedisError as exc:
             raise StoreUnavailable(f"context reset failed: {exc}") from exc
 
@@ -141,9 +164,9 @@ class MemoryContextStore:
         expires, ctx = self._data.get(key, (0.0, Context()))
         return ctx if expires > time.monotonic() else Context()
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message]) -> Context:
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
         messages = (*before.messages, *new)
-        after = Context(messages[compact(messages, self._budget, self._target) :], before.summary)
+        after = Context(messages[compact(messages, self._budget, self._target) :], before.summary, max(seq, before.seq))
         self._data[key] = (time.monotonic() + self._ttl, after)
         return after
 

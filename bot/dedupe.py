@@ -25,17 +25,32 @@ class Deduper(Protocol):
         ...
 
 
+# The claim is stored as the turn's inbox sequence number, so the same inbox entry taken over
+# by another worker (its first worker died mid-turn) claims it again, and a platform retry,
+# which arrives as a new entry with a new number, does not.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if ARGV[1] ~= '0' and held == ARGV[1] then return 1 end
+return 0
+"""
+
+
 class RedisDeduper:
-    """`SET key 1 NX EX ttl`: atomic across every replica that shares the Redis."""
+    """The first claim of an event wins: atomic across every replica that shares the Redis."""
 
     def __init__(self, redis: Redis, settings: RedisSettings) -> None:
         self._redis = redis
         self._prefix = settings.prefix
         self._ttl = settings.dedupe_ttl
+        self._claim = redis.register_script(_CLAIM)
 
     async def claim(self, turn: Turn) -> bool:
         try:
-            won = await self._redis.set(f"{self._prefix}:seen:{event_key(turn)}", 1, nx=True, ex=self._ttl)
+            won = await self._claim(keys=[f"{self._prefix}:seen:{event_key(turn)}"], args=[turn.seq, self._ttl])
         except RedisError as exc:
             raise StoreUnavailable(f"dedupe failed: {exc}") from exc
         return bool(won)

@@ -6,7 +6,10 @@ answer commands, check the input, load the context, then
     moderation on the input -> route -> handler -> moderation on the output -> reply
 
 and save both sides (as moderated: redacted text never reaches the LLM or the store).
-Every turn ends in exactly one logged `Outcome`; no error escapes without the user
+A conversation handed to people (`bot.handoff`: the `handoff` intent, anger, failed
+answers in a row) is not routed: its messages go to the support desk, and the desk's
+replies, its resolve and votes on answers arrive as turns of it (`command` agent,
+resolve, feedback). Every turn ends in exactly one logged `Outcome`; no error escapes without the user
 being told something.
 
 `serve` is the worker loop over an inbox: different conversations run
@@ -25,17 +28,18 @@ from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.config import Settings
-from bot.context import ContextStore, Message
+from bot.context import Context, ContextStore, Message
 from bot.dedupe import Deduper
-from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError
+from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError, PlatformError, StoreUnavailable
 from bot.handlers import Handler, Request
-from bot.inbox import Inbox
+from bot.handoff import DESK_COMMANDS, Handoffs, Step, Ticket
+from bot.inbox import Delivery, Inbox
 from bot.llm import LLMClient, Usage, affinity_key, usage_meter
 from bot.logs import turn_fields
 from bot.metrics import Metrics
 from bot.moderation import Moderator
-from bot.reply import ReplySink, SinkFactory
-from bot.routing import Route, Router
+from bot.reply import ReplySink, SinkFactory, reply_journal
+from bot.routing import HANDOFF, Route, Router
 from bot.tenants import TenantConfig, Tenants
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 
@@ -98,18 +102,61 @@ def _boundary(text: str) -> int:
     return start
 
 
+SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failed save (~8 s in all)
+DEFER_PAUSE = (0.2, 5.0)  # first and longest pause before a deferred turn is tried again
+MAX_TRACKED_TENANTS = 10_000  # tenants whose share of chat-like turns steers speculation
+
+
 def _estimate(text: str) -> int:
     return len(text) // 4 + 1  # ~4 characters a token for English text
 
 
 @dataclass(slots=True)
 class _Answer:
-    """What the handler produced, as the guarded stream saw it."""
+    """What the handler produced, as the guarded stream saw it. `engine_started` is when its
+    engine request began, when that was before the stream was read (a speculative start)."""
 
     text: str = ""
     error: LLMError | None = None
     first_token: float | None = None
     llm_time: float = 0.0
+    engine_started: float | None = None
+
+
+class _Ahead:
+    """A handler's stream running ahead in a task of its own, its deltas kept until they are
+    read. The whole generator lives in that one task (its engine request and its cleanup),
+    so dropping it is cancelling the task, which closes the request: vLLM aborts it."""
+
+    _DONE = object()
+
+    def __init__(self, deltas: AsyncIterator[str]) -> None:
+        self.started = time.perf_counter()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(deltas))
+
+    async def _pump(self, deltas: AsyncIterator[str]) -> None:
+        try:
+            async with aclosing(deltas):
+                async for delta in deltas:
+                    self._queue.put_nowait(delta)
+        except Exception as exc:  # handed to the reader, where the turn's error handling is
+            self._queue.put_nowait(exc)
+        finally:
+            self._queue.put_nowait(self._DONE)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        try:
+            while (item := await self._queue.get()) is not self._DONE:
+                if isinstance(item, Exception):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            await self.drop()  # the reader stopped early (a platform error): stop the engine too
+
+    async def drop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 class DialogueManager:
@@ -125,8 +172,10 @@ class DialogueManager:
         moderator: Moderator | None = None,
         tenants: Tenants | None = None,
         metrics: Metrics | None = None,
+        handoffs: Handoffs | None = None,
     ) -> None:
         self._settings = settings
+        self._handoffs = handoffs
         self._metrics = metrics or Metrics()
         self._store = store
         self._deduper = deduper
@@ -137,6 +186,7 @@ class DialogueManager:
         self._default_tenant = TenantConfig()
         self._tenants = tenants
         self._locks = KeyedLocks()
+        self._chat_share: dict[str, float] = {}  # per tenant: recent share of turns answered as chat
         self._slots = asyncio.Semaphore(settings.dialogue.max_in_flight)
 
     # -- one turn ------------------------------------------------------------------------
@@ -154,6 +204,8 @@ class DialogueManager:
                     reply = await self._fail(turn, sink, exc, started, expected=True)
                 except Exception as exc:  # the error boundary around one turn
                     reply = await self._fail(turn, sink, exc, started, expected=False)
+                if self._handoffs is not None:
+                    reply = await self._after(turn, sink, reply)
         finally:
             affinity_key.reset(sticky)
         self._metrics.observe(turn, reply)
@@ -168,13 +220,24 @@ class DialogueManager:
         return reply
 
     async def _run(self, turn: Turn, sink: ReplySink, started: float) -> Reply:
-        if turn.command not in ("help", "reset"):
-            # The context is read beside the dedupe claim: one round trip of waiting, not
-            # two (a duplicate's read is simply dropped).
-            first, context = await asyncio.gather(self._deduper.claim(turn), self._store.load(turn.key))
-        else:
-            first, context = await self._deduper.claim(turn), None
+        try:
+            if turn.command not in ("help", "reset"):
+                # The context is read beside the dedupe claim: one round trip of waiting, not
+                # two (a duplicate's read is simply dropped).
+                first, context, ticket = await asyncio.gather(
+                    self._deduper.claim(turn), self._store.load(turn.key), self._ticket(turn.key)
+                )
+            else:
+                first, context, ticket = await self._deduper.claim(turn), None, None
+        except StoreUnavailable as exc:
+            # Nothing has been shown yet: the turn waits for Redis instead of failing.
+            log.warning("store unavailable, turn deferred: %s", exc, extra=turn_fields(turn))
+            return self._reply(turn, Outcome.DEFERRED, started, error="StoreUnavailable")
         if not first:
+            return self._reply(turn, Outcome.DUPLICATE, started)
+        if context is not None and turn.seq and context.seq >= turn.seq:
+            # Saved by a worker that stopped before it could finish the turn in the inbox.
+            log.info("turn %s was answered before its worker stopped", turn.seq, extra=turn_fields(turn))
             return self._reply(turn, Outcome.DUPLICATE, started)
         if turn.command == "help":
             await sink.send(messages.HELP)
@@ -183,6 +246,8 @@ class DialogueManager:
             await self._store.reset(turn.key)
             await sink.send(messages.RESET_DONE)
             return self._reply(turn, Outcome.COMMAND, started, text=messages.RESET_DONE)
+        if turn.command in DESK_COMMANDS:
+            return await self._desk_turn(turn, context, ticket, sink, started)
         try:
             self._check(turn.text)
         except InputRejected as exc:
@@ -196,27 +261,58 @@ class DialogueManager:
         if self._moderator is not None:
             verdict = await self._moderator.check(turn, turn.text, tenant.moderation)
             flags = verdict.reasons + verdict.flags + verdict.redacted
+            if ticket is None and self._handoffs is not None and self._handoffs.hands_off_anger(verdict):
+                # An angry user goes to a person; a refused swear word is starred out for them.
+                text = self._moderator.censor(verdict.text) if verdict.refused else verdict.text
+                return await self._handed_off(replace(turn, text=text), context, sink, tenant, "anger", started, flags)
             if verdict.refused:
                 text = messages.moderation_refused(verdict.reasons)
                 await sink.send(text)
                 return self._reply(turn, Outcome.REJECTED, started, text=text, error="moderation", moderation=flags)
             # From here on the turn is the moderated one: redacted text is all the LLM and the store see.
             turn = replace(turn, text=verdict.text)
-        route = await self._route(turn, tenant)
-        log.info(
-            "routed to %s by %s step (score %s) in %.1f ms",
-            route.intent, route.step, f"{route.score:.2f}" if route.score is not None else "-", route.seconds * 1000,
-            extra=turn_fields(turn),
-        )
+        if ticket is not None and self._handoffs is not None:
+            # Handed off: people answer now; the message goes to them and to the context.
+            assert context is not None
+            step = await self._handoffs.forward(turn, ticket, sink, tenant)
+            return await self._step(turn, context, step, started, intent=HANDOFF, moderation=flags)
+        assert context is not None
+        usage = Usage()
+        metering = usage_meter.set(usage)  # before a speculative request, whose task copies it
+        ahead = self._speculate(turn, context, tenant)
+        try:
+            route = await self._route(turn, tenant)
+            log.info(
+                "routed to %s by %s step (score %s) in %.1f ms",
+                route.intent, route.step, f"{route.score:.2f}" if route.score is not None else "-",
+                route.seconds * 1000, extra=turn_fields(turn),
+            )
+            request = Request(turn, context, route, tenant)
+            if not await self._keep_speculation(request) and ahead is not None:
+                await ahead.drop()
+                ahead = None
+            if route.intent == HANDOFF and self._handoffs is not None:
+                return await self._handed_off(turn, context, sink, tenant, "request", started, flags, route)
+            reply = await self._answer_turn(request, sink, ahead, usage, started, flags)
+        finally:
+            if ahead is not None:
+                await ahead.drop()  # read to its end by now, unless the sink failed first
+            usage_meter.reset(metering)
+        return reply
 
+    async def _answer_turn(
+        self, request: Request, sink: ReplySink, ahead: _Ahead | None, usage: Usage, started: float,
+        flags: tuple[str, ...],
+    ) -> Reply:
+        turn, context, route, tenant = request.turn, request.context, request.route, request.tenant
         # Counting the user's tokens runs beside the answer.
         user_tokens = asyncio.create_task(self._count(turn.text))
-        usage = Usage()
-        metering = usage_meter.set(usage)
         try:
-            assert context is not None
             answer = _Answer()
-            deltas = self._handlers[route.intent].answer(Request(turn, context, route, tenant))
+            if ahead is not None:
+                deltas, answer.engine_started = ahead.deltas(), ahead.started
+            else:
+                deltas = self._handlers[route.intent].answer(request)
             if self._moderator is not None and tenant.moderation.check_output:
                 deltas = self._moderated(deltas, turn, tenant)
             shown = await sink.stream(self._guarded(deltas, answer))
@@ -228,9 +324,8 @@ class DialogueManager:
             if answer.text.strip():
                 tokens = usage.completion_tokens or await self._count(answer.text)
                 new.append(Message("assistant", answer.text, tokens))
-            await self._store.save(turn.key, context, new)
+            await self._save(turn, context, new)
         finally:
-            usage_meter.reset(metering)
             user_tokens.cancel()
         if answer.error is not None:
             log.warning("answer failed: %r", answer.error, extra=turn_fields(turn))
@@ -250,11 +345,94 @@ class DialogueManager:
             completion_tokens=usage.completion_tokens,
         )
 
+    # -- speculation: the chat answer starts beside routing ------------------------------------
+
+    def _speculate(self, turn: Turn, context: Context, tenant: TenantConfig) -> _Ahead | None:
+        """Start the plain-chat answer before routing decides, where that usually pays: routing's
+        own work (an embedding, maybe a constrained choice) then overlaps the engine's prefill
+        instead of coming before it. Per tenant, only while most of its turns end up answered
+        as chat; a support tenant whose turns mostly go to its knowledge base does not pay for
+        requests that are started only to be dropped."""
+        if (
+            not self._settings.routing.speculate
+            or self._router is None
+            or "chat" not in self._handlers
+            or "chat" not in tenant.handlers
+            or turn.command is not None  # an explicit command names its handler
+            or self._chat_share.get(turn.tenant, 1.0) < 0.5
+        ):
+            return None
+        return _Ahead(self._handlers["chat"].answer(Request(turn, context, Route("chat", "speculative", turn.text), tenant)))
+
+    async def _keep_speculation(self, request: Request) -> bool:
+        """Whether the routed handler answers this turn exactly as plain chat would (and so a
+        speculative chat answer is the answer); tracked per tenant for `_speculate`."""
+        if not self._settings.routing.speculate:
+            return False
+        intent = request.route.intent
+        alike = getattr(self._handlers.get(intent), "answers_as_chat", None)
+        keep = intent == "chat" or (alike is not None and await alike(request))
+        tenant = request.turn.tenant
+        if tenant in self._chat_share or len(self._chat_share) < MAX_TRACKED_TENANTS:
+            self._chat_share[tenant] = 0.9 * self._chat_share.get(tenant, 1.0) + 0.1 * keep
+        return keep
+
     async def _route(self, turn: Turn, tenant: TenantConfig) -> Route:
         allowed = [intent for intent in tenant.handlers if intent in self._handlers]
+        if self._handoffs is not None and self._handoffs.on_request:
+            allowed.append(HANDOFF)
         if self._router is None:
             return Route("chat", "default", turn.text)
         return await self._router.route(turn.text, command=turn.command, allowed=allowed)
+
+    # -- handing off to people (bot.handoff) ------------------------------------------------
+
+    async def _ticket(self, key: ConversationKey) -> Ticket | None:
+        return await self._handoffs.ticket(key) if self._handoffs is not None else None
+
+    async def _desk_turn(
+        self, turn: Turn, context: Context | None, ticket: Ticket | None, sink: ReplySink, started: float
+    ) -> Reply:
+        """A person's reply or resolve from the desk, or a vote on an answer."""
+        if self._handoffs is None:
+            log.info("%s event ignored: handoff and feedback are not set up", turn.command, extra=turn_fields(turn))
+            return self._reply(turn, Outcome.IGNORED, started, error="handoff not set up")
+        assert context is not None
+        return await self._step(turn, context, await self._handoffs.desk_turn(turn, ticket, sink), started)
+
+    async def _handed_off(
+        self, turn: Turn, context: Context | None, sink: ReplySink, tenant: TenantConfig, reason: str,
+        started: float, flags: tuple[str, ...], route: Route | None = None,
+    ) -> Reply:
+        assert context is not None and self._handoffs is not None
+        step = await self._handoffs.hand_off(turn, context, sink, tenant, reason, user_text=turn.text)
+        return await self._step(
+            turn, context, step, started, intent=HANDOFF, moderation=flags,
+            route_step=route.step if route else reason, route_time=route.seconds if route else 0.0,
+        )
+
+    async def _step(self, turn: Turn, context: Context, step: Step, started: float, **fields: object) -> Reply:
+        if step.save:
+            await self._save(turn, context, list(step.save))
+        return self._reply(turn, step.outcome, started, text=step.text, error=step.error, **fields)
+
+    async def _after(self, turn: Turn, sink: ReplySink, reply: Reply) -> Reply:
+        """After every turn, in the conversation's lock: the figures for `parley report`, and the
+        hand-off after too many failed answers in a row. Never fails the turn."""
+        assert self._handoffs is not None
+        try:
+            reason = await self._handoffs.after(turn, reply)
+            if reason is not None:
+                tenant = self._tenants.get(turn.tenant) if self._tenants else self._default_tenant
+                context = await self._store.load(turn.key)
+                step = await self._handoffs.hand_off(turn, context, sink, tenant, reason, user_text=None)
+                if step.save:
+                    await self._save(turn, context, list(step.save))
+        except StoreUnavailable as exc:  # Redis is down: the turn has said so already
+            log.warning("handoff bookkeeping after the turn skipped: %s", exc, extra=turn_fields(turn))
+        except Exception:
+            log.exception("handoff bookkeeping after the turn failed", extra=turn_fields(turn))
+        return reply
 
     async def _moderated(self, deltas: AsyncIterator[str], turn: Turn, tenant: TenantConfig) -> AsyncIterator[str]:
         """The answer as the user may see it: each piece checked before release, so personal data or profanity in a generated answer is redacted or
@@ -298,7 +476,7 @@ class DialogueManager:
     async def _guarded(self, deltas: AsyncIterator[str], answer: _Answer) -> AsyncIterator[str]:
         """The handler's stream as the sink sees it: an LLM failure becomes a notice to
         the user (appended if the answer had started), never an exception in the sink."""
-        started = time.perf_counter()
+        started = answer.engine_started or time.perf_counter()
         try:
             async with aclosing(deltas):
                 async for delta in deltas:
@@ -321,6 +499,18 @@ class DialogueManager:
             return count.result()
         return _estimate(text)
 
+    async def _save(self, turn: Turn, context: Context, new: list[Message]) -> None:
+        """Save the turn, riding out a short Redis outage: the answer has been shown, and a
+        turn left unsaved would be missing from the context of every later one."""
+        for pause in SAVE_RETRIES:
+            try:
+                await self._store.save(turn.key, context, new, seq=turn.seq)
+                return
+            except StoreUnavailable as exc:
+                log.warning("saving the turn failed (%s); again in %.1f s", exc, pause, extra=turn_fields(turn))
+                await asyncio.sleep(pause)
+        await self._store.save(turn.key, context, new, seq=turn.seq)
+
     async def _count(self, text: str) -> int:
         try:
             return await self._llm.count_tokens(text)
@@ -333,6 +523,9 @@ class DialogueManager:
         else:
             log.exception("turn crashed", extra=turn_fields(turn))
         text = messages.for_user(exc)
+        if isinstance(exc, PlatformError) and exc.permanent:
+            # The channel is gone or closed to the bot: a notice would fail the same way.
+            return self._reply(turn, Outcome.FAILED, started, text="", error=type(exc).__name__)
         try:
             await sink.send(text)
         except Exception:
@@ -349,23 +542,40 @@ class DialogueManager:
         """Take turns from the inbox until it is closed, then finish those in flight."""
         async with asyncio.TaskGroup() as turns:
             while True:
-                try:
-                    turn = await inbox.get()
-                except InboxClosed:
-                    break
+                # A slot first, then a turn: a busy worker leaves the inbox's turns to the others.
                 await self._slots.acquire()
+                try:
+                    delivery = await inbox.get()
+                except InboxClosed:
+                    self._slots.release()
+                    break
                 # Created in arrival order; each takes its conversation's lock first thing.
-                turns.create_task(self._serve_one(turn, sinks))
+                turns.create_task(self._serve_one(inbox, delivery, sinks))
 
-    async def _serve_one(self, turn: Turn, sinks: Mapping[str, SinkFactory]) -> None:
+    async def _serve_one(self, inbox: Inbox, delivery: Delivery, sinks: Mapping[str, SinkFactory]) -> None:
+        try:
+            await self._answer(inbox, delivery, sinks)
+            await inbox.done(delivery)  # not reached when cancelled: the turn stays for another worker
+        finally:
+            self._slots.release()
+
+    async def _answer(self, inbox: Inbox, delivery: Delivery, sinks: Mapping[str, SinkFactory]) -> None:
+        turn = delivery.turn
         try:
             factory = sinks.get(turn.platform)
             if factory is None:
                 log.error("no adapter for platform %s; turn dropped", turn.platform, extra=turn_fields(turn))
-                return
-            await self.handle(turn, factory.sink_for(turn))
+            elif not await inbox.in_order(delivery):
+                log.info("turn %s already finished by a worker that stopped", turn.seq, extra=turn_fields(turn))
+            else:
+                journal = reply_journal.set(inbox.journal(delivery))
+                try:
+                    pause = DEFER_PAUSE[0]
+                    while (await self.handle(turn, factory.sink_for(turn))).outcome is Outcome.DEFERRED:
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, DEFER_PAUSE[1])
+                finally:
+                    reply_journal.reset(journal)
         except Exception:
             # An adapter that cannot even make a sink must not take the workers down.
             log.exception("no way to answer this turn; dropped", extra=turn_fields(turn))
-        finally:
-            self._slots.release()

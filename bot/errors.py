@@ -41,6 +41,11 @@ class InboxClosed(ParleyError):
     """The inbox was closed for shutdown and has nothing left."""
 
 
+class InboxUnavailable(ParleyError):
+    """The durable inbox (Redis) cannot take a turn right now. The turn is not lost as long as
+    the caller keeps it: Slack gets an error status and redelivers, Discord buffers and retries."""
+
+
 class LLMError(ParleyError):
     """Base for failures talking to the LLM engine. `url` is the engine's base URL."""
 

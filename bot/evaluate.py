@@ -18,8 +18,8 @@ from typing import Any
 
 from bot.errors import ParleyError
 from bot.kb import KnowledgeBase, load_documents
-from bot.routing import Router
-from bot.tenants import DATA, INTENTS
+from bot.routing import LABELS, Router
+from bot.tenants import DATA
 
 Say = Callable[[str], None]
 
@@ -92,7 +92,7 @@ def print_routing(report: RoutingReport, out: Callable[[str], None] = print) -> 
     out("per step (decided / correct):")
     for step, count in report.per_step.most_common():
         out(f"  {step:<10} {count:>4}  {report.correct_per_step[step] / count:6.1%}")
-    labels = sorted({e for e, _ in report.confusion} | {g for _, g in report.confusion} | set(INTENTS))
+    labels = sorted({e for e, _ in report.confusion} | {g for _, g in report.confusion} | set(LABELS))
     out("confusion (rows: expected, columns: routed):")
     out("  " + " " * 10 + "".join(f"{g:>10}" for g in labels))
     for expected in labels:

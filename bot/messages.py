@@ -87,3 +87,122 @@ def for_user(exc: BaseException) -> str:
 def interrupted(exc: BaseException) -> str:
     """Appended to an answer whose stream broke after it had started."""
     return f"\n\n_({for_user(exc)})_"
+
+
+# -- the web chat (adapters/web) ------------------------------------------------------------
+
+WEB_RESTARTING = "I'm restarting right now. Please send your message again in a minute."
+WEB_BAD_FRAME = "Your browser sent something I couldn't read. Please reload the page and try again."
+WEB_ORIGIN_REFUSED = "This site is not allowed to use this chat. Add its origin to PARLEY_WEB_ALLOWED_ORIGINS.\n"
+WEB_DEMO_INTRO = (
+    "This page shows the chat widget as a visitor sees it on your site: open it with the button in the "
+    "corner. Embed it on any page with:"
+)
+# The widget's own labels (buttons, screen-reader names, connection states), sent to the browser
+# with the widget's settings so that every word a visitor reads is made here.
+WEB_WIDGET_TEXT = {
+    "open": "Open chat",
+    "close": "Close chat",
+    "conversation": "Conversation",
+    "you": "You",
+    "input_label": "Your message",
+    "placeholder": "Type a message…",
+    "hint": "Press Enter to send, Shift+Enter for a new line.",
+    "send": "Send",
+    "typing": "Writing an answer…",
+    "connecting": "Connecting…",
+    "reconnecting": "Connection lost. Reconnecting…",
+    "offline": "You're offline. Your messages will be sent when the connection is back.",
+    "feedback": "Was this answer helpful?",
+    "helpful": "Helpful",
+    "not_helpful": "Not helpful",
+    "thanks": "Thanks for the feedback!",
+    "not_sent": "Not sent",
+}
+
+
+def web_rate_limited(retry_after: float) -> str:
+    """A visitor (or everyone behind their IP address) sent more messages a minute than allowed."""
+    seconds = max(1, round(retry_after))
+    unit = "second" if seconds == 1 else "seconds"
+    return f"You're sending messages faster than I can take them. Please wait {seconds} {unit} and try again."
+
+
+# -- handoff to a person, and feedback (bot.handoff) ---------------------------------------------
+# To the customer:
+HANDED_OFF = (
+    "I've asked a person from the team to take over this conversation. They'll reply right here; "
+    "until then, anything you write is passed on to them."
+)
+HANDED_OFF_AFTER_FAILURES = (
+    "Sorry, I couldn't answer that, and not the time before either. I've asked a person from the team "
+    "to take over; they'll reply right here, and anything you write is passed on to them."
+)
+NO_AGENT = (
+    "I can't connect you with a person from this chat, sorry: no one from the team is reachable here. "
+    "I'll keep helping as best I can."
+)
+NO_AGENT_NOW = (
+    "I couldn't reach the team just now, so no person has been asked to take over yet. "
+    "Please try again in a few minutes; meanwhile I'll keep helping as best I can."
+)
+FORWARD_FAILED = "I couldn't pass your message on to the team just now. Please send it again in a minute."
+HANDED_BACK = "The team has handed this conversation back to me, Parley, the assistant. How can I help?"
+
+
+def agent_reply(name: str, text: str) -> str:
+    """A person's reply as the customer sees it (and as the bot's context keeps it)."""
+    return f"{name} (support team): {text}"
+
+
+# To the people at the support desk (the transcript thread):
+CUSTOMER = "Customer"  # speakers in a transcript
+BOT_NAME = "Parley"
+RESOLVE_BUTTON = "Resolve: hand back to Parley"
+STALE_TICKET = (
+    "Not done: this ticket is closed. The conversation was handed off again, in a newer ticket thread."
+)
+AGENT_NOT_DELIVERED = (
+    "Not delivered: this conversation is no longer handed off (it was resolved), so Parley answers the "
+    "customer again."
+)
+ALREADY_WITH_BOT = "Nothing to resolve: this conversation is already back with Parley."
+RESOLVE_IN_THREAD = (
+    "To hand a conversation back to Parley, type `resolve` in its ticket thread or press the thread's "
+    "Resolve button. (A slash command can't tell which thread it was typed in.)"
+)
+
+_REASONS = {
+    "request": "asked for a person",
+    "anger": "seems upset",
+    "failures": "did not get an answer several times in a row",
+}
+
+
+def ticket_header(platform: str, tenant: str, conversation: str, reason: str, link: str | None) -> str:
+    """The top of a ticket thread: who, where, why, and how to hand back."""
+    where = f"<{link}|open the conversation>" if link else f"conversation `{conversation}`"
+    return (
+        f":raising_hand: A customer on *{platform}* (tenant `{tenant}`) {_REASONS.get(reason, reason)}. "
+        f"Conversation `{conversation}` ({where}).\n"
+        "Reply in this thread to answer them. Type `resolve` here (or press the button) to hand them back to Parley."
+    )
+
+
+def transcript(lines: list[tuple[str, str]], summary: str = "") -> str:
+    """The conversation so far, for the ticket thread: (speaker, text) pairs, oldest first."""
+    head = f"_Summary of the earlier conversation:_ {summary}\n" if summary else ""
+    body = "\n".join(f"*{speaker}:* {text}" for speaker, text in lines)
+    return head + (body or "_(no earlier messages)_")
+
+
+def customer_wrote(text: str) -> str:
+    return f"*Customer:* {text}"
+
+
+def relay_failed(reason: str) -> str:
+    return f"Not delivered: the customer's platform refused the reply ({reason}). Try again in a minute."
+
+
+def resolved_by(name: str) -> str:
+    return f"Resolved by {name}: Parley answers this customer again, with this exchange in its context."

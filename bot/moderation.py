@@ -12,6 +12,10 @@ refuse with a short explanation, redact the matched text before it reaches the L
 the context store, or let it through and flag it. Flags go to a `ModerationReporter`
 (adapters can post to a moderators' channel later; the default logs). A reported or
 logged text is always the redacted one.
+
+Inputs also get a cheap anger signal (`Verdict.angry`: profanity, hostile LLM categories,
+or complaint words with shouting), which the dialogue manager may use to hand the
+conversation to a person (PARLEY_HANDOFF_ON_ANGER).
 """
 
 from __future__ import annotations
@@ -79,6 +83,30 @@ def find_pii(text: str) -> list[tuple[str, int, int]]:
         if free(m.start(), m.end()) and 7 <= len(digits) <= 15:
             found.append(("phone", m.start(), m.end()))
     return sorted(found, key=lambda f: f[1])
+
+
+# Words of an exasperated customer. One alone is ordinary feedback ("that answer was useless");
+# with shouting, "!!" or a second such word it is anger.
+_COMPLAINT = re.compile(
+    r"\b(?:useless|ridiculous|terrible|awful|worst|unacceptable|pathetic|garbage|rubbish|scam|furious|angry"
+    r"|fed up|sick of|waste of (?:my )?time|incompetent|hopeless|disgusting|outrageous|nonsense)\b",
+    re.IGNORECASE,
+)
+HOSTILE = ("harassment", "hate")  # LLM categories that say the user is hostile
+
+
+def sounds_angry(text: str, *, profane: bool = False) -> bool:
+    """A cheap, conservative anger signal (microseconds, no model): swearing, or complaint
+    words that come with shouting (mostly capitals), "!!" or each other. Conservative because
+    acting on it hands the conversation to a person."""
+    if profane:
+        return True
+    complaints = len(_COMPLAINT.findall(text))
+    if not complaints:
+        return False
+    letters = [c for c in text if c.isalpha()]
+    shouting = len(letters) >= 8 and sum(c.isupper() for c in letters) >= 0.7 * len(letters)
+    return complaints >= 2 or shouting or "!!" in text
 
 
 def redact_pii(text: str) -> str:
@@ -152,13 +180,15 @@ class _Profanity:
 @dataclass(frozen=True)
 class Verdict:
     """What to do with a text: `refused` (then `reasons` says why), else pass `text`
-    on (redacted where the tenant said so). `flags` are categories that fired."""
+    on (redacted where the tenant said so). `flags` are categories that fired; `angry`
+    is the anger signal of an input (see `sounds_angry`)."""
 
     text: str
     refused: bool = False
     reasons: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     redacted: tuple[str, ...] = ()
+    angry: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,7 +245,8 @@ class Moderator:
             self._apply(config.personal_data, kinds, refuse, flags, redacted)
             if config.personal_data == "redact":
                 out = redact_pii(out)
-        if config.profanity != "off" and self._profanity.found(out):
+        profane = config.profanity != "off" and self._profanity.found(out)
+        if profane:
             self._apply(config.profanity, ("profanity",), refuse, flags, redacted)
             if config.profanity == "redact":
                 out = self._profanity.censor(out)
@@ -225,9 +256,15 @@ class Moderator:
                 self._apply(config.llm_action, (category,), refuse, flags, redacted)
                 if config.llm_action == "redact":  # a whole message cannot be partly harassment-free
                     refuse.append(category)
-        verdict = Verdict(out, bool(refuse), tuple(refuse), tuple(flags), tuple(redacted))
+        hostile = any(c in HOSTILE for c in (*refuse, *flags))
+        angry = direction == "input" and (hostile or sounds_angry(text, profane=profane))
+        verdict = Verdict(out, bool(refuse), tuple(refuse), tuple(flags), tuple(redacted), angry)
         await self._report(turn, direction, verdict, config)
         return verdict
+
+    def censor(self, text: str) -> str:
+        """`text` with its profanity starred out (for a refused message a person will still read)."""
+        return self._profanity.censor(text)
 
     @staticmethod
     def _apply(action: str, kinds: tuple[str, ...], refuse: list[str], flags: list[str], redacted: list[str]) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
+from contextvars import ContextVar
 from typing import Protocol
 
 from bot.turns import Turn
@@ -42,6 +43,20 @@ class MessageEditor(Protocol):
         ...
 
     async def edit(self, message_id: str, text: str) -> None: ...
+
+
+class ReplyJournal(Protocol):
+    """The platform ids of the messages an answer has posted so far, kept outside the worker
+    (in Redis beside the turn's inbox entry). A turn taken over from a worker that died
+    mid-answer starts from `ids`, so it edits those messages instead of posting a second answer."""
+
+    ids: Sequence[str]
+
+    async def record(self, ids: Sequence[str]) -> None: ...
+
+
+# Set by the dialogue worker around one turn; read by the sinks an adapter makes for it.
+reply_journal: ContextVar[ReplyJournal | None] = ContextVar("reply_journal", default=None)
 
 
 FENCE = "```"
@@ -111,8 +126,12 @@ class EditingSink:
         self._editor = editor
         self._limit = limit
         self._interval = interval
-        self._ids: list[str] = []  # platform ids of the messages posted so far, in order
-        self._shown: list[str] = []  # what each of them shows now
+        self._journal = reply_journal.get()
+        # Platform ids of the messages posted so far, in order: a taken-over turn's come from the
+        # journal, and the first text shown edits them ("" never equals a page, so each is edited).
+        self._ids: list[str] = list(self._journal.ids) if self._journal else []
+        self._shown: list[str] = [""] * len(self._ids)  # what each of them shows now
+        self.resuming = bool(self._ids)  # continuing the messages of a worker that stopped
         self.first_visible_at: float | None = None
         self.calls = 0  # posts and edits made, for the benchmarks
 
@@ -167,5 +186,7 @@ class EditingSink:
                 self._ids.append(await self._editor.post(page))
                 self.calls += 1
                 self._shown.append(page)
+                if self._journal is not None:
+                    await self._journal.record(self._ids)
                 if self.first_visible_at is None:
                     self.first_visible_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""Intent routing: decide what a turn asks for (`qa`, `translate` or `chat`), cheapest first.
+"""Intent routing: decide what a turn asks for (`qa`, `translate`, `handoff` or `chat`), cheapest first.
 
 1. explicit: a slash command the adapter passed through (`ask`, `translate`), or a plain
    pattern such as "translate to German: ..." (a regex, microseconds);
@@ -34,6 +34,11 @@ from bot.tenants import DATA, INTENTS
 log = logging.getLogger(__name__)
 
 COMMANDS = {"ask": "qa", "translate": "translate"}
+# What routing can answer: the tenants' handlers, and `handoff` (the user asks for a person),
+# which is no handler but the dialogue manager handing the conversation to the team
+# (`bot.handoff`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
+HANDOFF = "handoff"
+LABELS = (*INTENTS, HANDOFF)
 
 _LANG = "|".join(sorted((re.escape(name) for name in ALIASES), key=len, reverse=True))
 _VERB = (
@@ -62,6 +67,15 @@ _HOW_SAY = re.compile(
 _TRANSLATE_CUE = re.compile(
     rf"translat|tradu|übersetz|ubersetz|vertaal|tłumacz|\bmeans?\b|\bsays?\b|\bversion\b|\b(?:{_LANG})\b", re.IGNORECASE
 )
+# A request for a person names one (or the act of talking to one); a message that merely
+# resembles the handoff examples ("are you chatgpt?", "Bonjour tout le monde") is not one.
+# A wrong handoff costs a person's time and leaves the user waiting, so the bar is higher.
+_HANDOFF_CUE = re.compile(
+    r"human|\bperson|people|some(?:one|body)|any(?:one|body)|\bagent|staff|\bteam|manager|supervisor|operator"
+    r"|representative|\bsupport|\bcall\b|\breal\b|\bspeak|\btalk|mensch|mitarbeiter|jemand|humain|conseiller|quelqu"
+    r"|persona|agente|operador|operatore|umano|alguien|qualcuno",
+    re.IGNORECASE,
+)
 # A language named anywhere ("... into French please"), for translate requests found semantically.
 _ANY_LANG = re.compile(rf"\b(?:in|into|to|en|auf|ins|nach|al|para)\s+(?P<lang>{_LANG})\b", re.IGNORECASE)
 
@@ -69,6 +83,7 @@ CHOOSE_PROMPT = (
     "You route messages sent to a customer-support chat bot. Answer with one label:\n"
     "qa: a question or problem about the product, the account, billing, features, errors or policies;\n"
     "translate: a request to translate a text into another language;\n"
+    "handoff: the user asks to talk to a person, a human agent or the support team instead of the bot;\n"
     "chat: greetings, thanks, small talk, questions about the bot itself, anything else."
 )
 
@@ -118,10 +133,10 @@ def load_examples(path: Path | None) -> dict[str, list[str]]:
     examples: dict[str, list[str]] = {}
     for intent, table in raw.items():
         phrases = table.get("examples") if isinstance(table, dict) else None
-        if intent not in INTENTS or not isinstance(phrases, list) or not all(isinstance(p, str) and p.strip() for p in phrases):
+        if intent not in LABELS or not isinstance(phrases, list) or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise ConfigError(
                 "PARLEY_ROUTING_EXAMPLES_FILE",
-                f"{path}: [{intent}] must be one of {', '.join(INTENTS)} with `examples = [\"...\", ...]` (non-empty strings)",
+                f"{path}: [{intent}] must be one of {', '.join(LABELS)} with `examples = [\"...\", ...]` (non-empty strings)",
             )
         examples[intent] = phrases
     if not examples:
@@ -166,7 +181,7 @@ class Router:
             out[intent] = float(top.mean())
         return out
 
-    async def route(self, text: str, *, command: str | None = None, allowed: Sequence[str] = INTENTS) -> Route:
+    async def route(self, text: str, *, command: str | None = None, allowed: Sequence[str] = LABELS) -> Route:
         started = time.perf_counter()
         route = explicit(command, text) or await self._semantic(text)
         if route.intent not in allowed:
@@ -182,6 +197,10 @@ class Router:
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
         if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
             ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
+        if not _HANDOFF_CUE.search(text) and len(ranked) > 2:
+            # Not a candidate at all, not even as the runner-up that would send a close call to
+            # the LLM ("conversation 13" is a little like "take over this chat").
+            ranked = [kv for kv in ranked if kv[0] != HANDOFF]
         (best, top), (second, runner_up) = ranked[:2]
         if top < self._settings.threshold:
             return Route("chat", "no-match", text, score=top)

@@ -26,11 +26,13 @@ from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
 from bot.handlers import Services, build_handlers
+from bot.handoff import Desk, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
 from bot.kb import KnowledgeBase
 from bot.llm import LLMClient
 from bot.metrics import Metrics
 from bot.moderation import Moderator
 from bot.routing import Router
+from bot.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
 from bot.tenants import Tenants, load_tenants
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,13 @@ class Runtime:
     router: Router | None = None
     tenants: Tenants | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    # Handing off to people and feedback (bot.handoff, bot.stats). `desks` starts empty: an
+    # adapter that offers a desk (Slack, with PARLEY_HANDOFF_SLACK_CHANNEL) registers it there
+    # when it is created, and the dialogue manager reads it at each handoff.
+    handoffs: HandoffStore = field(default_factory=MemoryHandoffStore)
+    desks: dict[str, Desk] = field(default_factory=dict)
+    stats: Stats = field(default_factory=MemoryStats)
+    answers: AnswerIndex = field(default_factory=MemoryAnswerIndex)
 
 
 def redacted(url: str) -> str:
@@ -134,6 +143,20 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         metrics = Metrics()
         metrics.live.circuits = llm.circuits
         metrics.live.llm_in_flight = lambda: llm.in_flight
+        handoff_store: HandoffStore
+        stats: Stats
+        answers: AnswerIndex
+        ttl = settings.redis.context_ttl
+        if redis is not None:
+            handoff_store = RedisHandoffStore(redis, prefix=settings.redis.prefix, ttl=ttl)
+            stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
+            answers = RedisAnswerIndex(redis, prefix=settings.redis.prefix, ttl=ttl)
+        else:
+            handoff_store, stats, answers = MemoryHandoffStore(), MemoryStats(), MemoryAnswerIndex()
+        desks: dict[str, Desk] = {}
+        if settings.handoff.enabled and not settings.slack.enabled:
+            log.warning("PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
+                        "users who ask for a person will be told no one is reachable")
         manager = DialogueManager(
             settings=settings,
             store=store,
@@ -144,8 +167,10 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             moderator=Moderator(llm),
             tenants=tenants,
             metrics=metrics,
+            handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks),
         )
         yield Runtime(
             settings=settings, llm=llm, store=store, deduper=deduper, manager=manager, redis=redis,
             embedder=embedder, kb=kb, router=router, tenants=tenants, metrics=metrics,
+            handoffs=handoff_store, desks=desks, stats=stats, answers=answers,
         )

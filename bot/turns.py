@@ -34,9 +34,12 @@ class Turn:
 
     `event_id` is the platform's id for the event (Slack `event_id`, Discord message or
     interaction id): retries of one event carry the same id. `command` is an explicit
-    request from a slash command (`help`, `reset`, `ask`, `translate`), `reply_to` the
+    request from a slash command (`help`, `reset`, `ask`, `translate`) or from the
+    support desk and feedback buttons (`agent`, `resolve`, `feedback`: see `bot.handoff`;
+    adapters must never let a customer's own text produce those), `reply_to` the
     platform id of the message the answer should answer, and `meta` holds what an
-    adapter needs to reply later (for example a Discord interaction token).
+    adapter needs to reply later (for example a Discord interaction token). `seq` is the
+    turn's place in its conversation, given by a durable inbox (0 from an in-process one).
     """
 
     platform: str
@@ -50,6 +53,7 @@ class Turn:
     command: str | None = None
     reply_to: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
 
     @property
     def key(self) -> ConversationKey:
@@ -64,7 +68,8 @@ class Turn:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:
-        return cls(**data)
+        # Fields this version does not know are dropped, so replicas of two versions share an inbox.
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def decode_text(raw: bytes) -> str:
@@ -81,6 +86,13 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # bad input; the user was told why
     DUPLICATE = "duplicate"  # a platform retry of a turn already taken; nothing sent
     COMMAND = "command"  # help, reset and the like
+    DEFERRED = "deferred"  # the store was down before anything was shown; the turn is tried again
+    HANDED_OFF = "handed_off"  # the conversation went to a person; the user was told, the desk got the transcript
+    FORWARDED = "forwarded"  # a user's message while handed off: saved and passed to the desk, not answered
+    RELAYED = "relayed"  # a person's reply from the desk, delivered to the user
+    RESOLVED = "resolved"  # a person handed the conversation back to the bot
+    FEEDBACK = "feedback"  # a thumbs up or down on an answer, stored
+    IGNORED = "ignored"  # a desk or feedback event with nothing to act on (`Reply.error` says why)
 
 
 @dataclass(frozen=True, slots=True)

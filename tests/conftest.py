@@ -34,9 +34,10 @@ from bot.server import run_adapters
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with persistence off. Can be restarted."""
+    """A real redis-server on a free loopback port. Can be restarted; with `persistent`, it keeps
+    its data across a restart (an append-only file synced on every write, as production runs)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; tests/run.sh installs it (apt-get install redis-server)")
@@ -45,10 +46,11 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.persistence,
              "--dir", str(self.workdir), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -75,6 +77,17 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_to_stop(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and start again (on the same port)."""
+    server = RedisServer(tmp_path)
     server.start()
     try:
         yield server

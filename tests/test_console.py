@@ -48,9 +48,9 @@ def test_bad_settings_fail_with_one_clear_line(tmp_path):
 
 
 def test_serve_without_a_platform_says_what_to_set(tmp_path):
-    result = run_parley(["--env-file", str(tmp_path / "none.env"), "serve"], env={"SLACK_BOT_TOKEN": "", "DISCORD_TOKEN": ""}, timeout=60)
+    result = run_parley(["--env-file", str(tmp_path / "none.env"), "serve"], env={"SLACK_BOT_TOKEN": "", "DISCORD_TOKEN": "", "PARLEY_WEB_ENABLED": ""}, timeout=60)
     assert result.returncode == 2
-    assert "set SLACK_BOT_TOKEN or DISCORD_TOKEN" in result.stderr.decode()
+    assert "set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED" in result.stderr.decode()
 
 
 def test_unreachable_redis_is_a_clear_start_up_error(tmp_path):

@@ -1,14 +1,13 @@
 """A turn end to end: real Redis, the real vLLM engine, the real dialogue manager and workers."""
 
 import asyncio
-
 import uuid
 
 import pytest
 
 from bot import messages
 from bot.bench import prometheus_sum
-from bot.config import ContextSettings, RedisSettings
+from bot.config import ContextSettings, RedisSettings, RoutingSettings
 from bot.errors import EngineRejected
 from bot.inbox import MemoryInbox
 from bot.runtime import open_runtime
@@ -202,3 +201,26 @@ async def test_a_prompt_longer_than_the_model_takes_is_refused_clearly(engine, m
         reply = await rt.manager.handle(make_turn("word " * 6000), sink)
         assert reply.outcome is Outcome.FAILED and reply.error == "EngineRejected"
         assert sink.text == messages.for_user(EngineRejected("x", status=400, detail=""))
+
+
+async def test_the_chat_answer_starts_beside_routing_and_is_dropped_when_the_turn_goes_elsewhere(engine, make_settings):
+    # Routing by embeddings alone: the random-weight model must not break ties here.
+    routing = RoutingSettings(_env_file=None, llm_fallback=False)
+    async with open_runtime(make_settings(llm_url=engine, routing=routing)) as rt:
+        for text, intent in (("tell me a joke about cats", "chat"), ("Does the app work offline?", "qa")):
+            sink = RecordingSink()
+            reply = await rt.manager.handle(make_turn(text, channel=intent), sink)
+            # Chat, or QA for a tenant with no knowledge base (which answers as chat): the answer
+            # that started beside routing is the one shown and saved, and it was counted once.
+            assert reply.outcome is Outcome.ANSWERED and reply.intent == intent and reply.route_step != "speculative"
+            assert reply.text == sink.text and reply.completion_tokens == 12
+
+        sink = RecordingSink()
+        turn = make_turn("Translate this into German: see you tomorrow", channel="translate")
+        translated = await rt.manager.handle(turn, sink)
+        assert translated.intent == "translate" and translated.outcome is Outcome.ANSWERED
+        # The chat answer started for it was dropped: its request closed (closing a stream aborts it
+        # in vLLM, tested in test_engine_client.py), nothing of it shown or saved.
+        assert rt.llm.in_flight == 0
+        saved = await rt.store.load(turn.key)
+        assert [m.content for m in saved.messages if m.role == "assistant"] == [sink.text] == [translated.text]

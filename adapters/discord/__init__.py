@@ -17,4 +17,4 @@ def create(runtime: Runtime) -> DiscordAdapter | None:
     if not settings.discord.enabled:
         return None
     chains: Chains = RedisChains(runtime.redis, settings.redis) if runtime.redis is not None else MemoryChains()
-    return DiscordAdapter(settings=settings.discord, chains=chains)
+    return DiscordAdapter(settings=settings.discord, chains=chains, metrics=runtime.metrics, answers=runtime.answers)

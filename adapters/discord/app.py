@@ -9,6 +9,10 @@ through the interaction's webhook.
 
 On cancellation the gateway is closed first (no new turns), then the REST client
 is kept until the answers this adapter handed out are finished, then closed.
+
+When the inbox cannot take a turn because Redis is unreachable, the turn waits in a
+bounded in-memory `RetryBuffer` that puts it again with backoff (Discord does not
+deliver an event again); past the bound the user is told to try again.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import dataclasses
 import logging
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 
+from adapters.discord.buffer import RetryBuffer
 from adapters.discord.chains import Chains
 from adapters.discord.normalize import (
+    PLATFORM,
     Place,
     chain_root_guess,
     channel_ids,
@@ -33,22 +40,34 @@ from adapters.discord.normalize import (
     message_turn,
     place_of,
     replied_to,
+    tenant_of,
 )
 from adapters.discord.sink import ChannelEditor, InteractionEditor
 from bot import messages
 from bot.config import DiscordSettings
-from bot.errors import ConfigError, InboxClosed, InboxFull, ParleyError
+from bot.errors import (
+    ConfigError,
+    InboxClosed,
+    InboxFull,
+    InboxUnavailable,
+    ParleyError,
+)
 from bot.inbox import Inbox
 from bot.logs import turn_fields
+from bot.metrics import Metrics
 from bot.reply import EditingSink, MessageEditor, ReplySink
+from bot.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
 
 # What Parley asks the gateway for, and nothing more: guilds (channels, threads,
 # roles), messages in guilds and DMs, and their text (privileged: without it
-# Discord still sends the text of mentions and DMs).
-INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+# Discord still sends the text of mentions and DMs), and reactions (👍/👎 on answers).
+INTENTS = discord.Intents(
+    guilds=True, guild_messages=True, dm_messages=True, message_content=True, guild_reactions=True, dm_reactions=True
+)
+VOTES = {"👍": "up", "👎": "down"}  # reactions that are feedback on an answer (any skin tone)
 # The bot permissions the code uses (see deploy/discord/SETUP.md): read channels and
 # their history (a reply quotes a message), post, post in threads, and with
 # open_threads create public threads.
@@ -85,7 +104,14 @@ def content_granted(flags: discord.ApplicationFlags) -> bool:
 class ParleyClient(discord.AutoShardedClient):
     """discord.py's sharded client with this replica's shards; events go to the adapter."""
 
-    def __init__(self, *, adapter: DiscordAdapter, settings: DiscordSettings, intents: discord.Intents) -> None:
+    def __init__(
+        self,
+        *,
+        adapter: DiscordAdapter,
+        settings: DiscordSettings,
+        intents: discord.Intents,
+        http_trace: aiohttp.TraceConfig | None = None,
+    ) -> None:
         super().__init__(
             intents=intents,
             shard_count=settings.shard_count,
@@ -94,6 +120,7 @@ class ParleyClient(discord.AutoShardedClient):
             chunk_guilds_at_startup=False,
             max_messages=None,  # Parley reads each message once; no message cache
             allowed_mentions=discord.AllowedMentions.none(),
+            http_trace=http_trace,  # sees every REST attempt: counts Discord's 429s and 5xx
         )
         self._adapter = adapter
         self.tree = app_commands.CommandTree(self)
@@ -101,6 +128,9 @@ class ParleyClient(discord.AutoShardedClient):
 
     async def on_message(self, message: discord.Message) -> None:
         await self._adapter.on_message(message)
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._adapter.on_reaction(payload)
 
     async def on_shard_ready(self, shard_id: int) -> None:
         log.info("discord shard %s ready (%s guilds)", shard_id, sum(1 for g in self.guilds if g.shard_id == shard_id))
@@ -136,9 +166,15 @@ def add_commands(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> Non
 class DiscordAdapter:
     platform = "discord"
 
-    def __init__(self, *, settings: DiscordSettings, chains: Chains) -> None:
+    def __init__(
+        self, *, settings: DiscordSettings, chains: Chains, metrics: Metrics | None = None,
+        answers: AnswerIndex | None = None,
+    ) -> None:
         self._settings = settings
         self._chains = chains
+        self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
+        self._trace = metrics.platform_trace(self.platform) if metrics is not None else None
+        self._held = RetryBuffer(self._deliver, size=settings.retry_buffer)
         self._client: ParleyClient | None = None
         self._inbox: Inbox | None = None
         self._closing = False
@@ -151,13 +187,20 @@ class DiscordAdapter:
     # -- the connection --------------------------------------------------------------------
 
     async def run(self, inbox: Inbox) -> None:
+        # Held turns are retried until intake has stopped (`_connect` closes the gateway on the way out).
+        async with self._held.running():
+            await self._connect(inbox)
+
+    async def _connect(self, inbox: Inbox) -> None:
         assert self._settings.token is not None
         self._inbox = inbox
         point_at(self._settings)
         intents = discord.Intents(INTENTS.value)
         try:
             while True:
-                client = self._client = ParleyClient(adapter=self, settings=self._settings, intents=intents)
+                client = self._client = ParleyClient(
+                    adapter=self, settings=self._settings, intents=intents, http_trace=self._trace
+                )
                 try:
                     await client.login(self._settings.token.get_secret_value())
                     if not intents.message_content or content_granted(client.application_flags):
@@ -208,9 +251,12 @@ class DiscordAdapter:
 
     def sink_for(self, turn: Turn) -> ReplySink:
         if "interaction_token" in turn.meta:
-            editor: MessageEditor = InteractionEditor(self._client, turn, self._chains)
+            editor: MessageEditor = InteractionEditor(self._client, turn, self._chains, answers=self._answers)
         else:
-            editor = ChannelEditor(self._client, turn, self._chains, archive_minutes=self._settings.thread_archive_minutes)
+            editor = ChannelEditor(
+                self._client, turn, self._chains, archive_minutes=self._settings.thread_archive_minutes,
+                answers=self._answers,
+            )
         return EditingSink(editor, limit=self._settings.message_limit, interval=self._settings.edit_interval)
 
     # -- intake ----------------------------------------------------------------------------
@@ -290,6 +336,43 @@ class DiscordAdapter:
         await self._put(turn)
 
     async def _put(self, turn: Turn) -> None:
+        if len(self._held):
+            await self._hold(turn)  # behind the turns already waiting, so they stay in order
+            return
+        try:
+            await self._deliver(turn)
+        except InboxUnavailable:
+            await self._hold(turn)
+
+    async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        """A 👍/👎 on one of Parley's answers: a `feedback` turn of the answer's conversation."""
+        client = self._client
+        vote = VOTES.get((payload.emoji.name or "")[:1])
+        if vote is None or self._closing or client is None or client.user is None or payload.user_id == client.user.id:
+            return
+        if payload.message_author_id is not None and payload.message_author_id != client.user.id:
+            return  # a reaction on someone else's message: none of Parley's business
+        tenant = tenant_of(payload.guild_id)
+        answered = await self._answers.find(PLATFORM, tenant, str(payload.message_id)) if self._answers else None
+        if answered is None:
+            log.info("%s reaction on message %s, which is no answer Parley remembers: ignored", vote, payload.message_id)
+            return
+        key = answered.key
+        turn = Turn(
+            platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread,
+            user=str(payload.user_id), text=vote, command="feedback", reply_to=answered.event_id,
+            # Reactions have no id of their own; a replayed gateway event carries the same fields.
+            event_id=f"reaction:{payload.message_id}:{payload.user_id}:{vote}",
+            meta={"post_channel": str(payload.channel_id)},
+        )
+        assert self._inbox is not None
+        try:
+            await self._inbox.put(turn)
+        except (InboxFull, InboxClosed, InboxUnavailable) as exc:
+            log.warning("a vote was dropped (%s)", type(exc).__name__, extra=turn_fields(turn))
+
+    async def _deliver(self, turn: Turn) -> None:
+        """Into the inbox, or the user told why not; `InboxUnavailable` propagates (hold the turn)."""
         assert self._inbox is not None
         try:
             await self._inbox.put(turn)
@@ -298,6 +381,14 @@ class DiscordAdapter:
             await self._tell(turn, messages.BUSY)
         except InboxClosed:
             log.info("shutting down; message not taken", extra=turn_fields(turn))
+
+    async def _hold(self, turn: Turn) -> None:
+        if not self._held.hold(turn):
+            log.warning("inbox unreachable and %s turns held already; told the user to retry", len(self._held),
+                        extra=turn_fields(turn))
+            await self._tell(turn, messages.BUSY)
+        elif len(self._held) == 1:
+            log.warning("inbox unreachable; holding turns in memory and retrying", extra=turn_fields(turn))
 
     async def _tell(self, turn: Turn, text: str) -> None:
         plain = dataclasses.replace(turn, meta={k: v for k, v in turn.meta.items() if k != "open_thread"})

@@ -25,6 +25,7 @@ from adapters.discord.chains import Chains
 from adapters.discord.normalize import PLATFORM, thread_name
 from bot.errors import PlatformError
 from bot.logs import turn_fields
+from bot.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,12 @@ def live(client: discord.Client | None, action: str) -> discord.Client:
 class ChannelEditor:
     """Posts and edits an answer in a channel, thread or DM."""
 
-    def __init__(self, client: discord.Client | None, turn: Turn, chains: Chains, *, archive_minutes: int) -> None:
+    def __init__(
+        self, client: discord.Client | None, turn: Turn, chains: Chains, *, archive_minutes: int,
+        answers: AnswerIndex | None = None,
+    ) -> None:
         self._client = client
+        self._answers = answers  # told each message posted, so a 👍/👎 on it finds the answer
         self._turn = turn
         self._chains = chains
         self._archive_minutes = archive_minutes
@@ -93,6 +98,8 @@ class ChannelEditor:
             )
         self._pages += 1
         await self._chains.remember(str(message.id), self._turn.thread)
+        if self._answers is not None:
+            await self._answers.remember(str(message.id), self._turn)
         return str(message.id)
 
     async def edit(self, message_id: str, text: str) -> None:
@@ -125,8 +132,11 @@ class ChannelEditor:
 class InteractionEditor:
     """Fills a deferred slash-command response, then adds follow-ups, through the interaction webhook."""
 
-    def __init__(self, client: discord.Client | None, turn: Turn, chains: Chains) -> None:
+    def __init__(
+        self, client: discord.Client | None, turn: Turn, chains: Chains, *, answers: AnswerIndex | None = None
+    ) -> None:
         self._client = client
+        self._answers = answers
         self._turn = turn
         self._chains = chains
         self._pages = 0
@@ -150,6 +160,8 @@ class InteractionEditor:
                 message = await self._webhook().send(text, wait=True, allowed_mentions=discord.AllowedMentions.none())
         self._pages += 1
         await self._chains.remember(str(message.id), self._turn.thread)
+        if self._answers is not None:
+            await self._answers.remember(str(message.id), self._turn)
         return str(message.id)
 
     async def edit(self, message_id: str, text: str) -> None:

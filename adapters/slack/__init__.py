@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapters.slack.app import SlackAdapter
+from adapters.slack.app import SlackAdapter, web_client
+from adapters.slack.desk import SlackDesk
 from adapters.slack.threads import MemoryThreads, RedisThreads, ThreadMemory
 from bot.errors import ConfigError
 
@@ -33,4 +34,13 @@ def create(runtime: Runtime) -> SlackAdapter | None:
         threads = RedisThreads(runtime.redis, prefix=runtime.settings.redis.prefix, ttl=settings.thread_ttl)
     else:
         threads = MemoryThreads(ttl=settings.thread_ttl)
-    return SlackAdapter(settings=settings, deduper=runtime.deduper, threads=threads)
+    client = web_client(settings)
+    desk = None
+    if (channel := runtime.settings.handoff.slack_channel) is not None:
+        # The support desk: registered for the dialogue manager, which opens tickets through it.
+        desk = SlackDesk(client, channel=channel, store=runtime.handoffs, limit=settings.message_limit)
+        runtime.desks[desk.name] = desk
+    return SlackAdapter(
+        settings=settings, deduper=runtime.deduper, threads=threads, metrics=runtime.metrics, client=client,
+        desk=desk, answers=runtime.answers,
+    )

@@ -24,20 +24,33 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
+from adapters.slack.desk import SlackDesk
 from adapters.slack.normalize import Identity, Incoming, Route
-from adapters.slack.sink import ResponseUrlSink, SlackSink, StreamingSupport, call
+from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSupport, call
 from adapters.slack.threads import ThreadMemory
 from bot import messages
 from bot.config import SlackSettings
 from bot.dedupe import Deduper
-from bot.errors import ConfigError, InboxFull, ParleyError, PlatformError
+from bot.errors import (
+    ConfigError,
+    InboxFull,
+    InboxUnavailable,
+    ParleyError,
+    PlatformError,
+)
 from bot.inbox import Inbox
 from bot.logs import turn_fields
+from bot.metrics import Metrics
 from bot.reply import ReplySink
+from bot.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -46,9 +59,31 @@ EVENTS_PATH = "/slack/events"  # the Request URL for events and the slash comman
 ANY = re.compile(".*")
 
 
+# Calls that create a message. Slack says a 500 may come after part of a call succeeded:
+# retrying one of these could show the answer twice, so only their 503s are retried.
+CREATES_MESSAGE = frozenset({"chat.postMessage", "chat.startStream"})
+
+
+class ServerErrorRetry(AsyncServerErrorRetryHandler):
+    """slack_sdk's retry of 500 and 503 (once by default), except a 500 from a call that creates a message."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None and response.status_code == 500 and request.url.rsplit("/", 1)[-1] in CREATES_MESSAGE:
+            return False
+        return await super()._can_retry_async(state=state, request=request, response=response, error=error)
+
+
 def web_client(settings: SlackSettings) -> AsyncWebClient:
     """The one Web API client of the adapter. Slack's 429s are retried after their
-    Retry-After by slack_sdk's handler (it only does so when given one)."""
+    Retry-After by slack_sdk's handler (it only does so when given one), its 500s and
+    503s once after a short backoff (`ServerErrorRetry`)."""
     assert settings.bot_token is not None
     return AsyncWebClient(
         token=settings.bot_token.get_secret_value(),
@@ -57,6 +92,7 @@ def web_client(settings: SlackSettings) -> AsyncWebClient:
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(),
             AsyncRateLimitErrorRetryHandler(max_retry_count=settings.rate_limit_retries),
+            ServerErrorRetry(max_retry_count=1),
         ],
     )
 
@@ -71,11 +107,17 @@ class SlackAdapter:
         deduper: Deduper,
         threads: ThreadMemory,
         client: AsyncWebClient | None = None,
+        metrics: Metrics | None = None,
+        desk: SlackDesk | None = None,
+        answers: AnswerIndex | None = None,
     ) -> None:
         self._settings = settings
+        self._desk = desk  # the support channel's ticket threads, when handoff is configured
+        self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._deduper = deduper
         self._threads = threads
         self._client = client or web_client(settings)
+        self._metrics = metrics
         self._streaming = StreamingSupport(settings.native_streaming)
         self.identity: Identity | None = None
         self.ready = asyncio.Event()  # set once Slack can reach Parley (for tests and probes)
@@ -92,15 +134,29 @@ class SlackAdapter:
             limit=self._settings.message_limit,
             interval=self._settings.edit_interval,
             streaming=self._streaming,
+            on_post=self._remembering(turn),
         )
+
+    def _remembering(self, turn: Turn) -> OnPost | None:
+        """Remembers each message of the answer to `turn`, so a 👍/👎 on it finds the answer."""
+        if self._answers is None:
+            return None
+        answers = self._answers
+
+        async def remember(ts: str) -> None:
+            await answers.remember(normalize.desk_thread(turn.channel, ts), turn)
+
+        return remember
 
     # -- the connection -----------------------------------------------------------------------
 
     async def run(self, inbox: Inbox) -> None:
         if self._client.session is None:
             # One pooled session for every Web API call: without it slack_sdk opens (and
-            # TLS-handshakes) a new connection per call, an edit included.
-            self._client.session = aiohttp.ClientSession()
+            # TLS-handshakes) a new connection per call, an edit included. Every attempt
+            # through it is seen by the trace that counts Slack's 429s and 5xx.
+            traces = [self._metrics.platform_trace(self.platform)] if self._metrics is not None else None
+            self._client.session = aiohttp.ClientSession(trace_configs=traces)
         auth = await self._authorize()
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
@@ -154,16 +210,28 @@ class SlackAdapter:
 
         async def on_event(body: dict[str, Any]) -> None:
             assert self.identity is not None
+            if self._desk is not None and await self._desk.take_event(body, self.identity, inbox):
+                return  # a person's reply or resolve in a ticket thread
+            if (vote := normalize.vote_of(body, self.identity)) is not None:
+                await self._vote(vote, inbox)
+                return
             incoming = normalize.from_event(body, self.identity)
             if incoming is not None:
                 await self._take(incoming, inbox, notices)
 
         async def on_command(body: dict[str, Any], ack: Any) -> None:
+            if (body.get("text") or "").strip().lower() == "resolve":
+                # A slash command carries no thread_ts: it cannot name the ticket it was typed in.
+                await ack(text=messages.RESOLVE_IN_THREAD, response_type="ephemeral")
+                return
             turn = normalize.from_command(body)
             try:
                 await inbox.put(turn)
-            except InboxFull:
-                log.warning("inbox full; slash command refused", extra=turn_fields(turn))
+            except (InboxFull, InboxUnavailable) as exc:
+                # Slack never redelivers a slash command: an error status would only show the
+                # user "dispatch_failed", so it is refused with words instead.
+                log.warning("inbox %s; slash command refused", "full" if isinstance(exc, InboxFull) else "unreachable",
+                            extra=turn_fields(turn))
                 await ack(text=messages.BUSY, response_type="ephemeral")
                 return
             await ack()
@@ -172,7 +240,29 @@ class SlackAdapter:
         # Slack would retry those); `normalize` decides what is Parley's to answer.
         app.event(ANY)(on_event)
         app.command(ANY)(on_command)
+        if self._desk is not None:
+            desk = self._desk
+
+            async def on_resolve(body: dict[str, Any], ack: Any) -> None:
+                await desk.take_action(body, inbox)
+                await ack()
+
+            app.action(normalize.RESOLVE_ACTION)(on_resolve)
         return app
+
+    async def _vote(self, vote: normalize.Vote, inbox: Inbox) -> None:
+        """A 👍/👎 reaction: a `feedback` turn of the conversation the answer belongs to."""
+        answered = await self._answers.find("slack", vote.team, vote.message) if self._answers is not None else None
+        if answered is None:
+            log.info("%s reaction on %s, which is no answer Parley remembers: ignored", vote.vote, vote.message)
+            return
+        key = answered.key
+        turn = Turn(platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread, user=vote.user,
+                    text=vote.vote, event_id=vote.event_id, command="feedback", reply_to=answered.event_id)
+        try:
+            await inbox.put(turn)
+        except InboxFull:
+            log.warning("inbox full; a vote was dropped", extra=turn_fields(turn))
 
     async def _take(self, incoming: Incoming, inbox: Inbox, notices: asyncio.TaskGroup) -> None:
         turn = incoming.turn
@@ -189,7 +279,9 @@ class SlackAdapter:
             log.warning("inbox full; the user is asked to retry", extra=turn_fields(turn))
             notices.create_task(self._notify(turn, messages.BUSY, once=False))
             return
-        # InboxClosed (shutting down) propagates: bolt answers 500 and Slack retries later.
+        # InboxClosed (shutting down) and InboxUnavailable (Redis down) propagate: with
+        # process_before_response bolt answers 500 (over Socket Mode: no ack), and Slack
+        # delivers the event again later, so the turn is not lost.
         log.info("slack %s taken", incoming.route, extra=turn_fields(turn))
 
     async def _notify(self, turn: Turn, text: str, *, once: bool) -> None:

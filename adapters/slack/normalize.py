@@ -161,3 +161,99 @@ def _seconds(ts: str) -> float:
         return float(ts)
     except (TypeError, ValueError):
         return time.time()
+
+
+# -- the support desk and feedback (see adapters.slack.desk, bot.handoff) ---------------------------
+
+RESOLVE_ACTION = "parley_resolve"  # the action id of the Resolve button on a ticket
+# What a person types in a ticket thread to hand the conversation back. `/parley resolve` is
+# here as typed text: sent as a real slash command it carries no thread, so it cannot say
+# which ticket it means (`from_command` answers it with how to do it instead).
+RESOLVE_WORDS = ("resolve", "!resolve", "/resolve", "/parley resolve", "parley resolve")
+# Reactions that are votes; Slack names them with aliases and skin tones ("+1::skin-tone-3").
+VOTE_REACTIONS = {"+1": "up", "thumbsup": "up", "-1": "down", "thumbsdown": "down"}
+
+
+def desk_thread(channel: str, thread_ts: str) -> str:
+    """The id a ticket thread has in `bot.handoff` (a ts is only unique within its channel)."""
+    return f"{channel}:{thread_ts}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeskMessage:
+    """A person's message (or Resolve) in a thread of the support channel. `mention` marks the
+    `app_mention` copy of a message, which the caller drops (its `message` twin is taken)."""
+
+    thread: str  # desk_thread(channel, thread_ts)
+    user: str
+    text: str
+    event_id: str
+    command: str  # agent | resolve
+    mention: bool = False
+
+
+def desk_message(body: dict[str, Any], me: Identity, support_channel: str) -> DeskMessage | None:
+    """A thread reply in the support channel from a person, or None (not in a thread of that
+    channel, or a bot, an edit, a join...)."""
+    event = body.get("event") or {}
+    if event.get("type") not in ("message", "app_mention") or event.get("channel") != support_channel:
+        return None
+    thread_ts = event.get("thread_ts") or ""
+    if not thread_ts or thread_ts == event.get("ts") or _not_a_person(event, me):
+        return None
+    text = clean_text(event.get("text") or "", me.user_id)
+    return DeskMessage(
+        thread=desk_thread(support_channel, thread_ts),
+        user=event.get("user", ""),
+        text=text,
+        event_id=body.get("event_id") or f"{support_channel}:{event.get('ts', '')}",
+        command="resolve" if text.lower().strip().rstrip(".!") in RESOLVE_WORDS else "agent",
+        mention=event.get("type") == "app_mention",
+    )
+
+
+def resolve_action(body: dict[str, Any]) -> DeskMessage | None:
+    """A press of a ticket's Resolve button (a `block_actions` payload), or None."""
+    container = body.get("container") or {}
+    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
+    ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
+    user = (body.get("user") or {}).get("id", "")
+    if body.get("type") != "block_actions" or not (channel and ts and user):
+        return None
+    if not any(a.get("action_id") == RESOLVE_ACTION for a in body.get("actions") or []):
+        return None
+    # Interactivity payloads are never retried by Slack; the trigger id is unique per press.
+    event_id = "action:" + (body.get("trigger_id") or f"{channel}:{ts}:{user}")
+    return DeskMessage(desk_thread(channel, ts), user, "", event_id, "resolve")
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """A 👍/👎 reaction on one of Parley's messages."""
+
+    team: str
+    message: str  # desk_thread-style "{channel}:{ts}": a ts is unique within its channel only
+    user: str
+    vote: str  # up | down
+    event_id: str
+
+
+def vote_of(body: dict[str, Any], me: Identity) -> Vote | None:
+    """The vote in a `reaction_added` event on a message of Parley's, or None."""
+    event = body.get("event") or {}
+    item = event.get("item") or {}
+    if event.get("type") != "reaction_added" or item.get("type") != "message":
+        return None
+    vote = VOTE_REACTIONS.get((event.get("reaction") or "").split("::")[0])
+    user = event.get("user", "")
+    if vote is None or not user or user == me.user_id:
+        return None
+    if event.get("item_user") not in (None, me.user_id):
+        return None  # someone else's message
+    return Vote(
+        team=body.get("team_id") or me.team_id,
+        message=desk_thread(item.get("channel", ""), item.get("ts", "")),
+        user=user,
+        vote=vote,
+        event_id=body.get("event_id") or f"reaction:{item.get('channel')}:{item.get('ts')}:{user}:{vote}",
+    )

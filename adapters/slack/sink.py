@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -23,7 +23,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.errors import PlatformError
-from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, open_fence
+from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, open_fence, reply_journal
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -71,19 +71,27 @@ async def call(method: str, request: Awaitable[AsyncSlackResponse]) -> AsyncSlac
         raise PlatformError(f"{method} failed: {type(exc).__name__}", platform=PLATFORM) from exc
 
 
+# Told the ts of each message an answer posts, so that a reaction on it can be traced back
+# to the answer (`bot.stats.AnswerIndex`).
+OnPost = Callable[[str], Awaitable[None]]
+
+
 class SlackEditor:
     """`MessageEditor` over chat.postMessage and chat.update, in one channel (and thread)."""
 
-    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str) -> None:
+    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str, on_post: OnPost | None = None) -> None:
         self._client = client
         self._channel = channel
         self._thread_ts = thread_ts or None  # None: top level (a DM that is not threaded)
+        self._on_post = on_post
 
     async def post(self, text: str) -> str:
         response = await call(
             "chat.postMessage",
             self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
         )
+        if self._on_post is not None:
+            await self._on_post(str(response["ts"]))
         return str(response["ts"])
 
     async def edit(self, message_id: str, text: str) -> None:
@@ -110,8 +118,12 @@ class NativeStream:
     that piece, closing and reopening a code block that spans the cut.
     """
 
-    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str, user: str, team: str, limit: int) -> None:
+    def __init__(
+        self, client: AsyncWebClient, *, channel: str, thread_ts: str, user: str, team: str, limit: int,
+        on_post: OnPost | None = None,
+    ) -> None:
         self._client = client
+        self._on_post = on_post
         self._channel = channel
         self._thread_ts = thread_ts
         self._user = user
@@ -159,6 +171,10 @@ class NativeStream:
                 raise
             self._ts = str(response["ts"])
             self.started = True
+            if self._on_post is not None:
+                await self._on_post(self._ts)
+            if (journal := reply_journal.get()) is not None:
+                await journal.record([*journal.ids, self._ts])
         else:
             await call("chat.appendStream", self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=text))
         self._page += text
@@ -188,27 +204,30 @@ class SlackSink:
         limit: int,
         interval: float,
         streaming: StreamingSupport,
+        on_post: OnPost | None = None,
     ) -> None:
         self._client = client
         self._turn = turn
+        self._on_post = on_post
         self._limit = limit
         self._interval = interval
         self._streaming = streaming
         self._editing = EditingSink(
-            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread), limit=limit, interval=interval
+            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post), limit=limit, interval=interval
         )
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
-        # Native streaming always answers in a thread; a DM's top level gets edits.
-        if not (self._streaming.available and self._turn.thread):
+        # Native streaming always answers in a thread; a DM's top level gets edits, and so does an
+        # answer taken over from a stopped worker (it edits the message that worker had posted).
+        if not (self._streaming.available and self._turn.thread) or self._editing.resuming:
             return await self._editing.stream(chunks)
         turn = self._turn
         native = NativeStream(
             self._client, channel=turn.channel, thread_ts=turn.thread, user=turn.user,
-            team=turn.meta.get("user_team", turn.tenant), limit=self._limit,
+            team=turn.meta.get("user_team", turn.tenant), limit=self._limit, on_post=self._on_post,
         )
         source = aiter(chunks)
         try:

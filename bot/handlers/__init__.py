@@ -41,6 +41,14 @@ class Handler(Protocol):
         ...
 
 
+class ChatAlike(Protocol):
+    """Optional beside `answer`: a handler that sometimes answers exactly as plain chat does
+    (QA for a tenant with no knowledge base) says so, so that a chat answer already started
+    for the turn can be kept (see `DialogueManager`, speculation)."""
+
+    async def answers_as_chat(self, request: Request) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Services:
     """What the composition root hands every handler factory."""

@@ -45,14 +45,19 @@ class QAHandler:
         self._kb = services.kb
         self._chat = ChatHandler(services)
 
-    async def answer(self, request: Request) -> AsyncIterator[str]:
+    async def answers_as_chat(self, request: Request) -> bool:
         index = await self._kb.index(request.tenant.knowledge_base) if self._kb else None
-        if index is None or not index.chunks:
+        return index is None or not index.chunks
+
+    async def answer(self, request: Request) -> AsyncIterator[str]:
+        if await self.answers_as_chat(request):
             # No knowledge base was ingested for this tenant: "I don't know" to every
             # question would make the bot useless, so it answers as plain chat.
             async for delta in self._chat.answer(request):
                 yield delta
             return
+        assert self._kb is not None
+        index = await self._kb.index(request.tenant.knowledge_base)
         question = request.route.text or request.turn.text
         hits = await self._kb.search(index, question)
         log.info(

@@ -7,7 +7,7 @@ and dispatches MESSAGE_CREATE (users' and the bot's own) and INTERACTION_CREATE.
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
-global) the way Discord does.
+global) the way Discord does, or a 5xx.
 
 What discord.py needs, measured: JSON only with Content-Type exactly
 `application/json`; a 429 is a rate limit only with a `Via` header and a JSON body
@@ -60,6 +60,7 @@ class Fault:
     retry_after: float
     is_global: bool
     times: int
+    status: int = 429
 
 
 @dataclass
@@ -225,6 +226,18 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", message, shard=self.shard_of(channel))
         return message
 
+    async def react(self, message: Json, user: Json, emoji: str) -> Json:
+        """A user adds a (unicode) reaction to a message (MESSAGE_REACTION_ADD, as Discord sends it)."""
+        channel = self.channels[int(message["channel_id"])]
+        data: Json = {"user_id": user["id"], "channel_id": message["channel_id"], "message_id": message["id"],
+                      "emoji": {"id": None, "name": emoji}, "burst": False, "burst_colors": [], "type": 0,
+                      "message_author_id": message["author"]["id"]}
+        if channel.get("guild_id"):
+            data["guild_id"] = channel["guild_id"]
+            data["member"] = {"user": user, "roles": [], "joined_at": iso(), "deaf": False, "mute": False, "flags": 0}
+        await self.dispatch("MESSAGE_REACTION_ADD", data, shard=self.shard_of(channel))
+        return data
+
     async def slash(self, channel: Json, user: Json, name: str, **options: str) -> Json:
         """A user runs a slash command (INTERACTION_CREATE)."""
         token = f"itoken-{uuid.uuid4().hex}"
@@ -303,6 +316,10 @@ class FakeDiscord:
                    times: int = 1) -> None:
         """Answer the next `times` calls matching `method` and the path regex with a 429."""
         self._faults.append(Fault(method, re.compile(pattern), retry_after, is_global, times))
+
+    def server_error(self, method: str, pattern: str, *, status: int = 500, times: int = 1) -> None:
+        """Answer the next `times` calls matching `method` and the path regex with `status` (a 5xx)."""
+        self._faults.append(Fault(method, re.compile(pattern), 0.0, False, times, status))
 
     async def send_reconnect(self, shard: int = 0) -> None:
         """Op 7 RECONNECT: the client must reconnect and RESUME its session."""
@@ -422,7 +439,9 @@ class FakeDiscord:
             fault.times -= 1
             if fault.times == 0:
                 self._faults.remove(fault)
-            call.status = 429
+            call.status = fault.status
+            if fault.status != 429:
+                return self._error(fault.status, 0, f"{fault.status}: Server Error")
             return self._too_many(fault.retry_after, is_global=fault.is_global)
         bucket_key, bucket = self._bucket(request.method, path)
         now = time.monotonic()

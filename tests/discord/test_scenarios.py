@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from adapters.discord.chains import MemoryChains
 from adapters.discord.normalize import PLATFORM
-from bot.config import DialogueSettings
+from adapters.discord.sink import ChannelEditor
+from bot import messages
+from bot.config import DialogueSettings, RedisSettings
 from bot.context import RedisContextStore
+from bot.errors import PlatformError
 from bot.reply import split_pages
 from bot.turns import ConversationKey, Turn
 from tests.discord.conftest import DEAD_LLM, DiscordStack, discord_settings, poll, serving
@@ -24,6 +28,10 @@ from tests.discord.fake import FakeDiscord, Json
 
 MESSAGES = r"/channels/\d+/messages"
 EDITS = r"/channels/\d+/messages/\d+"
+
+
+def counted(stack: DiscordStack, name: str, **labels: str) -> float:
+    return stack.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def answer_text(messages: list[Json]) -> str:
@@ -269,6 +277,35 @@ async def test_a_429_on_an_edit_is_waited_out_and_the_answer_arrives_once(
     edits = fake.calls_to("PATCH", EDITS)
     assert edits[0].status == 429 and all(c.status == 200 for c in edits[1:])
     assert len(fake.calls_to("POST", MESSAGES)) == 1
+    assert counted(stack, "parley_platform_rate_limited_total", platform="discord") == 1
+
+
+async def test_a_5xx_is_retried_by_discord_py_and_counted(fake: FakeDiscord, make_settings, channel: Json) -> None:
+    fake.server_error("POST", MESSAGES, status=502)
+    async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))) as stack:
+        shown = await stream_answer(stack, channel, slowly("a short answer"))
+    (message,) = fake.bot_messages(channel["id"])
+    assert message["content"] == shown
+    assert [c.status for c in fake.calls_to("POST", MESSAGES)] == [502, 200]
+    assert counted(stack, "parley_platform_errors_total", platform="discord", status="502") == 1
+    assert counted(stack, "parley_platform_rate_limited_total", platform="discord") == 0
+
+
+async def test_a_channel_that_is_gone_or_forbidden_fails_at_once(
+    fake: FakeDiscord, make_settings, channel: Json, alice: Json
+) -> None:
+    gone = dict(channel, id=str(fake.snowflake()))  # deleted, as far as Discord knows: Unknown Channel
+    async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))) as stack:
+        with pytest.raises(PlatformError) as missing:
+            await stream_answer(stack, gone, slowly("nobody will read this"))
+        theirs = await fake.say(channel, alice, "a message Parley may not edit")
+        editor = ChannelEditor(stack.adapter.client, channel_turn(channel, "E1"), MemoryChains(), archive_minutes=60)
+        with pytest.raises(PlatformError) as forbidden:
+            await asyncio.create_task(editor.edit(theirs["id"], "changed"))
+    assert (missing.value.status, missing.value.permanent) == (404, True)
+    assert (forbidden.value.status, forbidden.value.permanent) == (403, True)
+    assert len(fake.calls_to("POST", rf"/channels/{gone['id']}/messages")) == 1, "not retried"
+    assert len(fake.calls_to("PATCH", EDITS)) == 1, "not retried"
 
 
 async def test_a_global_429_pauses_every_request(fake: FakeDiscord, make_settings) -> None:
@@ -280,6 +317,7 @@ async def test_a_global_429_pauses_every_request(fake: FakeDiscord, make_setting
     assert shown == texts
     assert [m["content"] for m in fake.bot_messages()] == texts
     (limited,) = [c for c in fake.calls if c.status == 429]
+    assert counted(stack, "parley_platform_rate_limited_total", platform="discord") == 1
     # Requests already on the wire may land just after; then nothing until the pause is over.
     during = [c for c in fake.calls if limited.at + 0.4 < c.at < limited.at + 1.4]
     assert during == [], [(c.method, c.path) for c in during]
@@ -298,6 +336,39 @@ async def test_a_429_on_the_first_post_still_gives_one_answer(
     posts = fake.calls_to("POST", MESSAGES)
     assert [c.status for c in posts] == [429, 200]
     assert posts[0].body["nonce"] == posts[1].body["nonce"], "a retried post carries the same enforced nonce"
+    assert counted(stack, "parley_platform_rate_limited_total", platform="discord") == 1
+
+
+# -- Redis down ----------------------------------------------------------------------------------
+
+
+async def test_while_redis_is_down_messages_wait_in_memory_and_are_answered_when_it_is_back(
+    fake: FakeDiscord, make_settings, channel: Json, alice: Json, redis_to_stop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = make_settings(
+        llm_url=DEAD_LLM,
+        redis=RedisSettings(_env_file=None, url=redis_to_stop.url, prefix="outage"),
+        dialogue=DialogueSettings(_env_file=None, inbox="redis"),
+        discord=discord_settings(fake, retry_buffer=1),
+    )
+    async with serving(fake, settings):
+        await asyncio.to_thread(redis_to_stop.stop)
+        held = await fake.say(channel, alice, "asked while Redis is down", mention_bot=True)
+        await poll(lambda: any("holding turns in memory" in r.getMessage() for r in caplog.records))
+        # The buffer holds one turn: the next message is refused with words, not dropped in silence.
+        refused = await fake.say(channel, alice, "and another one", mention_bot=True)
+        busy = await reply_to(fake, refused)
+        assert busy["content"] == messages.BUSY
+        await asyncio.sleep(1.0)
+        assert not fake.replies_to(held), "nothing can be answered while the inbox is down"
+
+        await asyncio.to_thread(redis_to_stop.start)  # same port, but empty: the inbox rebuilds its group
+        answer = await reply_to(fake, held)
+        await asyncio.sleep(1.0)  # a second answer would be on its way by now
+    assert "language model" in answer["content"]  # the model is down: the answer is the apology
+    assert len(fake.replies_to(held)) == 1 and len(fake.replies_to(refused)) == 1
+    assert any("held turn taken by the inbox" in r.getMessage() for r in caplog.records)
 
 
 # -- the gateway ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A fake Slack on loopback that speaks Slack's real protocols, so slack-bolt and slack_sdk run unmodified.
 
 - Web API: `POST /api/{method}` (form, query or JSON arguments, bearer token checked),
-  recording every call with its start and end time; per-method latency and a number
-  of 429 answers (with Retry-After) can be injected. Messages posted, edited and
+  recording every call with its start and end time; per-method latency, a number
+  of 429 answers (with Retry-After), 5xx answers and channels that are gone
+  (channel_not_found) can be injected. Messages posted, edited and
   streamed are kept per channel and thread.
 - `POST /response/{id}`: slash commands' response_url.
 - `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
@@ -52,6 +53,7 @@ class Posted:
     text: str
     streamed: bool = False
     stopped: bool = False
+    blocks: list[dict[str, Any]] | None = None  # Block Kit, when the message has any
 
 
 @dataclass
@@ -70,7 +72,10 @@ class FakeSlack:
         self.latency: dict[str, float] = {}  # seconds added to a method (or a response_url path)
         self.rate_limits: dict[str, int] = {}  # method -> how many of its next calls get a 429
         self.retry_after = 1
+        self.server_errors: dict[str, list[int]] = {}  # method -> the statuses (500, 503) its next calls get
+        self.gone_channels: set[str] = set()  # chat.* calls into these answer channel_not_found
         self.messages: list[Posted] = []
+        self.users: dict[str, dict[str, Any]] = {}  # users.info answers, by user id (add_user)
         self.responses: list[dict[str, Any]] = []  # what arrived at response_urls
         self.acks: list[Ack] = []
         self.url = ""
@@ -84,6 +89,7 @@ class FakeSlack:
     async def start(self) -> FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # slack_sdk sends users.info and the like as GET
         app.router.add_post("/response/{id}", self._response_url)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
@@ -147,9 +153,13 @@ class FakeSlack:
         if self.rate_limits.get(method, 0) > 0:
             self.rate_limits[method] -= 1
             return self._finish(call, {"ok": False, "error": "ratelimited"}, status=429)
+        if self.server_errors.get(method):
+            return self._finish(call, {"ok": False, "error": "internal_error"}, status=self.server_errors[method].pop(0))
         expected = self.app_token if method == "apps.connections.open" else self.token
         if request.headers.get("Authorization") != f"Bearer {expected}":
             return self._finish(call, {"ok": False, "error": "invalid_auth"})
+        if method.startswith("chat.") and args.get("channel") in self.gone_channels:
+            return self._finish(call, {"ok": False, "error": "channel_not_found"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         body = handler(args) if handler else {"ok": True}
         return self._finish(call, body)
@@ -166,12 +176,27 @@ class FakeSlack:
         return {"ok": True, "url": "https://fake.slack.test/", "team": "Fake", "user": "parley",
                 "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
 
+    def add_user(self, user_id: str, name: str, *, display_name: str = "", real_name: str = "") -> None:
+        """A person in the workspace, as users.info describes them."""
+        self.users[user_id] = {
+            "id": user_id, "team_id": TEAM, "name": name, "deleted": False, "real_name": real_name or name,
+            "is_bot": False, "profile": {"display_name": display_name, "real_name": real_name or name},
+        }
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = self.users.get(args.get("user", ""))
+        return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
 
     def _new_message(self, args: dict[str, Any], text: str, *, streamed: bool = False) -> dict[str, Any]:
         ts = f"{2000000000 + next(self._ts)}.000100"
-        self.messages.append(Posted(args["channel"], ts, args.get("thread_ts") or None, text, streamed=streamed))
+        blocks = args.get("blocks")
+        if isinstance(blocks, str):  # form-encoded arguments carry Block Kit as a JSON string
+            blocks = json.loads(blocks)
+        self.messages.append(Posted(args["channel"], ts, args.get("thread_ts") or None, text, streamed=streamed,
+                                    blocks=blocks))
         return {"ok": True, "channel": args["channel"], "ts": ts}
 
     def _find(self, args: dict[str, Any]) -> Posted | None:
@@ -290,6 +315,32 @@ def message(channel: str, text: str, *, user: str = "UALICE", channel_type: str 
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
+
+
+def reaction_added(channel: str, ts: str, *, reaction: str = "+1", user: str = "UALICE",
+                   item_user: str = BOT_USER) -> dict[str, Any]:
+    """A `reaction_added` event on message `ts` (written by `item_user`)."""
+    event_ts = new_ts()
+    return {"type": "reaction_added", "user": user, "reaction": reaction, "item_user": item_user,
+            "item": {"type": "message", "channel": channel, "ts": ts}, "event_ts": event_ts}
+
+
+def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value: str = "") -> dict[str, Any]:
+    """The `block_actions` payload Slack sends when a person presses a button on `message`
+    (delivered over HTTP as a signed form with one field, `payload`, holding this JSON)."""
+    return {
+        "type": "block_actions", "api_app_id": "A0001", "token": "unused",
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "team": {"id": TEAM, "domain": "fake"},
+        "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
+        "channel": {"id": message.channel, "name": "support"},
+        "message": {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks or [],
+                    "user": BOT_USER, "bot_id": BOT_ID},
+        "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
+        "response_url": "https://hooks.slack.invalid/actions/unused",
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "parley_ticket", "value": value,
+                     "action_ts": str(time.time()), "text": {"type": "plain_text", "text": "Resolve"}}],
+    }
 
 
 def sign(secret: str, timestamp: str, body: str) -> str:

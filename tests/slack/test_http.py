@@ -6,8 +6,20 @@ import asyncio
 import logging
 import time
 
+import aiohttp
+
+from adapters.slack.app import web_client
 from bot import messages
-from tests.slack.conftest import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET
+from bot.config import DialogueSettings, RedisSettings
+from bot.metrics import Metrics
+from tests.slack.conftest import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    DEAD_LLM,
+    SIGNING_SECRET,
+    serving,
+    slack_settings,
+)
 from tests.slack.fake import BOT_ID, BOT_USER, command, event_callback, mention, message, sign, signed_request
 
 CHAT = ("chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream")
@@ -100,6 +112,109 @@ async def test_tokens_never_logged(stack_for, fake_slack, caplog):
     assert "auth.test" in text or "chat.postMessage" in text  # debug logging really was on
     for secret in (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET):
         assert secret not in text
+
+
+def counted(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def file_share(channel):
+    """A DM with only a file: the adapter itself answers it (NO_TEXT), no model involved."""
+    return message(channel, "", channel_type="im", subtype="file_share", files=[{"id": "F1", "name": "a.png"}])
+
+
+async def test_a_429_on_a_post_is_waited_out_counted_and_posted_once(stack_for, fake_slack):
+    fake_slack.rate_limits["chat.postMessage"] = 1
+    async with stack_for() as stack:
+        await stack.deliver(file_share("D0001"))
+        await fake_slack.wait_for(lambda: fake_slack.in_thread("D0001", None))
+        await asyncio.sleep(0.5)
+        assert [m.text for m in fake_slack.in_thread("D0001", None)] == [messages.NO_TEXT]
+        assert [c.status for c in fake_slack.calls_to("chat.postMessage")] == [429, 200]
+        assert counted(stack.runtime.metrics, "parley_platform_rate_limited_total", platform="slack") == 1
+
+
+async def test_a_503_is_retried_but_a_500_on_a_post_is_not_and_both_are_counted(stack_for, fake_slack, caplog):
+    async with stack_for() as stack:
+        fake_slack.server_errors["chat.postMessage"] = [503]
+        await stack.deliver(file_share("D0001"))
+        await fake_slack.wait_for(lambda: fake_slack.in_thread("D0001", None))
+        # A 500 may come after Slack made the message: posting again could show it twice.
+        fake_slack.server_errors["chat.postMessage"] = [500]
+        await stack.deliver(file_share("D0002"))
+        await fake_slack.wait_for(lambda: any("could not post a notice" in r.getMessage() for r in caplog.records))
+        await asyncio.sleep(1.5)  # a retry (backoff about 0.5 s) would have come by now
+        assert [c.status for c in fake_slack.calls_to("chat.postMessage")] == [503, 200, 500]
+        assert fake_slack.in_thread("D0002", None) == []
+        metrics = stack.runtime.metrics
+        assert counted(metrics, "parley_platform_errors_total", platform="slack", status="503") == 1
+        assert counted(metrics, "parley_platform_errors_total", platform="slack", status="500") == 1
+
+
+async def test_a_500_on_an_edit_is_retried_once(fake_slack):
+    metrics = Metrics()
+    client = web_client(slack_settings(fake_slack))
+    client.session = aiohttp.ClientSession(trace_configs=[metrics.platform_trace("slack")])
+    async with client.session:
+        posted = await client.chat_postMessage(channel="C0001", text="draft")
+        fake_slack.server_errors["chat.update"] = [500]
+        await client.chat_update(channel="C0001", ts=posted["ts"], text="final")
+    assert [c.status for c in fake_slack.calls_to("chat.update")] == [500, 200]
+    assert fake_slack.in_thread("C0001", None)[0].text == "final"
+    assert counted(metrics, "parley_platform_errors_total", platform="slack", status="500") == 1
+
+
+async def test_a_channel_that_is_gone_is_not_retried(stack_for, fake_slack, caplog):
+    caplog.set_level(logging.INFO)
+    fake_slack.gone_channels.add("CGONE")
+    async with stack_for() as stack:  # the model is down: the answer is the apology, posted through the sink
+        await stack.deliver(mention("CGONE", "anyone there?"))
+        metrics = stack.runtime.metrics
+        async with asyncio.timeout(60):
+            while counted(metrics, "parley_turns_total", platform="slack", outcome="failed") < 1:
+                await asyncio.sleep(0.05)
+        calls = len(fake_slack.calls_to("chat.postMessage"))
+        await asyncio.sleep(1.5)
+        # The answer's post, and nothing more: no notice into a channel that is gone, no retry.
+        assert calls == len(fake_slack.calls_to("chat.postMessage")) == 1
+        assert all(c.error == "channel_not_found" for c in fake_slack.calls_to("chat.postMessage"))
+        assert counted(metrics, "parley_platform_errors_total", platform="slack", status="500") == 0
+    failed = [r for r in caplog.records if r.name == "bot.dialogue" and r.getMessage().startswith("turn failed:")]
+    assert len(failed) == 1 and "channel_not_found" in failed[0].getMessage()
+
+
+async def test_while_redis_is_down_slack_gets_an_error_status_and_its_redelivery_is_answered(
+    fake_slack, make_settings, redis_to_stop
+):
+    settings = make_settings(
+        llm_url=DEAD_LLM,
+        redis=RedisSettings(_env_file=None, url=redis_to_stop.url, prefix="outage"),
+        dialogue=DialogueSettings(_env_file=None, inbox="redis"),
+        slack=slack_settings(fake_slack),
+    )
+    async with serving(settings, fake_slack) as stack:
+        await asyncio.to_thread(redis_to_stop.stop)
+        body, refused = await stack.deliver(message("D0001", "asked while Redis is down", channel_type="im"))
+        assert refused.status == 500, "not acknowledged: Slack will deliver it again"
+        # Slack never redelivers a slash command: it is refused with words instead.
+        slash = await signed_request(stack.session, stack.events_url, command("help", response_url=fake_slack.response_url()),
+                                     secret=SIGNING_SECRET, form=True)
+        assert slash.status == 200 and messages.BUSY in slash.text
+        await asyncio.sleep(1.0)
+        assert fake_slack.in_thread("D0001", None) == []
+
+        await asyncio.to_thread(redis_to_stop.start)  # same port, but empty: the inbox rebuilds its group
+        async with asyncio.timeout(30):  # Slack's redeliveries (the first may meet a connection Redis dropped)
+            for attempt in range(1, 100):
+                again = await stack.send(body, retry_num=attempt)
+                if again.status == 200:
+                    break
+                await asyncio.sleep(0.5)
+        assert again.status == 200
+        await fake_slack.wait_for(lambda: fake_slack.in_thread("D0001", None))
+        await asyncio.sleep(1.0)  # a second answer would be on its way by now
+        [answer] = fake_slack.in_thread("D0001", None)
+    assert "language model" in answer.text  # the model is down: the answer is the apology
 
 
 async def _key(stack, channel):

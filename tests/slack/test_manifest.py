@@ -13,8 +13,10 @@ EVENT_SCOPES = {
     "message.channels": "channels:history",  # thread follow-ups in public channels
     "message.groups": "groups:history",  # ... and in private channels
     "message.im": "im:history",  # DMs
+    "reaction_added": "reactions:read",  # 👍/👎 on answers
 }
-CALL_SCOPES = {"chat:write", "commands"}  # chat.postMessage/update/*Stream; /parley
+# chat.postMessage/update/*Stream; /parley; users.info (the names of people answering handed-off customers)
+CALL_SCOPES = {"chat:write", "commands", "users:read"}
 
 
 def test_manifest_asks_for_exactly_what_parley_uses():
@@ -30,3 +32,5 @@ def test_manifest_asks_for_exactly_what_parley_uses():
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True  # so people can DM it
     assert manifest["features"]["bot_user"]["display_name"]
     assert manifest["_metadata"]["major_version"] == 1
+    # The Resolve button on handoff tickets; in Socket Mode its presses come over the socket (no URL).
+    assert manifest["settings"]["interactivity"] == {"is_enabled": True}

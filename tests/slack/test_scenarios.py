@@ -107,6 +107,8 @@ async def test_429_on_update_and_on_post_still_one_complete_answer(stack_for, fa
         # and retried (test_sink covers 429s on edits with a stream that always needs edits).
         updates = [c.status for c in fake_slack.calls_to("chat.update")]
         assert updates in ([], [429, 200]) or (updates[:2] == [429, 200] and set(updates[2:]) <= {200})
+        limited = stack.runtime.metrics.registry.get_sample_value("parley_platform_rate_limited_total", {"platform": "slack"})
+        assert limited == 1 + updates.count(429)  # every 429 the adapter met, counted
 
 
 async def test_every_ack_arrives_before_the_slow_web_api_call_completes(stack_for, fake_slack, engine):
@@ -127,7 +129,8 @@ async def test_every_ack_arrives_before_the_slow_web_api_call_completes(stack_fo
 
 async def test_busy_inbox_tells_the_user(stack_for, fake_slack, engine):
     fake_slack.latency["chat.postMessage"] = 2.0  # keeps the first turn in flight
-    dialogue = DialogueSettings(_env_file=None, max_in_flight=1, inbox_size=1)
+    # One stream shard, so the bound holds for all five conversations together.
+    dialogue = DialogueSettings(_env_file=None, max_in_flight=1, inbox_size=1, stream_shards=1)
     async with stack_for(engine, dialogue=dialogue) as stack:
         events = [message(f"D000{i}", f"message {i}", channel_type="im") for i in range(1, 6)]
         for event in events:

@@ -4,8 +4,8 @@ import pytest
 
 from bot.config import RedisSettings
 from bot.dedupe import MemoryDeduper, RedisDeduper
-from bot.dialogue import KeyedLocks
-from bot.errors import InboxClosed, InboxFull
+from bot.dialogue import KeyedLocks, _Ahead
+from bot.errors import EngineUnavailable, InboxClosed, InboxFull
 from bot.inbox import MemoryInbox
 from bot.turns import ConversationKey, Turn
 
@@ -36,8 +36,8 @@ async def test_inbox_is_bounded_and_drains_after_close():
     with pytest.raises(InboxFull):
         await inbox.put(turn("3"))
     await inbox.close()
-    assert (await inbox.get()).event_id == "1"
-    assert (await inbox.get()).event_id == "2"
+    assert (await inbox.get()).turn.event_id == "1"
+    assert (await inbox.get()).turn.event_id == "2"
     with pytest.raises(InboxClosed):
         await inbox.get()
 
@@ -71,3 +71,37 @@ def test_output_hold_back_is_linear_and_holds_only_personal_data_in_progress():
     # This once sent a backtracking regex into exponential time (seconds per token).
     text = "a1" * 5000 + "!"
     assert _boundary(text) == len(text)
+
+
+async def test_a_stream_run_ahead_keeps_its_order_and_errors_and_can_be_dropped():
+    closed = asyncio.Event()
+
+    async def deltas(fail: bool = False):
+        try:
+            for piece in ("a", "b", "c"):
+                yield piece
+                await asyncio.sleep(0)
+            if fail:
+                raise EngineUnavailable("gone", url="http://engine")
+            await asyncio.sleep(3600)  # a long answer still being generated
+        finally:
+            closed.set()
+
+    ahead = _Ahead(deltas())
+    got = []
+    async for piece in ahead.deltas():
+        got.append(piece)
+        if len(got) == 3:
+            break
+    assert got == ["a", "b", "c"]
+    await asyncio.wait_for(closed.wait(), 5)  # the reader stopped: the generator was closed too
+
+    closed.clear()
+    with pytest.raises(EngineUnavailable):
+        [piece async for piece in _Ahead(deltas(fail=True)).deltas()]
+
+    closed.clear()
+    dropped = _Ahead(deltas())
+    await asyncio.sleep(0.01)
+    await dropped.drop()  # routed elsewhere: never read
+    assert closed.is_set()

@@ -1,0 +1,62 @@
+"""Answers back to the browser: streamed pieces, then the whole answer, to every tab of the visitor.
+
+A WebSocket frame costs little, but a frame per token still means hundreds of frames
+and DOM updates an answer; pieces are coalesced to at most one `delta` frame per
+`interval` (the text that arrives meanwhile goes into the next one, sent with the next
+piece of the stream or at its end, so deltas always add up to the answer). Each delta says
+where it starts (`at`), so a tab that opened mid-answer knows it missed the beginning
+and waits for `done`, which always carries the whole answer. Nobody listening is not
+an error: the dialogue manager saves the answer, and the next visit shows it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterable
+from typing import Any
+
+from adapters.web import normalize
+from adapters.web.fanout import Fanout
+from bot.logs import turn_fields
+from bot.turns import Turn
+
+log = logging.getLogger(__name__)
+
+DELTA_INTERVAL = 0.05  # seconds: at most 20 delta frames a second per answer
+
+
+class WebSink:
+    """`ReplySink` for one turn: frames go to every socket of the turn's visitor (its channel)."""
+
+    def __init__(self, fanout: Fanout, turn: Turn, *, interval: float = DELTA_INTERVAL) -> None:
+        self._fanout = fanout
+        self._turn = turn
+        self._interval = interval
+        self._sent = itertools.count(1)
+
+    async def _publish(self, frame: dict[str, Any]) -> None:
+        if not await self._fanout.publish(self._turn.channel, normalize.encode(frame)):
+            log.debug("web: no tab open for %s; the saved context will show it", frame["type"], extra=turn_fields(self._turn))
+
+    async def send(self, text: str) -> None:
+        """A complete message: a notice, an error, or a human agent's reply relayed to the visitor."""
+        id_ = f"{self._turn.event_id}:m{next(self._sent)}"
+        await self._publish(normalize.message(id_, text, reply_to=self._turn.event_id))
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        answer = self._turn.event_id
+        text = ""
+        sent = 0
+        last = float("-inf")
+        async for chunk in chunks:
+            text += chunk
+            now = time.monotonic()
+            if now - last >= self._interval and len(text) > sent:
+                await self._publish(normalize.delta(answer, sent, text[sent:]))
+                sent, last = len(text), now
+        if len(text) > sent:  # the pieces always add up to the answer
+            await self._publish(normalize.delta(answer, sent, text[sent:]))
+        await self._publish(normalize.done(answer, text))
+        return text

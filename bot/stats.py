@@ -1,0 +1,329 @@
+"""What `parley report` reads: per tenant and UTC day, answers, handoffs, conversations that
+needed no person, and 👍/👎 — plus the votes themselves and the index from a platform's
+message id back to the answer it shows.
+
+Layout in Redis (every key starts with the configured prefix):
+
+    {prefix}:stats:tenants                         set of tenants that have counters
+    {prefix}:stats:{tenant}:{day}                  hash: answers, handoffs, resolved, up, down
+    {prefix}:stats:{tenant}:{day}:conversations    HyperLogLog of conversations with an answer or a handoff
+    {prefix}:stats:{tenant}:{day}:handed           HyperLogLog of conversations handed to a person
+    {prefix}:answers:{conversation}                hash: answered turn's event id -> day (which answers exist)
+    {prefix}:votes:{conversation}                  hash: "{answer}:{user}" -> JSON vote (the vote with its answer)
+    {prefix}:answer:{platform}:{tenant}:{message}  JSON [platform, tenant, channel, thread, event id]
+
+Counters are a hash per tenant and day (HINCRBY: one round trip, bounded by days, not
+by traffic). Conversations are counted with HyperLogLogs: a set per day would grow with
+every conversation for the whole year the counters are kept, a HyperLogLog stays at
+12 kB at most and is exact for small counts (standard error 0.81 % for large ones).
+Per-conversation keys carry the conversation's hash tag and expire with its context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.errors import StoreUnavailable
+from bot.turns import ConversationKey, Turn
+
+log = logging.getLogger(__name__)
+
+STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
+VOTES = ("up", "down")
+COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
+
+
+def day_of(at: float | None = None) -> str:
+    """The UTC day (YYYY-MM-DD) a moment falls on: the report's unit."""
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).date().isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class DayStats:
+    """One tenant's figures for one UTC day. `handed_conversations` were handed to a person
+    at least once; the rest of `conversations` were served by the bot alone."""
+
+    tenant: str
+    day: str
+    answers: int = 0
+    handoffs: int = 0
+    resolved: int = 0  # handed back to the bot by a person
+    up: int = 0
+    down: int = 0
+    conversations: int = 0
+    handed_conversations: int = 0
+
+    @property
+    def without_human(self) -> int:
+        return max(self.conversations - self.handed_conversations, 0)
+
+    @property
+    def without_human_share(self) -> float | None:
+        return self.without_human / self.conversations if self.conversations else None
+
+    def to_dict(self) -> dict[str, object]:
+        share = self.without_human_share
+        return {
+            "tenant": self.tenant, "day": self.day, "answers": self.answers, "handoffs": self.handoffs,
+            "resolved_by_person": self.resolved, "conversations": self.conversations,
+            "without_human": self.without_human,
+            "without_human_percent": round(share * 100, 1) if share is not None else None,
+            "up": self.up, "down": self.down,
+        }
+
+
+class Stats(Protocol):
+    async def answered(self, turn: Turn) -> None:
+        """An answer was delivered: count it, and remember it so that a vote on it is accepted."""
+        ...
+
+    async def handed_off(self, turn: Turn) -> None: ...
+
+    async def resolved(self, turn: Turn) -> None: ...
+
+    async def vote(self, turn: Turn, answer: str, vote: str) -> str:
+        """Store `turn.user`'s vote on `answer` (an answered turn's event id). Returns "new",
+        "changed", "same" (nothing to do) or "unknown" (no such answer in this conversation)."""
+        ...
+
+    async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
+        """The last `days` UTC days up to `today`, for `tenant` or every tenant, oldest first."""
+        ...
+
+
+def _day_range(days: int, today: date | None) -> list[str]:
+    end = today or datetime.now(UTC).date()
+    return [(end - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+
+
+class RedisStats:
+    def __init__(self, redis: Redis, *, prefix: str, conversation_ttl: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl = conversation_ttl
+
+    def _day(self, tenant: str, day: str) -> str:
+        return f"{self._prefix}:stats:{tenant}:{day}"
+
+    async def _count(self, turn: Turn, counter: str, *, handed: bool = False) -> None:
+        day = self._day(turn.tenant, day_of())
+        conversation = str(turn.key)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant)
+                pipe.hincrby(day, counter, 1).expire(day, STATS_TTL)
+                pipe.pfadd(f"{day}:conversations", conversation).expire(f"{day}:conversations", STATS_TTL)
+                if handed:
+                    pipe.pfadd(f"{day}:handed", conversation).expire(f"{day}:handed", STATS_TTL)
+                if counter == "answers":
+                    answers = f"{self._prefix}:answers:{turn.key.hash_tag}"
+                    pipe.hset(answers, turn.event_id, day_of()).expire(answers, self._ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"stats update failed: {exc}") from exc
+
+    async def answered(self, turn: Turn) -> None:
+        await self._count(turn, "answers")
+
+    async def handed_off(self, turn: Turn) -> None:
+        await self._count(turn, "handoffs", handed=True)
+
+    async def resolved(self, turn: Turn) -> None:
+        day = self._day(turn.tenant, day_of())
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant).hincrby(day, "resolved", 1).expire(
+                    day, STATS_TTL
+                ).execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"stats update failed: {exc}") from exc
+
+    async def vote(self, turn: Turn, answer: str, vote: str) -> str:
+        answers = f"{self._prefix}:answers:{turn.key.hash_tag}"
+        votes = f"{self._prefix}:votes:{turn.key.hash_tag}"
+        field_ = f"{answer}:{turn.user}"
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                known, before = await pipe.hexists(answers, answer).hget(votes, field_).execute()
+            if not known:
+                return "unknown"
+            previous = json.loads(before) if before else None
+            if previous is not None and previous["vote"] == vote:
+                return "same"
+            today = day_of()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant)
+                pipe.hset(votes, field_, json.dumps({"vote": vote, "user": turn.user, "answer": answer, "day": today,
+                                                    "conversation": str(turn.key)}))
+                pipe.expire(votes, self._ttl)
+                pipe.hincrby(self._day(turn.tenant, today), vote, 1).expire(self._day(turn.tenant, today), STATS_TTL)
+                if previous is not None:  # a changed vote moves, it does not count twice
+                    pipe.hincrby(self._day(turn.tenant, previous["day"]), previous["vote"], -1)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"storing a vote failed: {exc}") from exc
+        return "new" if previous is None else "changed"
+
+    async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
+        try:
+            if tenant is not None:
+                tenants = [tenant]
+            else:
+                tenants = sorted(t.decode() for t in await self._redis.smembers(f"{self._prefix}:stats:tenants"))
+            keys = [(t, d) for t in tenants for d in _day_range(days, today)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for t, d in keys:
+                    key = self._day(t, d)
+                    pipe.hgetall(key).pfcount(f"{key}:conversations").pfcount(f"{key}:handed")
+                raw = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"reading stats failed: {exc}") from exc
+        out = []
+        for i, (t, d) in enumerate(keys):
+            counters, conversations, handed = raw[3 * i : 3 * i + 3]
+            values = {k.decode(): int(v) for k, v in counters.items()}
+            if values or conversations:
+                out.append(DayStats(t, d, **{c: values.get(c, 0) for c in COUNTERS},
+                                    conversations=conversations, handed_conversations=handed))
+        return out
+
+
+@dataclass
+class _Day:
+    counters: dict[str, int] = field(default_factory=dict)
+    conversations: set[str] = field(default_factory=set)
+    handed: set[str] = field(default_factory=set)
+
+
+class MemoryStats:
+    """The same in process memory, for `parley chat` without Redis (nothing to report afterwards,
+    but votes and counts behave the same while it runs). Bounded: answers per conversation
+    and conversations per day are capped."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._days: dict[tuple[str, str], _Day] = {}
+        self._answers: OrderedDict[tuple[ConversationKey, str], str] = OrderedDict()
+        self._votes: dict[tuple[ConversationKey, str, str], tuple[str, str]] = {}
+
+    def _count(self, turn: Turn, counter: str, *, handed: bool = False) -> None:
+        day = self._days.setdefault((turn.tenant, day_of()), _Day())
+        day.counters[counter] = day.counters.get(counter, 0) + 1
+        if len(day.conversations) < self.MAX:
+            day.conversations.add(str(turn.key))
+            if handed:
+                day.handed.add(str(turn.key))
+
+    async def answered(self, turn: Turn) -> None:
+        self._count(turn, "answers")
+        self._answers[(turn.key, turn.event_id)] = day_of()
+        while len(self._answers) > self.MAX:
+            self._answers.popitem(last=False)
+
+    async def handed_off(self, turn: Turn) -> None:
+        self._count(turn, "handoffs", handed=True)
+
+    async def resolved(self, turn: Turn) -> None:
+        day = self._days.setdefault((turn.tenant, day_of()), _Day())
+        day.counters["resolved"] = day.counters.get("resolved", 0) + 1
+
+    async def vote(self, turn: Turn, answer: str, vote: str) -> str:
+        if (turn.key, answer) not in self._answers:
+            return "unknown"
+        previous = self._votes.get((turn.key, answer, turn.user))
+        if previous is not None and previous[0] == vote:
+            return "same"
+        today = day_of()
+        self._votes[(turn.key, answer, turn.user)] = (vote, today)
+        day = self._days.setdefault((turn.tenant, today), _Day())
+        day.counters[vote] = day.counters.get(vote, 0) + 1
+        if previous is not None:
+            old = self._days[(turn.tenant, previous[1])]
+            old.counters[previous[0]] -= 1
+        return "new" if previous is None else "changed"
+
+    async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
+        wanted = _day_range(days, today)
+        tenants = sorted({t for t, _ in self._days} if tenant is None else {tenant})
+        out = []
+        for t in tenants:
+            for d in wanted:
+                if (found := self._days.get((t, d))) is not None:
+                    out.append(DayStats(t, d, **{c: found.counters.get(c, 0) for c in COUNTERS},
+                                        conversations=len(found.conversations), handed_conversations=len(found.handed)))
+        return out
+
+
+# -- from a platform message back to the answer it shows --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredIn:
+    """Which conversation a message of Parley's belongs to, and the turn it answered."""
+
+    key: ConversationKey
+    event_id: str
+
+
+class AnswerIndex(Protocol):
+    """Reactions name a platform message (a Slack ts, a Discord message id); votes are kept per
+    answered turn. Sinks remember each message they post, reaction handlers look it up."""
+
+    async def remember(self, message: str, turn: Turn) -> None:
+        """`message` (unique within the turn's platform and tenant) shows the answer to `turn`.
+        Never raises: a lost entry only means a later reaction on it is ignored."""
+        ...
+
+    async def find(self, platform: str, tenant: str, message: str) -> AnsweredIn | None: ...
+
+
+class RedisAnswerIndex:
+    def __init__(self, redis: Redis, *, prefix: str, ttl: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl = ttl
+
+    def _key(self, platform: str, tenant: str, message: str) -> str:
+        return f"{self._prefix}:answer:{platform}:{tenant}:{message}"
+
+    async def remember(self, message: str, turn: Turn) -> None:
+        key = turn.key
+        value = json.dumps([key.platform, key.tenant, key.channel, key.thread, turn.event_id])
+        try:
+            await self._redis.set(self._key(turn.platform, turn.tenant, message), value, ex=self._ttl)
+        except RedisError as exc:
+            log.warning("could not remember answer message %s (a reaction on it will be ignored): %s", message, exc)
+
+    async def find(self, platform: str, tenant: str, message: str) -> AnsweredIn | None:
+        try:
+            raw = await self._redis.get(self._key(platform, tenant, message))
+        except RedisError as exc:
+            raise StoreUnavailable(f"answer look-up failed: {exc}") from exc
+        if raw is None:
+            return None
+        p, t, c, th, event_id = json.loads(raw)
+        return AnsweredIn(ConversationKey(p, t, c, th), event_id)
+
+
+class MemoryAnswerIndex:
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self._map: OrderedDict[tuple[str, str, str], AnsweredIn] = OrderedDict()
+        self._max = max_entries
+
+    async def remember(self, message: str, turn: Turn) -> None:
+        self._map[(turn.platform, turn.tenant, message)] = AnsweredIn(turn.key, turn.event_id)
+        while len(self._map) > self._max:
+            self._map.popitem(last=False)
+
+    async def find(self, platform: str, tenant: str, message: str) -> AnsweredIn | None:
+        return self._map.get((platform, tenant, message))

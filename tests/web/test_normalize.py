@@ -1,0 +1,165 @@
+"""The web chat's wire format: every malformed frame is a `BadFrame` with a code, never a crash;
+good frames become the turns the dialogue manager expects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters.web import normalize
+from adapters.web.normalize import BadFrame, Hello, Say, Vote
+from adapters.web.tokens import new_visitor
+from bot import messages
+from bot.context import Message
+from bot.errors import InputRejected
+
+
+def code_of(raw: str) -> str:
+    with pytest.raises(BadFrame) as caught:
+        normalize.parse_frame(raw)
+    return caught.value.code
+
+
+@pytest.mark.parametrize("raw, code", [
+    ("", "not_json"),
+    ("hello", "not_json"),
+    ("{'type': 'hello'}", "not_json"),
+    ('{"type": "message", "id": "abcdefgh", "text": "hi"', "not_json"),
+    ("[" * 200_000 + "]" * 200_000, "not_json"),  # deeper than the parser goes
+    ('"message"', "not_object"),
+    ("[]", "not_object"),
+    ("null", "not_object"),
+    ("42", "not_object"),
+    ("{}", "unknown_type"),
+    ('{"type": 7}', "unknown_type"),
+    ('{"type": ["message"]}', "unknown_type"),
+    ('{"type": "subscribe", "channel": "all"}', "unknown_type"),
+    ('{"type": "hello", "token": 12}', "bad_field"),
+    ('{"type": "hello", "token": {"visitor": "x"}}', "bad_field"),
+    ('{"type": "message", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": 12345678, "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "short", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "has spaces in it", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "abcdefgh\\n", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "' + "a" * 65 + '", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "../../etc", "text": "hi"}', "bad_field"),
+    ('{"type": "message", "id": "abcdefgh"}', "bad_field"),
+    ('{"type": "message", "id": "abcdefgh", "text": null}', "bad_field"),
+    ('{"type": "message", "id": "abcdefgh", "text": ["hi"]}', "bad_field"),
+    ('{"type": "feedback", "answer": "abc", "vote": "up"}', "bad_field"),
+    ('{"type": "feedback", "vote": "up"}', "bad_field"),
+])
+def test_malformed_frames(raw, code):
+    assert code_of(raw) == code
+
+
+def test_feedback_needs_a_real_vote():
+    answer = f"{new_visitor()}:abcdefgh"
+    for vote in ("sideways", "", None, 1, "UP"):
+        assert code_of(json.dumps({"type": "feedback", "answer": answer, "vote": vote})) == "bad_field"
+    assert normalize.parse_frame(json.dumps({"type": "feedback", "answer": answer, "vote": "down"})) == Vote(answer, "down")
+
+
+def test_good_frames_and_unknown_fields_ignored():
+    assert normalize.parse_frame('{"type": "hello", "token": null}') == Hello(None)
+    assert normalize.parse_frame('{"type": "hello"}') == Hello(None)
+    assert normalize.parse_frame('{"type": "hello", "token": ""}') == Hello(None)
+    assert normalize.parse_frame('{"type": "hello", "token": "v1.x", "lang": "de"}') == Hello("v1.x")
+    frame = {"type": "message", "id": "0f9a1c2b3d4e5f60", "text": "Hallo \u00e9\u00e8 \U0001f44d", "extra": 1}
+    assert normalize.parse_frame(json.dumps(frame)) == Say("0f9a1c2b3d4e5f60", frame["text"])
+
+
+def test_the_message_id_survives_a_bad_text_so_the_widget_can_mark_that_message():
+    with pytest.raises(BadFrame) as caught:
+        normalize.parse_frame('{"type": "message", "id": "abcdefgh", "text": 5}')
+    assert caught.value.id == "abcdefgh"
+
+
+def test_text_checks_use_the_users_words_from_messages():
+    normalize.check_text(Say("abcdefgh", "x" * 10), 10)
+    with pytest.raises(InputRejected) as too_long:
+        normalize.check_text(Say("abcdefgh", "x" * 11), 10)
+    assert (too_long.value.reason, too_long.value.length, too_long.value.limit) == ("too_long", 11, 10)
+    assert "11 characters" in messages.for_user(too_long.value) and "10" in messages.for_user(too_long.value)
+    for blank in ("", "   ", "\n\t"):
+        with pytest.raises(InputRejected) as empty:
+            normalize.check_text(Say("abcdefgh", blank), 10)
+        assert empty.value.reason == "empty"
+
+
+def test_a_message_becomes_a_web_turn_whose_event_id_is_scoped_to_the_visitor():
+    visitor = new_visitor()
+    turn = normalize.to_turn(Say("abcdefgh", "where is my order?"), visitor=visitor, site="shop")
+    assert (turn.platform, turn.tenant, turn.channel, turn.user, turn.thread) == ("web", "shop", visitor, visitor, "")
+    assert turn.text == "where is my order?" and turn.command is None
+    assert turn.event_id == f"{visitor}:abcdefgh"
+    other = normalize.to_turn(Say("abcdefgh", "same id, other visitor"), visitor=new_visitor(), site="shop")
+    assert other.event_id != turn.event_id
+
+
+def test_feedback_becomes_a_feedback_turn_about_one_of_the_visitors_own_answers():
+    visitor = new_visitor()
+    answer = f"{visitor}:abcdefgh"
+    turn = normalize.feedback_turn(Vote(answer, "up", "click-0001"), visitor=visitor, site="shop")
+    assert (turn.command, turn.text, turn.reply_to, turn.channel, turn.tenant) == ("feedback", "up", answer, visitor, "shop")
+    resent = normalize.feedback_turn(Vote(answer, "up", "click-0001"), visitor=visitor, site="shop")
+    again = normalize.feedback_turn(Vote(answer, "up", "click-0002"), visitor=visitor, site="shop")
+    assert resent.event_id == turn.event_id != again.event_id  # a resend is one event, a new click another
+    assert turn.event_id not in (answer, normalize.feedback_turn(Vote(answer, "up"), visitor=visitor, site="shop").event_id)
+    with pytest.raises(BadFrame):
+        normalize.feedback_turn(Vote(f"{new_visitor()}:abcdefgh", "up"), visitor=visitor, site="shop")
+
+
+def test_feedback_frame_with_and_without_a_click_id():
+    answer = f"{new_visitor()}:abcdefgh"
+    frame = {"type": "feedback", "answer": answer, "vote": "up"}
+    assert normalize.parse_frame(json.dumps(frame)) == Vote(answer, "up", None)
+    assert normalize.parse_frame(json.dumps({**frame, "id": "click-0001"})) == Vote(answer, "up", "click-0001")
+    for bad in (5, "short", "has space!"):
+        assert code_of(json.dumps({**frame, "id": bad})) == "bad_field"
+
+
+def test_frames_out_are_valid_json_even_for_text_that_is_not_valid_unicode():
+    frame = normalize.encode(normalize.done("v:abcdefgh", "bad \udcff byte, \u00e9"))
+    assert frame.isascii()
+    assert json.loads(frame) == {"type": "done", "id": "v:abcdefgh", "text": "bad \udcff byte, \u00e9"}
+    hist = normalize.welcome("tok", resumed=True, messages=[Message("user", "q", 1), Message("assistant", "a", 1)])
+    assert hist["history"] == [{"role": "user", "text": "q"}, {"role": "assistant", "text": "a"}]
+    err = normalize.error("rate_limited", "wait", id="abcdefgh", retry_after=12.345)
+    assert err == {"type": "error", "code": "rate_limited", "text": "wait", "id": "abcdefgh", "retry_after": 12.3}
+
+
+@pytest.mark.parametrize("origin, host, allowed, ok", [
+    (None, "parley.example", [], True),  # not a browser
+    ("https://parley.example", "parley.example", [], True),  # same origin (TLS ends at the proxy)
+    ("http://127.0.0.1:8080", "127.0.0.1:8080", [], True),
+    ("http://127.0.0.1:8081", "127.0.0.1:8080", [], False),  # another port is another origin
+    ("https://evil.example", "parley.example", [], False),
+    ("https://parley.example.evil.example", "parley.example", [], False),
+    ("https://shop.example", "parley.example", ["https://shop.example"], True),
+    ("https://Shop.Example", "parley.example", ["https://shop.example/"], True),
+    ("http://shop.example", "parley.example", ["https://shop.example"], False),  # scheme counts when listed
+    ("https://shop.example:8443", "parley.example", ["https://shop.example"], False),
+    ("null", "parley.example", [], False),  # sandboxed frames and file:// pages
+    ("file://", "parley.example", [], False),
+    ("", "parley.example", [], False),
+])
+def test_origin_allowed(origin, host, allowed, ok):
+    assert normalize.origin_allowed(origin, host, allowed) is ok
+
+
+@pytest.mark.parametrize("peer, forwarded, hops, address", [
+    ("203.0.113.7", None, 0, "203.0.113.7"),
+    ("203.0.113.7", "198.51.100.1", 0, "203.0.113.7"),  # not behind a proxy: the header is the client's lie
+    ("10.0.0.2", "198.51.100.1", 1, "198.51.100.1"),
+    ("10.0.0.2", "1.1.1.1, 198.51.100.1", 1, "198.51.100.1"),  # the client prepended a fake entry
+    ("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.9", 2, "198.51.100.1"),
+    ("10.0.0.2", None, 1, "10.0.0.2"),  # reached directly, bypassing the proxy
+    ("2001:db8:1:2:aaaa::1", None, 0, "2001:db8:1:2::/64"),
+    ("10.0.0.2", "2001:db8:1:2:bbbb::9", 1, "2001:db8:1:2::/64"),
+    (None, None, 0, "unknown"),
+    ("10.0.0.2", "not-an-ip", 1, "not-an-ip"),
+])
+def test_client_address(peer, forwarded, hops, address):
+    assert normalize.client_address(peer, forwarded, hops) == address
