@@ -307,9 +307,10 @@ class RedisInbox:
                 GROUP, self.consumer, {stream: ">" for stream in self._streams}, count=1, block=READ_BLOCK_MS
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self._create_groups()  # a Redis that lost its data (restarted without persistence)
+            if "NOGROUP" in str(exc):
+                await self._create_groups()  # a Redis that lost its data (restarted without persistence)
+            else:
+                await self._outage(exc)  # e.g. READONLY from a replica during a failover
             return
         except (RedisError, OSError) as exc:
             await self._outage(exc)
@@ -422,8 +423,9 @@ class RedisInbox:
             try:
                 await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+                if "BUSYGROUP" not in str(exc):  # BUSYGROUP: it exists already, as it should
+                    await self._outage(exc)
+                    return
             except (RedisError, OSError) as exc:
                 await self._outage(exc)
                 return

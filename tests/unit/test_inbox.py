@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
 import uuid
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot.config import DialogueSettings
+from bot.engine import free_port
 from bot.errors import InboxClosed, InboxFull, InboxUnavailable
 from bot.inbox import GROUP, RedisInbox
 from bot.turns import Turn
@@ -160,8 +164,6 @@ async def test_close_hands_unstarted_turns_to_the_other_workers(redis, prefix):
 async def test_an_unreachable_redis_is_a_typed_error_not_a_crash(tmp_path):
     server = RedisServer(tmp_path)
     server.start()
-    from redis.asyncio import Redis
-
     client = Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
     try:
         box = inbox(client, "down", "a")
@@ -213,3 +215,35 @@ async def test_a_worker_reads_only_the_platforms_it_answers_for(redis, prefix):
         await web_only.done(got)
     finally:
         await stop(*upkeep)
+
+
+async def test_a_read_only_replica_is_an_outage_not_a_crash(tmp_path, redis_server, prefix):
+    """During a Sentinel failover a worker can talk to a node that is a replica for a while:
+    every write answers READONLY. Workers wait it out; intake gets the typed error."""
+    port = free_port()
+    replica = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--replicaof", "127.0.0.1", str(redis_server.port),
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    client = Redis(port=port, socket_timeout=2)
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    if await client.ping():
+                        break
+                except RedisError:
+                    await asyncio.sleep(0.05)
+        box = inbox(client, prefix, "a")
+        upkeep = asyncio.create_task(box.maintain())
+        reading = asyncio.create_task(box.get())
+        await asyncio.sleep(1.5)
+        assert not upkeep.done() and not reading.done(), "a READONLY answer must not end the worker"
+        with pytest.raises(InboxUnavailable):
+            await box.put(turn("e1"))
+        await stop(upkeep, reading)
+    finally:
+        await client.aclose()
+        replica.terminate()
+        replica.wait(10)
