@@ -41,6 +41,11 @@ class Message:
     tokens: int
 
 
+def estimate_tokens(text: str) -> int:
+    """~4 characters a token for English text: for when the engine's count is not at hand."""
+    return len(text) // 4 + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """A conversation's history, oldest first, and the summary of what was folded away."""

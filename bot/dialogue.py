@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.config import Settings
-from bot.context import Context, ContextStore, Message
+from bot.context import Context, ContextStore, Message, estimate_tokens
 from bot.dedupe import Deduper
 from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError, PlatformError, StoreUnavailable
 from bot.handlers import Handler, Request
@@ -106,9 +106,6 @@ SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failed sa
 DEFER_PAUSE = (0.2, 5.0)  # first and longest pause before a deferred turn is tried again
 MAX_TRACKED_TENANTS = 10_000  # tenants whose share of chat-like turns steers speculation
 
-
-def _estimate(text: str) -> int:
-    return len(text) // 4 + 1  # ~4 characters a token for English text
 
 
 @dataclass(slots=True)
@@ -497,7 +494,7 @@ class DialogueManager:
         round trip on every turn's critical path (it runs beside generation instead)."""
         if count.done() and not count.cancelled():
             return count.result()
-        return _estimate(text)
+        return estimate_tokens(text)
 
     async def _save(self, turn: Turn, context: Context, new: list[Message]) -> None:
         """Save the turn, riding out a short Redis outage: the answer has been shown, and a
@@ -515,7 +512,7 @@ class DialogueManager:
         try:
             return await self._llm.count_tokens(text)
         except LLMError:
-            return _estimate(text)  # the engine is down; the turn is failing anyway
+            return estimate_tokens(text)  # the engine is down; the turn is failing anyway
 
     async def _fail(self, turn: Turn, sink: ReplySink, exc: BaseException, started: float, *, expected: bool) -> Reply:
         if expected:

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from bot import messages
 from bot.config import HandoffSettings
-from bot.context import Context, Message
+from bot.context import Context, Message, estimate_tokens
 from bot.errors import PlatformError, StoreUnavailable
 from bot.logs import turn_fields
 from bot.moderation import HOSTILE, Verdict, redact_pii
@@ -65,10 +65,6 @@ DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK)
 # handles (a Discord interaction token lives 15 minutes, a Slack response_url answers once).
 _ONE_OFF_META = ("interaction_token", "application_id", "original", "response_url", "open_thread", "target_language")
 ANGER_REASONS = frozenset(("profanity", *HOSTILE))  # refusals an angry user may get past, to a person
-
-
-def _estimate(text: str) -> int:
-    return len(text) // 4 + 1  # the count only steers compaction (as in bot.dialogue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +333,13 @@ class Handoffs:
     ) -> Step:
         """Open a ticket and tell the user. `user_text` is the turn's (moderated) message when it
         is not in the context yet; None when the turn's own message was already saved."""
-        asked = (Message("user", user_text, _estimate(user_text)),) if user_text is not None else ()
+        asked = (Message("user", user_text, estimate_tokens(user_text)),) if user_text is not None else ()
         desk = self.desk()
         if desk is None:
             log.info("handoff (%s) asked, but no desk is configured: the bot keeps answering", reason,
                      extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT)
-            return Step(Outcome.ANSWERED, messages.NO_AGENT, (*asked, Message("assistant", messages.NO_AGENT, _estimate(messages.NO_AGENT))))
+            return Step(Outcome.ANSWERED, messages.NO_AGENT, (*asked, Message("assistant", messages.NO_AGENT, estimate_tokens(messages.NO_AGENT))))
         meta = {k: v for k, v in turn.meta.items() if k not in _ONE_OFF_META}
         ticket = Ticket(turn.key, desk.name, "", turn.user, reason, meta=meta, reply_to=turn.reply_to)
         try:
@@ -352,7 +348,7 @@ class Handoffs:
             log.error("could not open a ticket at desk %s: %r", desk.name, exc, extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT_NOW)
             return Step(Outcome.FAILED, messages.NO_AGENT_NOW,
-                        (*asked, Message("assistant", messages.NO_AGENT_NOW, _estimate(messages.NO_AGENT_NOW))),
+                        (*asked, Message("assistant", messages.NO_AGENT_NOW, estimate_tokens(messages.NO_AGENT_NOW))),
                         error=f"desk: {type(exc).__name__}")
         ticket = replace(ticket, thread=thread)
         # Stored before anything else is posted, so the people's first reply already finds its way.
@@ -368,7 +364,7 @@ class Handoffs:
         except PlatformError as exc:  # handed off all the same: the people will reply
             log.warning("could not tell the user about the handoff: %s", exc, extra=turn_fields(turn))
         await self._count(self.stats.handed_off(turn), turn)
-        return Step(Outcome.HANDED_OFF, notice, (*asked, Message("assistant", notice, _estimate(notice))))
+        return Step(Outcome.HANDED_OFF, notice, (*asked, Message("assistant", notice, estimate_tokens(notice))))
 
     def _transcript(self, context: Context, user_text: str | None, tenant: TenantConfig) -> str:
         speakers = {"user": messages.CUSTOMER, "assistant": messages.BOT_NAME}
@@ -397,7 +393,7 @@ class Handoffs:
             return Step(Outcome.FAILED, messages.FORWARD_FAILED, error=f"desk: {type(exc).__name__}")
         await self.store.touch(ticket)
         log.info("forwarded to ticket %s", ticket.thread, extra=turn_fields(turn))
-        return Step(Outcome.FORWARDED, save=(Message("user", turn.text, _estimate(turn.text)),))
+        return Step(Outcome.FORWARDED, save=(Message("user", turn.text, estimate_tokens(turn.text)),))
 
     # -- events from the desk and from feedback buttons --------------------------------------------
 
@@ -430,7 +426,7 @@ class Handoffs:
             await self._tell_desk(desk, thread, messages.relay_failed(exc.code or str(exc.status or "error")), turn)
             return Step(Outcome.FAILED, error=f"delivery: {exc.code or exc.status}")
         await self.store.touch(ticket)
-        return Step(Outcome.RELAYED, text, (Message("assistant", text, _estimate(text)),))
+        return Step(Outcome.RELAYED, text, (Message("assistant", text, estimate_tokens(text)),))
 
     async def _resolve(self, turn: Turn, ticket: Ticket, desk: Desk | None, agent: str, sink: ReplySink) -> Step:
         await self.store.close(ticket.key)
@@ -442,7 +438,7 @@ class Handoffs:
             log.warning("could not tell the user the bot is back: %s", exc, extra=turn_fields(turn))
         await self._count(self.stats.resolved(turn), turn)
         return Step(Outcome.RESOLVED, messages.HANDED_BACK,
-                    (Message("assistant", messages.HANDED_BACK, _estimate(messages.HANDED_BACK)),))
+                    (Message("assistant", messages.HANDED_BACK, estimate_tokens(messages.HANDED_BACK)),))
 
     async def _feedback(self, turn: Turn) -> Step:
         vote = turn.text.strip().lower()
@@ -476,14 +472,17 @@ class Handoffs:
         now because answers failed `after_failures` times in a row."""
         if turn.command in DESK_COMMANDS:
             return None
-        if reply.outcome is Outcome.ANSWERED:
-            await asyncio.gather(self._count(self.stats.answered(turn), turn), self._count(self.store.answered(turn.key), turn))
-            return None
         limit = self._settings.after_failures
-        if reply.outcome is not Outcome.FAILED or reply.intent == HANDOFF or not limit:
+        # The run of failures is kept only where it can lead somewhere: a limit and a desk.
+        counting = bool(limit) and self.desk() is not None
+        if reply.outcome is Outcome.ANSWERED:
+            updates = [self.stats.answered(turn), *([self.store.answered(turn.key)] if counting else [])]
+            await asyncio.gather(*(self._count(update, turn) for update in updates))
+            return None
+        if reply.outcome is not Outcome.FAILED or reply.intent == HANDOFF or not counting:
             return None
         failures = await self.store.failed(turn.key)
-        if failures < limit or self.desk() is None or await self.store.ticket(turn.key) is not None:
+        if failures < limit or await self.store.ticket(turn.key) is not None:
             return None
         log.info("%s failed answers in a row: handing off", failures, extra=turn_fields(turn))
         return "failures"

@@ -51,15 +51,13 @@ def redactor(*, pii: bool) -> Callable[[str], str]:
     if not pii:
         return mask_tokens
     # Imported here, not at the top: moderation logs through this module.
-    from bot.moderation import find_pii
+    from bot.moderation import redact_pii
+
+    def an_id(kind: str, piece: str) -> bool:
+        return kind == "card" and _SNOWFLAKE.fullmatch(piece) is not None
 
     def redact(text: str) -> str:
-        text = mask_tokens(text)
-        for kind, start, end in reversed(find_pii(text)):
-            if kind == "card" and _SNOWFLAKE.fullmatch(text[start:end]):
-                continue
-            text = text[:start] + f"[{kind} removed]" + text[end:]
-        return text
+        return redact_pii(mask_tokens(text), keep=an_id)
 
     return redact
 

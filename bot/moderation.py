@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -109,9 +110,16 @@ def sounds_angry(text: str, *, profane: bool = False) -> bool:
     return complaints >= 2 or shouting or "!!" in text
 
 
-def redact_pii(text: str) -> str:
-    for kind, start, end in reversed(find_pii(text)):
-        text = text[:start] + f"[{kind} removed]" + text[end:]
+def redact_pii(text: str, *, keep: Callable[[str, str], bool] | None = None) -> str:
+    """`text` with each piece of personal data replaced by `[kind removed]`; `keep(kind, piece)`
+    may spare a piece (log lines spare ids that only look like card numbers)."""
+    return _redacted(text, find_pii(text), keep)
+
+
+def _redacted(text: str, found: list[tuple[str, int, int]], keep: Callable[[str, str], bool] | None = None) -> str:
+    for kind, start, end in reversed(found):
+        if keep is None or not keep(kind, text[start:end]):
+            text = text[:start] + f"[{kind} removed]" + text[end:]
     return text
 
 
@@ -135,7 +143,11 @@ class _Profanity:
         path = Path(better_profanity.__file__).with_name("profanity_wordlist.txt")
         entries = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
         self._words = {e for e in entries if " " not in e}
-        self._phrases = {tuple(e.split()) for e in entries if " " in e}
+        # Phrases by the length of their first word: a word can only read as one of the same length.
+        self._phrases: dict[int, list[tuple[str, ...]]] = {}
+        for e in sorted(e for e in entries if " " in e):
+            phrase = tuple(e.split())
+            self._phrases.setdefault(len(phrase[0]), []).append(phrase)
         reads: dict[str, set[str]] = {}
         for letter, looks in profanity.CHARS_MAPPING.items():
             for look in looks:
@@ -160,10 +172,10 @@ class _Profanity:
         spans = [
             (m.start(), m.end()) for m, w in zip(matches, words, strict=True) if self._bad(w) or self._bad(w.rstrip(".!"))
         ]
-        for phrase in self._phrases:
-            n = len(phrase)
-            for i in range(len(words) - n + 1):
-                if all(self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)):
+        for i, word in enumerate(words):
+            for phrase in self._phrases.get(len(word), ()):
+                n = len(phrase)
+                if i + n <= len(words) and all(self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)):
                     spans.append((matches[i].start(), matches[i + n - 1].end()))
         return spans
 
@@ -239,12 +251,12 @@ class Moderator:
         flags: list[str] = []
         redacted: list[str] = []
         out = text
-        pii = find_pii(text)
-        if pii and config.personal_data != "off":
+        pii = find_pii(text) if config.personal_data != "off" else []
+        if pii:
             kinds = tuple(dict.fromkeys(kind for kind, _, _ in pii))
             self._apply(config.personal_data, kinds, refuse, flags, redacted)
             if config.personal_data == "redact":
-                out = redact_pii(out)
+                out = _redacted(out, pii)
         profane = config.profanity != "off" and self._profanity.found(out)
         if profane:
             self._apply(config.profanity, ("profanity",), refuse, flags, redacted)
@@ -282,9 +294,11 @@ class Moderator:
             return "none"
 
     async def _report(self, turn: Turn, direction: str, verdict: Verdict, config: ModerationConfig) -> None:
+        if not (verdict.reasons or verdict.flags or verdict.redacted):
+            return
+        safe = redact_pii(verdict.text)
         for action, categories in (("refused", verdict.reasons), ("flagged", verdict.flags), ("redacted", verdict.redacted)):
             if categories:
-                safe = redact_pii(verdict.text)
                 event = ModerationEvent(turn, direction, categories, action, safe, config.moderators_channel)
                 try:
                     await self.reporter.report(event)

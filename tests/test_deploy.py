@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from bot.config import (
     WebSettings,
     load_settings,
 )
-from bot.engine import EnginePaths
+from bot.engine import EnginePaths, free_port
 from bot.errors import ConfigError
 from tests.unit.test_env_example import setting_variables
 
@@ -86,12 +85,6 @@ def tool(name: str) -> str:
     path = shutil.which(name, path=str(TOOLS)) or shutil.which(name)
     assert path, f"{name} is missing: pip install -e '.[test]'"
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- Dockerfile ----------------------------------------------------------------------------

@@ -81,9 +81,11 @@ class RetryBuffer:
                     delay = min(delay * 2, self._max_delay)
                     break
                 except Exception:
+                    self._turns.popleft()
                     log.exception("a held turn could not be put into the inbox; dropped", extra=turn_fields(turn))
-                self._turns.popleft()
-                log.info("held turn taken by the inbox (%s still held)", len(self._turns), extra=turn_fields(turn))
+                else:
+                    self._turns.popleft()
+                    log.info("held turn taken by the inbox (%s still held)", len(self._turns), extra=turn_fields(turn))
             else:
                 delay = self._first_delay
                 self._waiting.clear()

@@ -224,7 +224,7 @@ class RedisFanout:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 if self._down_since is None:  # starting: the first connection is on its way
                     await self._connected.wait()
-                await self._sync(confirm=True)
+                await self._sync(confirm=True, only=self.channel(conn.visitor))
         except (TimeoutError, RedisError, OSError) as exc:
             # The tab opens anyway: run() subscribes when Redis is back, and the history and
             # every later `done` bring what it missed meanwhile.
@@ -310,18 +310,20 @@ class RedisFanout:
                 ping.set_result(True)
         # (un)subscribe confirmations: the PING after them says the same, for the one who waits
 
-    async def _sync(self, *, confirm: bool = False) -> None:
+    async def _sync(self, *, confirm: bool = False, only: str | None = None) -> None:
         """Subscribe to the channels of the visitors with sockets here, drop the others; with
-        `confirm`, wait until Redis has done it. Nothing while disconnected: run() does it on connecting."""
+        `only`, just make sure that one channel is subscribed (a new socket: its cost must not
+        grow with the visitors held here; run() drops the old ones). With `confirm`, wait
+        until Redis has done it. Nothing while disconnected: run() does it on connecting."""
         async with self._lock:
             pubsub = self._pubsub
             if pubsub is None:
                 return
-            wanted = {self._home, *(self.channel(v) for v in self._local.visitors())}
+            wanted = {only} if only is not None else {self._home, *(self.channel(v) for v in self._local.visitors())}
             if new := wanted - self._subscribed:
                 await pubsub.subscribe(*new)
                 self._subscribed |= new
-            if gone := self._subscribed - wanted:
+            if only is None and (gone := self._subscribed - wanted):
                 await pubsub.unsubscribe(*gone)
                 self._subscribed -= gone
             if not confirm:

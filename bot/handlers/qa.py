@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from bot import messages
 from bot.handlers import Request, Services, register, system_prompt
 from bot.handlers.chat import ChatHandler
-from bot.kb import Hit
+from bot.kb import Hit, Index
 from bot.logs import turn_fields
 from bot.prompts import build_messages
 
@@ -45,19 +45,23 @@ class QAHandler:
         self._kb = services.kb
         self._chat = ChatHandler(services)
 
-    async def answers_as_chat(self, request: Request) -> bool:
+    async def _index(self, request: Request) -> Index | None:
+        """The tenant's knowledge base, or None when nothing was ingested for it."""
         index = await self._kb.index(request.tenant.knowledge_base) if self._kb else None
-        return index is None or not index.chunks
+        return index if index is not None and index.chunks else None
+
+    async def answers_as_chat(self, request: Request) -> bool:
+        return await self._index(request) is None
 
     async def answer(self, request: Request) -> AsyncIterator[str]:
-        if await self.answers_as_chat(request):
+        index = await self._index(request)
+        if index is None:
             # No knowledge base was ingested for this tenant: "I don't know" to every
             # question would make the bot useless, so it answers as plain chat.
             async for delta in self._chat.answer(request):
                 yield delta
             return
-        assert self._kb is not None
-        index = await self._kb.index(request.tenant.knowledge_base)
+        assert self._kb is not None  # the index came from it
         question = request.route.text or request.turn.text
         hits = await self._kb.search(index, question)
         log.info(

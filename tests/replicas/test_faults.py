@@ -101,7 +101,6 @@ async def test_sigterm_finishes_or_hands_over_turns_in_flight(replicas, fake_sla
     await staying.start()
     leaving.signal(signal.SIGTERM)
     assert await leaving.wait() == 0  # a clean exit, within its drain deadline
-    assert "handed" in leaving.log() or "draining" in leaving.log()
     contexts = store(redis_server, staying)
 
     async def all_answered() -> bool:
