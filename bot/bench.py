@@ -1,10 +1,12 @@
 """`parley bench`: Parley against the same requests sent straight to vLLM, in one run.
 
 K conversations of T turns run concurrently twice: once through the dialogue
-manager (context store, dedupe, prompt layout, LLM client: everything but a
-platform), once as plain streaming HTTP requests to vLLM carrying identical
+manager (context store, dedupe, routing, prompt layout, LLM client: everything but
+a platform), once as plain streaming HTTP requests to vLLM carrying identical
 prompts. Both runs ask for exactly `--max-tokens` tokens (`ignore_eos`), and
-their texts are tagged per run so neither warms the other's prefix cache.
+their texts are tagged per run so neither warms the other's prefix cache. A shared
+machine's speed drifts by more than the difference measured, so the pair is
+repeated for several rounds, in alternating order, and medians are reported.
 It prints both throughputs and their ratio, Parley's own time per turn (the
 turn's time minus the time spent waiting on the engine) and the prefix-cache hit
 rate of prompt tokens from vLLM's `/metrics`, overall and from the third turn on.
@@ -26,7 +28,7 @@ import httpx
 from bot.config import Settings
 from bot.context import Context, Message
 from bot.prompts import build_messages
-from bot.runtime import Runtime, open_runtime
+from bot.runtime import Runtime, freeze_heap, open_runtime
 from bot.turns import Outcome, Turn
 
 QUESTIONS = (
@@ -41,10 +43,21 @@ QUESTIONS = (
 )
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--conversations", "-k", type=int, default=8, help="concurrent conversations (default 8)")
-    parser.add_argument("--turns", "-t", type=int, default=6, help="turns per conversation (default 6)")
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
+    parser.add_argument("--conversations", "-k", type=_positive, default=8, help="concurrent conversations (default 8)")
+    parser.add_argument("--turns", "-t", type=_positive, default=6, help="turns per conversation (default 6)")
+    parser.add_argument("--max-tokens", type=_positive, default=48, help="tokens per answer (default 48)")
+    parser.add_argument(
+        "--rounds", "-r", type=_positive, default=12,
+        help="rounds of both runs, in alternating order; medians are reported (default 12: each order 6 times)",
+    )
 
 
 def _question(run: str, conv: int, turn: int) -> str:
@@ -182,25 +195,47 @@ def _ms(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def _hit_rate(reading: CacheReading) -> str:
+    return f"{reading.hit_rate:6.1%}" if reading.queries else "     -"
+
+
 async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    k, t = args.conversations, args.turns
+    k, t, rounds = args.conversations, args.turns, args.rounds
     llm = settings.llm.model_copy(update={"max_tokens": args.max_tokens, "extra_body": {**settings.llm.extra_body, "ignore_eos": True}})
     settings = settings.model_copy(update={"llm": llm})
+    directs: list[RunResult] = []
+    parleys: list[RunResult] = []
     async with open_runtime(settings, say) as runtime:
-        say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, against {runtime.llm.base_url}")
+        freeze_heap()  # as `parley serve` does
+        say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, "
+            f"{rounds} rounds, against {runtime.llm.base_url}")
         # Warm-up, one turn per conversation through each path: model discovery and the
         # connection pools (to vLLM and to Redis) are set up before anything is timed.
         await _direct(runtime, settings, k, 1, args.max_tokens)
         await _through_parley(runtime, k, 1)
-        direct = await _direct(runtime, settings, k, t, args.max_tokens)
-        parley = await _through_parley(runtime, k, t)
-    ratio = parley.throughput / direct.throughput if direct.throughput else 0.0
-    print(f"turns per run              {k * t} ({k} conversations x {t} turns, {args.max_tokens} tokens each)")
-    print(f"throughput direct          {direct.throughput:8.1f} tokens/s  ({direct.seconds:.2f} s)")
-    print(f"throughput through Parley  {parley.throughput:8.1f} tokens/s  ({parley.seconds:.2f} s)")
-    print(f"throughput ratio           {ratio:8.3f}  (Parley / direct)")
-    print(f"Parley time per turn       p50 {_ms(parley.added, 0.5):.2f} ms   p99 {_ms(parley.added, 0.99):.2f} ms   "
-          f"mean {statistics.fmean(parley.added) * 1000:.2f} ms")
-    for result in (direct, parley):
-        print(f"prefix-cache hit rate {result.name:<7} all turns {result.total.hit_rate:6.1%}   "
-              f"turns 1-2 {result.early.hit_rate:6.1%}   turns 3+ {result.late.hit_rate:6.1%}")
+        for n in range(rounds):
+            # The order alternates, so that neither path always runs on a warmer engine.
+            for path in ("direct", "parley") if n % 2 == 0 else ("parley", "direct"):
+                if path == "direct":
+                    directs.append(await _direct(runtime, settings, k, t, args.max_tokens))
+                else:
+                    parleys.append(await _through_parley(runtime, k, t))
+    ratios = [p.throughput / d.throughput if d.throughput else 0.0 for d, p in zip(directs, parleys, strict=True)]
+    added = [a for result in parleys for a in result.added]
+
+    def spread(values: list[float], unit: str = "") -> str:
+        return f"median {statistics.median(values):8.1f}{unit}  (min {min(values):.1f}, max {max(values):.1f})"
+
+    print(f"turns per run              {k * t} ({k} conversations x {t} turns, {args.max_tokens} tokens each), "
+          f"{rounds} rounds of both")
+    print(f"throughput direct          {spread([r.throughput for r in directs], ' tokens/s')}")
+    print(f"throughput through Parley  {spread([r.throughput for r in parleys], ' tokens/s')}")
+    print(f"throughput ratio           median {statistics.median(ratios):8.3f}  "
+          f"(Parley / direct in each round: {' '.join(f'{r:.3f}' for r in ratios)})")
+    print(f"Parley time per turn       p50 {_ms(added, 0.5):.2f} ms   p99 {_ms(added, 0.99):.2f} ms   "
+          f"mean {statistics.fmean(added) * 1000:.2f} ms   ({len(added)} turns)")
+    for name, results in (("direct", directs), ("parley", parleys)):
+        early = sum((r.early for r in results), CacheReading(0, 0, 0))
+        late = sum((r.late for r in results), CacheReading(0, 0, 0))
+        print(f"prefix-cache hit rate {name:<7} all turns {_hit_rate(early + late)}   "
+              f"turns 1-2 {_hit_rate(early)}   turns 3+ {_hit_rate(late)}")

@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from bot.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.adapter import Adapter
+    from bot.runtime import Runtime
 
 log = logging.getLogger("parley")
 
@@ -28,9 +30,18 @@ def say(line: str) -> None:
     print(f"parley: {line}", file=sys.stderr, flush=True)
 
 
+@asynccontextmanager
+async def _started(settings: Settings) -> AsyncIterator[Runtime]:
+    """The runtime of this process, its start-up heap frozen (`freeze_heap`)."""
+    from bot.runtime import freeze_heap, open_runtime
+
+    async with open_runtime(settings, say) as runtime:
+        freeze_heap()
+        yield runtime
+
+
 async def _serve(settings: Settings) -> None:
     from bot.adapter import configured_adapters
-    from bot.runtime import open_runtime
     from bot.server import run_adapters
 
     if not (settings.slack.enabled or settings.discord.enabled or settings.web.enabled):
@@ -38,16 +49,15 @@ async def _serve(settings: Settings) -> None:
             "SLACK_BOT_TOKEN",
             "no platform is configured: set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED (or try `parley chat`)",
         )
-    async with open_runtime(settings, say) as runtime:
+    async with _started(settings) as runtime:
         await run_adapters(runtime, configured_adapters(runtime), ops=True)
 
 
 async def _chat(settings: Settings) -> None:
     from bot.adapter import create_adapter
-    from bot.runtime import open_runtime
     from bot.server import run_adapters
 
-    async with open_runtime(settings, say) as runtime:
+    async with _started(settings) as runtime:
         console = create_adapter("console", runtime)
         assert console is not None  # the console needs no configuration
         await run_adapters(runtime, [console])
@@ -56,11 +66,10 @@ async def _chat(settings: Settings) -> None:
 async def _chat_web(settings: Settings) -> None:
     """`parley chat --web`: the web chat on this machine only, with the console chat's runtime."""
     from bot.adapter import create_adapter
-    from bot.runtime import open_runtime
     from bot.server import run_adapters
 
     settings = settings.model_copy(update={"web": settings.web.model_copy(update={"enabled": True, "host": "127.0.0.1"})})
-    async with open_runtime(settings, say) as runtime:
+    async with _started(settings) as runtime:
         web = create_adapter("web", runtime)
         assert web is not None  # enabled above
         announce = asyncio.create_task(_announce_web(web))

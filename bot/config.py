@@ -23,6 +23,12 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+def tokenizer_file(path: Path) -> Path | None:
+    """`path` itself, or the tokenizer.json in the folder `path`, when that file exists."""
+    file = path / "tokenizer.json" if path.is_dir() else path
+    return file if file.is_file() else None
+
+
 def _section(prefix: str) -> SettingsConfigDict:
     # An empty variable (`SLACK_BOT_TOKEN=`) means unset, as in most .env files.
     return SettingsConfigDict(
@@ -73,6 +79,16 @@ class LLMSettings(BaseSettings):
     breaker_cooldown: float = Field(10.0, gt=0)  # seconds before a down engine is probed again
     sticky: bool = True  # each conversation stays on one engine (prefix cache); false: round-robin
     affinity_header: str = "X-Session-ID"  # carries the conversation key for a router's session affinity; empty: none
+    # The served model's tokenizer.json (or its model folder), to count tokens in process;
+    # unset: the model folder the engine reports when it is on this machine, else vLLM's /tokenize.
+    tokenizer: Path | None = None
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_file(cls, v: Path | None) -> Path | None:
+        if v is not None and tokenizer_file(v) is None:
+            raise ValueError(f"no tokenizer.json at {v}")
+        return v
 
     @field_validator("base_url")
     @classmethod

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 
 from bot import messages
@@ -34,7 +34,7 @@ from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError, Platfo
 from bot.handlers import Handler, Request
 from bot.handoff import DESK_COMMANDS, Handoffs, Step, Ticket
 from bot.inbox import Delivery, Inbox
-from bot.llm import LLMClient, Usage, affinity_key, usage_meter
+from bot.llm import LLMClient, Usage, affinity_key, request_sent, usage_meter
 from bot.logs import turn_fields
 from bot.metrics import Metrics
 from bot.moderation import Moderator
@@ -105,6 +105,7 @@ def _boundary(text: str) -> int:
 SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failed save (~8 s in all)
 DEFER_PAUSE = (0.2, 5.0)  # first and longest pause before a deferred turn is tried again
 MAX_TRACKED_TENANTS = 10_000  # tenants whose share of chat-like turns steers speculation
+HEAD_START = 0.05  # seconds routing waits at most for a speculative request to leave first
 
 
 
@@ -130,7 +131,12 @@ class _Ahead:
     def __init__(self, deltas: AsyncIterator[str]) -> None:
         self.started = time.perf_counter()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._task = asyncio.create_task(self._pump(deltas))
+        self.sent = asyncio.Event()  # the engine request has left (see `bot.llm.request_sent`)
+        token = request_sent.set(self.sent)  # the task copies the context as it is now
+        try:
+            self._task = asyncio.create_task(self._pump(deltas))
+        finally:
+            request_sent.reset(token)
 
     async def _pump(self, deltas: AsyncIterator[str]) -> None:
         try:
@@ -140,7 +146,16 @@ class _Ahead:
         except Exception as exc:  # handed to the reader, where the turn's error handling is
             self._queue.put_nowait(exc)
         finally:
+            self.sent.set()  # also when it ended before sending anything
             self._queue.put_nowait(self._DONE)
+
+    async def head_start(self) -> None:
+        """Wait (briefly) until the request has left: routing's CPU work (an embedding) then
+        runs while the engine already prefills, instead of delaying the request it competes
+        with for the event loop and the CPU."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(HEAD_START):
+                await self.sent.wait()
 
     async def deltas(self) -> AsyncIterator[str]:
         try:
@@ -152,6 +167,8 @@ class _Ahead:
             await self.drop()  # the reader stopped early (a platform error): stop the engine too
 
     async def drop(self) -> None:
+        if self._task.done():
+            return  # read to its end: nothing to stop, and no loop round to wait for
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
@@ -278,7 +295,9 @@ class DialogueManager:
         metering = usage_meter.set(usage)  # before a speculative request, whose task copies it
         ahead = self._speculate(turn, context, tenant)
         try:
-            route = await self._route(turn, tenant)
+            if ahead is not None:
+                await ahead.head_start()
+            route = await self._route(turn, context, tenant)
             log.info(
                 "routed to %s by %s step (score %s) in %.1f ms",
                 route.intent, route.step, f"{route.score:.2f}" if route.score is not None else "-",
@@ -361,26 +380,34 @@ class DialogueManager:
             return None
         return _Ahead(self._handlers["chat"].answer(Request(turn, context, Route("chat", "speculative", turn.text), tenant)))
 
-    async def _keep_speculation(self, request: Request) -> bool:
-        """Whether the routed handler answers this turn exactly as plain chat would (and so a
-        speculative chat answer is the answer); tracked per tenant for `_speculate`."""
-        if not self._settings.routing.speculate:
-            return False
+    async def _answers_as_chat(self, request: Request) -> bool:
+        """Whether the routed handler answers this turn exactly as plain chat would."""
         intent = request.route.intent
         alike = getattr(self._handlers.get(intent), "answers_as_chat", None)
-        keep = intent == "chat" or (alike is not None and await alike(request))
+        return intent == "chat" or (alike is not None and await alike(request))
+
+    async def _keep_speculation(self, request: Request) -> bool:
+        """Whether a speculative chat answer is this turn's answer; tracked per tenant for
+        `_speculate`."""
+        if not self._settings.routing.speculate:
+            return False
+        keep = await self._answers_as_chat(request)
         tenant = request.turn.tenant
         if tenant in self._chat_share or len(self._chat_share) < MAX_TRACKED_TENANTS:
             self._chat_share[tenant] = 0.9 * self._chat_share.get(tenant, 1.0) + 0.1 * keep
         return keep
 
-    async def _route(self, turn: Turn, tenant: TenantConfig) -> Route:
+    async def _route(self, turn: Turn, context: Context, tenant: TenantConfig) -> Route:
         allowed = [intent for intent in tenant.handlers if intent in self._handlers]
         if self._handoffs is not None and self._handoffs.on_request:
             allowed.append(HANDOFF)
         if self._router is None:
             return Route("chat", "default", turn.text)
-        return await self._router.route(turn.text, command=turn.command, allowed=allowed)
+
+        async def as_chat(intent: str) -> bool:
+            return await self._answers_as_chat(Request(turn, context, Route(intent, "candidate", turn.text), tenant))
+
+        return await self._router.route(turn.text, command=turn.command, allowed=allowed, as_chat=as_chat)
 
     # -- handing off to people (bot.handoff) ------------------------------------------------
 

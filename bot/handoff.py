@@ -313,6 +313,8 @@ class Handoffs:
         return next(iter(self._desks.values()), None)
 
     async def ticket(self, key: ConversationKey) -> Ticket | None:
+        if not self._settings.enabled:
+            return None  # no support channel, no tickets: no round trip on every turn
         return await self.store.ticket(key)
 
     def hands_off_anger(self, verdict: Verdict) -> bool:

@@ -24,12 +24,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from tokenizers import Tokenizer
 
-from bot.config import LLMSettings
+from bot.config import LLMSettings, tokenizer_file
 from bot.errors import (
+    ConfigError,
     EngineFailed,
     EngineOverloaded,
     EngineRejected,
@@ -57,6 +60,11 @@ class Usage:
 # manager sets a fresh meter per turn, so it learns an answer's token count without a
 # second /tokenize round trip and without handlers doing any bookkeeping.
 usage_meter: ContextVar[Usage | None] = ContextVar("parley_usage_meter", default=None)
+# Set by a caller that wants to know when its streamed request has left (its bytes are
+# written to the engine), or will not leave soon (it waits for a free slot, or failed):
+# work of the caller's own can then start after the request instead of ahead of it.
+request_sent: ContextVar[asyncio.Event | None] = ContextVar("parley_request_sent", default=None)
+_WRITTEN = "http11.send_request_body.complete"  # httpcore's trace event
 
 
 class ChatStream:
@@ -173,6 +181,8 @@ class LLMClient:
         ]
         self._settings = settings
         self._model = settings.model
+        # Counting tokens in process saves the engine (and this process) an HTTP request a turn.
+        self._tokenizer = _load_tokenizer(settings.tokenizer) if settings.tokenizer else None
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self.in_flight = 0  # generation requests open right now (metrics, tests)
         self.peak_in_flight = 0
@@ -258,7 +268,22 @@ class LLMClient:
                 raise EngineFailed("the engine lists no models", url=engine.base_url)
             self._model = models[0]["id"]
             log.info("using model %s from %s", self._model, engine.base_url)
+            if self._tokenizer is None and (root := models[0].get("root")):
+                await self._find_tokenizer(Path(root))
         return self._model
+
+    async def _find_tokenizer(self, root: Path) -> None:
+        """The served model's tokenizer, when the engine's model folder is on this machine too
+        (a local engine, or a shared volume); vLLM loads its tokenizer from the same folder."""
+        file = await asyncio.to_thread(tokenizer_file, root)
+        if file is None:
+            return
+        try:
+            self._tokenizer = await asyncio.to_thread(Tokenizer.from_file, str(file))
+        except Exception as exc:  # a file nobody configured (the library raises bare Exceptions)
+            log.warning("cannot load the tokenizer at %s (%s); counting tokens with the engine's /tokenize", file, exc)
+            return
+        log.info("counting tokens in process with %s", file)
 
     async def _healthy(self, engine: Engine) -> bool:
         try:
@@ -282,10 +307,17 @@ class LLMClient:
         return "\n".join(texts)
 
     async def count_tokens(self, text: str) -> int:
-        """Tokens in `text` by the served model's own tokenizer (vLLM's /tokenize)."""
+        """Tokens in `text` by the served model's own tokenizer: in process when it is at hand
+        (`PARLEY_LLM_TOKENIZER`, or found beside a local engine), else vLLM's /tokenize.
+        Special tokens are not counted: the chat template places them, not the text."""
+        if self._tokenizer is None:
+            await self.model()  # discovering the model may find its tokenizer
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text, add_special_tokens=False))
         engine = (await self._candidates(affinity_key.get()))[0]
         body = await self._request(
-            engine, "POST", f"{engine.root_url}/tokenize", json={"model": await self.model(), "prompt": text}
+            engine, "POST", f"{engine.root_url}/tokenize",
+            json={"model": await self.model(), "prompt": text, "add_special_tokens": False},
         )
         return int(body["count"])
 
@@ -298,9 +330,16 @@ class LLMClient:
         is final."""
         body = self._body(messages, max_tokens=max_tokens, stream=True, **params)
         body["stream_options"] = {"include_usage": True}
+        sent = request_sent.get()
+        if sent is not None and self._slots.locked():
+            sent.set()  # it queues behind other requests: nobody should wait for it
         async with self._slots, self._counted():
             deadline = asyncio.get_running_loop().time() + self._settings.total_timeout
-            engine, response = await self._open_stream(body, deadline, affinity_key.get())
+            try:
+                engine, response = await self._open_stream(body, deadline, affinity_key.get(), sent)
+            finally:
+                if sent is not None:
+                    sent.set()
             chat = ChatStream(response, url=engine.base_url, deadline=deadline, total=self._settings.total_timeout)
             try:
                 yield chat
@@ -356,16 +395,26 @@ class LLMClient:
         }
         return body
 
-    async def _open_stream(self, body: dict[str, Any], deadline: float, affinity: str | None) -> tuple[Engine, httpx.Response]:
+    async def _open_stream(
+        self, body: dict[str, Any], deadline: float, affinity: str | None, sent: asyncio.Event | None = None
+    ) -> tuple[Engine, httpx.Response]:
         body["model"] = await self.model()
         headers = self._headers(affinity)
+        extensions: dict[str, Any] = {}
+        if sent is not None:
+
+            async def trace(event: str, info: object) -> None:
+                if event == _WRITTEN:
+                    sent.set()
+
+            extensions["trace"] = trace
         for attempt in range(self._settings.retries + 1):
             candidates = await self._candidates(affinity, rotate=attempt == 0)
             engine = candidates[attempt % len(candidates)]
             try:
                 async with asyncio.timeout_at(deadline):
                     request = self._http.build_request(
-                        "POST", f"{engine.base_url}/chat/completions", json=body, headers=headers
+                        "POST", f"{engine.base_url}/chat/completions", json=body, headers=headers, extensions=extensions
                     )
                     response = await self._http.send(request, stream=True)
                     if response.status_code >= 400:
@@ -387,6 +436,8 @@ class LLMClient:
                 engine.breaker.failure()
             if not error.retryable or attempt >= self._settings.retries:
                 raise error
+            if sent is not None:
+                sent.set()  # a retry waits first: nobody should wait for it
             delay = min(getattr(error, "retry_after", None) or 0.5 * (attempt + 1), 5.0)
             log.warning("engine %s: %s; retry %d in %.1fs", engine.base_url, error, attempt + 1, delay)
             await asyncio.sleep(delay)
@@ -406,6 +457,16 @@ class LLMClient:
 
     async def _request(self, engine: Engine, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         return (await self._send(engine, method, url, **kwargs)).json()
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    file = tokenizer_file(path)
+    if file is None:
+        raise ConfigError("PARLEY_LLM_TOKENIZER", f"no tokenizer.json at {path}")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # the library raises bare Exceptions for malformed files
+        raise ConfigError("PARLEY_LLM_TOKENIZER", f"cannot load {file}: {exc}") from exc
 
 
 def _engine_fault(error: LLMError) -> bool:

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ COMMANDS = {"ask": "qa", "translate": "translate"}
 # (`bot.handoff`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
 HANDOFF = "handoff"
 LABELS = (*INTENTS, HANDOFF)
+AsChat = Callable[[str], Awaitable[bool]]  # whether an intent would answer this turn exactly as chat
 
 _LANG = "|".join(sorted((re.escape(name) for name in ALIASES), key=len, reverse=True))
 _VERB = (
@@ -70,9 +71,10 @@ _TRANSLATE_CUE = re.compile(
 # A request for a person names one (or the act of talking to one); a message that merely
 # resembles the handoff examples ("are you chatgpt?", "Bonjour tout le monde") is not one.
 # A wrong handoff costs a person's time and leaves the user waiting, so the bar is higher.
+# ("call me back" is a cue; an "on-call rotation" is not.)
 _HANDOFF_CUE = re.compile(
     r"human|\bperson|people|some(?:one|body)|any(?:one|body)|\bagent|staff|\bteam|manager|supervisor|operator"
-    r"|representative|\bsupport|\bcall\b|\breal\b|\bspeak|\btalk|mensch|mitarbeiter|jemand|humain|conseiller|quelqu"
+    r"|representative|\bsupport|(?<!-)\bcall\b|\breal\b|\bspeak|\btalk|mensch|mitarbeiter|jemand|humain|conseiller|quelqu"
     r"|persona|agente|operador|operatore|umano|alguien|qualcuno",
     re.IGNORECASE,
 )
@@ -181,14 +183,30 @@ class Router:
             out[intent] = float(top.mean())
         return out
 
-    async def route(self, text: str, *, command: str | None = None, allowed: Sequence[str] = LABELS) -> Route:
+    async def route(
+        self, text: str, *, command: str | None = None, allowed: Sequence[str] = LABELS,
+        as_chat: AsChat | None = None,
+    ) -> Route:
+        """`as_chat(intent)` says whether that intent's handler would answer this turn exactly as
+        plain chat does (QA for a tenant with no knowledge base): a close call between two
+        intents that end in the same answer is then settled without asking the LLM."""
         started = time.perf_counter()
-        route = explicit(command, text) or await self._semantic(text)
+        route = explicit(command, text) or await self._semantic(text, allowed, as_chat)
         if route.intent not in allowed:
             route = Route("chat", "disabled", text, score=route.score)
         return Route(route.intent, route.step, route.text, route.target, route.score, time.perf_counter() - started)
 
-    async def _semantic(self, text: str) -> Route:
+    async def _moot(self, a: str, b: str, allowed: Sequence[str], as_chat: AsChat | None) -> bool:
+        """Whether intents `a` and `b` end in the same answer (a disallowed one is answered as chat)."""
+
+        async def outcome(intent: str) -> str:
+            if intent not in allowed or (as_chat is not None and await as_chat(intent)):
+                return "chat"
+            return intent
+
+        return await outcome(a) == await outcome(b)
+
+    async def _semantic(self, text: str, allowed: Sequence[str] = LABELS, as_chat: AsChat | None = None) -> Route:
         try:
             scores = self.scores((await self._embedder.embed([text]))[0])
         except EmbedderError as exc:
@@ -204,7 +222,12 @@ class Router:
         (best, top), (second, runner_up) = ranked[:2]
         if top < self._settings.threshold:
             return Route("chat", "no-match", text, score=top)
-        if top - runner_up < self._settings.margin and self._settings.llm_fallback and self._llm is not None:
+        if (
+            top - runner_up < self._settings.margin
+            and self._settings.llm_fallback
+            and self._llm is not None
+            and not await self._moot(best, second, allowed, as_chat)
+        ):
             try:
                 chosen = await self._llm.choose(
                     [{"role": "system", "content": CHOOSE_PROMPT}, {"role": "user", "content": text}], [best, second]

@@ -9,6 +9,7 @@ handed what it needs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -61,6 +62,15 @@ class Runtime:
     desks: dict[str, Desk] = field(default_factory=dict)
     stats: Stats = field(default_factory=MemoryStats)
     answers: AnswerIndex = field(default_factory=MemoryAnswerIndex)
+
+
+def freeze_heap() -> None:
+    """Hide what start-up built (modules, models, tokenizers, indexes) from the garbage
+    collector, once the process has started: a full collection then walks only what turns
+    allocate, instead of pausing every turn in flight for tens of milliseconds (49 ms
+    measured in `parley bench`). Only the process's owner calls it (the CLI), once."""
+    gc.collect()
+    gc.freeze()
 
 
 def redacted(url: str) -> str:

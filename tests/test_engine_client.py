@@ -8,6 +8,7 @@ import pytest
 from bot.bench import prometheus_sum
 from bot.config import LLMSettings
 from bot.llm import LLMClient
+from tests.test_engines import proxy_to
 
 pytestmark = pytest.mark.engine
 
@@ -25,6 +26,20 @@ async def test_model_is_discovered_and_tokens_are_counted_by_the_engine(engine):
         assert await llm.health() == {engine: True}
         short, long = await llm.count_tokens("hello"), await llm.count_tokens("hello " * 50)
         assert 0 < short < long
+
+
+async def test_tokens_are_counted_in_process_with_the_served_models_tokenizer(engine):
+    texts = ["hello", "Grüße aus Köln — ça va? 🎉", "def f(x):\n    return x * 2\n" * 20, ""]
+    # The configured model name skips discovery, so this client has only /tokenize.
+    async with LLMClient(settings(model="parley-demo"), base_url=engine) as remote:
+        expected = [await remote.count_tokens(t) for t in texts]
+    proxy = await proxy_to(engine)
+    async with LLMClient(settings(), base_url=f"http://127.0.0.1:{proxy.port}/v1") as llm:
+        assert await llm.model() == "parley-demo"  # the engine says where the model lives
+        await proxy.stop()
+        # The engine is out of reach now: the counts come from the tokenizer in process.
+        assert [await llm.count_tokens(t) for t in texts] == expected
+    assert expected[0] > 0 and expected[2] > expected[1] > expected[0] and expected[3] == 0
 
 
 async def test_stream_yields_many_deltas_and_reports_usage(engine):

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from bot import messages
+from bot.config import RoutingSettings
 from bot.kb import load_documents
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn
@@ -106,6 +107,24 @@ async def test_semantic_routing_sends_a_support_question_to_qa(proxy, make_setti
         assert reply.intent == "qa" and reply.route_step in ("semantic", "llm")
         assert "Sources:" in sink.text and "notes-and-attachments.md" not in sink.text  # cited by title and link
         assert "https://help.quillstack.example/notes" in sink.text
+
+
+async def test_a_close_call_between_answers_that_are_the_same_does_not_ask_the_llm(proxy, make_settings):
+    # A margin of 2 makes every semantic decision a close call between the top two intents.
+    routing = RoutingSettings(_env_file=None, margin=2.0, speculate=False)
+    text = "How do I reset my password?"  # qa first, chat second
+    async with open_runtime(make_settings(llm_url=proxy.url, routing=routing)) as rt:
+
+        def choices():
+            return [body for body in proxy.prompts() if "structured_outputs" in body]
+
+        # No knowledge base yet: QA would answer as plain chat, so qa-or-chat is no question.
+        reply = await rt.manager.handle(turn(text), RecordingSink())
+        assert (reply.intent, reply.route_step) == ("qa", "semantic") and choices() == []
+        # With one, the two answers differ and the LLM breaks the tie.
+        await rt.kb.ingest("default", load_documents(SAMPLE))
+        reply = await rt.manager.handle(turn(text), RecordingSink())
+        assert reply.route_step == "llm" and len(choices()) == 1
 
 
 async def test_personal_data_is_redacted_in_the_prompt_and_the_store(proxy, make_settings):

@@ -9,7 +9,7 @@ from bot.handlers.translate import Unmasker, mask
 from bot.kb import Document, chunk_document, load_documents
 from bot.languages import detect
 from bot.moderation import find_pii, iban_ok, luhn_ok, redact_pii
-from bot.routing import explicit
+from bot.routing import _HANDOFF_CUE, explicit
 from bot.tenants import load_tenants
 
 
@@ -30,6 +30,17 @@ def test_explicit_routes(command, text, intent, target, payload):
 def test_plain_questions_are_not_explicit():
     assert explicit(None, "How do I translate my workspace UI into German?") is None
     assert explicit(None, "hello") is None
+
+
+@pytest.mark.parametrize("text, cue", [
+    ("Can someone from your team call me back?", True),
+    ("please call me", True),
+    ("How do I set up an on-call rotation that follows the sun?", False),  # names nobody to talk to
+    ("Who is on-call for payments tonight?", False),
+])
+def test_handoff_cue_names_a_person_or_a_call(text, cue):
+    # Without a cue, `handoff` is not even a runner-up, so no tie-break is asked of the LLM.
+    assert bool(_HANDOFF_CUE.search(text)) is cue
 
 
 def test_tenants_file_errors_name_file_tenant_and_field(tmp_path):

@@ -43,6 +43,7 @@ def test_env_file_is_read(monkeypatch, tmp_path):
         ("PARLEY_REDIS_URL", "http://cache"),
         ("PARLEY_CONTEXT_COMPACT_TO", "1.5"),
         ("PARLEY_LOG_LEVEL", "chatty"),
+        ("PARLEY_LLM_TOKENIZER", "/nowhere/tokenizer.json"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch, var, value):
