@@ -274,7 +274,8 @@ class LLMClient:
 
     async def _find_tokenizer(self, root: Path) -> None:
         """The served model's tokenizer, when the engine's model folder is on this machine too
-        (a local engine, or a shared volume); vLLM loads its tokenizer from the same folder."""
+        (a local engine, or a shared volume): vLLM loads its tokenizer from that folder unless
+        it was started with `--tokenizer`, in which case PARLEY_LLM_TOKENIZER names the file."""
         file = await asyncio.to_thread(tokenizer_file, root)
         if file is None:
             return
