@@ -20,7 +20,7 @@ def settings(**overrides):
     return LLMSettings(_env_file=None, **values)
 
 
-async def test_model_is_discovered_and_tokens_are_counted_by_the_engine(engine):
+async def test_model_is_discovered_and_tokens_are_counted(engine):
     async with LLMClient(settings(), base_url=engine) as llm:
         assert await llm.model() == "parley-demo"
         assert await llm.health() == {engine: True}
