@@ -164,29 +164,30 @@ async def _through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
     return RunResult("parley", seconds, early, late, added)
 
 
-async def _direct(runtime: Runtime, settings: Settings, k: int, t: int, max_tokens: int) -> RunResult:
+async def _direct(
+    runtime: Runtime, settings: Settings, http: httpx.AsyncClient, k: int, t: int, max_tokens: int
+) -> RunResult:
     run = f"D{uuid.uuid4().hex[:6]}"
     model = await runtime.llm.model()
     histories: dict[int, list[Message]] = {c: [] for c in range(k)}
-    async with httpx.AsyncClient(timeout=settings.llm.total_timeout, limits=httpx.Limits(max_connections=k + 4)) as http:
 
-        async def one_turn(conv: int, turn: int) -> None:
-            text = _question(run, conv, turn)
-            messages = build_messages(settings.context.system_prompt, Context(tuple(histories[conv])), text)
-            body = {
-                "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": settings.llm.temperature,
-                "stream": True, "ignore_eos": True,
-            }
-            answer = ""
-            async with http.stream("POST", f"{runtime.llm.base_url}/chat/completions", json=body) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                        for choice in json.loads(line[5:]).get("choices", ()):
-                            answer += (choice.get("delta") or {}).get("content") or ""
-            histories[conv] += [Message("user", text, 0), Message("assistant", answer, 0)]
+    async def one_turn(conv: int, turn: int) -> None:
+        text = _question(run, conv, turn)
+        messages = build_messages(settings.context.system_prompt, Context(tuple(histories[conv])), text)
+        body = {
+            "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": settings.llm.temperature,
+            "stream": True, "ignore_eos": True,
+        }
+        answer = ""
+        async with http.stream("POST", f"{runtime.llm.base_url}/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                    for choice in json.loads(line[5:]).get("choices", ()):
+                        answer += (choice.get("delta") or {}).get("content") or ""
+        histories[conv] += [Message("user", text, 0), Message("assistant", answer, 0)]
 
-        seconds, early, late = await _phased(runtime, t, k, one_turn)
+    seconds, early, late = await _phased(runtime, t, k, one_turn)
     return RunResult("direct", seconds, early, late, [])
 
 
@@ -205,19 +206,24 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
     settings = settings.model_copy(update={"llm": llm})
     directs: list[RunResult] = []
     parleys: list[RunResult] = []
-    async with open_runtime(settings, say) as runtime:
+    # One client for every direct run, as Parley has one: the warm-up opens its connections.
+    limits = httpx.Limits(max_connections=k + 4)
+    async with (
+        open_runtime(settings, say) as runtime,
+        httpx.AsyncClient(timeout=settings.llm.total_timeout, limits=limits) as http,
+    ):
         freeze_heap()  # as `parley serve` does
         say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, "
             f"{rounds} rounds, against {runtime.llm.base_url}")
         # Warm-up, one turn per conversation through each path: model discovery and the
         # connection pools (to vLLM and to Redis) are set up before anything is timed.
-        await _direct(runtime, settings, k, 1, args.max_tokens)
+        await _direct(runtime, settings, http, k, 1, args.max_tokens)
         await _through_parley(runtime, k, 1)
         for n in range(rounds):
             # The order alternates, so that neither path always runs on a warmer engine.
             for path in ("direct", "parley") if n % 2 == 0 else ("parley", "direct"):
                 if path == "direct":
-                    directs.append(await _direct(runtime, settings, k, t, args.max_tokens))
+                    directs.append(await _direct(runtime, settings, http, k, t, args.max_tokens))
                 else:
                     parleys.append(await _through_parley(runtime, k, t))
     ratios = [p.throughput / d.throughput if d.throughput else 0.0 for d, p in zip(directs, parleys, strict=True)]

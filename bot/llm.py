@@ -461,9 +461,8 @@ class LLMClient:
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
-    file = tokenizer_file(path)
-    if file is None:
-        raise ConfigError("PARLEY_LLM_TOKENIZER", f"no tokenizer.json at {path}")
+    """PARLEY_LLM_TOKENIZER's file (the setting has checked that it exists)."""
+    file = tokenizer_file(path) or path
     try:
         return Tokenizer.from_file(str(file))
     except Exception as exc:  # the library raises bare Exceptions for malformed files
