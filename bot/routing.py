@@ -213,12 +213,13 @@ class Router:
             log.warning("routing by embeddings failed (%s); answering as chat", exc)
             return Route("chat", "no-match", text)
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
-        if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
-            ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
         if not _HANDOFF_CUE.search(text) and len(ranked) > 2:
             # Not a candidate at all, not even as the runner-up that would send a close call to
             # the LLM ("conversation 13" is a little like "take over this chat").
             ranked = [kv for kv in ranked if kv[0] != HANDOFF]
+        # After handoff has left: translate first behind it must still name a language or a verb.
+        if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
+            ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
         (best, top), (second, runner_up) = ranked[:2]
         if top < self._settings.threshold:
             return Route("chat", "no-match", text, score=top)

@@ -26,6 +26,7 @@ from bot.config import (
     LLMSettings,
     LogSettings,
     RedisSettings,
+    RoutingSettings,
     Settings,
 )
 from bot.engine import free_port, local_engine
@@ -122,7 +123,8 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
     """Settings for one test: its own Redis key prefix, short answers, fast timeouts.
 
     Random weights never stop on their own, so answers are bounded by max_tokens with
-    ignore_eos (a fixed, known length)."""
+    ignore_eos (a fixed, known length). Their label for a close routing call is just as random,
+    so turns are routed by embeddings alone; a test of the LLM tie-break turns it on."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
 
     def make(*, llm_url: str | None = None, **sections: object) -> Settings:
@@ -133,6 +135,7 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
                                connect_timeout=10, read_timeout=30, total_timeout=120),
             "context": ContextSettings(_env_file=None),
             "dialogue": DialogueSettings(_env_file=None),
+            "routing": RoutingSettings(_env_file=None, llm_fallback=False),
             "engine": engine_settings(),
         }
         values.update(sections)

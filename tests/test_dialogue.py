@@ -7,7 +7,7 @@ import pytest
 
 from bot import messages
 from bot.bench import prometheus_sum
-from bot.config import ContextSettings, RedisSettings, RoutingSettings
+from bot.config import ContextSettings, RedisSettings
 from bot.errors import EngineRejected
 from bot.inbox import MemoryInbox
 from bot.runtime import open_runtime
@@ -52,7 +52,7 @@ async def test_answer_streams_token_by_token_and_both_sides_are_saved(engine, ma
         sink = RecordingSink()
         turn = make_turn("What is Parley?")
         reply = await rt.manager.handle(turn, sink)
-        assert reply.outcome is Outcome.ANSWERED and reply.completion_tokens == 64
+        assert (reply.outcome, reply.intent, reply.completion_tokens) == (Outcome.ANSWERED, "chat", 64)
         assert len(sink.chunks) >= 8 and reply.text == sink.text
         assert reply.ttft is not None and reply.ttft <= reply.total
         ctx = await rt.store.load(turn.key)
@@ -207,9 +207,7 @@ async def test_a_prompt_longer_than_the_model_takes_is_refused_clearly(engine, m
 
 
 async def test_the_chat_answer_starts_beside_routing_and_is_dropped_when_the_turn_goes_elsewhere(engine, make_settings):
-    # Routing by embeddings alone: the random-weight model must not break ties here.
-    routing = RoutingSettings(_env_file=None, llm_fallback=False)
-    async with open_runtime(make_settings(llm_url=engine, routing=routing)) as rt:
+    async with open_runtime(make_settings(llm_url=engine)) as rt:
         for text, intent in (("tell me a joke about cats", "chat"), ("Does the app work offline?", "qa")):
             sink = RecordingSink()
             reply = await rt.manager.handle(make_turn(text, channel=intent), sink)

@@ -45,3 +45,12 @@ async def test_handoff_is_routed_only_where_allowed(router):
     route = await router.route("I want to talk to a person", allowed=("chat", "qa", "translate"))
     assert (route.intent, route.step) == ("chat", "disabled")
     assert HANDOFF in LABELS
+
+
+async def test_translate_behind_a_dropped_handoff_still_needs_its_cue(router):
+    # Ranked handoff, then translate, by embeddings. With neither cue in the text neither may win:
+    # dropping handoff must not leave translate on top.
+    text = "What is Parley?"
+    scores = router.scores((await router._embedder.embed([text]))[0])
+    assert sorted(scores, key=scores.get, reverse=True)[:2] == [HANDOFF, "translate"]
+    assert (await router.route(text)).intent == "chat"
