@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from bot.config import Settings
 from bot.context import Context, Message
@@ -165,7 +165,7 @@ async def _through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
 
 
 async def _direct(
-    runtime: Runtime, settings: Settings, http: httpx.AsyncClient, k: int, t: int, max_tokens: int
+    runtime: Runtime, settings: Settings, http: aiohttp.ClientSession, k: int, t: int, max_tokens: int
 ) -> RunResult:
     run = f"D{uuid.uuid4().hex[:6]}"
     model = await runtime.llm.model()
@@ -179,10 +179,10 @@ async def _direct(
             "stream": True, "ignore_eos": True,
         }
         answer = ""
-        async with http.stream("POST", f"{runtime.llm.base_url}/chat/completions", json=body) as response:
+        async with http.post(f"{runtime.llm.base_url}/chat/completions", json=body) as response:
             response.raise_for_status()
-            async for line in response.aiter_lines():
-                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            async for line in response.content:
+                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
                     for choice in json.loads(line[5:]).get("choices", ()):
                         answer += (choice.get("delta") or {}).get("content") or ""
         histories[conv] += [Message("user", text, 0), Message("assistant", answer, 0)]
@@ -207,10 +207,10 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
     directs: list[RunResult] = []
     parleys: list[RunResult] = []
     # One client for every direct run, as Parley has one: the warm-up opens its connections.
-    limits = httpx.Limits(max_connections=k + 4)
+    # The same HTTP library as Parley's LLM client, so that the difference is Parley's work.
     async with (
         open_runtime(settings, say) as runtime,
-        httpx.AsyncClient(timeout=settings.llm.total_timeout, limits=limits) as http,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.llm.total_timeout)) as http,
     ):
         freeze_heap()  # as `parley serve` does
         say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, "

@@ -1,17 +1,14 @@
 """How engine answers map onto Parley's error tree, and what the user is told."""
 
-import httpx
+import aiohttp
 import pytest
 
 from bot import messages
+from bot.config import LLMSettings
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineTimeout, EngineUnavailable
 from bot.llm import _map_status, _map_transport_error
 
 URL = "http://engine:8000/v1"
-
-
-def response(status, headers=None, body="{}"):
-    return httpx.Response(status, headers=headers or {}, text=body, request=httpx.Request("POST", URL))
 
 
 @pytest.mark.parametrize(
@@ -20,7 +17,7 @@ def response(status, headers=None, body="{}"):
      (404, {}, EngineRejected), (500, {}, EngineFailed)],
 )
 def test_status_codes_map_to_typed_errors_with_their_data(status, headers, kind):
-    error = _map_status(response(status, headers, '{"message": "nope"}'), URL)
+    error = _map_status(status, headers, b'{"message": "nope"}', URL)
     assert isinstance(error, kind) and error.url == URL
     if kind is EngineOverloaded:
         assert error.retryable and error.status == status
@@ -30,13 +27,15 @@ def test_status_codes_map_to_typed_errors_with_their_data(status, headers, kind)
 
 
 def test_transport_errors_map_to_unavailable_or_timeout():
-    request = httpx.Request("POST", URL, extensions={"timeout": {"connect": 5.0, "read": 60.0}})
-    refused = _map_transport_error(httpx.ConnectError("refused", request=request), URL)
-    assert isinstance(refused, EngineUnavailable) and refused.retryable
-    silent = _map_transport_error(httpx.ReadTimeout("slow", request=request), URL)
+    settings = LLMSettings(_env_file=None, connect_timeout=5.0, read_timeout=60.0)
+    for gone in (aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(111, "refused"),
+                 aiohttp.ClientPayloadError("cut short")):
+        refused = _map_transport_error(gone, URL, settings)
+        assert isinstance(refused, EngineUnavailable) and refused.retryable
+    silent = _map_transport_error(aiohttp.SocketTimeoutError("slow"), URL, settings)
     assert isinstance(silent, EngineTimeout) and (silent.phase, silent.timeout) == ("read", 60.0)
-    connect = _map_transport_error(httpx.ConnectTimeout("slow", request=request), URL)
-    assert (connect.phase, connect.timeout) == ("connect", 5.0)
+    connect = _map_transport_error(aiohttp.ConnectionTimeoutError("slow"), URL, settings)
+    assert isinstance(connect, EngineTimeout) and (connect.phase, connect.timeout) == ("connect", 5.0)
 
 
 def test_every_engine_error_has_a_short_user_sentence_without_internals():
