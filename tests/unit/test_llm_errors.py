@@ -2,11 +2,12 @@
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bot import messages
 from bot.config import LLMSettings
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineTimeout, EngineUnavailable
-from bot.llm import _map_status, _map_transport_error
+from bot.llm import LLMClient, _map_status, _map_transport_error
 
 URL = "http://engine:8000/v1"
 
@@ -45,3 +46,35 @@ def test_every_engine_error_has_a_short_user_sentence_without_internals():
     sentences = {messages.for_user(e) for e in errors}
     assert len(sentences) == len(errors)  # each failure is explained in its own words
     assert all(URL not in s and "10.0.0.1" not in s and len(s) < 120 for s in sentences)
+
+
+async def test_a_malformed_stream_or_answer_is_an_engine_failure_and_a_full_stream_keeps_its_connection(loopback):
+    peers = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        peers.append(request.transport.get_extra_info("peername"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        event = b'{"choices": [{"delta": {"content": "ok"}}]}' if body["messages"][0]["content"] == "fine" else b"{not json"
+        await response.write(b"data: " + event + b"\n\ndata: [DONE]\n\n")
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a proxy's error page</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    async with loopback(app) as url, LLMClient(LLMSettings(_env_file=None, model="m"), base_url=url) as llm:
+        for _ in range(2):
+            async with llm.stream([{"role": "user", "content": "fine"}]) as stream:
+                assert [d async for d in stream] == ["ok"]
+        assert peers[0] == peers[1]  # a stream read to its end leaves its connection for the next request
+        with pytest.raises(EngineFailed, match="malformed event"):
+            async with llm.stream([{"role": "user", "content": "broken"}]) as stream:
+                [d async for d in stream]
+    async with loopback(app) as url, LLMClient(LLMSettings(_env_file=None), base_url=url) as llm:
+        with pytest.raises(EngineFailed, match="other than JSON") as failed:
+            await llm.model()
+        assert "a proxy's error page" in failed.value.detail

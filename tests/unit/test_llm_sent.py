@@ -10,7 +10,7 @@ from bot.config import LLMSettings
 from bot.llm import LLMClient, request_sent
 
 
-async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_when_queued():
+async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_when_queued(loopback):
     received, answer = asyncio.Event(), asyncio.Event()
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -24,28 +24,20 @@ async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_wh
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
     settings = LLMSettings(_env_file=None, model="m", max_concurrency=1)
-    try:
-        async with LLMClient(settings, base_url=url) as llm:
+    async with loopback(app) as url, LLMClient(settings, base_url=url) as llm:
 
-            async def ask(sent: asyncio.Event) -> str:
-                request_sent.set(sent)  # this task's own context
-                async with llm.stream([{"role": "user", "content": "hello"}]) as stream:
-                    return "".join([d async for d in stream])
+        async def ask(sent: asyncio.Event) -> str:
+            request_sent.set(sent)  # this task's own context
+            async with llm.stream([{"role": "user", "content": "hello"}]) as stream:
+                return "".join([d async for d in stream])
 
-            first, second = asyncio.Event(), asyncio.Event()
-            one = asyncio.create_task(ask(first))
-            await asyncio.wait_for(received.wait(), 5)
-            await asyncio.wait_for(first.wait(), 5)
-            assert not answer.is_set()  # set on the way out, long before any answer
-            two = asyncio.create_task(ask(second))
-            await asyncio.wait_for(second.wait(), 5)  # the only slot is taken: nobody waits for it
-            answer.set()
-            assert await asyncio.gather(one, two) == ["hi", "hi"]
-    finally:
-        await runner.cleanup()
+        first, second = asyncio.Event(), asyncio.Event()
+        one = asyncio.create_task(ask(first))
+        await asyncio.wait_for(received.wait(), 5)
+        await asyncio.wait_for(first.wait(), 5)
+        assert not answer.is_set()  # set on the way out, long before any answer
+        two = asyncio.create_task(ask(second))
+        await asyncio.wait_for(second.wait(), 5)  # the only slot is taken: nobody waits for it
+        answer.set()
+        assert await asyncio.gather(one, two) == ["hi", "hi"]
