@@ -24,8 +24,10 @@ import html.parser
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 
 import httpx
@@ -302,6 +304,7 @@ class KnowledgeBase:
         self._settings = settings
         self._prefix = prefix
         self._indexes: dict[str, Index] = {}
+        self._checked: dict[str, float] = {}  # when each cached index's version was last read
 
     @property
     def top_k(self) -> int:
@@ -362,21 +365,31 @@ class KnowledgeBase:
                     stats.removed += 1
         except RedisError as exc:
             raise StoreUnavailable(f"knowledge base ingest failed: {exc}") from exc
+        finally:
+            self._checked.pop(name, None)  # the next search reads the version again
         return stats
 
     async def index(self, name: str) -> Index:
-        """The KB's index, reloaded from Redis only when its version moved (one GET a call)."""
+        """The KB's index, reloaded from Redis only when its version moved. The version is read
+        at most once per `recheck` seconds: a QA turn asks for the index more than once (to
+        decide on speculation, to answer), and every turn of a tenant without a knowledge base
+        asks too. An ingest through this process is seen at once; another replica's within
+        `recheck`."""
         if self._redis is None:
             return Index((), np.zeros((0, 1), dtype=np.float32))
+        cached = self._indexes.get(name)
+        now = time.monotonic()
+        if cached is not None and now - self._checked.get(name, -inf) < self._settings.recheck:
+            return cached
         try:
             version = int(await self._redis.get(self._key(name, "version")) or 0)
-            cached = self._indexes.get(name)
             if cached is not None and cached.version == version:
+                self._checked[name] = now
                 return cached
             index = await self._load(name, version)
         except RedisError as exc:
             raise StoreUnavailable(f"knowledge base load failed: {exc}") from exc
-        self._indexes[name] = index
+        self._indexes[name], self._checked[name] = index, now
         log.info("knowledge base %s loaded: %d chunks (version %d)", name, len(index.chunks), version)
         return index
 

@@ -39,6 +39,25 @@ async def test_ingest_is_incremental(kb, tmp_path):
     assert not any("Friday, 8:00" in c.text for c in index.chunks)  # the old chunks went
 
 
+async def test_a_replica_reads_the_version_again_after_recheck_seconds(kb, redis, embedder, tmp_path):
+    folder = tmp_path / "kb"
+    shutil.copytree(SAMPLE, folder)
+    await kb.ingest("r", load_documents(folder))
+
+    def replica(recheck):
+        settings = KBSettings(_env_file=None, recheck=recheck)
+        return KnowledgeBase(redis=redis, embedder=embedder, settings=settings, prefix=kb._prefix)
+
+    trusting, checking = replica(3600), replica(0)
+    before = {c.source for c in (await trusting.index("r")).chunks}
+    assert before == {c.source for c in (await checking.index("r")).chunks} and "sso.md" in before
+    (folder / "sso.md").unlink()
+    await kb.ingest("r", load_documents(folder))
+    assert "sso.md" not in {c.source for c in (await kb.index("r")).chunks}  # its own ingest: at once
+    assert "sso.md" not in {c.source for c in (await checking.index("r")).chunks}
+    assert {c.source for c in (await trusting.index("r")).chunks} == before  # within its recheck time
+
+
 async def test_retrieval_cites_and_refuses(kb):
     await kb.ingest("t2", load_documents(SAMPLE))
     hits = await kb.retrieve("t2", "What are the API rate limits?")
