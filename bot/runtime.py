@@ -159,7 +159,8 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         ttl = settings.redis.context_ttl
         if redis is not None:
             handoff_store = RedisHandoffStore(redis, prefix=settings.redis.prefix, ttl=ttl)
-            stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
+            stats = redis_stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
+            stack.push_async_callback(redis_stats.aclose)  # before Redis closes (the stack unwinds in reverse)
             answers = RedisAnswerIndex(redis, prefix=settings.redis.prefix, ttl=ttl)
         else:
             handoff_store, stats, answers = MemoryHandoffStore(), MemoryStats(), MemoryAnswerIndex()

@@ -21,10 +21,11 @@ Per-conversation keys carry the conversation's hash tag and expire with its cont
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
 VOTES = ("up", "down")
 COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
+FLUSH_DELAY = 0.05  # seconds answers and handoffs are counted in memory before one write
+MAX_PENDING = 10_000  # counts kept while Redis fails; more are dropped with a warning
 
 
 def day_of(at: float | None = None) -> str:
@@ -106,36 +109,89 @@ def _day_range(days: int, today: date | None) -> list[str]:
 
 
 class RedisStats:
+    """Answers and handoffs are counted in a buffer that is written `FLUSH_DELAY` after its
+    first entry, in one pipeline. Turns that end together (under load they do: one engine
+    batch) share it, and it is written once their next turns' requests have left, instead
+    of competing with them for the event loop at the moment they end. Readers in this
+    process (`days`, `vote`) write the buffer first; `aclose` writes what is left. A vote
+    on an answer that another replica handled less than `FLUSH_DELAY` ago is not yet known
+    there: no person reacts that fast."""
+
     def __init__(self, redis: Redis, *, prefix: str, conversation_ttl: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = conversation_ttl
+        self._pending: list[tuple[Turn, str, str]] = []  # (turn, counter, day)
+        self._writer: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # a reader that flushes waits for a write under way
 
     def _day(self, tenant: str, day: str) -> str:
         return f"{self._prefix}:stats:{tenant}:{day}"
 
-    async def _count(self, turn: Turn, counter: str, *, handed: bool = False) -> None:
-        day = self._day(turn.tenant, day_of())
-        conversation = str(turn.key)
+    def _count(self, turn: Turn, counter: str) -> None:
+        if len(self._pending) >= MAX_PENDING:  # Redis has been failing for a while
+            log.warning("figures buffer full: a count of %s is lost", counter)
+            return
+        self._pending.append((turn, counter, day_of()))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_later())
+
+    async def _write_later(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY)
+        self._writer = None
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:
+            log.warning("could not update the figures: %s", exc)
+
+    async def flush(self) -> None:
+        """Write the buffered counts now; on failure they are lost (figures, not turns)."""
+        async with self._writing:
+            pending, self._pending = self._pending, []
+            if pending:
+                await self._write(pending)
+
+    async def _write(self, pending: list[tuple[Turn, str, str]]) -> None:
+        counts: Counter[tuple[str, str]] = Counter()
+        conversations: defaultdict[str, set[str]] = defaultdict(set)
+        answers: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        for turn, counter, day in pending:
+            key = self._day(turn.tenant, day)
+            counts[key, counter] += 1
+            conversations[f"{key}:conversations"].add(str(turn.key))
+            if counter == "handoffs":
+                conversations[f"{key}:handed"].add(str(turn.key))
+            else:
+                answers[f"{self._prefix}:answers:{turn.key.hash_tag}"][turn.event_id] = day
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant)
-                pipe.hincrby(day, counter, 1).expire(day, STATS_TTL)
-                pipe.pfadd(f"{day}:conversations", conversation).expire(f"{day}:conversations", STATS_TTL)
-                if handed:
-                    pipe.pfadd(f"{day}:handed", conversation).expire(f"{day}:handed", STATS_TTL)
-                if counter == "answers":
-                    answers = f"{self._prefix}:answers:{turn.key.hash_tag}"
-                    pipe.hset(answers, turn.event_id, day_of()).expire(answers, self._ttl)
+                pipe.sadd(f"{self._prefix}:stats:tenants", *{turn.tenant for turn, _, _ in pending})
+                for (key, counter), n in counts.items():
+                    pipe.hincrby(key, counter, n)
+                for key in {key for key, _ in counts}:
+                    pipe.expire(key, STATS_TTL)
+                for key, members in conversations.items():
+                    pipe.pfadd(key, *members).expire(key, STATS_TTL)
+                for key, fields in answers.items():
+                    pipe.hset(key, mapping=fields).expire(key, self._ttl)
                 await pipe.execute()
         except RedisError as exc:
-            raise StoreUnavailable(f"stats update failed: {exc}") from exc
+            raise StoreUnavailable(f"stats update failed ({len(pending)} counts lost): {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Write what is buffered (the owner calls this before closing Redis)."""
+        if self._writer is not None:
+            await self._writer  # at most FLUSH_DELAY, and it never raises
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:
+            log.warning("could not update the figures at shutdown: %s", exc)
 
     async def answered(self, turn: Turn) -> None:
-        await self._count(turn, "answers")
+        self._count(turn, "answers")
 
     async def handed_off(self, turn: Turn) -> None:
-        await self._count(turn, "handoffs", handed=True)
+        self._count(turn, "handoffs")
 
     async def resolved(self, turn: Turn) -> None:
         day = self._day(turn.tenant, day_of())
@@ -151,6 +207,7 @@ class RedisStats:
         answers = f"{self._prefix}:answers:{turn.key.hash_tag}"
         votes = f"{self._prefix}:votes:{turn.key.hash_tag}"
         field_ = f"{answer}:{turn.user}"
+        await self.flush()  # the answer voted on may still be in the buffer
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 known, before = await pipe.hexists(answers, answer).hget(votes, field_).execute()
@@ -174,6 +231,7 @@ class RedisStats:
         return "new" if previous is None else "changed"
 
     async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
+        await self.flush()
         try:
             if tenant is not None:
                 tenants = [tenant]

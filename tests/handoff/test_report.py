@@ -32,6 +32,7 @@ async def fill(stats: RedisStats) -> None:
     await stats.vote(Turn("web", "shop", "a", "a", "up", "v2"), "a-2", "up")
     await stats.vote(Turn("web", "shop", "c", "c", "down", "v3"), "c-1", "down")
     await stats.answered(turn("acme", "z"))
+    await stats.aclose()  # its owner writes what is still buffered, as the runtime does
 
 
 async def test_report_prints_a_table_and_json_per_tenant_and_day(redis, make_settings):

@@ -3,11 +3,15 @@ in-memory twins held to the same behaviour."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from redis.asyncio import Redis
 
+from bot.engine import free_port
 from bot.handoff import MemoryHandoffStore, RedisHandoffStore, Ticket
 from bot.stats import MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, day_of
 from bot.turns import ConversationKey, Turn
@@ -122,3 +126,40 @@ async def test_the_answer_index_leads_from_a_message_to_its_answer(redis, kind):
     assert found is not None and (found.key, found.event_id) == (OTHER, "Ev42")
     assert await index.find("discord", "43", "1234") is None  # another guild
     assert await index.find("slack", "42", "1234") is None
+
+
+async def test_counts_reach_redis_for_other_replicas_in_one_write_after_a_short_delay(redis):
+    name = prefix()
+    counting, other = (RedisStats(redis, prefix=name, conversation_ttl=3600) for _ in range(2))
+    writes = []
+    real_pipeline = redis.pipeline
+
+    def pipeline(*args, **kwargs):
+        writes.append(1)
+        return real_pipeline(*args, **kwargs)
+
+    redis.pipeline = pipeline
+    try:
+        for n in range(8):  # eight turns ending together
+            await counting.answered(turn(ConversationKey("web", "shop", f"v{n}"), event_id=f"a{n}"))
+        await counting.handed_off(turn(ConversationKey("web", "shop", "v0")))
+        for _ in range(100):  # nobody in this process reads: the buffer is written on its own
+            if writes:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        redis.pipeline = real_pipeline
+    assert len(writes) == 1
+    [day] = await other.days(days=1)
+    assert (day.answers, day.handoffs, day.conversations, day.handed_conversations) == (8, 1, 8, 1)
+    assert await other.vote(turn(ConversationKey("web", "shop", "v3"), user="U1"), "a3", "up") == "new"
+
+
+async def test_figures_that_cannot_be_written_are_logged_and_never_fail_the_turn(caplog):
+    down = Redis(port=free_port(), socket_connect_timeout=1)
+    stats = RedisStats(down, prefix=prefix(), conversation_ttl=3600)
+    await stats.answered(turn())  # buffered: the turn goes on
+    with caplog.at_level(logging.WARNING, logger="bot.stats"):
+        await stats.aclose()
+    assert "1 counts lost" in caplog.text
+    await down.aclose()
