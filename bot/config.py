@@ -294,7 +294,7 @@ class KBSettings(BaseSettings):
     min_score: float = Field(0.35, ge=-1, le=1)  # best passage below this: "I don't know", no LLM call
     fetch_timeout: float = Field(20.0, gt=0)  # seconds to fetch one URL from a URL-list file
     max_chunks: int = Field(200_000, ge=1)  # refuse to load more into the in-process index
-    recheck: float = Field(2.0, ge=0)  # seconds a KB's version read from Redis is trusted (another replica's ingest shows within this)
+    recheck: float = Field(2.0, ge=0)  # seconds a KB's version from Redis is trusted: another replica's ingest shows within this
 
 
 class TenantsSettings(BaseSettings):

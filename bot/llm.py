@@ -215,7 +215,7 @@ class LLMClient:
                 total=None, connect=settings.total_timeout, sock_connect=settings.connect_timeout,
                 sock_read=settings.read_timeout,
             ),
-            connector=aiohttp.TCPConnector(limit=settings.max_concurrency + 8, limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=settings.max_concurrency + 8),
             trace_configs=[tracing],
             read_bufsize=2**18,  # the longest SSE line it will take (twice this)
         )

@@ -217,7 +217,8 @@ class Router:
             # Not a candidate at all, not even as the runner-up that would send a close call to
             # the LLM ("conversation 13" is a little like "take over this chat").
             ranked = [kv for kv in ranked if kv[0] != HANDOFF]
-        # After handoff has left: translate first behind it must still name a language or a verb.
+        # Translate on top must be asked for (a language, a verb); checked once handoff has left,
+        # which can put translate on top ("What is Parley?").
         if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
             ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
         (best, top), (second, runner_up) = ranked[:2]
