@@ -86,9 +86,11 @@ class LLMSettings(BaseSettings):
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer_file(cls, v: Path | None) -> Path | None:
-        if v is not None and tokenizer_file(v) is None:
+        if v is None:
+            return None
+        if (file := tokenizer_file(v)) is None:
             raise ValueError(f"no tokenizer.json at {v}")
-        return v
+        return file  # a folder becomes its tokenizer.json
 
     @field_validator("base_url")
     @classmethod

@@ -31,7 +31,7 @@ from bot.config import Settings
 from bot.context import Context, ContextStore, Message, estimate_tokens
 from bot.dedupe import Deduper
 from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError, PlatformError, StoreUnavailable
-from bot.handlers import Handler, Request
+from bot.handlers import ChatAlike, Handler, Request
 from bot.handoff import DESK_COMMANDS, Handoffs, Step, Ticket
 from bot.inbox import Delivery, Inbox
 from bot.llm import LLMClient, Usage, affinity_key, request_sent, usage_meter
@@ -102,11 +102,19 @@ def _boundary(text: str) -> int:
     return start
 
 
+def check_size(text: str, limit: int) -> None:
+    """Refuse, as `InputRejected`, a message that is empty or longer than `limit` characters
+    (`bot.messages.for_user` has the words for each)."""
+    if not text.strip():
+        raise InputRejected("empty")
+    if len(text) > limit:
+        raise InputRejected("too_long", length=len(text), limit=limit)
+
+
 SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failed save (~8 s in all)
 DEFER_PAUSE = (0.2, 5.0)  # first and longest pause before a deferred turn is tried again
 MAX_TRACKED_TENANTS = 10_000  # tenants whose share of chat-like turns steers speculation
 HEAD_START = 0.05  # seconds routing waits at most for a speculative request to leave first
-
 
 
 @dataclass(slots=True)
@@ -270,7 +278,7 @@ class DialogueManager:
             await sink.send(text)
             return self._reply(turn, Outcome.REJECTED, started, text=text, error=exc.reason)
 
-        tenant = self._tenants.get(turn.tenant) if self._tenants else self._default_tenant
+        tenant = self._tenant(turn)
         flags: tuple[str, ...] = ()
         if self._moderator is not None:
             verdict = await self._moderator.check(turn, turn.text, tenant.moderation)
@@ -383,8 +391,8 @@ class DialogueManager:
     async def _answers_as_chat(self, request: Request) -> bool:
         """Whether the routed handler answers this turn exactly as plain chat would."""
         intent = request.route.intent
-        alike = getattr(self._handlers.get(intent), "answers_as_chat", None)
-        return intent == "chat" or (alike is not None and await alike(request))
+        handler = self._handlers.get(intent)
+        return intent == "chat" or (isinstance(handler, ChatAlike) and await handler.answers_as_chat(request))
 
     async def _keep_speculation(self, request: Request) -> bool:
         """Whether a speculative chat answer is this turn's answer; tracked per tenant for
@@ -396,6 +404,9 @@ class DialogueManager:
         if tenant in self._chat_share or len(self._chat_share) < MAX_TRACKED_TENANTS:
             self._chat_share[tenant] = 0.9 * self._chat_share.get(tenant, 1.0) + 0.1 * keep
         return keep
+
+    def _tenant(self, turn: Turn) -> TenantConfig:
+        return self._tenants.get(turn.tenant) if self._tenants else self._default_tenant
 
     async def _route(self, turn: Turn, context: Context, tenant: TenantConfig) -> Route:
         allowed = [intent for intent in tenant.handlers if intent in self._handlers]
@@ -436,9 +447,12 @@ class DialogueManager:
         )
 
     async def _step(self, turn: Turn, context: Context, step: Step, started: float, **fields: object) -> Reply:
+        await self._keep(turn, context, step)
+        return self._reply(turn, step.outcome, started, text=step.text, error=step.error, **fields)
+
+    async def _keep(self, turn: Turn, context: Context, step: Step) -> None:
         if step.save:
             await self._save(turn, context, list(step.save))
-        return self._reply(turn, step.outcome, started, text=step.text, error=step.error, **fields)
 
     async def _after(self, turn: Turn, sink: ReplySink, reply: Reply) -> Reply:
         """After every turn, in the conversation's lock: the figures for `parley report`, and the
@@ -447,11 +461,9 @@ class DialogueManager:
         try:
             reason = await self._handoffs.after(turn, reply)
             if reason is not None:
-                tenant = self._tenants.get(turn.tenant) if self._tenants else self._default_tenant
                 context = await self._store.load(turn.key)
-                step = await self._handoffs.hand_off(turn, context, sink, tenant, reason, user_text=None)
-                if step.save:
-                    await self._save(turn, context, list(step.save))
+                step = await self._handoffs.hand_off(turn, context, sink, self._tenant(turn), reason, user_text=None)
+                await self._keep(turn, context, step)
         except StoreUnavailable as exc:  # Redis is down: the turn has said so already
             log.warning("handoff bookkeeping after the turn skipped: %s", exc, extra=turn_fields(turn))
         except Exception:
@@ -487,11 +499,7 @@ class DialogueManager:
             yield (await release(held))[0]
 
     def _check(self, text: str) -> None:
-        if not text.strip():
-            raise InputRejected("empty")
-        limit = self._settings.context.max_input_chars
-        if len(text) > limit:
-            raise InputRejected("too_long", length=len(text), limit=limit)
+        check_size(text, self._settings.context.max_input_chars)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates from bytes that were not UTF-8

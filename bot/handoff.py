@@ -53,13 +53,13 @@ from bot.logs import turn_fields
 from bot.moderation import HOSTILE, Verdict, redact_pii
 from bot.reply import ReplySink
 from bot.routing import HANDOFF
-from bot.stats import VOTES, Stats
+from bot.stats import FEEDBACK, VOTES, Stats
 from bot.tenants import TenantConfig
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 
 log = logging.getLogger(__name__)
 
-AGENT, RESOLVE, FEEDBACK = "agent", "resolve", "feedback"
+AGENT, RESOLVE = "agent", "resolve"
 DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK)
 # What the customer's adapter must not get back on a later, unrelated delivery: one-off reply
 # handles (a Discord interaction token lives 15 minutes, a Slack response_url answers once).
@@ -286,6 +286,17 @@ class Step:
     error: str = ""
 
 
+def _said(role: str, text: str) -> Message:
+    return Message(role, text, estimate_tokens(text))
+
+
+def _for_desk(text: str, tenant: TenantConfig) -> str:
+    """What the support channel sees. The context holds what moderation let through; "flag"
+    lets personal data through to the bot, but a support channel is read by many: it is
+    redacted there all the same, unless the tenant turned personal-data checks off."""
+    return text if tenant.moderation.personal_data == "off" else redact_pii(text)
+
+
 class Handoffs:
     """The decisions and steps of handing off, handing back and voting. Built once by the
     composition root; the dialogue manager calls it inside the conversation's lock and
@@ -335,13 +346,17 @@ class Handoffs:
     ) -> Step:
         """Open a ticket and tell the user. `user_text` is the turn's (moderated) message when it
         is not in the context yet; None when the turn's own message was already saved."""
-        asked = (Message("user", user_text, estimate_tokens(user_text)),) if user_text is not None else ()
+        asked = (_said("user", user_text),) if user_text is not None else ()
+
+        def told(outcome: Outcome, text: str, error: str = "") -> Step:
+            return Step(outcome, text, (*asked, _said("assistant", text)), error=error)
+
         desk = self.desk()
         if desk is None:
             log.info("handoff (%s) asked, but no desk is configured: the bot keeps answering", reason,
                      extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT)
-            return Step(Outcome.ANSWERED, messages.NO_AGENT, (*asked, Message("assistant", messages.NO_AGENT, estimate_tokens(messages.NO_AGENT))))
+            return told(Outcome.ANSWERED, messages.NO_AGENT)
         meta = {k: v for k, v in turn.meta.items() if k not in _ONE_OFF_META}
         ticket = Ticket(turn.key, desk.name, "", turn.user, reason, meta=meta, reply_to=turn.reply_to)
         try:
@@ -349,9 +364,7 @@ class Handoffs:
         except Exception as exc:  # a desk that cannot be reached must not leave the user in silence
             log.error("could not open a ticket at desk %s: %r", desk.name, exc, extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT_NOW)
-            return Step(Outcome.FAILED, messages.NO_AGENT_NOW,
-                        (*asked, Message("assistant", messages.NO_AGENT_NOW, estimate_tokens(messages.NO_AGENT_NOW))),
-                        error=f"desk: {type(exc).__name__}")
+            return told(Outcome.FAILED, messages.NO_AGENT_NOW, f"desk: {type(exc).__name__}")
         ticket = replace(ticket, thread=thread)
         # Stored before anything else is posted, so the people's first reply already finds its way.
         await self.store.open(ticket)
@@ -366,25 +379,20 @@ class Handoffs:
         except PlatformError as exc:  # handed off all the same: the people will reply
             log.warning("could not tell the user about the handoff: %s", exc, extra=turn_fields(turn))
         await self._count(self.stats.handed_off(turn), turn)
-        return Step(Outcome.HANDED_OFF, notice, (*asked, Message("assistant", notice, estimate_tokens(notice))))
+        return told(Outcome.HANDED_OFF, notice)
 
     def _transcript(self, context: Context, user_text: str | None, tenant: TenantConfig) -> str:
         speakers = {"user": messages.CUSTOMER, "assistant": messages.BOT_NAME}
         lines = [(speakers.get(m.role, m.role), m.content) for m in context.messages]
         if user_text is not None:
             lines.append((messages.CUSTOMER, user_text))
-        summary = context.summary
-        if tenant.moderation.personal_data != "off":
-            # The context holds what moderation let through; "flag" lets personal data through
-            # to the bot, but a support channel is read by many: redacted there all the same.
-            lines = [(who, redact_pii(text)) for who, text in lines]
-            summary = redact_pii(summary)
-        return messages.transcript(lines, summary)
+        lines = [(who, _for_desk(text, tenant)) for who, text in lines]
+        return messages.transcript(lines, _for_desk(context.summary, tenant))
 
     async def forward(self, turn: Turn, ticket: Ticket, sink: ReplySink, tenant: TenantConfig) -> Step:
         """A user's message while handed off: to the ticket thread, and to the context."""
         desk = self._desks.get(ticket.desk)
-        text = turn.text if tenant.moderation.personal_data == "off" else redact_pii(turn.text)
+        text = _for_desk(turn.text, tenant)
         try:
             if desk is None:
                 raise LookupError(f"desk {ticket.desk} is not running in this process")
@@ -395,7 +403,7 @@ class Handoffs:
             return Step(Outcome.FAILED, messages.FORWARD_FAILED, error=f"desk: {type(exc).__name__}")
         await self.store.touch(ticket)
         log.info("forwarded to ticket %s", ticket.thread, extra=turn_fields(turn))
-        return Step(Outcome.FORWARDED, save=(Message("user", turn.text, estimate_tokens(turn.text)),))
+        return Step(Outcome.FORWARDED, save=(_said("user", turn.text),))
 
     # -- events from the desk and from feedback buttons --------------------------------------------
 
@@ -428,7 +436,7 @@ class Handoffs:
             await self._tell_desk(desk, thread, messages.relay_failed(exc.code or str(exc.status or "error")), turn)
             return Step(Outcome.FAILED, error=f"delivery: {exc.code or exc.status}")
         await self.store.touch(ticket)
-        return Step(Outcome.RELAYED, text, (Message("assistant", text, estimate_tokens(text)),))
+        return Step(Outcome.RELAYED, text, (_said("assistant", text),))
 
     async def _resolve(self, turn: Turn, ticket: Ticket, desk: Desk | None, agent: str, sink: ReplySink) -> Step:
         await self.store.close(ticket.key)
@@ -439,8 +447,7 @@ class Handoffs:
         except PlatformError as exc:
             log.warning("could not tell the user the bot is back: %s", exc, extra=turn_fields(turn))
         await self._count(self.stats.resolved(turn), turn)
-        return Step(Outcome.RESOLVED, messages.HANDED_BACK,
-                    (Message("assistant", messages.HANDED_BACK, estimate_tokens(messages.HANDED_BACK)),))
+        return Step(Outcome.RESOLVED, messages.HANDED_BACK, (_said("assistant", messages.HANDED_BACK),))
 
     async def _feedback(self, turn: Turn) -> Step:
         vote = turn.text.strip().lower()

@@ -45,7 +45,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -318,14 +318,13 @@ class RedisInbox:
         self._recovered()
         for stream, entries in reply or ():
             for entry, fields in entries:
-                self._accept(_text(stream), _text(entry), fields)
+                self._accept(text(stream), text(entry), fields)
 
     def _accept(
         self, stream: str, entry: str, fields: dict[bytes, bytes], *, reclaimed: bool = False, posted: Sequence[str] = ()
     ) -> None:
         try:
-            turn = Turn.from_dict(json.loads(fields[b"turn"]))
-            turn = replace(turn, seq=int(fields[b"seq"]))
+            turn = Turn.from_dict({**json.loads(fields[b"turn"]), "seq": int(fields[b"seq"])})
         except (KeyError, ValueError, TypeError) as exc:
             # Only a bug or a version skew writes such an entry; it is kept in the stream for a look.
             log.error("inbox entry %s/%s is unreadable (%r); left pending", stream, entry, exc)
@@ -442,7 +441,7 @@ class RedisInbox:
             for stream, entries in by_stream.items():
                 await self._touch(keys=[stream], args=[GROUP, self.consumer, idle_ms, *entries], client=pipe)
             for stream, lost in zip(by_stream, await pipe.execute()):
-                for entry in map(_text, lost):
+                for entry in map(text, lost):
                     # Held past the visibility timeout without a heartbeat (a stalled process).
                     log.warning("turn %s/%s was taken over by another worker", stream, entry)
 
@@ -460,10 +459,10 @@ class RedisInbox:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for entry, _ in claimed:
                     pipe.xpending_range(stream, GROUP, min=entry, max=entry, count=1)
-                    pipe.get(self._key(stream, "reply", _text(entry)))
+                    pipe.get(self._key(stream, "reply", text(entry)))
                 looked = await pipe.execute()
             for (entry, fields), pending, posted in zip(claimed, looked[::2], looked[1::2]):
-                entry = _text(entry)
+                entry = text(entry)
                 if (stream, entry) in self._held:
                     # Its own turn, not refreshed in time (this process was starved of CPU): it is
                     # still being answered here, so it is not handed out a second time.
@@ -523,5 +522,6 @@ class RedisInbox:
             log.info("handed %s unfinished turns back to the other workers", len(deliveries))
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients made with or without `decode_responses`)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -483,9 +483,8 @@ class LLMClient:
                                detail=body[:200].decode(errors="replace")) from None
 
 
-def _load_tokenizer(path: Path) -> Tokenizer:
-    """PARLEY_LLM_TOKENIZER's file (the setting has checked that it exists)."""
-    file = tokenizer_file(path) or path
+def _load_tokenizer(file: Path) -> Tokenizer:
+    """PARLEY_LLM_TOKENIZER's file (the setting has found it)."""
     try:
         return Tokenizer.from_file(str(file))
     except Exception as exc:  # the library raises bare Exceptions for malformed files

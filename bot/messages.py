@@ -197,7 +197,7 @@ def transcript(lines: list[tuple[str, str]], summary: str = "") -> str:
 
 
 def customer_wrote(text: str) -> str:
-    return f"*Customer:* {text}"
+    return f"*{CUSTOMER}:* {text}"
 
 
 def relay_failed(reason: str) -> str:

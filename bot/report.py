@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import date
 
 from bot.config import Settings
@@ -32,16 +33,11 @@ def render_table(days: Sequence[DayStats]) -> str:
     """A plain table, one line per tenant and day, and a total line per tenant over the period."""
     rows = [_row(d) for d in days]
     tenants = sorted({d.tenant for d in days})
-    if len(days) > 1:
-        for tenant in tenants:
-            mine = [d for d in days if d.tenant == tenant]
-            if len(mine) > 1:
-                total = DayStats(
-                    tenant, "total", *(sum(getattr(d, f) for d in mine) for f in
-                                       ("answers", "handoffs", "resolved", "up", "down", "conversations",
-                                        "handed_conversations")),
-                )
-                rows.append(_row(total))
+    counted = [f.name for f in fields(DayStats)][2:]  # after tenant and day
+    for tenant in tenants:
+        mine = [d for d in days if d.tenant == tenant]
+        if len(mine) > 1:
+            rows.append(_row(DayStats(tenant, "total", **{f: sum(getattr(d, f) for d in mine) for f in counted})))
     table = [list(COLUMNS), *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     lines = []

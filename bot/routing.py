@@ -206,7 +206,7 @@ class Router:
 
         return await outcome(a) == await outcome(b)
 
-    async def _semantic(self, text: str, allowed: Sequence[str] = LABELS, as_chat: AsChat | None = None) -> Route:
+    async def _semantic(self, text: str, allowed: Sequence[str], as_chat: AsChat | None) -> Route:
         try:
             scores = self.scores((await self._embedder.embed([text]))[0])
         except EmbedderError as exc:

@@ -73,6 +73,15 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+async def cancel_and_wait(task: asyncio.Task[object], *, poll: float = 0.1) -> None:
+    """Cancel `task` and wait until it has ended, cancelling again while it goes on. On
+    Python 3.11 `asyncio.wait_for`, which redis-py wraps around every command it sends,
+    swallows a cancellation that arrives just as the command completes (fixed in 3.12)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=poll)
+
+
 def redacted(url: str) -> str:
     """A Redis URL as it may appear in logs: host, port and db, never a password."""
     parts = urlsplit(url)

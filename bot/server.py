@@ -21,7 +21,7 @@ from bot.errors import ConfigError
 from bot.inbox import MemoryInbox, RedisInbox
 from bot.metrics import TimedInbox
 from bot.ops import ops_server
-from bot.runtime import Runtime
+from bot.runtime import Runtime, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,9 @@ async def run_adapters(
                     await asyncio.shield(workers)
             except TimeoutError:
                 log.warning("turns still in flight after %.0f s; cancelling them", runtime.settings.dialogue.drain_timeout)
-                # Cancelled until it ends: in Python 3.11 asyncio.wait_for (which redis-py uses
-                # around each command) can swallow a cancellation that lands as the command finishes.
-                while not workers.done():
-                    workers.cancel()
-                    await asyncio.wait([workers], timeout=0.5)
+                await cancel_and_wait(workers, poll=0.5)
             await inbox.release()
-            upkeep.cancel()
+            await cancel_and_wait(upkeep)
             # Only now may adapters close the clients their sinks answer through.
             for adapter in adapters:
                 if (aclose := getattr(adapter, "aclose", None)) is not None:

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
 VOTES = ("up", "down")
+FEEDBACK = "feedback"  # the command of a vote's turn (`bot.handoff` handles it)
 COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
 FLUSH_DELAY = 0.05  # seconds answers and handoffs are counted in memory before one write
 MAX_PENDING = 10_000  # counts kept while Redis fails; more are dropped with a warning
@@ -274,12 +276,12 @@ class MemoryStats:
         self._answers: OrderedDict[tuple[ConversationKey, str], str] = OrderedDict()
         self._votes: dict[tuple[ConversationKey, str, str], tuple[str, str]] = {}
 
-    def _count(self, turn: Turn, counter: str, *, handed: bool = False) -> None:
+    def _count(self, turn: Turn, counter: str) -> None:
         day = self._days.setdefault((turn.tenant, day_of()), _Day())
         day.counters[counter] = day.counters.get(counter, 0) + 1
         if len(day.conversations) < self.MAX:
             day.conversations.add(str(turn.key))
-            if handed:
+            if counter == "handoffs":
                 day.handed.add(str(turn.key))
 
     async def answered(self, turn: Turn) -> None:
@@ -289,7 +291,7 @@ class MemoryStats:
             self._answers.popitem(last=False)
 
     async def handed_off(self, turn: Turn) -> None:
-        self._count(turn, "handoffs", handed=True)
+        self._count(turn, "handoffs")
 
     async def resolved(self, turn: Turn) -> None:
         day = self._days.setdefault((turn.tenant, day_of()), _Day())
@@ -331,6 +333,13 @@ class AnsweredIn:
 
     key: ConversationKey
     event_id: str
+
+    def vote(self, *, user: str, vote: str, event_id: str, meta: Mapping[str, str] = {}) -> Turn:
+        """The `feedback` turn of a vote on this answer, in the answer's conversation."""
+        return Turn(
+            platform=self.key.platform, tenant=self.key.tenant, channel=self.key.channel, thread=self.key.thread,
+            user=user, text=vote, event_id=event_id, command=FEEDBACK, reply_to=self.event_id, meta=meta,
+        )
 
 
 class AnswerIndex(Protocol):

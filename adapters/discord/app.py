@@ -357,10 +357,8 @@ class DiscordAdapter:
         if answered is None:
             log.info("%s reaction on message %s, which is no answer Parley remembers: ignored", vote, payload.message_id)
             return
-        key = answered.key
-        turn = Turn(
-            platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread,
-            user=str(payload.user_id), text=vote, command="feedback", reply_to=answered.event_id,
+        turn = answered.vote(
+            user=str(payload.user_id), vote=vote,
             # Reactions have no id of their own; a replayed gateway event carries the same fields.
             event_id=f"reaction:{payload.message_id}:{payload.user_id}:{vote}",
             meta={"post_channel": str(payload.channel_id)},

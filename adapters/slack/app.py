@@ -256,9 +256,7 @@ class SlackAdapter:
         if answered is None:
             log.info("%s reaction on %s, which is no answer Parley remembers: ignored", vote.vote, vote.message)
             return
-        key = answered.key
-        turn = Turn(platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread, user=vote.user,
-                    text=vote.vote, event_id=vote.event_id, command="feedback", reply_to=answered.event_id)
+        turn = answered.vote(user=vote.user, vote=vote.vote, event_id=vote.event_id)
         try:
             await inbox.put(turn)
         except InboxFull:

@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from adapters.web import normalize
-from adapters.web.fanout import Connection, Fanout, LocalFanout, cancel_and_wait
+from adapters.web.fanout import Connection, Fanout, stop_relay
 from adapters.web.limits import RateLimiter
 from adapters.web.normalize import BadFrame, Hello, Say, Vote
 from adapters.web.sink import WebSink
@@ -85,13 +85,13 @@ class WebAdapter:
         store: ContextStore,
         limiter: RateLimiter,
         signer: TokenSigner,
-        fanout: Fanout | None = None,
+        fanout: Fanout,
     ) -> None:
         self._settings = settings
         self._store = store
         self._limiter = limiter
         self._signer = signer
-        self._fanout = fanout or LocalFanout()
+        self._fanout = fanout
         self._max_frame = max_frame_bytes(settings.max_message_chars)
         self._widget_js = self._render_widget((STATIC / "widget.js").read_text(encoding="utf-8"))
         self._widget_css = (STATIC / "widget.css").read_text(encoding="utf-8")
@@ -149,7 +149,7 @@ class WebAdapter:
         )
         if self._relay is not None:
             relay, self._relay = self._relay, None
-            await cancel_and_wait(relay)
+            await stop_relay(relay)
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -44,6 +44,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from bot.inbox import text
+from bot.runtime import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 OUTBOX_FRAMES = 256  # frames queued for one socket before it counts as stuck
@@ -193,7 +196,7 @@ class RedisFanout:
     client's pool, so it never waits behind the subscription's reads.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, publish_pause: float = PUBLISH_PAUSE) -> None:
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
         self._prefix = f"{prefix}:visitor:"  # prefix: `{redis prefix}:web:{site}`
         # Subscribed to from connecting on, though nothing is published there: a connection with no
@@ -201,7 +204,6 @@ class RedisFanout:
         # that SUBSCRIBE's task would read, racing run()'s reads. Subscribed, it never does.
         self._home = f"{prefix}:fanout"
         self._local = LocalFanout()
-        self._publish_pause = publish_pause
         self._pubsub: PubSub | None = None  # while connected
         self._connected = asyncio.Event()  # set while `_pubsub` is
         self._subscribed: set[str] = set()  # channels asked for on that connection
@@ -252,7 +254,7 @@ class RedisFanout:
         try:
             receivers = await self._redis.publish(self.channel(visitor), frame)
         except (RedisError, OSError) as exc:
-            self._paused_until = time.monotonic() + self._publish_pause
+            self._paused_until = time.monotonic() + PUBLISH_PAUSE
             if not self._publish_failing:
                 self._publish_failing = True
                 log.warning("web: cannot publish frames to Redis (%s: %s); tabs miss them (answers are "
@@ -301,11 +303,11 @@ class RedisFanout:
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message":
-            channel = _text(message["channel"])
+            channel = text(message["channel"])
             if channel.startswith(self._prefix):
-                self._local.deliver(channel[len(self._prefix):], _text(message["data"]))
+                self._local.deliver(channel[len(self._prefix):], text(message["data"]))
         elif kind == "pong":
-            ping = self._pings.pop(_text(message["data"]), None)
+            ping = self._pings.pop(text(message["data"]), None)
             if ping is not None and not ping.done():
                 ping.set_result(True)
         # (un)subscribe confirmations: the PING after them says the same, for the one who waits
@@ -355,17 +357,9 @@ class RedisFanout:
             self._down_since = None
 
 
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` and wait for it to end, cancelling again if it goes on. On Python 3.11
-    `asyncio.wait_for`, which redis-py wraps around every command it sends, swallows a
-    cancellation that arrives just as the command completes (fixed in 3.12): cancelled once
-    in the middle of an (UN)SUBSCRIBE, `RedisFanout.run` could go on for ever."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.1)
+async def stop_relay(task: asyncio.Task[Any]) -> None:
+    """Stop `RedisFanout.run`: cancelled once in the middle of an (UN)SUBSCRIBE it could go
+    on for ever (`bot.runtime.cancel_and_wait`). A relay that had failed is logged."""
+    await cancel_and_wait(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("web: the fan-out's relay had failed", exc_info=task.exception())
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -35,11 +35,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.context import Message
-from bot.errors import InputRejected, ParleyError
+from bot.dialogue import check_size
+from bot.errors import ParleyError
+from bot.stats import VOTES
 from bot.turns import Turn
 
 PLATFORM = "web"
-VOTES = ("up", "down")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _ANSWER_ID = re.compile(r"([A-Za-z0-9_-]{22}):([A-Za-z0-9_-]{8,64})")
 
@@ -116,10 +117,7 @@ def parse_frame(raw: str) -> ClientFrame:
 
 def check_text(say: Say, limit: int) -> None:
     """Refuse, with the words `bot.messages.for_user` has for it, what no turn should carry."""
-    if not say.text.strip():
-        raise InputRejected("empty")
-    if len(say.text) > limit:
-        raise InputRejected("too_long", length=len(say.text), limit=limit)
+    check_size(say.text, limit)
 
 
 def event_id(visitor: str, client_id: str) -> str:

@@ -30,10 +30,9 @@ DELTA_INTERVAL = 0.05  # seconds: at most 20 delta frames a second per answer
 class WebSink:
     """`ReplySink` for one turn: frames go to every socket of the turn's visitor (its channel)."""
 
-    def __init__(self, fanout: Fanout, turn: Turn, *, interval: float = DELTA_INTERVAL) -> None:
+    def __init__(self, fanout: Fanout, turn: Turn) -> None:
         self._fanout = fanout
         self._turn = turn
-        self._interval = interval
         self._sent = itertools.count(1)
 
     async def _publish(self, frame: dict[str, Any]) -> None:
@@ -53,7 +52,7 @@ class WebSink:
         async for chunk in chunks:
             text += chunk
             now = time.monotonic()
-            if now - last >= self._interval and len(text) > sent:
+            if now - last >= DELTA_INTERVAL and len(text) > sent:
                 await self._publish(normalize.delta(answer, sent, text[sent:]))
                 sent, last = len(text), now
         if len(text) > sent:  # the pieces always add up to the answer

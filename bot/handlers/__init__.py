@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.config import Settings
 from bot.context import Context
@@ -41,6 +41,7 @@ class Handler(Protocol):
         ...
 
 
+@runtime_checkable
 class ChatAlike(Protocol):
     """Optional beside `answer`: a handler that sometimes answers exactly as plain chat does
     (QA for a tenant with no knowledge base) says so, so that a chat answer already started

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from redis.asyncio import Redis
 
-from adapters.web.fanout import Connection, Fanout, LocalFanout, RedisFanout, cancel_and_wait
+from adapters.web.fanout import Connection, Fanout, LocalFanout, RedisFanout, stop_relay
 
 FRAME_TIMEOUT = 30.0  # generous on two shared cores; never a timing assertion
 
@@ -67,7 +67,7 @@ async def replica(url: str, prefix: str) -> AsyncIterator[RedisFanout]:
     try:
         yield fanout
     finally:
-        await cancel_and_wait(relay)
+        await stop_relay(relay)
         await client.aclose()
 
 
