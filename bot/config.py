@@ -71,6 +71,7 @@ class LLMSettings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0)  # seconds to connect to the engine
     read_timeout: float = Field(60.0, gt=0)  # longest silence between two streamed chunks
     total_timeout: float = Field(300.0, gt=0)  # longest a whole answer may take
+    keepalive: float = Field(4.0, gt=0)  # seconds an idle connection is kept: below the engine's (vLLM: 5 s)
     retries: int = Field(1, ge=0)  # retries before the first token (connect errors, 429/503)
     max_tokens: int = Field(512, ge=1)  # longest answer, in tokens
     temperature: float = Field(0.7, ge=0)  # sampling temperature of answers

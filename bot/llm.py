@@ -215,7 +215,9 @@ class LLMClient:
                 total=None, connect=settings.total_timeout, sock_connect=settings.connect_timeout,
                 sock_read=settings.read_timeout,
             ),
-            connector=aiohttp.TCPConnector(limit=settings.max_concurrency + 8),
+            # A connection the server closes as it idles out, reused at that moment, fails the
+            # request ("Server disconnected"); vLLM closes them after 5 s, so they go sooner here.
+            connector=aiohttp.TCPConnector(limit=settings.max_concurrency + 8, keepalive_timeout=settings.keepalive),
             trace_configs=[tracing],
             read_bufsize=2**18,  # the longest SSE line it will take (twice this)
         )

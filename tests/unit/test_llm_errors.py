@@ -1,5 +1,7 @@
 """How engine answers map onto Parley's error tree, and what the user is told."""
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -78,3 +80,23 @@ async def test_a_malformed_stream_or_answer_is_an_engine_failure_and_a_full_stre
         with pytest.raises(EngineFailed, match="other than JSON") as failed:
             await llm.model()
         assert "a proxy's error page" in failed.value.detail
+
+
+async def test_an_idle_connection_is_dropped_before_the_engine_would_drop_it(loopback):
+    # Reused just as the server closes it, a connection fails the request; the client lets its
+    # idle connections go after PARLEY_LLM_KEEPALIVE seconds, before the server's keep-alive ends.
+    peers = []
+
+    async def models(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({"data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    settings = LLMSettings(_env_file=None, keepalive=0.2)
+    async with loopback(app) as url, LLMClient(settings, base_url=url) as llm:
+        await llm._request(llm.engines[0], "GET", f"{url}/models")
+        await llm._request(llm.engines[0], "GET", f"{url}/models")
+        await asyncio.sleep(0.6)
+        await llm._request(llm.engines[0], "GET", f"{url}/models")
+    assert peers[0] == peers[1] != peers[2]
