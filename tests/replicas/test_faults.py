@@ -23,7 +23,9 @@ pytestmark = pytest.mark.engine
 
 
 def store(redis_server, replica) -> RedisContextStore:
-    client = Redis.from_url(redis_server.url)
+    # The test's own reads are not what is tested, and they run while replicas and the engine
+    # load both cores: a stall of the machine past redis-py's 5 s default failed one in CI.
+    client = Redis.from_url(redis_server.url, socket_timeout=60)
     settings = RedisSettings(_env_file=None, url=redis_server.url, prefix=replica.env["PARLEY_REDIS_PREFIX"])
     return RedisContextStore(client, redis_settings=settings, settings=ContextSettings(_env_file=None))
 
