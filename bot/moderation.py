@@ -143,11 +143,12 @@ class _Profanity:
         path = Path(better_profanity.__file__).with_name("profanity_wordlist.txt")
         entries = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
         self._words = {e for e in entries if " " not in e}
-        # Phrases by the length of their first word: a word can only read as one of the same length.
-        self._phrases: dict[int, list[tuple[str, ...]]] = {}
+        # Phrases by their first word's length and first letter: a word can only read as one
+        # of the same length, starting with a letter its first character can read as.
+        self._phrases: dict[tuple[int, str], list[tuple[str, ...]]] = {}
         for e in sorted(e for e in entries if " " in e):
             phrase = tuple(e.split())
-            self._phrases.setdefault(len(phrase[0]), []).append(phrase)
+            self._phrases.setdefault((len(phrase[0]), phrase[0][0]), []).append(phrase)
         reads: dict[str, set[str]] = {}
         for letter, looks in profanity.CHARS_MAPPING.items():
             for look in looks:
@@ -170,13 +171,15 @@ class _Profanity:
         matches = list(self.WORD.finditer(text.lower()))
         words = [m.group() for m in matches]
         spans = [
-            (m.start(), m.end()) for m, w in zip(matches, words, strict=True) if self._bad(w) or self._bad(w.rstrip(".!"))
+            (m.start(), m.end()) for m, w in zip(matches, words, strict=True)
+            if self._bad(w) or ((bare := w.rstrip(".!")) != w and self._bad(bare))
         ]
         for i, word in enumerate(words):
-            for phrase in self._phrases.get(len(word), ()):
-                n = len(phrase)
-                if i + n <= len(words) and all(self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)):
-                    spans.append((matches[i].start(), matches[i + n - 1].end()))
+            for first in self._reads.get(word[0], word[0]):
+                for phrase in self._phrases.get((len(word), first), ()):
+                    n = len(phrase)
+                    if i + n <= len(words) and all(self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)):
+                        spans.append((matches[i].start(), matches[i + n - 1].end()))
         return spans
 
     def found(self, text: str) -> bool:
