@@ -4,7 +4,10 @@
    pattern such as "translate to German: ..." (a regex, microseconds);
 2. semantic: the message's embedding against example phrases per intent (an operator-
    editable TOML file), scored as the mean of each intent's closest examples; below the
-   no-match threshold the turn is plain chat (one embedding, a few ms);
+   no-match threshold the turn is plain chat (one embedding, a few ms). Handoff and
+   translate are candidates only when the message asks for them (a regex cue each); when
+   every candidate would answer as plain chat does (QA for a tenant with no knowledge
+   base), the embedding is not computed at all (step `moot`);
 3. llm: when the top two intents are closer than the margin, vLLM picks one label under
    a structured-output constraint (one short constrained request).
 
@@ -96,7 +99,7 @@ class Route:
     `target` a language code named by the command or pattern, `step` which step decided."""
 
     intent: str
-    step: str  # explicit | semantic | llm | no-match | disabled
+    step: str  # explicit | moot | semantic | llm | no-match | disabled
     text: str
     target: str | None = None
     score: float | None = None
@@ -206,24 +209,36 @@ class Router:
 
         return await outcome(a) == await outcome(b)
 
+    def _candidates(self, text: str) -> list[str]:
+        """The intents `text` may be routed to by its embedding. Handoff and translate must be
+        asked for (a person or a call; a language or a verb), however close their examples
+        are: otherwise they are not even the runner-up that would send a close call to the LLM
+        ("conversation 13" is a little like "take over this chat", "What is Parley?" like a
+        translation request)."""
+        return [
+            intent for intent in self._intents
+            if (intent != HANDOFF or _HANDOFF_CUE.search(text)) and (intent != "translate" or _TRANSLATE_CUE.search(text))
+        ]
+
     async def _semantic(self, text: str, allowed: Sequence[str], as_chat: AsChat | None) -> Route:
+        candidates = self._candidates(text)
+        for intent in candidates:
+            if not await self._moot(intent, "chat", allowed, as_chat):
+                break
+        else:
+            # Whichever of them won, the answer would be plain chat's (QA for a tenant with no
+            # knowledge base): the embedding could not change it, so it is not computed.
+            return Route("chat", "moot", text)
         try:
             scores = self.scores((await self._embedder.embed([text]))[0])
         except EmbedderError as exc:
             log.warning("routing by embeddings failed (%s); answering as chat", exc)
             return Route("chat", "no-match", text)
-        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
-        if not _HANDOFF_CUE.search(text) and len(ranked) > 2:
-            # Not a candidate at all, not even as the runner-up that would send a close call to
-            # the LLM ("conversation 13" is a little like "take over this chat").
-            ranked = [kv for kv in ranked if kv[0] != HANDOFF]
-        # Translate on top must be asked for (a language, a verb); checked once handoff has left,
-        # which can put translate on top ("What is Parley?").
-        if ranked[0][0] == "translate" and not _TRANSLATE_CUE.search(text):
-            ranked = [kv for kv in ranked if kv[0] != "translate"] + [ranked[0]]
-        (best, top), (second, runner_up) = ranked[:2]
+        ranked = sorted(((intent, scores[intent]) for intent in candidates), key=lambda kv: kv[1], reverse=True)
+        best, top = ranked[0]
         if top < self._settings.threshold:
             return Route("chat", "no-match", text, score=top)
+        second, runner_up = ranked[1] if len(ranked) > 1 else (best, top)  # a lone candidate: moot below
         if (
             top - runner_up < self._settings.margin
             and self._settings.llm_fallback

@@ -102,7 +102,7 @@ class Reply:
     `ttft` is seconds from the turn's start to the first token, `llm_time` the seconds
     spent waiting on the engine, `total` the whole turn. `total - llm_time` is Parley's
     own share, which `parley bench` reports. `intent` is where routing sent the turn,
-    `route_step` which routing step decided (explicit, semantic, llm, no-match, disabled),
+    `route_step` which routing step decided (explicit, moot, semantic, llm, no-match, disabled),
     `moderation` the moderation categories that fired on the input.
     """
 

@@ -208,11 +208,12 @@ async def test_a_prompt_longer_than_the_model_takes_is_refused_clearly(engine, m
 
 async def test_the_chat_answer_starts_beside_routing_and_is_dropped_when_the_turn_goes_elsewhere(engine, make_settings):
     async with open_runtime(make_settings(llm_url=engine)) as rt:
-        for text, intent in (("tell me a joke about cats", "chat"), ("Does the app work offline?", "qa")):
+        for text, intent in (("tell me a joke about cats", "chat"), ("What does error 403 mean when I log in?", "qa")):
             sink = RecordingSink()
             reply = await rt.manager.handle(make_turn(text, channel=intent), sink)
-            # Chat, or QA for a tenant with no knowledge base (which answers as chat): the answer
-            # that started beside routing is the one shown and saved, and it was counted once.
+            # Chat, or QA for a tenant with no knowledge base (which answers as chat; "mean" makes
+            # translate a candidate, so routing embeds the message): the answer that started
+            # beside routing is the one shown and saved, and it was counted once.
             assert reply.outcome is Outcome.ANSWERED and reply.intent == intent and reply.route_step != "speculative"
             assert reply.text == sink.text and reply.completion_tokens == 12
 

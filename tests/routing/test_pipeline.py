@@ -109,10 +109,21 @@ async def test_semantic_routing_sends_a_support_question_to_qa(proxy, make_setti
         assert "https://help.quillstack.example/notes" in sink.text
 
 
+async def test_without_a_knowledge_base_a_message_that_can_only_be_chat_or_qa_is_not_embedded(proxy, make_settings):
+    text = "Does the app work offline?"  # no cue for translate or handoff: qa or chat
+    async with open_runtime(make_settings(llm_url=proxy.url)) as rt:
+        # QA for a tenant with no knowledge base answers as chat: nothing left to decide.
+        reply = await rt.manager.handle(turn(text), RecordingSink())
+        assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.ANSWERED, "chat", "moot")
+        await rt.kb.ingest("default", load_documents(SAMPLE))
+        reply = await rt.manager.handle(turn(text), RecordingSink())
+        assert (reply.intent, reply.route_step) == ("qa", "semantic")
+
+
 async def test_a_close_call_between_answers_that_are_the_same_does_not_ask_the_llm(proxy, make_settings):
     # A margin of 2 makes every semantic decision a close call between the top two intents.
     routing = RoutingSettings(_env_file=None, margin=2.0, llm_fallback=True, speculate=False)
-    text = "How do I reset my password?"  # qa first, chat second
+    text = "What does error 403 mean when I log in?"  # "mean" makes translate a candidate; qa first, chat second
     async with open_runtime(make_settings(llm_url=proxy.url, routing=routing)) as rt:
 
         def choices():
