@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from bot.config import ContextSettings, RedisSettings
 from bot.errors import StoreUnavailable
+from bot.redis_batch import RedisBatcher
 from bot.turns import ConversationKey
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,14 @@ return 1
 
 
 class RedisContextStore:
-    def __init__(self, redis: Redis, *, redis_settings: RedisSettings, settings: ContextSettings) -> None:
+    """`batcher` sends the store's commands together with other callers' (the dedupe claims
+    issued beside the loads): the runtime shares one; by default the store has its own."""
+
+    def __init__(
+        self, redis: Redis, *, redis_settings: RedisSettings, settings: ContextSettings, batcher: RedisBatcher | None = None
+    ) -> None:
         self._redis = redis
-        self._save = redis.register_script(_SAVE)
+        self._batch = batcher or RedisBatcher(redis)
         self._prefix = redis_settings.prefix
         self._ttl = redis_settings.context_ttl
         self._budget = settings.token_budget
@@ -119,8 +125,9 @@ class RedisContextStore:
     async def load(self, key: ConversationKey) -> Context:
         msgs_key, summary_key, seq_key = self._keys(key)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                raw, summary, seq = await pipe.lrange(msgs_key, 0, -1).get(summary_key).get(seq_key).execute()
+            raw, summary, seq = await self._batch.execute(
+                ("LRANGE", msgs_key, 0, -1), ("GET", summary_key), ("GET", seq_key)
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"context load failed: {exc}") from exc
         messages = tuple(Message(*json.loads(item)) for item in raw)
@@ -132,10 +139,10 @@ class RedisContextStore:
         drop = compact(messages, self._budget, self._target)
         after = Context(messages[drop:], before.summary, max(seq, before.seq))
         try:
-            saved = await self._save(
-                keys=[msgs_key, summary_key, seq_key],
-                args=[seq, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new)],
-            )
+            [saved] = await self._batch.execute((
+                "EVAL", _SAVE, 3, msgs_key, summary_key, seq_key,
+                seq, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new),
+            ))
         except RedisError as exc:
             raise StoreUnavailable(f"context save failed: {exc}") from exc
         if not saved:

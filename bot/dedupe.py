@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from bot.config import RedisSettings
 from bot.errors import StoreUnavailable
+from bot.redis_batch import RedisBatcher
 from bot.turns import Turn
 
 
@@ -42,15 +43,14 @@ return 0
 class RedisDeduper:
     """The first claim of an event wins: atomic across every replica that shares the Redis."""
 
-    def __init__(self, redis: Redis, settings: RedisSettings) -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis, settings: RedisSettings, *, batcher: RedisBatcher | None = None) -> None:
+        self._batch = batcher or RedisBatcher(redis)  # shared with the context store: see RedisContextStore
         self._prefix = settings.prefix
         self._ttl = settings.dedupe_ttl
-        self._claim = redis.register_script(_CLAIM)
 
     async def claim(self, turn: Turn) -> bool:
         try:
-            won = await self._claim(keys=[f"{self._prefix}:seen:{event_key(turn)}"], args=[turn.seq, self._ttl])
+            [won] = await self._batch.execute(("EVAL", _CLAIM, 1, f"{self._prefix}:seen:{event_key(turn)}", turn.seq, self._ttl))
         except RedisError as exc:
             raise StoreUnavailable(f"dedupe failed: {exc}") from exc
         return bool(won)

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from bot.config import Settings
 from bot.context import ContextStore, MemoryContextStore, RedisContextStore
 from bot.dedupe import Deduper, MemoryDeduper, RedisDeduper
+from bot.redis_batch import RedisBatcher
 from bot.dialogue import DialogueManager
 from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
@@ -141,8 +142,12 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         redis = await connect_redis(settings, say)
         if redis is not None:
             stack.push_async_callback(redis.aclose)
-            store: ContextStore = RedisContextStore(redis, redis_settings=settings.redis, settings=settings.context)
-            deduper: Deduper = RedisDeduper(redis, settings.redis)
+            batcher = RedisBatcher(redis)  # one for the claims and loads that turns issue together
+            stack.push_async_callback(batcher.aclose)
+            store: ContextStore = RedisContextStore(
+                redis, redis_settings=settings.redis, settings=settings.context, batcher=batcher
+            )
+            deduper: Deduper = RedisDeduper(redis, settings.redis, batcher=batcher)
         else:
             store = MemoryContextStore(redis_settings=settings.redis, settings=settings.context)
             deduper = MemoryDeduper(settings.redis)
