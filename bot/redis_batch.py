@@ -6,6 +6,8 @@ round trip of their own on a pooled connection of their own, all queued for the 
 core. Here every command issued during one pass of the event loop goes out in one
 pipeline on one connection (as ioredis's auto-pipelining does): one write, one read, one
 wake-up for all of them. A command issued alone waits for nothing but that pass.
+Scripts go as EVAL with their text: Redis keeps a script compiled under its hash either
+way, and a round trip then never has to retry one that Redis did not know (NOSCRIPT).
 """
 
 from __future__ import annotations

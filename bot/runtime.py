@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 from bot.config import Settings
 from bot.context import ContextStore, MemoryContextStore, RedisContextStore
 from bot.dedupe import Deduper, MemoryDeduper, RedisDeduper
-from bot.redis_batch import RedisBatcher
 from bot.dialogue import DialogueManager
 from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
@@ -33,6 +32,7 @@ from bot.kb import KnowledgeBase
 from bot.llm import LLMClient
 from bot.metrics import Metrics
 from bot.moderation import Moderator
+from bot.redis_batch import RedisBatcher
 from bot.routing import Router
 from bot.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
 from bot.tenants import Tenants, load_tenants
