@@ -18,6 +18,7 @@ say where accuracy and time go.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import tomllib
@@ -238,7 +239,7 @@ class Router:
         best, top = ranked[0]
         if top < self._settings.threshold:
             return Route("chat", "no-match", text, score=top)
-        second, runner_up = ranked[1] if len(ranked) > 1 else (best, top)  # a lone candidate: moot below
+        second, runner_up = ranked[1] if len(ranked) > 1 else ("", -math.inf)  # a lone candidate: no close call
         if (
             top - runner_up < self._settings.margin
             and self._settings.llm_fallback
