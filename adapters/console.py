@@ -8,7 +8,9 @@ line typed is a turn of one conversation; `/reset` forgets it, `/help` explains,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
+import os
 import sys
 import threading
 import uuid
@@ -104,6 +106,10 @@ class ConsoleAdapter:
 def _read_lines(stream: BinaryIO) -> asyncio.Queue[bytes]:
     """Lines from a blocking stream, read by a daemon thread so that Ctrl-C or SIGTERM
     never waits on a pending read; b"" marks the end of input."""
+    with contextlib.suppress(OSError, ValueError):  # no descriptor (a test's BytesIO), or closed
+        # A reader of the thread's own: Python's shutdown closes sys.stdin, which needs the lock
+        # that the pending read holds, and aborts the process ("could not acquire lock").
+        stream = open(os.dup(stream.fileno()), "rb")  # the thread owns it
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes] = asyncio.Queue()
 

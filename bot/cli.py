@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, ParleyError
@@ -30,6 +31,65 @@ def say(line: str) -> None:
     print(f"parley: {line}", file=sys.stderr, flush=True)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP, for the one command this process runs: each ends it in order.
+
+    Python's defaults end the process at once on SIGTERM (what systemd, Docker and every
+    supervisor send) and SIGHUP, skipping every `finally`: the local engine, which runs in a
+    session of its own, would outlive Parley still holding its port. Here a signal either asks
+    a serving command to stop (inside `serving()`: `parley serve` drains its turns in flight),
+    or at any other time (start-up, a benchmark, the shutdown itself) cancels the command, so
+    that its context managers unwind and stop what they started. A second signal while the
+    engine is stopping cancels that wait too, and the engine is killed at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._stop = asyncio.Event()
+        self._serving = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def run(self, command: Coroutine[Any, Any, int | None]) -> int:
+        """`asyncio.run(command)` with the signals handled; the command's exit status, or
+        128 + the signal's number when a signal cut it short (the shell's convention)."""
+        return asyncio.run(self._main(command))
+
+    async def _main(self, command: Coroutine[Any, Any, int | None]) -> int:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            return await command or 0
+        except asyncio.CancelledError:
+            if self.received is None:
+                raise
+            return 128 + self.received
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s received: stopping", sig.name)
+        self.received = self.received or sig
+        if self._serving:
+            self._stop.set()
+        elif self._task is not None:
+            self._task.cancel()
+
+    @contextmanager
+    def serving(self) -> Iterator[asyncio.Event]:
+        """While inside, a signal sets the event yielded instead of cancelling the command."""
+        self._serving = True
+        try:
+            yield self._stop
+        finally:
+            self._serving = False
+
+
 @asynccontextmanager
 async def _started(settings: Settings) -> AsyncIterator[Runtime]:
     """The runtime of this process, its start-up heap frozen (`freeze_heap`)."""
@@ -40,7 +100,7 @@ async def _started(settings: Settings) -> AsyncIterator[Runtime]:
         yield runtime
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, signals: StopSignals) -> None:
     from bot.adapter import configured_adapters
     from bot.server import run_adapters
 
@@ -50,20 +110,22 @@ async def _serve(settings: Settings) -> None:
             "no platform is configured: set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED (or try `parley chat`)",
         )
     async with _started(settings) as runtime:
-        await run_adapters(runtime, configured_adapters(runtime), ops=True)
+        with signals.serving() as stop:
+            await run_adapters(runtime, configured_adapters(runtime), stop=stop, ops=True)
 
 
-async def _chat(settings: Settings) -> None:
+async def _chat(settings: Settings, signals: StopSignals) -> None:
     from bot.adapter import create_adapter
     from bot.server import run_adapters
 
     async with _started(settings) as runtime:
         console = create_adapter("console", runtime)
         assert console is not None  # the console needs no configuration
-        await run_adapters(runtime, [console])
+        with signals.serving() as stop:
+            await run_adapters(runtime, [console], stop=stop)
 
 
-async def _chat_web(settings: Settings) -> None:
+async def _chat_web(settings: Settings, signals: StopSignals) -> None:
     """`parley chat --web`: the web chat on this machine only, with the console chat's runtime."""
     from bot.adapter import create_adapter
     from bot.server import run_adapters
@@ -74,7 +136,8 @@ async def _chat_web(settings: Settings) -> None:
         assert web is not None  # enabled above
         announce = asyncio.create_task(_announce_web(web))
         try:
-            await run_adapters(runtime, [web])
+            with signals.serving() as stop:
+                await run_adapters(runtime, [web], stop=stop)
         finally:
             announce.cancel()
             await asyncio.gather(announce, return_exceptions=True)
@@ -97,7 +160,7 @@ async def _announce_web(web: Adapter) -> None:
         threading.Thread(target=webbrowser.open, args=(url,), name="open-browser", daemon=True).start()
 
 
-async def _engine(settings: Settings, install_only: bool) -> None:
+async def _engine(settings: Settings, install_only: bool, signals: StopSignals) -> None:
     from bot.engine import ensure_demo_model, ensure_embedder, ensure_installed, local_engine
 
     if install_only:
@@ -109,11 +172,13 @@ async def _engine(settings: Settings, install_only: bool) -> None:
         return
     async with local_engine(settings.engine, say) as base_url:
         say(f"point Parley at it with PARLEY_LLM_BASE_URL={base_url}; Ctrl-C stops it")
-        await asyncio.Event().wait()
+        with signals.serving() as stop:
+            await stop.wait()
 
 
 async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None:
-    from bot.kb import KnowledgeBase, load_documents
+    from bot.errors import KnowledgeBaseError
+    from bot.kb import KnowledgeBase, read_documents
     from bot.runtime import connect_redis, open_embedder
     from bot.tenants import load_tenants
 
@@ -121,14 +186,15 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
     config = tenants.get(tenant) if tenant else tenants.default
     if tenant and tenant not in tenants.listed:
         say(f"tenant {tenant} is not listed in {tenants.path}: it uses the default knowledge base")
-    documents = await asyncio.to_thread(load_documents, path, timeout=settings.kb.fetch_timeout, progress=say)
+    loaded = await read_documents(path, settings=settings.kb, progress=say)  # a line per skipped URL, with why
+    documents = loaded.documents
     redis = await connect_redis(settings, say)
     if redis is None:
         raise ConfigError("PARLEY_REDIS_URL", "the knowledge base is kept in Redis: set PARLEY_REDIS_URL or start a local Redis")
     embedder = await open_embedder(settings, say)
     try:
         kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
-        stats = await kb.ingest(config.knowledge_base, documents, progress=say)
+        stats = await kb.ingest(config.knowledge_base, documents, keep={s.source for s in loaded.skipped}, progress=say)
     finally:
         await embedder.aclose()
         await redis.aclose()
@@ -136,6 +202,8 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
         f"knowledge base {config.knowledge_base!r}: {len(documents)} documents; {stats.added} added, "
         f"{stats.updated} updated, {stats.unchanged} unchanged, {stats.removed} removed; {stats.chunks} chunks embedded"
     )
+    if loaded.skipped:  # the rest is ingested; the exit status still tells a script that not all was
+        raise KnowledgeBaseError(f"{len(loaded.skipped)} of {len(documents) + len(loaded.skipped)} URLs skipped (reasons above)")
 
 
 async def _eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -238,8 +306,14 @@ def _days(value: str) -> int:
     return days
 
 
+async def _done(work: Awaitable[object]) -> None:
+    """`work` with its result dropped: for commands whose result is not an exit status."""
+    await work
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signals = StopSignals()
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
@@ -248,23 +322,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         match args.command:
             case "serve":
-                asyncio.run(_serve(settings))
+                return signals.run(_serve(settings, signals))
             case "chat":
-                asyncio.run(_chat_web(settings) if args.web else _chat(settings))
+                return signals.run(_chat_web(settings, signals) if args.web else _chat(settings, signals))
             case "engine":
-                asyncio.run(_engine(settings, args.install_only))
+                return signals.run(_engine(settings, args.install_only, signals))
             case "bench":
                 from bot.bench import run_bench
 
-                asyncio.run(run_bench(settings, args, say))
+                return signals.run(run_bench(settings, args, say))
             case "kb":
-                asyncio.run(_kb_ingest(settings, args.path, args.tenant))
+                return signals.run(_kb_ingest(settings, args.path, args.tenant))
             case "eval":
-                return asyncio.run(_eval(settings, args))
+                return signals.run(_eval(settings, args))
             case "report":
                 from bot.report import run_report
 
-                asyncio.run(run_report(settings, days=args.days, tenant=args.tenant, as_json=args.json, say=say))
+                printed = run_report(settings, days=args.days, tenant=args.tenant, as_json=args.json, say=say)
+                return signals.run(_done(printed))
     except (ParleyError, BaseExceptionGroup) as exc:
         error = _first_parley_error(exc)
         if error is None:

@@ -10,10 +10,10 @@ start with `PARLEY_`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
@@ -21,6 +21,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are Parley, a helpful assistant in a team chat. Answer clearly and briefly, "
     "use Markdown sparingly, and say so when you do not know."
 )
+MIN_WEB_SECRET_BYTES = 32  # PARLEY_WEB_SECRET signs visitor tokens with HMAC-SHA256: a key as long as its output
 
 
 def tokenizer_file(path: Path) -> Path | None:
@@ -52,6 +53,7 @@ class RedisSettings(BaseSettings):
     context_ttl: int = Field(7 * 24 * 3600, gt=0)  # seconds a quiet conversation is kept
     dedupe_ttl: int = Field(24 * 3600, gt=0)  # seconds an event id is remembered
     socket_timeout: float = Field(5.0, gt=0)  # seconds a Redis call may take
+    password: SecretStr | None = None  # Redis's requirepass, kept out of PARLEY_REDIS_URL (a password in the URL wins)
 
     @field_validator("url")
     @classmethod
@@ -130,7 +132,7 @@ class OpsSettings(BaseSettings):
 
     model_config = _section("PARLEY_OPS_")
 
-    host: str = "0.0.0.0"  # where /healthz, /readyz and /metrics listen
+    host: str = "127.0.0.1"  # where /healthz, /readyz and /metrics listen (0.0.0.0 in a container, for probes and scrapers)
     port: int = Field(9464, ge=0, le=65535)  # 0: any free port
 
 
@@ -159,7 +161,7 @@ class SlackSettings(BaseSettings):
     app_token: SecretStr | None = None  # xapp-...: Socket Mode; unset: Events API over HTTP
     signing_secret: SecretStr | None = None  # verifies Events API requests
     api_base_url: str = "https://slack.com/api/"  # GovSlack or a proxy use another host
-    http_host: str = "0.0.0.0"  # where the Events API endpoint listens (HTTP mode)
+    http_host: str = "127.0.0.1"  # where the Events API endpoint listens (HTTP mode; 0.0.0.0 behind a load balancer)
     http_port: int = Field(3000, ge=0, le=65535)  # its port; the Request URL is http(s)://HOST:PORT/slack/events
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
     message_limit: int = Field(3000, ge=100, le=40000)  # characters per message before the answer continues in a new one
@@ -185,10 +187,12 @@ class DiscordSettings(BaseSettings):
     test_guild: int | None = None  # register slash commands here only (instant, for testing)
     allowed_guilds: list[int] = Field(default_factory=list)  # empty: every guild
     allowed_channels: list[int] = Field(default_factory=list)  # empty: every channel
+    allow_dms: bool | None = None  # answer direct messages; unset: yes, unless DISCORD_ALLOWED_GUILDS or _CHANNELS is set
     open_threads: bool = False  # start a thread for each new conversation
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
     message_limit: int = Field(2000, ge=100, le=2000)  # characters per message before the answer continues in a new one
     sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
+    sync_retry: float = Field(30.0, gt=0)  # seconds before a failed slash-command registration is tried again (doubling, up to 10 minutes)
     thread_archive_minutes: int = 1440  # an opened thread hides after this quiet time: 60, 1440, 4320 or 10080
     retry_buffer: int = Field(1000, ge=1)  # turns kept while the inbox is unreachable
 
@@ -218,6 +222,14 @@ class DiscordSettings(BaseSettings):
     def enabled(self) -> bool:
         return self.token is not None
 
+    @property
+    def dms_allowed(self) -> bool:
+        """An allow-list scopes Parley to some servers or channels; a DM is in none of them, so
+        it is refused then unless DISCORD_ALLOW_DMS says otherwise."""
+        if self.allow_dms is not None:
+            return self.allow_dms
+        return not (self.allowed_guilds or self.allowed_channels)
+
 
 class WebSettings(BaseSettings):
     """The embeddable web chat (`adapters/web`): a widget script and a WebSocket per visitor."""
@@ -225,9 +237,9 @@ class WebSettings(BaseSettings):
     model_config = _section("PARLEY_WEB_")
 
     enabled: bool = False  # serve the web chat from `parley serve`
-    host: str = "0.0.0.0"  # where the widget and its WebSocket listen
+    host: str = "127.0.0.1"  # where the widget and its WebSocket listen (0.0.0.0 behind a proxy or in a container)
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port
-    secret: SecretStr | None = None  # signs visitor tokens (HMAC); unset: a random one per start (visitors lose history on restart)
+    secret: SecretStr | None = None  # signs visitor tokens (HMAC), at least 32 bytes; unset: a random one per start (visitors lose history on restart)
     token_ttl: int = Field(30 * 24 * 3600, gt=0)  # seconds a visitor's token (and so their conversation) stays valid
     site: str = Field("web", min_length=1, max_length=64)  # the tenant the web chat's conversations belong to
     allowed_origins: list[str] = Field(default_factory=list)  # JSON list of https://host origins that may embed it; empty: same origin only
@@ -235,9 +247,22 @@ class WebSettings(BaseSettings):
     colour: str = Field("#3b5bdb", pattern=r"^#[0-9a-fA-F]{6}$")  # the panel's accent colour
     greeting: str = "Hi! How can I help?"  # the first line a new visitor sees
     max_message_chars: int = Field(4000, ge=1)  # longer messages are refused with a clear answer
-    visitor_rate: int = Field(20, ge=1)  # messages a visitor may send per minute
-    ip_rate: int = Field(60, ge=1)  # messages one IP address may send per minute
+    visitor_rate: int = Field(20, ge=1)  # frames (messages, votes) a visitor may send per minute
+    ip_rate: int = Field(60, ge=1)  # frames (messages, votes, greetings) one IP address may send per minute
     proxy_hops: int = Field(0, ge=0, le=5)  # proxies in front that append X-Forwarded-For (a load balancer: 1); 0: the peer address is the visitor's
+    # Tickets web visitors may open in the support channel per hour (asking for a person, anger,
+    # failed answers), so that anonymous visitors cannot flood it; shared through Redis.
+    visitor_handoffs: int = Field(3, ge=1)  # handoffs one visitor may start per hour
+    ip_handoffs: int = Field(10, ge=1)  # handoffs the visitors of one IP address may start per hour
+    site_handoffs: int = Field(100, ge=1)  # handoffs all visitors of the site may start per hour
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        # Whoever knows it can open any visitor's conversation: as long as the HMAC's own key.
+        if v is not None and len(v.get_secret_value().encode()) < MIN_WEB_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_WEB_SECRET_BYTES} bytes (try: openssl rand -hex 32)")
+        return v
 
 
 class HandoffSettings(BaseSettings):
@@ -249,6 +274,9 @@ class HandoffSettings(BaseSettings):
     on_request: bool = True  # hand off when the user asks for a person (the `handoff` intent)
     on_anger: bool = True  # hand off when moderation sees an angry or abusive user
     after_failures: int = Field(2, ge=0)  # hand off after this many failed answers in a row; 0: never
+    allow_public_channel: bool = False  # accept a public (or Slack Connect) support channel; else the desk stays off
+    agent_groups: list[str] = Field(default_factory=list)  # JSON list of Slack user-group ids (S...) whose members may answer; empty: anyone in the channel from Parley's workspace
+    agent_refresh: float = Field(300.0, gt=0)  # seconds Parley keeps an agent's workspace and the groups' members before asking Slack again
 
     @property
     def enabled(self) -> bool:
@@ -295,9 +323,18 @@ class KBSettings(BaseSettings):
     overlap_chars: int = Field(150, ge=0)  # text repeated from the end of the previous chunk
     top_k: int = Field(3, ge=1)  # passages put in the answer prompt
     min_score: float = Field(0.35, ge=-1, le=1)  # best passage below this: "I don't know", no LLM call
-    fetch_timeout: float = Field(20.0, gt=0)  # seconds to fetch one URL from a URL-list file
+    fetch_timeout: float = Field(20.0, gt=0)  # seconds to fetch one URL from a URL-list file, redirects and body included
+    fetch_max_bytes: int = Field(5_000_000, ge=1024)  # a fetched page larger than this is skipped (never cut short)
+    # Non-public addresses (private, loopback, link-local, ...) are fetched only inside these
+    # ranges; cloud metadata addresses never are. Comma-separated CIDR, e.g. 10.20.0.0/16,fd12::/48.
+    fetch_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)  # non-public ranges a URL list may fetch from
     max_chunks: int = Field(200_000, ge=1)  # refuse to load more into the in-process index
     recheck: float = Field(2.0, ge=0)  # seconds a KB's version from Redis is trusted: another replica's ingest shows within this
+
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _cidrs(cls, v: Any) -> Any:
+        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
 
 
 class TenantsSettings(BaseSettings):

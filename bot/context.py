@@ -4,12 +4,16 @@ Layout per conversation (the `{...}` hash tag keeps them in one Redis Cluster sl
 
     {prefix}:ctx:{platform:tenant:channel:thread}:msgs     list of JSON [role, content, tokens]
     {prefix}:ctx:{platform:tenant:channel:thread}:summary  string
-    {prefix}:ctx:{platform:tenant:channel:thread}:seq      the inbox sequence number of the last saved turn
+    {prefix}:ctx:{platform:tenant:channel:thread}:turns    list of the ids (`Turn.uid`) of the last saved turns
 
 A load is one round trip (LRANGE + GET in a pipeline), a save is one round trip
-(RPUSH, LTRIM, SET, EXPIRE in one script). The `seq` written with the history
+(RPUSH, LTRIM, LPUSH, EXPIRE in one script). The turn id written with the history
 makes a turn's save and its "answered" mark one atomic step: a turn taken over from
-a worker that died after saving is recognised as answered and not answered twice. The history is bounded by a token
+a worker that died after saving is recognised as answered and not answered twice.
+"Answered" is decided by that id alone, never by comparing sequence numbers: the
+inbox's numbering of a conversation can start again (its keys expired, the shards
+were re-cut, a failover lost writes), and a number compared against an older mark
+would silently swallow the turns of a returning user. The history is bounded by a token
 budget; when it overflows it is cut back to `compact_to` of the budget in one
 step, so the start of the prompt (and so vLLM's prefix cache) stays the same for
 several turns instead of shifting on every turn as a sliding window would.
@@ -53,7 +57,7 @@ class Context:
 
     messages: tuple[Message, ...] = ()
     summary: str = ""
-    seq: int = 0  # the inbox sequence number of the last turn saved (0: none, or an in-process inbox)
+    answered: tuple[str, ...] = ()  # ids of the last turns saved, newest first (`Turn.uid`)
 
     @property
     def tokens(self) -> int:
@@ -83,25 +87,42 @@ def compact(messages: Sequence[Message], budget: int, target: float) -> int:
 class ContextStore(Protocol):
     async def load(self, key: ConversationKey) -> Context: ...
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
-        """Append `new` to the history `before` was loaded as, marking turn `seq` saved (when
-        given); returns the history now stored."""
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, uid: str = "") -> Context:
+        """Append `new` to the history `before` was loaded as, marking turn `uid` answered (when
+        given; a turn already marked is not saved twice); returns the history now stored."""
         ...
 
     async def reset(self, key: ConversationKey) -> None: ...
 
 
-# KEYS: msgs, summary, seq. ARGV: seq, ttl, how many of the oldest to drop, new messages...
-# One atomic step; a turn already saved (its seq is not above the stored one) is refused.
+# How many turn ids a conversation remembers. Turns are saved in order, so a turn taken over
+# after its save is among the newest; the rest is headroom for turns that went on without
+# waiting (the inbox's order timeout).
+ANSWERED_KEPT = 32
+
+# KEYS: msgs, summary, turns. ARGV: uid, ttl, how many of the oldest to drop, new messages...
+# One atomic step; a turn whose id is already in the list is refused. Every key of the
+# conversation gets the same lifetime in the same step.
 _SAVE = """
-local seq = tonumber(ARGV[1])
-if seq > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= seq then return 0 end
+local uid = ARGV[1]
+if uid ~= '' then
+  for _, seen in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    if seen == uid then return 0 end
+  end
+end
 if #ARGV > 3 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 4)) end
 if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[1], ARGV[3], -1) end
-if seq > 0 then redis.call('SET', KEYS[3], seq) end
+if uid ~= '' then
+  redis.call('LPUSH', KEYS[3], uid)
+  redis.call('LTRIM', KEYS[3], 0, %d)
+end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
-"""
+""" % (ANSWERED_KEPT - 1)
+
+
+def _marked(answered: tuple[str, ...], uid: str) -> tuple[str, ...]:
+    return (uid, *answered)[:ANSWERED_KEPT] if uid else answered
 
 
 class RedisContextStore:
@@ -120,41 +141,41 @@ class RedisContextStore:
 
     def _keys(self, key: ConversationKey) -> tuple[str, str, str]:
         base = f"{self._prefix}:ctx:{key.hash_tag}"
-        return f"{base}:msgs", f"{base}:summary", f"{base}:seq"
+        return f"{base}:msgs", f"{base}:summary", f"{base}:turns"
 
     async def load(self, key: ConversationKey) -> Context:
-        msgs_key, summary_key, seq_key = self._keys(key)
+        msgs_key, summary_key, turns_key = self._keys(key)
         try:
-            raw, summary, seq = await self._batch.execute(
-                ("LRANGE", msgs_key, 0, -1), ("GET", summary_key), ("GET", seq_key)
+            raw, summary, answered = await self._batch.execute(
+                ("LRANGE", msgs_key, 0, -1), ("GET", summary_key), ("LRANGE", turns_key, 0, -1)
             )
         except RedisError as exc:
             raise StoreUnavailable(f"context load failed: {exc}") from exc
         messages = tuple(Message(*json.loads(item)) for item in raw)
-        return Context(messages, (summary or b"").decode(), int(seq or 0))
+        return Context(messages, (summary or b"").decode(), tuple(uid.decode() for uid in answered))
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
-        msgs_key, summary_key, seq_key = self._keys(key)
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, uid: str = "") -> Context:
+        msgs_key, summary_key, turns_key = self._keys(key)
         messages = (*before.messages, *new)
         drop = compact(messages, self._budget, self._target)
-        after = Context(messages[drop:], before.summary, max(seq, before.seq))
+        after = Context(messages[drop:], before.summary, _marked(before.answered, uid))
         try:
             [saved] = await self._batch.execute((
-                "EVAL", _SAVE, 3, msgs_key, summary_key, seq_key,
-                seq, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new),
+                "EVAL", _SAVE, 3, msgs_key, summary_key, turns_key,
+                uid, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new),
             ))
         except RedisError as exc:
             raise StoreUnavailable(f"context save failed: {exc}") from exc
         if not saved:
             # Only a worker that stalled past the inbox's visibility timeout gets here: the turn
             # was taken over and saved by another worker, whose copy stands.
-            log.warning("turn %s of %s was already saved by another worker; this copy is dropped", seq, key)
+            log.warning("turn %s of %s was already saved by another worker; this copy is dropped", uid, key)
             return before
         return after
 
     async def reset(self, key: ConversationKey) -> None:
         try:
-            await self._redis.delete(*self._keys(key)[:2])  # the seq mark stays: it is about turns, not history
+            await self._redis.delete(*self._keys(key)[:2])  # the turn ids stay: they are about turns, not history
         except RedisError as exc:
             raise StoreUnavailable(f"context reset failed: {exc}") from exc
 
@@ -176,11 +197,16 @@ class MemoryContextStore:
         expires, ctx = self._data.get(key, (0.0, Context()))
         return ctx if expires > time.monotonic() else Context()
 
-    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, seq: int = 0) -> Context:
+    async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, uid: str = "") -> Context:
+        stored = await self.load(key)
+        if uid and uid in stored.answered:
+            return before
         messages = (*before.messages, *new)
-        after = Context(messages[compact(messages, self._budget, self._target) :], before.summary, max(seq, before.seq))
+        after = Context(messages[compact(messages, self._budget, self._target) :], before.summary, _marked(stored.answered, uid))
         self._data[key] = (time.monotonic() + self._ttl, after)
         return after
 
     async def reset(self, key: ConversationKey) -> None:
-        self._data.pop(key, None)
+        if key in self._data:
+            expires, ctx = self._data[key]
+            self._data[key] = (expires, Context(answered=ctx.answered))

@@ -26,16 +26,17 @@ class Deduper(Protocol):
         ...
 
 
-# The claim is stored as the turn's inbox sequence number, so the same inbox entry taken over
-# by another worker (its first worker died mid-turn) claims it again, and a platform retry,
-# which arrives as a new entry with a new number, does not.
+# The claim is stored as the id the inbox gave this delivery of the turn (`Turn.uid`), so the
+# same inbox entry taken over by another worker (its first worker died mid-turn) claims it
+# again, and a platform retry, which arrives as a new entry with a new id, does not. (Not the
+# sequence number: numbering can start again, and a retry could be given the same number.)
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if not held then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   return 1
 end
-if ARGV[1] ~= '0' and held == ARGV[1] then return 1 end
+if ARGV[1] ~= '' and held == ARGV[1] then return 1 end
 return 0
 """
 
@@ -50,7 +51,7 @@ class RedisDeduper:
 
     async def claim(self, turn: Turn) -> bool:
         try:
-            [won] = await self._batch.execute(("EVAL", _CLAIM, 1, f"{self._prefix}:seen:{event_key(turn)}", turn.seq, self._ttl))
+            [won] = await self._batch.execute(("EVAL", _CLAIM, 1, f"{self._prefix}:seen:{event_key(turn)}", turn.uid, self._ttl))
         except RedisError as exc:
             raise StoreUnavailable(f"dedupe failed: {exc}") from exc
         return bool(won)

@@ -257,9 +257,9 @@ class DialogueManager:
             return self._reply(turn, Outcome.DEFERRED, started, error="StoreUnavailable")
         if not first:
             return self._reply(turn, Outcome.DUPLICATE, started)
-        if context is not None and turn.seq and context.seq >= turn.seq:
+        if context is not None and turn.uid and turn.uid in context.answered:
             # Saved by a worker that stopped before it could finish the turn in the inbox.
-            log.info("turn %s was answered before its worker stopped", turn.seq, extra=turn_fields(turn))
+            log.info("turn %s was answered before its worker stopped", turn.uid, extra=turn_fields(turn))
             return self._reply(turn, Outcome.DUPLICATE, started)
         if turn.command == "help":
             await sink.send(messages.HELP)
@@ -305,7 +305,13 @@ class DialogueManager:
         try:
             if ahead is not None:
                 await ahead.head_start()
-            route = await self._route(turn, context, tenant)
+            try:
+                route = await self._route(turn, context, tenant)
+            except StoreUnavailable as exc:
+                # Routing reads the knowledge base's version; nothing has been shown yet, so the
+                # turn waits for Redis as when its context could not be read.
+                log.warning("store unavailable while routing, turn deferred: %s", exc, extra=turn_fields(turn))
+                return self._reply(turn, Outcome.DEFERRED, started, error="StoreUnavailable")
             log.info(
                 "routed to %s by %s step (score %s) in %.1f ms",
                 route.intent, route.step, f"{route.score:.2f}" if route.score is not None else "-",
@@ -536,12 +542,12 @@ class DialogueManager:
         turn left unsaved would be missing from the context of every later one."""
         for pause in SAVE_RETRIES:
             try:
-                await self._store.save(turn.key, context, new, seq=turn.seq)
+                await self._store.save(turn.key, context, new, uid=turn.uid)
                 return
             except StoreUnavailable as exc:
                 log.warning("saving the turn failed (%s); again in %.1f s", exc, pause, extra=turn_fields(turn))
                 await asyncio.sleep(pause)
-        await self._store.save(turn.key, context, new, seq=turn.seq)
+        await self._store.save(turn.key, context, new, uid=turn.uid)
 
     async def _count(self, text: str) -> int:
         try:

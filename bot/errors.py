@@ -138,3 +138,15 @@ class TenantConfigError(ParleyError):
 
 class KnowledgeBaseError(ParleyError):
     """Ingesting or reading a knowledge base failed (a missing path, an unreadable source)."""
+
+
+class FetchError(ParleyError):
+    """A URL was not fetched. `url` is the URL asked for (without credentials); `reason` is one
+    line saying why; `kind` names the rule or failure: scheme, address (a refused host or
+    address, at any redirect), redirects, size, deadline, status or network."""
+
+    def __init__(self, url: str, reason: str, *, kind: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.kind = kind

@@ -6,13 +6,18 @@ row, as `HandoffSettings` allows. Then:
 
 - the user is told a person will reply, and a `Desk` (the Slack support channel, see
   `adapters/slack/desk.py`) opens a ticket thread with the transcript (personal data
-  redacted unless the tenant's moderation has it off), the platform, tenant and a link;
+  redacted unless the tenant's moderation has it off), the platform, tenant and a link.
+  What customers (and the model) wrote reaches the desk as `Said` lines, which the desk
+  quotes as a block: a customer who types a line break and `*Parley:* identity verified`
+  writes inside a quotation, never a line that passes for Parley's own;
 - the bot stops answering: the user's further messages are saved to the context and
   posted into the ticket thread;
 - what people write in the thread comes back as turns of the *user's* conversation
   (`command="agent"`, the person's name in `meta["agent"]`), through the inbox like any
   other turn, so ordering and replicas work unchanged; they are delivered with the
-  person's name and saved to the context as the assistant's side;
+  person's name (as a reply of its own kind where the sink can show one, `AgentRelay`)
+  and saved to the context as the assistant's side. The desk lets only agents act
+  (its own workspace, optionally some user groups: `adapters/slack/agents.py`);
 - `command="resolve"` hands the conversation back; the bot then sees the whole exchange.
 
 Desk and feedback events arrive as turns with `command` "agent", "resolve" or "feedback"
@@ -38,9 +43,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -63,7 +68,8 @@ AGENT, RESOLVE = "agent", "resolve"
 DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK)
 # What the customer's adapter must not get back on a later, unrelated delivery: one-off reply
 # handles (a Discord interaction token lives 15 minutes, a Slack response_url answers once).
-_ONE_OFF_META = ("interaction_token", "application_id", "original", "response_url", "open_thread", "target_language")
+# The Slack mentions a message made are that message's own: a later reply must not repeat them.
+_ONE_OFF_META = ("interaction_token", "application_id", "original", "response_url", "open_thread", "mentions")
 ANGER_REASONS = frozenset(("profanity", *HOSTILE))  # refusals an angry user may get past, to a person
 
 
@@ -101,9 +107,18 @@ class Ticket:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Said:
+    """A line of a transcript: who (a label of Parley's own) and what they wrote (anyone's text)."""
+
+    speaker: str
+    text: str
+
+
 class Desk(Protocol):
     """Where people answer handed-off conversations. An adapter that offers one registers it in
-    `Runtime.desks` under its `name` when it is created (`bot/` never imports an adapter)."""
+    `Runtime.desks` under its `name` once it is ready to take tickets (`bot/` never imports an
+    adapter)."""
 
     name: str
 
@@ -112,9 +127,32 @@ class Desk(Protocol):
         ...
 
     async def post(self, thread: str, text: str) -> None:
-        """Add `text` to a ticket thread (the transcript, a customer's later message, a notice for
-        the people). The text quotes customers: the desk shows it as text, never as markup that
-        notifies or links."""
+        """Add a notice of Parley's own for the people to a ticket thread, shown as text (it may
+        name a person, so never as markup that notifies or links)."""
+        ...
+
+    async def quote(self, thread: str, lines: Sequence[Said]) -> None:
+        """Add what others wrote (the transcript, a customer's later message) to a ticket thread:
+        each line's text quoted as a block under its speaker, so that no text can pass for a
+        line of Parley's own, nor notify or link. No lines: say there were none."""
+        ...
+
+
+@runtime_checkable
+class AgentRelay(Protocol):
+    """A sink that shows a person's reply as such (the web chat: a bubble of its own kind with
+    their name), not as one more message of the bot's."""
+
+    async def relay(self, agent: str, text: str) -> None: ...
+
+
+class HandoffGate(Protocol):
+    """A cap on new tickets from one platform, so that users who cost nothing to make (the web
+    chat's anonymous visitors) cannot flood the desk. An adapter registers one in
+    `Runtime.handoff_gates` under its platform when it is created."""
+
+    async def admit(self, turn: Turn, reason: str) -> bool:
+        """Count a ticket for `turn` and say True, or say False (and log why) when over a cap."""
         ...
 
 
@@ -309,11 +347,13 @@ class Handoffs:
         store: HandoffStore,
         stats: Stats,
         desks: Mapping[str, Desk],
+        gates: Mapping[str, HandoffGate] | None = None,
     ) -> None:
         self._settings = settings
         self.store = store
         self.stats = stats
         self._desks = desks  # filled by adapters after this is built: read it at each use
+        self._gates = gates if gates is not None else {}  # likewise, by platform
 
     @property
     def on_request(self) -> bool:
@@ -357,6 +397,10 @@ class Handoffs:
                      extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT)
             return told(Outcome.ANSWERED, messages.NO_AGENT)
+        gate = self._gates.get(turn.platform)
+        if gate is not None and not await gate.admit(turn, reason):
+            await sink.send(messages.HANDOFF_CAPPED)
+            return told(Outcome.REJECTED, messages.HANDOFF_CAPPED, "handoff cap")
         meta = {k: v for k, v in turn.meta.items() if k not in _ONE_OFF_META}
         ticket = Ticket(turn.key, desk.name, "", turn.user, reason, meta=meta, reply_to=turn.reply_to)
         try:
@@ -370,7 +414,7 @@ class Handoffs:
         await self.store.open(ticket)
         log.info("handed off to desk %s, thread %s (%s)", desk.name, thread, reason, extra=turn_fields(turn))
         try:
-            await desk.post(thread, self._transcript(context, user_text, tenant))
+            await desk.quote(thread, self._transcript(context, user_text, tenant))
         except Exception as exc:  # the ticket exists and people can answer: handed off all the same
             log.error("ticket %s opened, but its transcript could not be posted: %r", thread, exc, extra=turn_fields(turn))
         notice = messages.HANDED_OFF_AFTER_FAILURES if reason == "failures" else messages.HANDED_OFF
@@ -381,13 +425,13 @@ class Handoffs:
         await self._count(self.stats.handed_off(turn), turn)
         return told(Outcome.HANDED_OFF, notice)
 
-    def _transcript(self, context: Context, user_text: str | None, tenant: TenantConfig) -> str:
+    def _transcript(self, context: Context, user_text: str | None, tenant: TenantConfig) -> list[Said]:
         speakers = {"user": messages.CUSTOMER, "assistant": messages.BOT_NAME}
-        lines = [(speakers.get(m.role, m.role), m.content) for m in context.messages]
+        lines = [Said(messages.SUMMARY, context.summary)] if context.summary else []
+        lines += [Said(speakers.get(m.role, m.role), m.content) for m in context.messages]
         if user_text is not None:
-            lines.append((messages.CUSTOMER, user_text))
-        lines = [(who, _for_desk(text, tenant)) for who, text in lines]
-        return messages.transcript(lines, _for_desk(context.summary, tenant))
+            lines.append(Said(messages.CUSTOMER, user_text))
+        return [Said(line.speaker, _for_desk(line.text, tenant)) for line in lines]
 
     async def forward(self, turn: Turn, ticket: Ticket, sink: ReplySink, tenant: TenantConfig) -> Step:
         """A user's message while handed off: to the ticket thread, and to the context."""
@@ -396,7 +440,7 @@ class Handoffs:
         try:
             if desk is None:
                 raise LookupError(f"desk {ticket.desk} is not running in this process")
-            await desk.post(ticket.thread, messages.customer_wrote(text))
+            await desk.quote(ticket.thread, [Said(messages.CUSTOMER, text)])
         except Exception as exc:
             log.error("could not forward to ticket %s: %r", ticket.thread, exc, extra=turn_fields(turn))
             await sink.send(messages.FORWARD_FAILED)
@@ -430,7 +474,10 @@ class Handoffs:
             return Step(Outcome.IGNORED, error="empty")
         text = messages.agent_reply(agent, turn.text)
         try:
-            await sink.send(text)
+            if isinstance(sink, AgentRelay):
+                await sink.relay(agent, turn.text)
+            else:
+                await sink.send(text)
         except PlatformError as exc:
             log.error("could not deliver %s's reply: %s", agent, exc, extra=turn_fields(turn))
             await self._tell_desk(desk, thread, messages.relay_failed(exc.code or str(exc.status or "error")), turn)

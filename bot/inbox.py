@@ -18,8 +18,9 @@ Redis layout (P = key prefix; `s` = the conversation's shard, crc32 of its key m
 `stream_shards`; the `{platform:s}` hash tag keeps one stream's keys in one Cluster slot):
 
     P:inbox:{platform:s}                 stream of entries {turn: JSON, seq: n}
-    P:inbox:{platform:s}:seq:<conv>      the last sequence number given in the conversation
-    P:inbox:{platform:s}:done:<conv>     the highest sequence number finished
+    P:inbox:{platform:s}:conv:<conv>     hash: `seq` the last sequence number given in the
+                                         conversation, `done` the highest finished, `uid` the
+                                         id of the turn that finished last
     P:inbox:{platform:s}:reply:<entry>   the platform ids of the messages an answer has posted
 
 Streams are per platform because a turn is answered through its platform's adapter: a
@@ -29,7 +30,13 @@ agent's reply to a web visitor).
 
 Order within a conversation across replicas: `put` gives each turn the next sequence
 number of its conversation in the same script that adds the entry, and a worker starts
-turn n only once n-1 is finished (`in_order`). Fencing: a worker's heartbeat and its
+turn n only once n-1 is finished (`in_order`). The numbers only order turns; they never
+decide that a turn was answered. The counters of a conversation live in one hash with one
+lifetime, so they expire together, and numbering that started again (the hash expired, the
+shards were re-cut, a failover lost writes) is recognised: a turn whose number is above the
+last one given, or below the last one finished, goes on at once instead of waiting or being
+taken for finished. Whether a turn was answered is decided by its id (`Turn.uid`, given here)
+in the saved context and the dedupe claim. Fencing: a worker's heartbeat and its
 `done` act only on entries the group still assigns to it, so a worker that stalled past
 the visibility timeout cannot finish (or keep) a turn another worker took over.
 """
@@ -37,11 +44,13 @@ the visibility timeout cannot finish (or keep) a turn another worker took over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import socket
 import time
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -122,7 +131,7 @@ class MemoryInbox:
         if len(self._turns) >= self._maxsize:
             raise InboxFull(f"{len(self._turns)} turns waiting")
         async with self._ready:
-            self._turns.append(turn)
+            self._turns.append(with_uid(turn))
             self._ready.notify()
 
     async def get(self) -> Delivery:
@@ -154,22 +163,28 @@ class MemoryInbox:
         """Nothing to hand over: what is in memory ends with the process."""
 
 
-# KEYS: stream, seq key. ARGV: max length, ttl, turn JSON. The length check, the number and
-# the entry are one atomic step: no number is ever given to a turn that was refused.
+# KEYS: stream, conversation hash. ARGV: max length, ttl, turn JSON. The length check, the
+# number and the entry are one atomic step: no number is ever given to a turn that was refused.
 _PUT = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-local seq = redis.call('INCR', KEYS[2])
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {redis.call('XADD', KEYS[1], '*', 'turn', ARGV[3], 'seq', seq), seq}
 """
 
-# KEYS: stream, done key, reply key. ARGV: group, entry id, seq, ttl, consumer.
-# Only the consumer the group assigns the entry to may finish it (the fence).
+# KEYS: stream, conversation hash, reply key. ARGV: group, entry id, seq, ttl, consumer, uid.
+# Only the consumer the group assigns the entry to may finish it (the fence). `done` only
+# rises, unless it is above the last number given: then it is from before the numbering
+# started again, and this turn's number replaces it.
 _FINISH = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[5] then return 0 end
 local seq = tonumber(ARGV[3])
-if seq > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], seq, 'EX', ARGV[4]) end
+local counters = redis.call('HMGET', KEYS[2], 'seq', 'done')
+local given, done = tonumber(counters[1] or '0'), tonumber(counters[2] or '0')
+if seq > done or done > given then redis.call('HSET', KEYS[2], 'done', seq) end
+redis.call('HSET', KEYS[2], 'uid', ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[3])
@@ -281,8 +296,8 @@ class RedisInbox:
         stream = self._stream_of(turn.key)
         try:
             added = await self._put(
-                keys=[stream, self._key(stream, "seq", str(turn.key))],
-                args=[self._maxlen, self._ttl, json.dumps(turn.to_dict())],
+                keys=[stream, self._key(stream, "conv", str(turn.key))],
+                args=[self._maxlen, self._ttl, json.dumps(with_uid(turn).to_dict())],
             )
         except (RedisError, OSError) as exc:
             raise InboxUnavailable(f"the inbox cannot take the turn: {type(exc).__name__}") from exc
@@ -337,18 +352,27 @@ class RedisInbox:
         turn = delivery.turn
         if turn.seq <= 1 and not delivery.reclaimed:
             return True
-        key = self._key(delivery.stream, "done", str(turn.key))
+        key = self._key(delivery.stream, "conv", str(turn.key))
         deadline = time.monotonic() + self._order_timeout
         pause = 0.002
         while True:
             try:
-                finished = int(await self._redis.get(key) or 0)
+                given, finished, last = await self._redis.hmget(key, "seq", "done", "uid")
             except (RedisError, OSError) as exc:
                 await self._outage(exc)
                 continue
-            if finished >= turn.seq:
-                return False
+            if last is not None and text(last) == turn.uid:
+                return False  # this very turn: finished by a worker that stopped before acknowledging it
+            given, finished = int(given or 0), int(finished or 0)
             if finished >= turn.seq - 1:
+                if finished >= turn.seq:
+                    # Numbering that started again, or a later turn that went on without this one.
+                    log.warning("turn %s of %s: turn %s of the conversation is finished already; answering it now",
+                                turn.seq, turn.key, finished)
+                return True
+            if given < turn.seq:
+                log.warning("turn %s of %s: the conversation's numbering was lost (last given %s); answering it now",
+                            turn.seq, turn.key, given)
                 return True
             if time.monotonic() > deadline:
                 log.warning(
@@ -365,8 +389,8 @@ class RedisInbox:
 
     async def done(self, delivery: Delivery) -> None:
         stream, turn = delivery.stream, delivery.turn
-        keys = [stream, self._key(stream, "done", str(turn.key)), self._key(stream, "reply", delivery.entry)]
-        args = [GROUP, delivery.entry, turn.seq, self._ttl, self.consumer]
+        keys = [stream, self._key(stream, "conv", str(turn.key)), self._key(stream, "reply", delivery.entry)]
+        args = [GROUP, delivery.entry, turn.seq, self._ttl, self.consumer, turn.uid]
         deadline = time.monotonic() + self._visibility_ms / 1000
         while True:
             try:
@@ -520,6 +544,11 @@ class RedisInbox:
             log.warning("could not hand %s turns back (%s); others take them after the visibility timeout", len(deliveries), exc)
         else:
             log.info("handed %s unfinished turns back to the other workers", len(deliveries))
+
+
+def with_uid(turn: Turn) -> Turn:
+    """The turn with an id of its own: a platform retry put in again gets another."""
+    return dataclasses.replace(turn, uid=uuid.uuid4().hex)
 
 
 def text(value: bytes | str) -> str:

@@ -19,30 +19,49 @@ vector store: Redis vector sets / RediSearch HNSW on the same Redis, or a vector
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html.parser
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from math import inf
 from pathlib import Path
 
-import httpx
 import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.config import KBSettings
 from bot.embeddings import Embedder
-from bot.errors import KnowledgeBaseError, StoreUnavailable
+from bot.errors import FetchError, KnowledgeBaseError, StoreUnavailable
+from bot.netguard import Fetched, SafeFetcher, shown
 
 log = logging.getLogger(__name__)
 
 DOC_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm"}
 URL_LIST_SUFFIXES = {".urls", ".list"}
+
+# Documents are hostile input too (a fetched page), so every pattern runs in linear time
+# (tests/security/test_patterns.py): a whitespace run is never rescanned from each of its
+# positions, and a lazily grown text ends at a non-space.
+_HEADING_TAG = re.compile(r"h[1-6]")
+_WHITESPACE = re.compile(r"\s+")
+# Spaces and tabs around a line break. The lookbehind starts a run at its first character
+# only: `[ \t]*\n` alone reads a long run with no line break from each of its positions.
+_LINE_BREAK = re.compile(r"(?:(?<![ \t])[ \t]++)?\n[ \t]*+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+# (atomic: the blank lines after the opening `---` are not given back one by one, each
+# followed by a search of the whole file for the closing one)
+_FRONT_MATTER = re.compile(r"\A---(?>\s*\n)(.*?)\n---\s*\n", re.DOTALL)
+_HEADING_LINE = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
+_URL_LINE = re.compile(r"https?://\S+$")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+_HEADING_BLOCK = re.compile(r"^#{1,6}\s++(.*?\S)\s*(?:\n(.*))?$", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +99,20 @@ class Index:
     version: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    source: str  # the URL as listed, without credentials
+    reason: str  # one line: why it was not fetched
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a source yielded: its documents, and the URLs of a URL list that were skipped."""
+
+    documents: list[Document]
+    skipped: list[Skipped]
+
+
 @dataclass
 class IngestStats:
     added: int = 0
@@ -110,7 +143,7 @@ class _HTMLText(html.parser.HTMLParser):
             self._skip += 1
         elif tag == "title":
             self._in_title = True
-        elif re.fullmatch(r"h[1-6]", tag):
+        elif _HEADING_TAG.fullmatch(tag):
             self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
         elif tag in self.BLOCKS:
             self.parts.append("\n\n")
@@ -122,27 +155,27 @@ class _HTMLText(html.parser.HTMLParser):
             self._skip = max(0, self._skip - 1)
         elif tag == "title":
             self._in_title = False
-        elif re.fullmatch(r"h[1-6]", tag) or tag in self.BLOCKS:
+        elif _HEADING_TAG.fullmatch(tag) or tag in self.BLOCKS:
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data.strip()
         elif not self._skip:
-            self.parts.append(re.sub(r"\s+", " ", data))
+            self.parts.append(_WHITESPACE.sub(" ", data))
 
 
 def html_document(source: str, raw: str, url: str = "") -> Document:
     parser = _HTMLText()
     parser.feed(raw)
-    text = re.sub(r"[ \t]*\n[ \t]*", "\n", "".join(parser.parts))
-    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    text = _LINE_BREAK.sub("\n", "".join(parser.parts))
+    text = _BLANK_LINES.sub("\n\n", text).strip()
     return Document(source, parser.title or _first_heading(text) or source, text, url or parser.canonical)
 
 
 def _front_matter(raw: str) -> tuple[dict[str, str], str]:
     """`---\\ntitle: ...\\nurl: ...\\n---` at the top of a Markdown file."""
-    m = re.match(r"\A---\s*\n(.*?)\n---\s*\n", raw, re.DOTALL)
+    m = _FRONT_MATTER.match(raw)
     if not m:
         return {}, raw
     meta = {}
@@ -154,7 +187,7 @@ def _front_matter(raw: str) -> tuple[dict[str, str], str]:
 
 
 def _first_heading(text: str) -> str:
-    m = re.search(r"^#{1,6}\s+(.+)$", text, re.MULTILINE)
+    m = _HEADING_LINE.search(text)
     return m[1].strip() if m else ""
 
 
@@ -171,13 +204,12 @@ def _is_url_list(path: Path) -> bool:
         return False
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    return bool(lines) and all(re.match(r"https?://\S+$", ln) for ln in lines)
+    return bool(lines) and all(_URL_LINE.match(ln) for ln in lines)
 
 
-def load_documents(
-    path: Path, *, timeout: float = 20.0, progress: Callable[[str], None] = lambda _: None
-) -> list[Document]:
-    """A folder's Markdown, text and HTML files, or the pages a URL-list file names."""
+def load_documents(path: Path) -> list[Document]:
+    """A folder's Markdown, text and HTML files, or one such file. URL lists are fetched by
+    `read_documents`, which vets every address it connects to."""
     if not path.exists():
         raise KnowledgeBaseError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -186,10 +218,21 @@ def load_documents(
             raise KnowledgeBaseError(f"{path}: no .md, .txt or .html files in it")
         return [_read_file(p, p.relative_to(path).as_posix()) for p in files]
     if _is_url_list(path):
-        return _fetch_urls(path, timeout, progress)
+        raise KnowledgeBaseError(f"{path}: a list of URLs; `parley kb ingest` fetches it")
     if path.suffix.lower() in DOC_SUFFIXES:
         return [_read_file(path, path.name)]
     raise KnowledgeBaseError(f"{path}: not a folder, a .md/.txt/.html file or a URL list (.urls)")
+
+
+async def read_documents(
+    path: Path, *, settings: KBSettings, progress: Callable[[str], None] = lambda _: None
+) -> Loaded:
+    """What `parley kb ingest PATH` loads: local documents as `load_documents` reads them, or
+    the pages a URL-list file names. A URL that is refused or fails is skipped with a one-line
+    reason (logged, and shown through `progress`); the others still load."""
+    if path.is_file() and await asyncio.to_thread(_is_url_list, path):
+        return await _fetch_urls(path, settings, progress)
+    return Loaded(await asyncio.to_thread(load_documents, path), [])
 
 
 def _read_file(path: Path, source: str) -> Document:
@@ -202,24 +245,41 @@ def _read_file(path: Path, source: str) -> Document:
     return text_document(source, raw)
 
 
-def _fetch_urls(path: Path, timeout: float, progress: Callable[[str], None]) -> list[Document]:
-    urls = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
-    docs = []
-    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+# Which setting moves the limit a URL ran into.
+_LIMIT_SETTING = {"size": "PARLEY_KB_FETCH_MAX_BYTES", "deadline": "PARLEY_KB_FETCH_TIMEOUT"}
+
+
+async def _fetch_urls(path: Path, settings: KBSettings, progress: Callable[[str], None]) -> Loaded:
+    """Each URL through one `SafeFetcher`: http(s) only, public addresses (or the ranges in
+    PARLEY_KB_FETCH_ALLOW) at every redirect, at most PARLEY_KB_FETCH_MAX_BYTES a page, and
+    PARLEY_KB_FETCH_TIMEOUT for each fetch as a whole."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KnowledgeBaseError(f"{path}: cannot read it as UTF-8 text: {exc}") from None
+    urls = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    docs: list[Document] = []
+    skipped: list[Skipped] = []
+    fetcher = SafeFetcher(allow=settings.fetch_allow, max_bytes=settings.fetch_max_bytes, timeout=settings.fetch_timeout)
+    async with fetcher:
         for number, url in enumerate(urls, 1):
-            progress(f"fetching {number}/{len(urls)}: {url}")
+            progress(f"fetching {number}/{len(urls)}: {shown(url)}")
             try:
-                response = http.get(url)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                raise KnowledgeBaseError(f"{path}: cannot fetch {url}: {exc}") from None
-            kind = response.headers.get("content-type", "")
-            if "html" in kind:
-                docs.append(html_document(url, response.text, url))
-            else:
-                doc = text_document(url, response.text)
-                docs.append(Document(doc.source, doc.title, doc.text, doc.url or url))
-    return docs
+                docs.append(_page_document(shown(url), await fetcher.get(url)))
+            except FetchError as exc:
+                setting = _LIMIT_SETTING.get(exc.kind)
+                reason = f"{exc.reason} ({setting})" if setting else exc.reason
+                log.warning("knowledge base: skipped %s: %s", exc.url, reason)
+                progress(f"skipped {exc.url}: {reason}")
+                skipped.append(Skipped(exc.url, reason))
+    return Loaded(docs, skipped)
+
+
+def _page_document(source: str, page: Fetched) -> Document:
+    if "html" in page.content_type:
+        return html_document(source, page.text, source)
+    doc = text_document(source, page.text)
+    return Document(doc.source, doc.title, doc.text, doc.url or source)
 
 
 # -- chunking ----------------------------------------------------------------------------
@@ -228,11 +288,11 @@ def _fetch_urls(path: Path, timeout: float, progress: Callable[[str], None]) -> 
 def _sections(text: str) -> list[tuple[str, list[str]]]:
     """(heading, paragraphs) in order; text before the first heading has heading ''."""
     sections: list[tuple[str, list[str]]] = [("", [])]
-    for block in re.split(r"\n\s*\n", text):
+    for block in _BLANK_LINE.split(text):
         block = block.strip()
         if not block:
             continue
-        if m := re.match(r"^#{1,6}\s+(.+?)\s*(?:\n(.*))?$", block, re.DOTALL):
+        if m := _HEADING_BLOCK.match(block):
             sections.append((m[1].strip(), []))
             if m[2] and m[2].strip():
                 sections[-1][1].append(m[2].strip())
@@ -246,7 +306,7 @@ def _pieces(paragraph: str, size: int) -> list[str]:
     if len(paragraph) <= size:
         return [paragraph]
     out, current = [], ""
-    for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
+    for sentence in _SENTENCE_END.split(paragraph):
         while len(sentence) > size:
             out.append(sentence[:size])
             sentence = sentence[size:]
@@ -323,8 +383,16 @@ class KnowledgeBase:
         return self._redis
 
     async def ingest(
-        self, name: str, documents: Sequence[Document], *, prune: bool = True, progress: Callable[[str], None] = lambda _: None
+        self,
+        name: str,
+        documents: Sequence[Document],
+        *,
+        prune: bool = True,
+        keep: Collection[str] = (),
+        progress: Callable[[str], None] = lambda _: None,
     ) -> IngestStats:
+        """Store `documents`; with `prune`, remove the stored ones no longer among them, except
+        the sources in `keep` (a URL skipped this time keeps the version it had)."""
         redis = self._need_redis()
         stats = IngestStats()
         docs_key = self._key(name, "docs")
@@ -355,7 +423,7 @@ class KnowledgeBase:
                 stats.added += old is None
                 stats.chunks += len(chunks)
             if prune:
-                gone = set(stored) - {d.source for d in documents}
+                gone = set(stored) - {d.source for d in documents} - set(keep)
                 for source in sorted(gone):
                     async with redis.pipeline(transaction=True) as pipe:
                         pipe.delete(stored[source]["key"])

@@ -17,6 +17,26 @@ HELP = (
     "Commands: `help` shows this, `reset` makes me forget this conversation."
 )
 RESET_DONE = "Done: I've forgotten this conversation. The next message starts afresh."
+DISCORD_DMS_OFF = "I don't answer direct messages here. Mention me in a server channel where I'm set up instead."
+
+
+def discord_help(*, dms: bool) -> str:
+    """/help on Discord: where Parley answers (DMs may be off, DISCORD_ALLOW_DMS) and its commands."""
+    where = (
+        "Mention me in a channel or message me directly; reply to my answers to go on."
+        if dms
+        else "Mention me in a channel and reply to my answers to go on. Direct messages are off here."
+    )
+    return (
+        f"I'm Parley, a chat assistant. {where}\n"
+        "Commands: `/ask` asks me a question, `/translate` translates a text (`to:` names the language), "
+        "`/reset` makes me forget this conversation, `/help` shows this."
+    )
+
+
+def unknown_language(name: str, known: list[str]) -> str:
+    """A translation asked for a language Parley does not know: which ones it does."""
+    return f"I can't translate into \"{name}\": I don't know that language. I know {', '.join(known)}."
 BUSY = "I'm handling a lot of messages right now. Please try again in a minute."
 EMPTY_ANSWER = "(The model returned an empty answer. Please try rephrasing.)"
 NO_TEXT = "I can only read text for now. Please type your question as a message."
@@ -142,6 +162,10 @@ NO_AGENT = (
     "I can't connect you with a person from this chat, sorry: no one from the team is reachable here. "
     "I'll keep helping as best I can."
 )
+HANDOFF_CAPPED = (
+    "I can't ask a person from the team to take over right now: too many requests for a person have "
+    "come in from here recently. Please try again in an hour; meanwhile I'll keep helping as best I can."
+)
 NO_AGENT_NOW = (
     "I couldn't reach the team just now, so no person has been asked to take over yet. "
     "Please try again in a few minutes; meanwhile I'll keep helping as best I can."
@@ -150,9 +174,14 @@ FORWARD_FAILED = "I couldn't pass your message on to the team just now. Please s
 HANDED_BACK = "The team has handed this conversation back to me, Parley, the assistant. How can I help?"
 
 
+def agent_label(name: str) -> str:
+    """Who a person's reply is from (the web chat shows it above the reply)."""
+    return f"{name} (support team)"
+
+
 def agent_reply(name: str, text: str) -> str:
     """A person's reply as the customer sees it (and as the bot's context keeps it)."""
-    return f"{name} (support team): {text}"
+    return f"{agent_label(name)}: {text}"
 
 
 # To the people at the support desk (the transcript thread):
@@ -171,6 +200,17 @@ RESOLVE_IN_THREAD = (
     "To hand a conversation back to Parley, type `resolve` in its ticket thread or press the thread's "
     "Resolve button. (A slash command can't tell which thread it was typed in.)"
 )
+# To a person whose desk action was refused (only they see it):
+AGENT_NOT_OURS = (
+    "Not delivered: only members of the workspace Parley belongs to can answer customers or resolve "
+    "tickets here."
+)
+AGENT_NOT_IN_GROUP = (
+    "Not delivered: only members of the support agents' user groups can answer customers or resolve "
+    "tickets here. Ask an admin to add you."
+)
+AGENT_UNCHECKED = "Not delivered: Parley could not check with Slack that you are an agent. Try again in a minute."
+NOT_THE_DESK = "Not done: this is no longer Parley's support channel, so its tickets can't be resolved here."
 
 _REASONS = {
     "request": "asked for a person",
@@ -189,15 +229,8 @@ def ticket_header(platform: str, tenant: str, conversation: str, reason: str, li
     )
 
 
-def transcript(lines: list[tuple[str, str]], summary: str = "") -> str:
-    """The conversation so far, for the ticket thread: (speaker, text) pairs, oldest first."""
-    head = f"_Summary of the earlier conversation:_ {summary}\n" if summary else ""
-    body = "\n".join(f"*{speaker}:* {text}" for speaker, text in lines)
-    return head + (body or "_(no earlier messages)_")
-
-
-def customer_wrote(text: str) -> str:
-    return f"*{CUSTOMER}:* {text}"
+SUMMARY = "Summary of the earlier conversation"  # the speaker of a compacted history in a transcript
+NO_EARLIER_MESSAGES = "(no earlier messages)"
 
 
 def relay_failed(reason: str) -> str:

@@ -38,11 +38,18 @@ log = logging.getLogger(__name__)
 
 PII_KINDS = ("email", "phone", "card", "iban")
 
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+# Linear in the text's length: a local part is read at most 64 characters back from its "@"
+# and a domain's first label at most 63 forward (the limits of RFC 5321 and 1035), so a long
+# run of word characters and dots ("a.a.a…", a token) is not read again from each of its word
+# boundaries to its end (that was quadratic: 0.15 s on 8,000 characters, 15 s on 80,000). A
+# start next to a word character (a word boundary, as before, or inside a word) redacts even
+# an over-long local part's last 64 characters.
+_EMAIL = re.compile(r"(?>(?<=\w)|(?=\w))[\w.+-]{1,64}+@[\w-]{1,63}+(?:\.[\w-]+)+\b")
 _CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
 # +country or a leading 0, then 6-14 more digits with spaces, dots, dashes or brackets.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?|\(?0)\(?\d{1,4}\)?(?:[\s.-]?\d){5,12}(?!\w)")
+_NOT_DIGIT = re.compile(r"\D")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -76,11 +83,11 @@ def find_pii(text: str) -> list[tuple[str, int, int]]:
         if free(m.start(), m.end()) and iban_ok(m[0]):
             found.append(("iban", m.start(), m.end()))
     for m in _CARD.finditer(text):
-        digits = re.sub(r"\D", "", m[0])
+        digits = _NOT_DIGIT.sub("", m[0])
         if free(m.start(), m.end()) and 13 <= len(digits) <= 19 and luhn_ok(digits):
             found.append(("card", m.start(), m.end()))
     for m in _PHONE.finditer(text):
-        digits = re.sub(r"\D", "", m[0])
+        digits = _NOT_DIGIT.sub("", m[0])
         if free(m.start(), m.end()) and 7 <= len(digits) <= 15:
             found.append(("phone", m.start(), m.end()))
     return sorted(found, key=lambda f: f[1])

@@ -2,7 +2,9 @@
 
 /healthz answers while the process runs. /readyz answers 200 only while Redis (when
 configured) answers PING, at least one LLM engine is healthy, and every adapter
-says it is connected; otherwise 503, with what is not ready in the JSON body.
+says it is connected; otherwise 503, with what is not ready in the JSON body. Optional
+steps that failed and are being retried (`bot.health.Degraded`) are listed under "degraded"
+without making it 503: the process still serves.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ async def ops_server(runtime: Runtime, adapters: Sequence[Adapter], metrics: Met
 
     async def readyz(_: web.Request) -> web.Response:
         checks = await readiness(runtime, adapters)
+        body: dict[str, object] = dict(checks)
+        if problems := runtime.degraded.problems():
+            body["degraded"] = problems
         return web.Response(
             status=200 if all(checks.values()) else 503,
-            text=json.dumps(checks) + "\n",
+            text=json.dumps(body) + "\n",
             content_type="application/json",
         )
 

@@ -46,25 +46,34 @@ LABELS = (*INTENTS, HANDOFF)
 AsChat = Callable[[str], Awaitable[bool]]  # whether an intent would answer this turn exactly as chat
 
 _LANG = "|".join(sorted((re.escape(name) for name in ALIASES), key=len, reverse=True))
+# Every pattern here reads user text, so each must run in linear time: one message with
+# thousands of newlines between "how do you say x" and "in french" held the event loop for
+# ~32 s when a `\s+` could give back what a neighbouring `\s*` or `.+?` then took again.
+# Whitespace runs are taken possessively (`\s++`, `\s*+`: never given back, and nothing
+# after them starts with whitespace), and a lazily grown text ends at a non-space (`.*?\S`),
+# so each run is scanned a fixed number of times. tests/security/test_patterns.py checks it.
 _VERB = (
-    r"(?:please\s+|pls\s+|can you\s+|could you\s+)?"
+    r"(?:please\s++|pls\s++|can you\s++|could you\s++)?"
     r"(?:translate|tranlsate|transalte|traduis|traduire|traduce|traducir|traduci|tradurre|traduz|traduza|traduzir"
     r"|übersetze|übersetzen|ubersetze|vertaal|przetłumacz)"
-    r"(?:\s+(?:please|pls|bitte|s'il te plaît|s'il vous plaît|por favor|per favore|alsjeblieft))?"
+    r"(?:\s++(?:please|pls|bitte|s'il te plaît|s'il vous plaît|por favor|per favore|alsjeblieft))?"
 )
 # "translate to German: text", "traduis en anglais : texte", "übersetze ins Englische: Text"
 _TO_LANG = re.compile(
-    rf"^\s*{_VERB}\b(?:\s+(?:this|that|the following|it|ceci|cela|esto|das|dies|folgendes))?\s*"
-    rf"(?:(?:in)?to|in|into|en|al|a|auf|nach|ins|in die|para|naar|na)\s+(?P<lang>{_LANG})(?:e|n)?\b\s*[:\-–,]?\s*(?P<text>.*)$",
+    rf"^\s*+{_VERB}\b(?:\s++(?:this|that|the following|it|ceci|cela|esto|das|dies|folgendes))?\s*+"
+    rf"(?:(?:in)?to|in|into|en|al|a|auf|nach|ins|in die|para|naar|na)\s++(?P<lang>{_LANG})(?:e|n)?\b\s*+[:\-–,]?\s*+(?P<text>.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 # "translate: text" (target: the tenant's language)
-_BARE = re.compile(rf"^\s*{_VERB}\b\s*(?:this|that)?\s*[:\-–]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+# (`\s*` before the text stays greedy: it may give back one space, so that "translate:  " is a
+# request with an empty text, as it always was.)
+_BARE = re.compile(rf"^\s*+{_VERB}\b\s*+(?:(?:this|that)\s*+)?[:\-–]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
 # "German: text" as the argument of a /translate command
-_LANG_PREFIX = re.compile(rf"^\s*(?:(?:in)?to\s+)?(?P<lang>{_LANG})\s*[:\-–,]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+_LANG_PREFIX = re.compile(rf"^\s*+(?:(?:in)?to\s++)?(?P<lang>{_LANG})\s*+[:\-–,]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
 # "how do you say X in Spanish", "what is X in French"
 _HOW_SAY = re.compile(
-    rf"^\s*(?:how\s+(?:do|would|can)\s+(?:you|i|we)\s+say|what(?:'s|\s+is)\s+the\s+\w+\s+for)\s+(?P<text>.+?)\s+in\s+(?P<lang>{_LANG})\s*\??\s*$",
+    rf"^\s*+(?:how\s++(?:do|would|can)\s++(?:you|i|we)\s++say|what(?:'s|\s++is)\s++the\s++\w++\s++for)"
+    rf"\s++(?P<text>.*?\S)\s++in\s++(?P<lang>{_LANG})\s*+\??\s*+$",
     re.IGNORECASE | re.DOTALL,
 )
 # A translate request names the act or a language; without either, a message that merely
@@ -83,7 +92,7 @@ _HANDOFF_CUE = re.compile(
     re.IGNORECASE,
 )
 # A language named anywhere ("... into French please"), for translate requests found semantically.
-_ANY_LANG = re.compile(rf"\b(?:in|into|to|en|auf|ins|nach|al|para)\s+(?P<lang>{_LANG})\b", re.IGNORECASE)
+_ANY_LANG = re.compile(rf"\b(?:in|into|to|en|auf|ins|nach|al|para)\s++(?P<lang>{_LANG})\b", re.IGNORECASE)
 
 CHOOSE_PROMPT = (
     "You route messages sent to a customer-support chat bot. Answer with one label:\n"

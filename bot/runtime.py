@@ -27,7 +27,8 @@ from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
 from bot.handlers import Services, build_handlers
-from bot.handoff import Desk, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
+from bot.handoff import Desk, HandoffGate, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
+from bot.health import Degraded
 from bot.kb import KnowledgeBase
 from bot.llm import LLMClient
 from bot.metrics import Metrics
@@ -61,8 +62,13 @@ class Runtime:
     # when it is created, and the dialogue manager reads it at each handoff.
     handoffs: HandoffStore = field(default_factory=MemoryHandoffStore)
     desks: dict[str, Desk] = field(default_factory=dict)
+    # Caps on new tickets per platform, registered the same way (the web chat's, for anonymous visitors).
+    handoff_gates: dict[str, HandoffGate] = field(default_factory=dict)
     stats: Stats = field(default_factory=MemoryStats)
     answers: AnswerIndex = field(default_factory=MemoryAnswerIndex)
+    # Optional steps that failed and are being retried (an adapter's slash-command registration):
+    # adapters are handed it, /readyz shows it (bot.health).
+    degraded: Degraded = field(default_factory=Degraded)
 
 
 def freeze_heap() -> None:
@@ -95,6 +101,7 @@ async def _connect_redis(url: str, settings: Settings) -> Redis:
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.socket_timeout,
         health_check_interval=30,
+        password=settings.redis.password.get_secret_value() if settings.redis.password else None,
     )
     try:
         await redis.ping()
@@ -179,6 +186,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         else:
             handoff_store, stats, answers = MemoryHandoffStore(), MemoryStats(), MemoryAnswerIndex()
         desks: dict[str, Desk] = {}
+        gates: dict[str, HandoffGate] = {}
         if settings.handoff.enabled and not settings.slack.enabled:
             log.warning("PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
                         "users who ask for a person will be told no one is reachable")
@@ -192,10 +200,10 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             moderator=Moderator(llm),
             tenants=tenants,
             metrics=metrics,
-            handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks),
+            handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, gates=gates),
         )
         yield Runtime(
             settings=settings, llm=llm, store=store, deduper=deduper, manager=manager, redis=redis,
             embedder=embedder, kb=kb, router=router, tenants=tenants, metrics=metrics,
-            handoffs=handoff_store, desks=desks, stats=stats, answers=answers,
+            handoffs=handoff_store, desks=desks, handoff_gates=gates, stats=stats, answers=answers,
         )

@@ -39,7 +39,10 @@ class Turn:
     adapters must never let a customer's own text produce those), `reply_to` the
     platform id of the message the answer should answer, and `meta` holds what an
     adapter needs to reply later (for example a Discord interaction token). `seq` is the
-    turn's place in its conversation, given by a durable inbox (0 from an in-process one).
+    turn's place in its conversation, given by a durable inbox (0 from an in-process one);
+    `uid` names this one delivery of the turn (given by the inbox: a platform retry gets
+    another), which is what "already answered" is decided by. `target_language` is the
+    language an explicit translate command asked for (a name or code; "" for the default).
     """
 
     platform: str
@@ -54,6 +57,8 @@ class Turn:
     reply_to: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
     seq: int = 0
+    uid: str = ""
+    target_language: str = ""
 
     @property
     def key(self) -> ConversationKey:

@@ -27,6 +27,7 @@ import tempfile
 import textwrap
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +57,8 @@ TOOLS = Path(sys.executable).parent  # .venv/bin: hadolint, check-jsonschema (th
 
 # Kubernetes releases the manifests must be valid for: the oldest we support, the newest bundled.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+# Stands in for the Secret's PARLEY_REDIS_PASSWORD wherever the manifests are run here.
+REDIS_PASSWORD = "0123456789abcdef" * 4
 # Variables a Parley container may have that are not Parley settings.
 NOT_SETTINGS = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
 
@@ -359,6 +362,20 @@ def test_compose_services_are_wired_as_parley_needs(monkeypatch):
     assert grace > settings.dialogue.drain_timeout, "Docker must not kill Parley while it drains"
 
 
+def test_compose_redis_has_a_password_and_stays_off_the_host():
+    """Redis publishes no port (only the project's network reaches it) and asks for the password
+    that Parley is given; Compose refuses to start without one rather than run Redis open."""
+    services = compose()["services"]
+    redis, parley = services["redis"], services["parley"]
+    assert "ports" not in redis and "network_mode" not in redis
+    required = re.compile(r"\$\{PARLEY_REDIS_PASSWORD:\?[^}]+\}")
+    assert required.fullmatch(flag_value(redis["command"], "--requirepass"))
+    assert required.fullmatch(redis["environment"]["REDISCLI_AUTH"])  # the health check's redis-cli logs in
+    assert required.fullmatch(parley["environment"]["PARLEY_REDIS_PASSWORD"])
+    # Only the Slack and web ports face the network; the ops endpoint stays on the host.
+    assert [p for p in parley["ports"] if str(p).startswith("127.0.0.1:")] == ["127.0.0.1:9464:9464"]
+
+
 # -- Kubernetes ----------------------------------------------------------------------------
 
 
@@ -461,7 +478,7 @@ def parley_env(ordinal: int) -> dict[str, str]:
         env |= find("ConfigMap", source["configMapRef"]["name"])["data"]
     placeholders = {
         "SLACK_BOT_TOKEN": "xoxb-placeholder", "SLACK_SIGNING_SECRET": "s" * 32, "DISCORD_TOKEN": "d" * 59,
-        "PARLEY_WEB_SECRET": "w" * 64, "PARLEY_LLM_API_KEY": "key",
+        "PARLEY_WEB_SECRET": "w" * 64, "PARLEY_LLM_API_KEY": "key", "PARLEY_REDIS_PASSWORD": REDIS_PASSWORD,
     }
     for var in c["env"]:
         if "value" in var:
@@ -519,6 +536,11 @@ def test_k8s_parley_settings_are_real_and_consistent(monkeypatch):
     assert_settings_names([*parley_env(0), *exported], "k8s parley container")
     settings = load_from(parley_env(sts["spec"]["replicas"] - 1), monkeypatch)
     assert settings.dialogue.inbox == "redis"
+    # The probes, Prometheus and the Services reach the pod at its address: each server listens
+    # there, not on the 127.0.0.1 it defaults to.
+    assert settings.ops.host == settings.web.host == settings.slack.http_host == "0.0.0.0"
+    # Behind the Ingress, the per-IP limits count the address the Ingress saw, not its own.
+    assert settings.web.proxy_hops == 1
 
     sleep = c["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
@@ -580,7 +602,8 @@ def test_k8s_vllm_engines():
 
 def run_redis_script(tmp_path: Path, script: str, hostname: str, sentinel_answer: str) -> list[str]:
     """Run one of the redis-scripts with stand-ins for redis-cli (answering as the Sentinels
-    would) and redis-server (recording its arguments); paths moved into tmp_path."""
+    would) and redis-server (recording its arguments, and its stdin in `stdin`); paths moved
+    into tmp_path; the password from the Secret in the environment, as the pods have it."""
     scripts = find("ConfigMap", "redis-scripts")["data"]
     folder = tmp_path / "scripts"
     folder.mkdir(exist_ok=True)
@@ -590,12 +613,13 @@ def run_redis_script(tmp_path: Path, script: str, hostname: str, sentinel_answer
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "redis-cli").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(sentinel_answer)}\n")
-    (bin_dir / "redis-server").write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" > {tmp_path}/argv\n')
+    (bin_dir / "redis-server").write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n')
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
     subprocess.run(
-        ["sh", str(folder / script)], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": hostname},
-        check=True, timeout=10,
+        ["sh", str(folder / script)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": hostname, "REDISCLI_AUTH": REDIS_PASSWORD},
+        check=True, timeout=10, stdin=subprocess.DEVNULL,
     )
     return (tmp_path / "argv").read_text().splitlines()
 
@@ -616,20 +640,30 @@ def test_redis_nodes_follow_the_master_the_sentinels_know(tmp_path):
     assert argv[argv.index("--replica-announce-ip") + 1] == nodes.format("redis-0")
 
 
-def wait_for_ping(port: int, proc: subprocess.Popen) -> str:
+def cli(port: int, *args: str, password: str | None = None) -> str:
+    """redis-cli's answer, logging in with `password` as the pods do (REDISCLI_AUTH)."""
+    env = {**os.environ, "REDISCLI_AUTH": password} if password else {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False, env=env).stdout
+
+
+def wait_for_ping(port: int, proc: subprocess.Popen, *, password: str | None = None) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-        out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False).stdout
+        out = cli(port, "ping", password=password)
         if out.strip() == "PONG":
             return out
         time.sleep(0.1)
     raise AssertionError("no PONG")
 
 
-def start_redis(argv: list[str], cwd: Path) -> subprocess.Popen:
+def start_redis(argv: list[str], cwd: Path, *, stdin: str | None = None) -> subprocess.Popen:
     # In a folder of the test's own: whatever the server writes (dump.rdb) stays out of the tree.
-    return subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(stdin or "")
+    proc.stdin.close()
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -641,34 +675,73 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def test_redis_and_sentinel_accept_their_configuration(tmp_path):
-    """Real redis-server parses what the scripts start it with (an unknown option stops it)."""
-    argv = run_redis_script(tmp_path, "redis.sh", "redis-1", "")
-    port = free_port()
+def start_node(tmp_path: Path, hostname: str) -> tuple[subprocess.Popen, int]:
+    """A real redis-server started as redis.sh starts it in pod `hostname`, on a free port."""
+    argv = run_redis_script(tmp_path, "redis.sh", hostname, "")
     assert "/data" in argv
+    assert argv[-1] == "-", "the password comes through stdin, never the command line"
+    assert REDIS_PASSWORD not in argv
     argv = [str(tmp_path) if a == "/data" else a for a in argv]
-    node = start_redis(["redis-server", *argv[1:], "--port", str(port)], tmp_path)
+    port = free_port()
+    node = start_redis(["redis-server", *argv[1:-1], "--port", str(port), "-"], tmp_path,
+                       stdin=(tmp_path / "stdin").read_text())
+    return node, port
+
+
+def test_redis_and_sentinel_accept_their_configuration(tmp_path):
+    """Real redis-server parses what the scripts start it with (an unknown option stops it),
+    and both the node and its Sentinel refuse a client without the password."""
+    node, port = start_node(tmp_path, "redis-1")
     try:
-        wait_for_ping(port, node)
+        wait_for_ping(port, node, password=REDIS_PASSWORD)
+        assert cli(port, "ping").startswith("NOAUTH")
+        assert cli(port, "config", "get", "masterauth", password=REDIS_PASSWORD).split() == ["masterauth", REDIS_PASSWORD]
         # The Sentinel monitors a master it can resolve here: this very redis-server.
         assert run_redis_script(tmp_path, "sentinel.sh", "redis-1", f"127.0.0.1\n{port}\n")[1:] == ["--sentinel"]
         conf = tmp_path / "sentinel" / "sentinel.conf"
         text = conf.read_text()
         assert "sentinel monitor parley 127.0.0.1 6379 2" in text
+        assert f"sentinel auth-pass parley {REDIS_PASSWORD}" in text and f"requirepass {REDIS_PASSWORD}" in text
+        assert conf.stat().st_mode & 0o077 == 0, "the file holds the password: for its owner only"
         sentinel_port = free_port()
         conf.write_text(text.replace("6379 2", f"{port} 2") + f"port {sentinel_port}\n")
         sentinel = start_redis(["redis-server", str(conf), "--sentinel"], tmp_path)
         try:
-            wait_for_ping(sentinel_port, sentinel)
-            masters = subprocess.run(
-                ["redis-cli", "-p", str(sentinel_port), "sentinel", "get-master-addr-by-name", "parley"],
-                capture_output=True, text=True, check=True,
-            ).stdout.split()
+            wait_for_ping(sentinel_port, sentinel, password=REDIS_PASSWORD)
+            assert cli(sentinel_port, "ping").startswith("NOAUTH")
+            masters = cli(sentinel_port, "sentinel", "get-master-addr-by-name", "parley", password=REDIS_PASSWORD).split()
             assert masters == ["127.0.0.1", str(port)]
+            # The Sentinel logged in to the master: its connections there have their names.
+            deadline = time.monotonic() + 30
+            while "name=sentinel-" not in cli(port, "client", "list", password=REDIS_PASSWORD):
+                assert time.monotonic() < deadline, "the Sentinel never logged in to the master (sentinel auth-pass)"
+                time.sleep(0.1)
         finally:
             stop(sentinel)
     finally:
         stop(node)
+
+
+def test_redis_replicas_log_in_to_their_master(tmp_path):
+    """masterauth: a replica started as redis.sh starts it syncs from a master with a password."""
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master, master_port = start_node(tmp_path / "master", "redis-0")
+    try:
+        wait_for_ping(master_port, master, password=REDIS_PASSWORD)
+        cli(master_port, "set", "k", "from the master", password=REDIS_PASSWORD)
+        replica, port = start_node(tmp_path / "replica", "redis-1")
+        try:
+            wait_for_ping(port, replica, password=REDIS_PASSWORD)
+            cli(port, "replicaof", "127.0.0.1", str(master_port), password=REDIS_PASSWORD)  # redis-0.redis-nodes here
+            deadline = time.monotonic() + 30
+            while cli(port, "get", "k", password=REDIS_PASSWORD).strip() != "from the master":
+                assert time.monotonic() < deadline, cli(port, "info", "replication", password=REDIS_PASSWORD)
+                time.sleep(0.1)
+        finally:
+            stop(replica)
+    finally:
+        stop(master)
 
 
 def test_redis_proxy_forwards_to_every_node():
@@ -683,12 +756,99 @@ def test_redis_proxy_forwards_to_every_node():
     assert "tcp-check expect string role:master" in cfg
 
 
+def haproxy() -> str:
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"  # tests/run.sh installs it (apt)
+
+
 def test_redis_proxy_configuration_parses(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"])
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"  # tests/run.sh installs it (apt)
-    result = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run([haproxy(), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30, check=False,
+                            env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_redis_proxy_health_check_logs_in(tmp_path):
+    """The real HAProxy, with the manifest's configuration pointed at a real redis-server that
+    asks for the password: its health check logs in and finds the master, so it forwards."""
+    node, port = start_node(tmp_path, "redis-0")
+    proxy_port, health_port = free_port(), free_port()
+    cfg = find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"]
+    cfg = re.sub(r"^\s*server .*\n?", "", cfg, flags=re.MULTILINE).rstrip("\n") + f"\n  server local 127.0.0.1:{port}\n"
+    cfg = cfg.replace("bind :6379", f"bind 127.0.0.1:{proxy_port}").replace("bind :8404", f"bind 127.0.0.1:{health_port}")
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    try:
+        wait_for_ping(port, node, password=REDIS_PASSWORD)
+        proxy = subprocess.Popen([haproxy(), "-db", "-f", str(tmp_path / "haproxy.cfg")], cwd=tmp_path,
+                                 env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for_ping(proxy_port, proxy, password=REDIS_PASSWORD)  # forwarded: the check found the master
+            assert cli(proxy_port, "ping").startswith("NOAUTH")
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=10) as health:
+                assert health.status == 200
+        finally:
+            stop(proxy)
+    finally:
+        stop(node)
+
+
+def test_k8s_redis_asks_for_the_password_from_the_secret(monkeypatch):
+    """Every Redis, Sentinel and proxy container and Parley itself take the one password from
+    the Secret; nothing in the manifests holds it."""
+    for workload, name, var in (("StatefulSet", "redis", "REDISCLI_AUTH"), ("Deployment", "redis-haproxy", "REDIS_PASSWORD")):
+        for c in find(workload, name)["spec"]["template"]["spec"]["containers"]:
+            (ref,) = [v["valueFrom"]["secretKeyRef"] for v in c.get("env", []) if v["name"] == var]
+            assert ref == {"name": "parley", "key": "PARLEY_REDIS_PASSWORD"}, c["name"]
+    scripts = find("ConfigMap", "redis-scripts")["data"]
+    assert "requirepass $REDISCLI_AUTH" in scripts["redis.sh"] and "masterauth $REDISCLI_AUTH" in scripts["redis.sh"]
+    assert "sentinel auth-pass parley $REDISCLI_AUTH" in scripts["sentinel.sh"]
+    assert '"AUTH ${REDIS_PASSWORD}' in find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"]
+    settings = load_from(parley_env(0), monkeypatch)
+    assert settings.redis.password is not None and settings.redis.password.get_secret_value() == REDIS_PASSWORD
+    assert urlsplit(settings.redis.url).password is None, "the password belongs in the Secret, not the URL"
+
+
+def policy_selects(policy: dict, labels: dict) -> bool:
+    return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_network_policies_let_only_parley_reach_redis():
+    """Who may connect to which Redis port, as the NetworkPolicies say: Parley pods the proxy,
+    the proxy the nodes, the Redis pods each other (replication, Sentinel); nobody else."""
+    policies = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+    pods = {w["metadata"]["name"]: w["spec"]["template"] for w in workloads()}
+
+    def port_names(pod: str) -> dict[str, int]:
+        return {p["name"]: p["containerPort"] for c in pods[pod]["spec"]["containers"] for p in c.get("ports", [])}
+
+    def allowed(source: str | None, target: str) -> set[int]:
+        """The ports of `target` that pods of `source` (None: anything else) may connect to."""
+        labels = pods[target]["metadata"]["labels"]
+        chosen = [p for p in policies if policy_selects(p, labels) and "Ingress" in p["spec"]["policyTypes"]]
+        if not chosen:
+            return set(port_names(target).values())  # no policy: open
+        ports: set[int] = set()
+        for policy in chosen:
+            for rule in policy["spec"].get("ingress", []):
+                peers = rule.get("from")
+                if peers is not None:
+                    assert all(set(p) == {"podSelector"} for p in peers), "same-namespace pod selectors only"
+                    if source is None or not any(
+                        p["podSelector"]["matchLabels"].items() <= pods[source]["metadata"]["labels"].items() for p in peers
+                    ):
+                        continue
+                for port in rule.get("ports") or [{"port": name} for name in port_names(target)]:
+                    ports.add(port_names(target)[port["port"]] if isinstance(port["port"], str) else port["port"])
+        return ports
+
+    # The health page (up or down, nothing else) is open to all, for the kubelet's probe.
+    assert allowed("parley", "redis-haproxy") == {6379, 8404}
+    assert allowed("vllm", "redis-haproxy") == allowed(None, "redis-haproxy") == {8404}
+    assert allowed("redis-haproxy", "redis") == {6379}
+    assert allowed("redis", "redis") == {6379, 26379}
+    for stranger in ("parley", "vllm", None):
+        assert allowed(stranger, "redis") == set(), stranger
 
 
 # -- vLLM flags, by vLLM's own parser --------------------------------------------------------

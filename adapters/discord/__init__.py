@@ -17,4 +17,7 @@ def create(runtime: Runtime) -> DiscordAdapter | None:
     if not settings.discord.enabled:
         return None
     chains: Chains = RedisChains(runtime.redis, settings.redis) if runtime.redis is not None else MemoryChains()
-    return DiscordAdapter(settings=settings.discord, chains=chains, metrics=runtime.metrics, answers=runtime.answers)
+    return DiscordAdapter(
+        settings=settings.discord, chains=chains, degraded=runtime.degraded, metrics=runtime.metrics,
+        answers=runtime.answers,
+    )

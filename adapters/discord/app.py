@@ -1,24 +1,36 @@
 """The Discord transport: discord.py's sharded client, its gateway events and slash commands.
 
-`DiscordAdapter.run` owns the client: it logs in, registers the slash commands,
-and keeps the gateway shards of this replica connected (discord.py resumes a
-session after a RECONNECT or a dropped connection, and Discord replays what was
-missed). Each message for Parley becomes a `Turn` in the inbox; each slash command
-is deferred at once (Discord wants an answer within 3 seconds) and answered later
-through the interaction's webhook.
+`DiscordAdapter.run` owns the client: it logs in and keeps the gateway shards of
+this replica connected (discord.py resumes a session after a RECONNECT or a dropped
+connection, and Discord replays what was missed). Registering the slash commands is
+an optional step beside it: a refusal (403 Missing Access, a 5xx) is logged once with
+the fix, reported in /readyz (`bot.health.Degraded`) and tried again with backoff,
+while mentions and DMs are answered. Each message for Parley becomes a `Turn` in the
+inbox; each slash command is deferred at once (Discord wants an answer within 3
+seconds) and answered later through the interaction's webhook.
 
-On cancellation the gateway is closed first (no new turns), then the REST client
-is kept until the answers this adapter handed out are finished, then closed.
+On cancellation intake stops before `run` returns, and so before the inbox closes
+(`bot.server`): the gateway closes, the event handlers already running put their turns,
+the held turns get a last try, and a user whose turn could still not be queued is told
+(BUSY). The REST client is kept until the answers handed out are finished, then closed.
 
 When the inbox cannot take a turn because Redis is unreachable, the turn waits in a
 bounded in-memory `RetryBuffer` that puts it again with backoff (Discord does not
 deliver an event again); past the bound the user is told to try again.
+
+DMs follow `DISCORD_ALLOW_DMS` (off by default when an allow-list is set): a refused DM
+gets one line saying so, since a DM is addressed to Parley alone and silence would look
+broken, while a message in a channel outside the allow-lists is ignored in silence
+(a public reply there would be noise in a channel Parley was kept out of).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -52,6 +64,7 @@ from bot.errors import (
     InboxUnavailable,
     ParleyError,
 )
+from bot.health import Degraded
 from bot.inbox import Inbox
 from bot.logs import turn_fields
 from bot.metrics import Metrics
@@ -76,6 +89,9 @@ PERMISSIONS = discord.Permissions(
 )
 THREAD_PERMISSIONS = discord.Permissions(create_public_threads=True)
 PRIVATE_COMMANDS = ("help", "reset")  # answered to the caller only
+COMMANDS_STEP = "discord:commands"  # the slash-command registration, in /readyz
+CONTENT_STEP = "discord:message_content"
+INTAKE_GRACE = 10.0  # seconds shutdown waits for the event handlers already running to put their turns
 
 
 def permissions(*, open_threads: bool) -> discord.Permissions:
@@ -167,17 +183,18 @@ class DiscordAdapter:
     platform = "discord"
 
     def __init__(
-        self, *, settings: DiscordSettings, chains: Chains, metrics: Metrics | None = None,
+        self, *, settings: DiscordSettings, chains: Chains, degraded: Degraded, metrics: Metrics | None = None,
         answers: AnswerIndex | None = None,
     ) -> None:
         self._settings = settings
         self._chains = chains
+        self._degraded = degraded  # optional steps that failed (the command registration), for /readyz
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._trace = metrics.platform_trace(self.platform) if metrics is not None else None
-        self._held = RetryBuffer(self._deliver, size=settings.retry_buffer)
+        self._held = RetryBuffer(self._deliver, give_up=self._give_up, size=settings.retry_buffer)
         self._client: ParleyClient | None = None
         self._inbox: Inbox | None = None
-        self._closing = False
+        self._taking: set[asyncio.Task[Any]] = set()  # event handlers on their way to the inbox
         self.content_intent = True  # False once Discord has said the text of messages is withheld
 
     @property
@@ -187,7 +204,8 @@ class DiscordAdapter:
     # -- the connection --------------------------------------------------------------------
 
     async def run(self, inbox: Inbox) -> None:
-        # Held turns are retried until intake has stopped (`_connect` closes the gateway on the way out).
+        # Held turns are retried until intake has stopped (`_connect` closes the gateway on the
+        # way out), then tried once more; the users of those the inbox still refuses are told.
         async with self._held.running():
             await self._connect(inbox)
 
@@ -204,9 +222,8 @@ class DiscordAdapter:
                 try:
                     await client.login(self._settings.token.get_secret_value())
                     if not intents.message_content or content_granted(client.application_flags):
-                        if self._settings.sync_commands:
-                            await self._sync_commands(client)
-                        await client.connect(reconnect=True)
+                        async with self._registering_commands(client):
+                            await client.connect(reconnect=True)
                         return
                 except discord.PrivilegedIntentsRequired:
                     if not intents.message_content:
@@ -227,6 +244,19 @@ class DiscordAdapter:
             "slash commands, but cannot read follow-ups in reply chains and threads that do not mention it. "
             "Enable 'Message Content Intent' under Bot in the Discord developer portal, then restart."
         )
+        self._degraded.report(
+            CONTENT_STEP, "Message Content intent not granted: follow-ups without a mention are not read "
+            "(enable it under Bot in the Discord developer portal, then restart)"
+        )
+
+    def _registering_commands(self, client: ParleyClient) -> contextlib.AbstractAsyncContextManager[None]:
+        """The slash-command registration, in the background for as long as the gateway runs."""
+        if not self._settings.sync_commands:
+            return contextlib.nullcontext()
+        return self._degraded.optional(
+            COMMANDS_STEP, lambda: self._sync_commands(client), explain=self._sync_problem,
+            first_delay=self._settings.sync_retry,
+        )
 
     async def _sync_commands(self, client: ParleyClient) -> None:
         guild = discord.Object(self._settings.test_guild) if self._settings.test_guild else None
@@ -235,13 +265,31 @@ class DiscordAdapter:
         synced = await client.tree.sync(guild=guild)
         log.info("registered %s slash commands (guild: %s)", len(synced), guild.id if guild else "all")
 
+    def _sync_problem(self, exc: Exception) -> str:
+        guild = self._settings.test_guild
+        if isinstance(exc, discord.Forbidden):
+            where = f"to server {guild} (DISCORD_TEST_GUILD)" if guild else "again"
+            return (
+                f"Discord refused to register the slash commands ({exc.status} {exc.text or 'Missing Access'}): "
+                f"invite the bot {where} with the applications.commands scope (the invite link in "
+                "deploy/discord/SETUP.md); mentions and DMs are answered meanwhile"
+            )
+        if isinstance(exc, discord.HTTPException):
+            return f"Discord answered the slash-command registration with {exc.status} ({exc.text[:200]})"
+        return f"could not reach Discord to register the slash commands ({type(exc).__name__}: {exc})"
+
     async def _shutdown(self) -> None:
-        """Stop intake only: the gateway closes, REST stays up for the answers in flight
-        until `aclose()`, which `run_adapters` calls once they are done."""
-        self._closing = True
+        """Stop intake: the gateway closes, then the event handlers already running put their
+        turns (the inbox stays open until `run` returns). REST stays up for the answers in
+        flight until `aclose()`, which `run_adapters` calls once they are done."""
         if self._client is not None:
             for shard in self._client.shards.values():
                 await shard.disconnect()
+        if self._taking:
+            _, late = await asyncio.wait(set(self._taking), timeout=INTAKE_GRACE)
+            if late:
+                log.warning("%s Discord events still being taken after %.0f s; their users are told if they "
+                            "cannot be queued", len(late), INTAKE_GRACE)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -261,13 +309,30 @@ class DiscordAdapter:
 
     # -- intake ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _taking_in(self) -> Iterator[None]:
+        """Marks the event handler running now as on its way to the inbox: shutdown waits for it."""
+        task = asyncio.current_task()
+        assert task is not None  # discord.py runs each event handler in a task of its own
+        self._taking.add(task)
+        try:
+            yield
+        finally:
+            self._taking.discard(task)
+
     async def on_message(self, message: discord.Message) -> None:
+        with self._taking_in():
+            await self._take_message(message)
+
+    async def _take_message(self, message: discord.Message) -> None:
         client = self._client
-        if self._closing or client is None or client.user is None or is_from_bot(message):
+        if client is None or client.user is None or is_from_bot(message):
             return
         guild_id = guild_id_of(message)
         place = place_of(message.channel, guild_id)
         if not place.allowed(self._settings, guild_id=guild_id, channel_ids=channel_ids(message.channel)):
+            if place.dm:
+                await self._refuse_dm(message_turn(message, bot_id=client.user.id, conversation=None))
             return
         bot_id = client.user.id
         roles = self._bot_roles(message.guild)
@@ -311,6 +376,12 @@ class DiscordAdapter:
     async def on_command(
         self, interaction: discord.Interaction, command: str, text: str = "", *, target_language: str | None = None
     ) -> None:
+        with self._taking_in():
+            await self._take_command(interaction, command, text, target_language=target_language)
+
+    async def _take_command(
+        self, interaction: discord.Interaction, command: str, text: str, *, target_language: str | None
+    ) -> None:
         place = place_of(interaction.channel, interaction.guild_id)
         allowed = place.allowed(
             self._settings, guild_id=interaction.guild_id, channel_ids=channel_ids(interaction.channel)
@@ -320,7 +391,7 @@ class DiscordAdapter:
             response = await interaction.response.defer(
                 thinking=True, ephemeral=command in PRIVATE_COMMANDS or not allowed
             )
-            if not allowed or self._closing:
+            if not allowed and not place.dm:
                 await interaction.delete_original_response()  # not answered here: leave no trace
                 return
         except discord.HTTPException as exc:
@@ -333,7 +404,17 @@ class DiscordAdapter:
             target_language=target_language,
             original_message_id=response.message_id if response is not None else None,
         )
-        await self._put(turn)
+        if not allowed:
+            await self._refuse_dm(turn)
+        elif command == "help":
+            # Answered here: only the adapter knows what its settings allow (DMs).
+            await self._tell(turn, messages.discord_help(dms=self._settings.dms_allowed))
+        else:
+            await self._put(turn)
+
+    async def _refuse_dm(self, turn: Turn) -> None:
+        log.info("direct message refused: DMs are off (DISCORD_ALLOW_DMS)", extra=turn_fields(turn))
+        await self._tell(turn, messages.DISCORD_DMS_OFF)
 
     async def _put(self, turn: Turn) -> None:
         if len(self._held):
@@ -346,9 +427,13 @@ class DiscordAdapter:
 
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         """A 👍/👎 on one of Parley's answers: a `feedback` turn of the answer's conversation."""
+        with self._taking_in():
+            await self._take_reaction(payload)
+
+    async def _take_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         client = self._client
         vote = VOTES.get((payload.emoji.name or "")[:1])
-        if vote is None or self._closing or client is None or client.user is None or payload.user_id == client.user.id:
+        if vote is None or client is None or client.user is None or payload.user_id == client.user.id:
             return
         if payload.message_author_id is not None and payload.message_author_id != client.user.id:
             return  # a reaction on someone else's message: none of Parley's business
@@ -378,7 +463,13 @@ class DiscordAdapter:
             log.warning("inbox full; told the user to retry", extra=turn_fields(turn))
             await self._tell(turn, messages.BUSY)
         except InboxClosed:
-            log.info("shutting down; message not taken", extra=turn_fields(turn))
+            log.warning("shutting down; message not taken, told the user to retry", extra=turn_fields(turn))
+            await self._tell(turn, messages.BUSY)
+
+    async def _give_up(self, turn: Turn) -> None:
+        """A held turn the inbox still refused at shutdown."""
+        log.warning("inbox unreachable at shutdown; told the user to retry", extra=turn_fields(turn))
+        await self._tell(turn, messages.BUSY)
 
     async def _hold(self, turn: Turn) -> None:
         if not self._held.hold(turn):

@@ -4,8 +4,9 @@ Discord, unlike Slack, never delivers a gateway event twice on request: a messag
 inbox refuses is gone unless Parley keeps it. `RetryBuffer` keeps such turns, in
 arrival order and up to a bound, and one task puts them again with backoff (0.2 s
 doubling to 5 s) until the inbox takes them. While it holds any, new turns queue
-behind them, so a conversation's messages still reach the inbox in order. What is
-still held at shutdown is lost, and logged.
+behind them, so a conversation's messages still reach the inbox in order. At shutdown
+(intake has stopped, the inbox is still open) the held turns get one more try; those it
+still refuses are given up to a callback that tells their users, so none is lost in silence.
 """
 
 from __future__ import annotations
@@ -26,31 +27,34 @@ log = logging.getLogger(__name__)
 class RetryBuffer:
     """`put` is tried again for each held turn; it raises `InboxUnavailable` to mean "later".
     Any other failure of a held turn is logged and the turn dropped, so one bad turn never
-    holds up the rest."""
+    holds up the rest. `give_up` gets each turn still refused at shutdown."""
 
     def __init__(
         self,
         put: Callable[[Turn], Awaitable[None]],
         *,
+        give_up: Callable[[Turn], Awaitable[None]],
         size: int,
         first_delay: float = 0.2,
         max_delay: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._put = put
+        self._give_up = give_up
         self._sleep = sleep
         self._size = size
         self._first_delay = first_delay
         self._max_delay = max_delay
         self._turns: deque[Turn] = deque()
         self._waiting = asyncio.Event()  # set while turns are held
+        self._closed = False  # after shutdown nothing more is held: it could never be put
 
     def __len__(self) -> int:
         return len(self._turns)
 
     def hold(self, turn: Turn) -> bool:
-        """Keep `turn` for a later try; False when the buffer is full (the turn is not kept)."""
-        if len(self._turns) >= self._size:
+        """Keep `turn` for a later try; False when the buffer is full or shut (the turn is not kept)."""
+        if self._closed or len(self._turns) >= self._size:
             return False
         self._turns.append(turn)
         self._waiting.set()
@@ -58,15 +62,36 @@ class RetryBuffer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RetryBuffer]:
-        """The retrying task, for the life of the block: cancelled and awaited when it ends."""
+        """The retrying task, for the life of the block: cancelled and awaited when it ends,
+        then the last try (the block ends once intake has stopped, before the inbox closes)."""
         task = asyncio.create_task(self._retry(), name="discord-retry-buffer")
         try:
             yield self
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if self._turns:
-                log.warning("%s turns the inbox could not take are dropped at shutdown", len(self._turns))
+            self._closed = True
+            await self._last_try()
+
+    async def _last_try(self) -> None:
+        """Each held turn in order, until the inbox refuses one; that one and the rest are given up."""
+        while self._turns:
+            turn = self._turns[0]
+            try:
+                await self._put(turn)
+            except InboxUnavailable:
+                break
+            except Exception:
+                log.exception("a held turn could not be put into the inbox; dropped", extra=turn_fields(turn))
+            self._turns.popleft()
+        if self._turns:
+            log.warning("%s turns the inbox could not take are given up at shutdown", len(self._turns))
+        while self._turns:
+            turn = self._turns.popleft()
+            try:
+                await self._give_up(turn)
+            except Exception:
+                log.exception("a held turn could not be given up", extra=turn_fields(turn))
 
     async def _retry(self) -> None:
         delay = self._first_delay

@@ -32,6 +32,8 @@ COMMANDS = ("ask", "translate", "reset", "help")
 # Ordinary user messages; joins, pins, boosts and the like are not questions.
 USER_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 THREAD_NAME_LIMIT = 100
+# A user or role mention, `<@123>`, `<@!123>` or `<@&123>`; `strip_mention` removes Parley's own.
+_MENTION = re.compile(r"<@[!&]?(\d++)>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class Place:
 
     def allowed(self, settings: DiscordSettings, *, guild_id: int | None, channel_ids: tuple[int, ...]) -> bool:
         if self.dm:
-            return True
+            return settings.dms_allowed
         if settings.allowed_guilds and guild_id not in settings.allowed_guilds:
             return False
         return not settings.allowed_channels or any(c in settings.allowed_channels for c in channel_ids)
@@ -92,8 +94,8 @@ def mentions_bot(message: discord.Message, *, bot_id: int, bot_role_ids: frozens
 
 
 def strip_mention(text: str, *, bot_id: int, bot_role_ids: frozenset[int] = frozenset()) -> str:
-    ids = "|".join(str(i) for i in (bot_id, *bot_role_ids))
-    return re.sub(rf"<@[!&]?(?:{ids})>", "", text).strip()
+    ids = {str(i) for i in (bot_id, *bot_role_ids)}
+    return _MENTION.sub(lambda m: "" if m[1] in ids else m[0], text).strip()
 
 
 def replied_to(message: discord.Message) -> int | None:
@@ -161,7 +163,8 @@ def interaction_turn(
     original_message_id: int | None = None,
 ) -> Turn:
     """The turn for a slash command. `meta` carries what the reply needs later — the
-    application id and the interaction token (valid 15 minutes), never the bot token."""
+    application id and the interaction token (valid 15 minutes), never the bot token;
+    `/translate`'s `to:` becomes `Turn.target_language`, as the user typed it."""
     place = place_of(interaction.channel, interaction.guild_id)
     if place.dm:
         thread = place.channel
@@ -175,8 +178,6 @@ def interaction_turn(
         # when Discord did not say its id.
         "original": str(original_message_id) if original_message_id else "@original",
     }
-    if target_language:
-        meta["target_language"] = target_language
     return Turn(
         platform=PLATFORM,
         tenant=place.tenant,
@@ -188,6 +189,7 @@ def interaction_turn(
         at=interaction.created_at.timestamp(),
         command=command,
         meta=meta,
+        target_language=(target_language or "").strip(),
     )
 
 

@@ -36,11 +36,16 @@ def create(runtime: Runtime) -> SlackAdapter | None:
         threads = MemoryThreads(ttl=settings.thread_ttl)
     client = web_client(settings)
     desk = None
-    if (channel := runtime.settings.handoff.slack_channel) is not None:
-        # The support desk: registered for the dialogue manager, which opens tickets through it.
-        desk = SlackDesk(client, channel=channel, store=runtime.handoffs, limit=settings.message_limit)
-        runtime.desks[desk.name] = desk
+    handoff = runtime.settings.handoff
+    if handoff.slack_channel is not None:
+        # The support desk: the adapter registers it for the dialogue manager, which opens tickets
+        # through it, once Slack has confirmed the channel is private (`SlackDesk.verify`).
+        desk = SlackDesk(
+            client, channel=handoff.slack_channel, store=runtime.handoffs, limit=settings.message_limit,
+            allow_public=handoff.allow_public_channel, agent_groups=handoff.agent_groups,
+            agent_refresh=handoff.agent_refresh,
+        )
     return SlackAdapter(
         settings=settings, deduper=runtime.deduper, threads=threads, metrics=runtime.metrics, client=client,
-        desk=desk, answers=runtime.answers,
+        desk=desk, desks=runtime.desks, answers=runtime.answers,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import MutableMapping
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
+from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import Identity, Incoming, Route
 from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSupport, call
 from adapters.slack.threads import ThreadMemory
@@ -46,6 +48,7 @@ from bot.errors import (
     ParleyError,
     PlatformError,
 )
+from bot.handoff import Desk
 from bot.inbox import Inbox
 from bot.logs import turn_fields
 from bot.metrics import Metrics
@@ -109,10 +112,13 @@ class SlackAdapter:
         client: AsyncWebClient | None = None,
         metrics: Metrics | None = None,
         desk: SlackDesk | None = None,
+        desks: MutableMapping[str, Desk] | None = None,
         answers: AnswerIndex | None = None,
     ) -> None:
         self._settings = settings
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
+        self._desks = desks if desks is not None else {}  # where the desk is registered once verified
+        self.desk_open = False  # the support channel passed `SlackDesk.verify`: tickets go there
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._deduper = deduper
         self._threads = threads
@@ -160,6 +166,8 @@ class SlackAdapter:
         auth = await self._authorize()
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
+            if self._desk is not None and not await self._check_desk(self._desk):
+                notices.create_task(self._open_desk(self._desk))
             app = self._bolt_app(auth, inbox, notices)
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
@@ -185,9 +193,36 @@ class SlackAdapter:
             user_id=str(response.get("user_id", "")),
             bot_id=str(response.get("bot_id", "")),
             team_id=str(response.get("team_id", "")),
+            enterprise_id=str(response.get("enterprise_id") or ""),
         )
         log.info("slack: signed in as %s (%s) in team %s", response.get("user"), self.identity.user_id, self.identity.team_id)
         return AuthorizeResult.from_auth_test_response(bot_token=self._client.token, auth_test_response=response)
+
+    async def _check_desk(self, desk: SlackDesk) -> bool:
+        """One check of the support channel; True once settled: the desk is open for tickets, or
+        it is refused. A refused desk stays off with a loud error saying the fix, and Slack goes
+        on serving everything else: a wrong handoff setting must not take the bot down (nor the
+        other adapters, which could not be told apart from it at start-up: the check needs Slack)."""
+        try:
+            await desk.verify()
+        except ConfigError as exc:
+            log.error("slack: the support desk is OFF, no tickets will be opened: %s", exc)
+            return True
+        except PlatformError as exc:
+            log.warning("slack: cannot check the support channel yet (%s); the desk opens once Slack answers", exc)
+            return False
+        self._desks[desk.name] = desk
+        self.desk_open = True
+        log.info("slack: support desk open in channel %s", desk.channel)
+        return True
+
+    async def _open_desk(self, desk: SlackDesk) -> None:
+        pause = 5.0
+        while True:
+            await asyncio.sleep(pause)
+            if await self._check_desk(desk):
+                return
+            pause = min(pause * 2, 300.0)
 
     def _bolt_app(self, auth: AuthorizeResult, inbox: Inbox, notices: asyncio.TaskGroup) -> AsyncApp:
         socket_mode = self._settings.app_token is not None
@@ -210,7 +245,8 @@ class SlackAdapter:
 
         async def on_event(body: dict[str, Any]) -> None:
             assert self.identity is not None
-            if self._desk is not None and await self._desk.take_event(body, self.identity, inbox):
+            desk = self._desk if self.desk_open else None
+            if desk is not None and await desk.take_event(body, self.identity, inbox, notices):
                 return  # a person's reply or resolve in a ticket thread
             if (vote := normalize.vote_of(body, self.identity)) is not None:
                 await self._vote(vote, inbox)
@@ -222,7 +258,7 @@ class SlackAdapter:
         async def on_command(body: dict[str, Any], ack: Any) -> None:
             if (body.get("text") or "").strip().lower() == "resolve":
                 # A slash command carries no thread_ts: it cannot name the ticket it was typed in.
-                await ack(text=messages.RESOLVE_IN_THREAD, response_type="ephemeral")
+                await ack(text=escape(messages.RESOLVE_IN_THREAD), response_type="ephemeral")
                 return
             turn = normalize.from_command(body)
             try:
@@ -232,7 +268,7 @@ class SlackAdapter:
                 # user "dispatch_failed", so it is refused with words instead.
                 log.warning("inbox %s; slash command refused", "full" if isinstance(exc, InboxFull) else "unreachable",
                             extra=turn_fields(turn))
-                await ack(text=messages.BUSY, response_type="ephemeral")
+                await ack(text=escape(messages.BUSY), response_type="ephemeral")
                 return
             await ack()
 
@@ -244,7 +280,11 @@ class SlackAdapter:
             desk = self._desk
 
             async def on_resolve(body: dict[str, Any], ack: Any) -> None:
-                await desk.take_action(body, inbox)
+                assert self.identity is not None
+                if self.desk_open:
+                    await desk.take_action(body, self.identity, inbox, notices)
+                else:
+                    log.warning("Resolve pressed while the support desk is off: ignored")
                 await ack()
 
             app.action(normalize.RESOLVE_ACTION)(on_resolve)

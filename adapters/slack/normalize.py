@@ -25,15 +25,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.slack import mrkdwn
 from bot.turns import Turn
 
 PLATFORM = "slack"
+MENTIONS = "mentions"  # the `Turn.meta` key of the mentions the answer may repeat (see `mrkdwn`)
 COMMANDS = ("help", "reset")
 # Subtypes that are still a person writing to Parley; every other one (message_changed,
 # message_deleted, channel_join, bot_message, ...) is an event about a message, not one.
 USER_SUBTYPES = (None, "file_share", "thread_broadcast")
 # `<@U123>` or `<@U123|name>`: how Slack writes a user mention in message text.
-_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+# (Slack escapes "<" in text, so a label holds none: "<@U1|<@U1|…" is read once, not from each
+# "<@" to the end, which was quadratic.)
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]++)(?:\|[^<>]*+)?>")
+_SPACES = re.compile(r"[ \t]{2,}")
 
 
 class Route(enum.StrEnum):
@@ -58,6 +63,7 @@ class Identity:
     user_id: str
     bot_id: str
     team_id: str
+    enterprise_id: str = ""  # the Enterprise Grid organisation, when the workspace is in one
 
 
 def mentions(text: str, user_id: str) -> bool:
@@ -74,7 +80,7 @@ def clean_text(text: str, bot_user_id: str) -> str:
 
     text = _USER_MENTION.sub(keep_others, text)
     text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    return re.sub(r"[ \t]{2,}", " ", text).strip()
+    return _SPACES.sub(" ", text).strip()
 
 
 def command_of(text: str) -> str | None:
@@ -123,7 +129,11 @@ def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
         at=_seconds(event.get("event_ts") or ts),
         command=command_of(text),
         reply_to=ts,
-        meta={"user_team": event.get("user_team") or event.get("team") or tenant},
+        meta={
+            "user_team": event.get("user_team") or event.get("team") or tenant,
+            # The people and channels the user mentioned: the only mentions the answer may make live.
+            MENTIONS: mrkdwn.encode_ids(mrkdwn.mentions_in(raw)),
+        },
     )
     no_text = not text and bool(event.get("files") or event.get("attachments"))
     return Incoming(route, turn, no_text=no_text)
@@ -190,6 +200,7 @@ class DeskMessage:
     event_id: str
     command: str  # agent | resolve
     mention: bool = False
+    team: str = ""  # the workspace the person belongs to, as the event says (a Slack Connect guest's is another)
 
 
 def desk_message(body: dict[str, Any], me: Identity, support_channel: str) -> DeskMessage | None:
@@ -209,6 +220,7 @@ def desk_message(body: dict[str, Any], me: Identity, support_channel: str) -> De
         event_id=body.get("event_id") or f"{support_channel}:{event.get('ts', '')}",
         command="resolve" if text.lower().strip().rstrip(".!") in RESOLVE_WORDS else "agent",
         mention=event.get("type") == "app_mention",
+        team=event.get("user_team") or event.get("team") or "",
     )
 
 
@@ -224,7 +236,8 @@ def resolve_action(body: dict[str, Any]) -> DeskMessage | None:
         return None
     # Interactivity payloads are never retried by Slack; the trigger id is unique per press.
     event_id = "action:" + (body.get("trigger_id") or f"{channel}:{ts}:{user}")
-    return DeskMessage(desk_thread(channel, ts), user, "", event_id, "resolve")
+    team = (body.get("user") or {}).get("team_id", "")
+    return DeskMessage(desk_thread(channel, ts), user, "", event_id, "resolve", team=team)
 
 
 @dataclass(frozen=True, slots=True)

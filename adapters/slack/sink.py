@@ -7,6 +7,10 @@ which show the answer growing without edits; a workspace or channel that does no
 offer them (unknown_method, not_allowed, ...) gets the edits instead, with nothing
 posted twice. Rate limits are the Web API client's job: it is built with a 429
 retry handler that waits out Retry-After, so no call here retries by itself.
+
+Every text leaves through `mrkdwn.safe` (posts, edits, continuations, `markdown_text`,
+slash-command answers): escaped, with only the mentions the user's own message made put
+back, so neither a user nor the model can make Parley ping a channel or hide a link.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.slack.mrkdwn import decode_ids, safe
+from adapters.slack.normalize import MENTIONS
 from bot.errors import PlatformError
 from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, open_fence, reply_journal
 from bot.turns import Turn
@@ -77,25 +83,32 @@ OnPost = Callable[[str], Awaitable[None]]
 
 
 class SlackEditor:
-    """`MessageEditor` over chat.postMessage and chat.update, in one channel (and thread)."""
+    """`MessageEditor` over chat.postMessage and chat.update, in one channel (and thread).
+    `allowed`: the mention ids the text may make live (see `mrkdwn.safe`)."""
 
-    def __init__(self, client: AsyncWebClient, *, channel: str, thread_ts: str, on_post: OnPost | None = None) -> None:
+    def __init__(
+        self, client: AsyncWebClient, *, channel: str, thread_ts: str, on_post: OnPost | None = None,
+        allowed: frozenset[str] = frozenset(),
+    ) -> None:
         self._client = client
         self._channel = channel
         self._thread_ts = thread_ts or None  # None: top level (a DM that is not threaded)
         self._on_post = on_post
+        self._allowed = allowed
 
     async def post(self, text: str) -> str:
+        text = safe(text, self._allowed)
         response = await call(
-            "chat.postMessage",
-            self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
+            "chat.postMessage", self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text)
         )
         if self._on_post is not None:
             await self._on_post(str(response["ts"]))
         return str(response["ts"])
 
     async def edit(self, message_id: str, text: str) -> None:
-        await call("chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=text))
+        await call(
+            "chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=safe(text, self._allowed))
+        )
 
 
 class StreamingSupport:
@@ -115,12 +128,13 @@ class NativeStream:
 
     Appended text cannot be taken back, so pages are cut as the text arrives: a page
     is closed when the next piece would overflow it, at a line break (or a space) in
-    that piece, closing and reopening a code block that spans the cut.
+    that piece, closing and reopening a code block that spans the cut. Pieces are escaped
+    first, so a page's length is what Slack receives.
     """
 
     def __init__(
         self, client: AsyncWebClient, *, channel: str, thread_ts: str, user: str, team: str, limit: int,
-        on_post: OnPost | None = None,
+        on_post: OnPost | None = None, allowed: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
         self._on_post = on_post
@@ -129,11 +143,13 @@ class NativeStream:
         self._user = user
         self._team = team
         self._limit = limit
+        self._allowed = allowed
         self._ts: str | None = None  # the message streaming now
         self._page = ""
         self.started = False
 
     async def write(self, piece: str) -> None:
+        piece = safe(piece, self._allowed)
         while piece:
             room = self._limit - CLOSE_RESERVE - len(self._page)
             if len(piece) <= room:
@@ -190,7 +206,11 @@ def _cut(piece: str, room: int) -> tuple[str, str]:
         pos = window.rfind(sep)
         if pos >= room // 3 and pos > 0:
             return piece[:pos], piece[pos:].lstrip("\n") if sep == "\n" else piece[pos + 1 :]
-    return window, piece[room:]
+    # A hard cut: not inside an escape (`&amp;`, `&lt;`, `&gt;`), which would show as debris.
+    amp = piece.rfind("&", max(0, room - 4), room)
+    if amp > 0 and ";" not in piece[amp:room]:
+        room = amp
+    return piece[:room], piece[room:]
 
 
 class SlackSink:
@@ -212,8 +232,10 @@ class SlackSink:
         self._limit = limit
         self._interval = interval
         self._streaming = streaming
+        self._allowed = decode_ids(turn.meta.get(MENTIONS))
         self._editing = EditingSink(
-            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post), limit=limit, interval=interval
+            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post, allowed=self._allowed),
+            limit=limit, interval=interval,
         )
 
     async def send(self, text: str) -> None:
@@ -228,6 +250,7 @@ class SlackSink:
         native = NativeStream(
             self._client, channel=turn.channel, thread_ts=turn.thread, user=turn.user,
             team=turn.meta.get("user_team", turn.tenant), limit=self._limit, on_post=self._on_post,
+            allowed=self._allowed,
         )
         source = aiter(chunks)
         try:
@@ -253,7 +276,9 @@ class SlackSink:
                 await dirty.wait()
                 dirty.clear()
                 started = time.monotonic()
-                upto = len(text)
+                # A mention still arriving (`<@U1` without its `>`) waits for the next append,
+                # so that it is escaped, or put back, whole.
+                upto = len(text) if done else _settled(text, sent)
                 if upto > sent:
                     await native.write(text[sent:upto])
                     sent = upto
@@ -287,6 +312,13 @@ class SlackSink:
         return text
 
 
+def _settled(text: str, start: int) -> int:
+    """Where the text after `start` can be appended now: before a `<` whose `>` has not arrived
+    yet, when that is short enough to still become a mention."""
+    opening = text.rfind("<", max(start, len(text) - 64))
+    return opening if opening != -1 and ">" not in text[opening:] else len(text)
+
+
 async def _resume(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
     """What was read before native streaming was refused, then the rest of the engine's stream."""
     if head:
@@ -303,7 +335,7 @@ class ResponseUrlSink:
 
     async def send(self, text: str) -> None:
         try:
-            response = await AsyncWebhookClient(self._url).send(text=text, response_type="ephemeral")
+            response = await AsyncWebhookClient(self._url).send(text=safe(text), response_type="ephemeral")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformError(f"response_url failed: {type(exc).__name__}", platform=PLATFORM) from exc
         if response.status_code != 200:

@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING
 
 from adapters.web.app import WebAdapter
 from adapters.web.fanout import Fanout, LocalFanout, RedisFanout
-from adapters.web.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from adapters.web.limits import (
+    HOUR,
+    Addresses,
+    HandoffCaps,
+    MemoryAddresses,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisAddresses,
+    RedisRateLimiter,
+)
 from adapters.web.tokens import TokenSigner
-from bot.errors import ConfigError
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -27,12 +35,13 @@ __all__ = ["WebAdapter", "create"]
 
 log = logging.getLogger(__name__)
 
-MIN_SECRET_CHARS = 16
-
 
 def create(runtime: Runtime) -> WebAdapter | None:
-    """The adapter, or None unless PARLEY_WEB_ENABLED. Rate limits and the fan-out of answers to
-    tabs go through Redis when there is one (shared by every replica), else stay in this process."""
+    """The adapter, or None unless PARLEY_WEB_ENABLED. Rate limits, handoff caps and the fan-out
+    of answers to tabs go through Redis when there is one (shared by every replica), else stay
+    in this process. With a support desk configured, the handoff caps become the runtime's
+    gate for web conversations (`bot.handoff.HandoffGate`). A PARLEY_WEB_SECRET too short was
+    refused when the settings were read."""
     settings = runtime.settings.web
     if not settings.enabled:
         return None
@@ -42,20 +51,39 @@ def create(runtime: Runtime) -> WebAdapter | None:
         secret = secrets.token_bytes(32)
     else:
         secret = settings.secret.get_secret_value().encode()
-        if len(secret) < MIN_SECRET_CHARS:
-            raise ConfigError("PARLEY_WEB_SECRET", f"must be at least {MIN_SECRET_CHARS} characters (it signs visitor tokens)")
     limiter: RateLimiter
     fanout: Fanout
+    prefix = f"{runtime.settings.redis.prefix}:web:{settings.site}"
     if runtime.redis is not None:
-        prefix = f"{runtime.settings.redis.prefix}:web:{settings.site}"
         limiter = RedisRateLimiter(runtime.redis, prefix=prefix)
         fanout = RedisFanout(runtime.redis, prefix=prefix)
     else:
         limiter, fanout = MemoryRateLimiter(), LocalFanout()
+    handoffs = None
+    if runtime.settings.handoff.enabled:
+        handoffs = handoff_caps(runtime, prefix)
+        runtime.handoff_gates[WebAdapter.platform] = handoffs
     return WebAdapter(
         settings=settings,
         store=runtime.store,
         limiter=limiter,
         signer=TokenSigner(secret, site=settings.site, ttl=settings.token_ttl),
         fanout=fanout,
+        handoffs=handoffs,
+    )
+
+
+def handoff_caps(runtime: Runtime, prefix: str) -> HandoffCaps:
+    settings = runtime.settings.web
+    per_hour: RateLimiter
+    addresses: Addresses
+    if runtime.redis is not None:
+        # One slot for all of a handoff's caps: they are checked and counted together, in one script.
+        per_hour = RedisRateLimiter(runtime.redis, prefix=f"{prefix}:handoff", window=HOUR, slot="handoff")
+        addresses = RedisAddresses(runtime.redis, prefix=prefix)
+    else:
+        per_hour, addresses = MemoryRateLimiter(window=HOUR), MemoryAddresses()
+    return HandoffCaps(
+        limiter=per_hour, addresses=addresses,
+        visitor=settings.visitor_handoffs, ip=settings.ip_handoffs, site=settings.site_handoffs,
     )

@@ -7,10 +7,15 @@ widget, with this site's title, colour, greeting and wording put in), `/ws` (the
 A socket's life: the browser says `hello` with the token it kept (or none); Parley
 answers `welcome` with a token (the same visitor if the token was good, a new one if it
 was missing, malformed, forged or expired) and that visitor's history. Each message is
-checked (shape, size, rate), put into the inbox as a `Turn` and acknowledged; the answer
-comes back later through `sink_for`, to every tab of the visitor. A bad frame gets an
-error frame and a log line and the socket stays open; only a frame over
-`max_frame_bytes` (1 MiB) closes it, with a log line.
+counted against the rate limits before anything else is read from it, then checked
+(shape, size), put into the inbox as a `Turn` and acknowledged; the answer comes back
+later through `sink_for`, to every tab of the visitor. A bad frame gets an error frame
+and a log line and the socket stays open; a frame over `max_frame_bytes` (sized from
+PARLEY_WEB_MAX_MESSAGE_CHARS) closes it unread (code 1009), with a log line.
+
+Past `_session`, a visitor is known by its conversation id (`tokens.conversation_id`, a
+hash of the id in the token): the turns, the fan-out of answers (`Connection.visitor`),
+the context, tickets and logs never carry the token's own id.
 
 Shutdown follows `bot.server`: when `run` is cancelled the port stops taking connections
 and new messages are told the server is restarting, but open sockets stay up so that the
@@ -32,10 +37,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from adapters.web import normalize
 from adapters.web.fanout import Connection, Fanout, stop_relay
-from adapters.web.limits import RateLimiter
+from adapters.web.limits import HandoffCaps, RateLimiter
 from adapters.web.normalize import BadFrame, Hello, Say, Vote
 from adapters.web.sink import WebSink
-from adapters.web.tokens import InvalidToken, TokenSigner, new_visitor
+from adapters.web.tokens import InvalidToken, TokenSigner, conversation_id, new_visitor
 from bot import messages
 from bot.config import WebSettings
 from bot.context import ContextStore, Message
@@ -60,6 +65,7 @@ HEARTBEAT = 30.0  # seconds between pings; a tab that misses a pong is closed (a
 HELLO_TIMEOUT = 10.0  # seconds a new socket has to say hello
 MAX_TABS = 16  # sockets one visitor may hold at once in one process
 SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for open HTTP requests at cleanup
+FRAME_ENVELOPE = 1024  # bytes of a message frame besides its text: type, id, keys, quotes
 CACHE = "public, max-age=300"  # the widget's files: a change reaches visitors within minutes
 # The demo page: its own files only, and a socket back to this server.
 DEMO_CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -68,11 +74,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def max_frame_bytes(max_chars: int) -> int:
-    """The biggest frame read. Anything up to it is parsed and, if wrong (a message over
-    max_message_chars included), answered with a clear error frame on an open socket; only
-    a bigger one is cut off by aiohttp (close code 1009), as reading it is the harm. At
-    least a message at the limit with every character JSON-escaped (`\\uXXXX`, 6 bytes)."""
-    return max(1024 * 1024, max_chars * 6 + 1024)
+    """The biggest frame read (aiohttp refuses a frame from its header on, at this size and
+    above, with close code 1009, before any of it is buffered or parsed). A message at the
+    limit always fits, however a client encodes it: a character is at most 12 bytes of
+    JSON (a surrogate pair escaped, `\\ud83d\\ude00`; raw UTF-8 is at most 4), so one a
+    little over the limit still gets the clear "too long" answer on an open socket."""
+    return max_chars * 12 + FRAME_ENVELOPE + 1
 
 
 class WebAdapter:
@@ -86,12 +93,14 @@ class WebAdapter:
         limiter: RateLimiter,
         signer: TokenSigner,
         fanout: Fanout,
+        handoffs: HandoffCaps | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._limiter = limiter
         self._signer = signer
         self._fanout = fanout
+        self._handoffs = handoffs  # registered as the runtime's handoff gate; notes where messages come from
         self._max_frame = max_frame_bytes(settings.max_message_chars)
         self._widget_js = self._render_widget((STATIC / "widget.js").read_text(encoding="utf-8"))
         self._widget_css = (STATIC / "widget.css").read_text(encoding="utf-8")
@@ -234,18 +243,19 @@ class WebAdapter:
         if hello is None:
             return ws
         visitor, token, resumed = self._session(hello.token)
-        if self._fanout.count(visitor) >= MAX_TABS:
-            log.warning("web: visitor %s has %d tabs open; refusing another", visitor, MAX_TABS)
+        conversation = conversation_id(visitor)
+        if self._fanout.count(conversation) >= MAX_TABS:
+            log.warning("web: visitor %s has %d tabs open; refusing another", conversation, MAX_TABS)
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many tabs")
             return ws
-        conn = Connection(ws, visitor)
-        pump = asyncio.create_task(conn.pump(), name=f"web-pump-{visitor}")
+        conn = Connection(ws, conversation)
+        pump = asyncio.create_task(conn.pump(), name=f"web-pump-{conversation}")
         try:
             await self._fanout.attach(conn)  # first, so no answer published while the history loads is lost
             history = await self._history(conn) if resumed else ()
             conn.open(normalize.encode(normalize.welcome(token, resumed=resumed, messages=history)))
-            log.info("web: visitor %s connected (%s, %d tabs)", visitor, "resumed" if resumed else "new",
-                     self._fanout.count(visitor), extra=self._fields(visitor))
+            log.info("web: visitor %s connected (%s, %d tabs)", conversation, "resumed" if resumed else "new",
+                     self._fanout.count(conversation), extra=self._fields(conversation))
             async for msg in ws:
                 await self._on_frame(conn, msg, ip)
         finally:
@@ -262,6 +272,17 @@ class WebAdapter:
                 while True:
                     msg = await ws.receive()
                     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                        return None
+                    # Every frame counts against the address's limit before it is read.
+                    try:
+                        wait = await self._limiter.hit(f"ip:{ip}", self._settings.ip_rate)
+                    except StoreUnavailable as exc:
+                        log.error("web: no rate limit check for %s before hello: %r", ip, exc)
+                        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"unavailable")
+                        return None
+                    if wait is not None:
+                        await ws.send_str(self._refusal(f"ip:{ip}", self._settings.ip_rate, wait, fields={}))
+                        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"rate limited")
                         return None
                     if msg.type is WSMsgType.ERROR:
                         log.warning("web: socket from %s failed before hello: %r", ip, msg.data)
@@ -303,23 +324,28 @@ class WebAdapter:
             return ()
 
     async def _on_frame(self, conn: Connection, msg: aiohttp.WSMessage, ip: str) -> None:
-        """One frame from an open conversation. Every way it can be wrong ends in an error frame
-        and a log line; none ends the socket (aiohttp itself closes it on an oversized frame)."""
-        if msg.type is WSMsgType.ERROR:
-            log.warning("web: socket of visitor %s failed: %r", conn.visitor, msg.data, extra=self._fields(conn.visitor))
-            return
+        """One frame from an open conversation. It counts against the limits before anything
+        in it is read (a flood of malformed frames is limited like one of messages). Every way
+        it can be wrong ends in an error frame and a log line; none ends the socket (aiohttp
+        itself closes it on an oversized frame)."""
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR):
+            return  # pings and pongs are aiohttp's
         try:
+            if msg.type is WSMsgType.ERROR:  # aiohttp has closed the socket (an oversized frame: 1009)
+                log.warning("web: socket of visitor %s failed: %r", conn.visitor, msg.data, extra=self._fields(conn.visitor))
+                await self._limiter.hit(f"ip:{ip}", self._settings.ip_rate)  # it counts all the same
+                return
+            if not await self._admit(conn, ip):
+                return
             if msg.type is WSMsgType.BINARY:
                 log.info("web: binary frame from visitor %s refused", conn.visitor, extra=self._fields(conn.visitor))
                 conn.push(normalize.encode(normalize.error("binary", messages.NO_TEXT)))
                 return
-            if msg.type is not WSMsgType.TEXT:
-                return  # pings and pongs are aiohttp's
             match normalize.parse_frame(msg.data):
                 case Say() as say:
                     await self._take_message(conn, say, ip)
                 case Vote() as vote:
-                    await self._take_vote(conn, vote, ip)
+                    await self._take_vote(conn, vote)
                 case Hello():
                     raise BadFrame("hello_again", "hello was already said")
         except BadFrame as exc:
@@ -339,33 +365,37 @@ class WebAdapter:
             log.info("web: message refused: %s", exc, extra=self._fields(conn.visitor))
             conn.push(normalize.encode(normalize.error("rejected", messages.for_user(exc), id=say.id)))
             return
-        if not await self._admit(conn, ip, id=say.id):
-            return
-        turn = normalize.to_turn(say, visitor=conn.visitor, site=self._settings.site)
+        turn = normalize.to_turn(say, conversation=conn.visitor, site=self._settings.site)
+        if self._handoffs is not None:
+            await self._handoffs.note(conn.visitor, ip)  # for the handoff caps, wherever the turn is handled
         if await self._put(conn, turn, id=say.id):
             # To every tab, so the others show the message too; the answer's id rides along.
             await self._fanout.publish(conn.visitor, normalize.encode(normalize.ack(say, turn.event_id)))
             log.info("web message taken", extra=turn_fields(turn))
 
-    async def _take_vote(self, conn: Connection, vote: Vote, ip: str) -> None:
-        turn = normalize.feedback_turn(vote, visitor=conn.visitor, site=self._settings.site)
-        if await self._admit(conn, ip, id=None) and await self._put(conn, turn, id=None):
+    async def _take_vote(self, conn: Connection, vote: Vote) -> None:
+        turn = normalize.feedback_turn(vote, conversation=conn.visitor, site=self._settings.site)
+        if await self._put(conn, turn, id=None):
             conn.push(normalize.encode(normalize.voted(vote)))
             log.info("web feedback %s on %s taken", vote.vote, vote.answer, extra=turn_fields(turn))
 
-    async def _admit(self, conn: Connection, ip: str, *, id: str | None) -> bool:
-        """Count the frame against the IP's and the visitor's limits; say so if over either."""
+    async def _admit(self, conn: Connection, ip: str) -> bool:
+        """Count a frame against the IP's and the visitor's limits; say so if over either. The
+        frame is not read first, so the refusal cannot name the message it refused."""
         s = self._settings
         for key, limit in ((f"ip:{ip}", s.ip_rate), (f"visitor:{conn.visitor}", s.visitor_rate)):
             wait = await self._limiter.hit(key, limit)
             if wait is not None:
-                wait = round(wait, 1)  # what the frame carries, so its text and number agree
-                log.warning("web: %s is over its limit of %d a minute; refused for %.0f s", key, limit, wait,
-                            extra=self._fields(conn.visitor))
-                text = messages.web_rate_limited(wait)
-                conn.push(normalize.encode(normalize.error("rate_limited", text, id=id, retry_after=wait)))
+                conn.push(self._refusal(key, limit, wait, fields=self._fields(conn.visitor)))
                 return False
         return True
+
+    @staticmethod
+    def _refusal(key: str, limit: int, wait: float, *, fields: dict[str, str]) -> str:
+        """The error frame for a frame over `key`'s limit, logged."""
+        wait = round(wait, 1)  # what the frame carries, so its text and number agree
+        log.warning("web: %s is over its limit of %d a minute; refused for %.0f s", key, limit, wait, extra=fields)
+        return normalize.encode(normalize.error("rate_limited", messages.web_rate_limited(wait), retry_after=wait))
 
     async def _put(self, conn: Connection, turn: Turn, *, id: str | None) -> bool:
         assert self._inbox is not None

@@ -18,9 +18,10 @@ Parley sends:
     {"type": "error", "code", "text", "id"?, "retry_after"?}
 
 The client id is the browser's own random id for a message: a resend after a reconnect
-carries the same id, and the turn's event id is `<visitor>:<client id>`, so the dialogue
-manager's dedupe answers it once. The visitor is part of it so that one visitor can never
-claim (and so silence) another's message ids. That event id is also the answer's id.
+carries the same id, and the turn's event id is `<conversation>:<client id>`, so the dialogue
+manager's dedupe answers it once. The conversation (the hash of the visitor id in the token,
+`tokens.conversation_id`) is part of it so that one visitor can never claim (and so silence)
+another's message ids. That event id is also the answer's id.
 """
 
 from __future__ import annotations
@@ -120,19 +121,20 @@ def check_text(say: Say, limit: int) -> None:
     check_size(say.text, limit)
 
 
-def event_id(visitor: str, client_id: str) -> str:
-    return f"{visitor}:{client_id}"
+def event_id(conversation: str, client_id: str) -> str:
+    return f"{conversation}:{client_id}"
 
 
-def to_turn(say: Say, *, visitor: str, site: str) -> Turn:
-    """The turn for a visitor's message: one conversation per visitor (channel = user = visitor)."""
+def to_turn(say: Say, *, conversation: str, site: str) -> Turn:
+    """The turn for a visitor's message: one conversation per visitor (channel = user =
+    `conversation`, the hash of the visitor id: never the id inside the token)."""
     return Turn(
-        platform=PLATFORM, tenant=site, channel=visitor, user=visitor, text=say.text,
-        event_id=event_id(visitor, say.id),
+        platform=PLATFORM, tenant=site, channel=conversation, user=conversation, text=say.text,
+        event_id=event_id(conversation, say.id),
     )
 
 
-def feedback_turn(vote: Vote, *, visitor: str, site: str) -> Turn:
+def feedback_turn(vote: Vote, *, conversation: str, site: str) -> Turn:
     """The `feedback` turn for a 👍/👎 on one of the visitor's own answers (never another's).
 
     Each click is its own event: up, then down, then up again are three votes, and the
@@ -140,10 +142,10 @@ def feedback_turn(vote: Vote, *, visitor: str, site: str) -> Turn:
     there). A click's resend carries its id and is dropped as a duplicate; a frame without
     an id gets a fresh one."""
     match = _ANSWER_ID.fullmatch(vote.answer)
-    if match is None or match.group(1) != visitor:
+    if match is None or match.group(1) != conversation:
         raise BadFrame("bad_field", "answer is not one of this visitor's answers")
     return Turn(
-        platform=PLATFORM, tenant=site, channel=visitor, user=visitor, text=vote.vote,
+        platform=PLATFORM, tenant=site, channel=conversation, user=conversation, text=vote.vote,
         event_id=f"{vote.answer}:feedback:{vote.id or secrets.token_hex(8)}", command="feedback", reply_to=vote.answer,
     )
 

@@ -7,6 +7,13 @@ piece of the stream or at its end, so deltas always add up to the answer). Each 
 where it starts (`at`), so a tab that opened mid-answer knows it missed the beginning
 and waits for `done`, which always carries the whole answer. Nobody listening is not
 an error: the dialogue manager saves the answer, and the next visit shows it.
+
+A person's reply from the support desk is a `message` frame of its own kind,
+
+    {"type": "message", "id", "reply_to", "text", "kind": "agent", "agent": "Ann (support team)"}
+
+which the widget shows as a person's bubble under their name: nothing the model writes can
+look like one (answers only ever come as `delta`/`done`, notices without a `kind`).
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ from typing import Any
 
 from adapters.web import normalize
 from adapters.web.fanout import Fanout
+from bot import messages
 from bot.logs import turn_fields
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
 
 DELTA_INTERVAL = 0.05  # seconds: at most 20 delta frames a second per answer
+AGENT = "agent"  # the `kind` of a message frame that is a person's reply
 
 
 class WebSink:
@@ -43,6 +52,13 @@ class WebSink:
         """A complete message: a notice, an error, or a human agent's reply relayed to the visitor."""
         id_ = f"{self._turn.event_id}:m{next(self._sent)}"
         await self._publish(normalize.message(id_, text, reply_to=self._turn.event_id))
+
+    async def relay(self, agent: str, text: str) -> None:
+        """A person's reply from the support desk (`bot.handoff.AgentRelay`): their own words,
+        and who they are, apart."""
+        id_ = f"{self._turn.event_id}:m{next(self._sent)}"
+        frame = normalize.message(id_, text, reply_to=self._turn.event_id)
+        await self._publish({**frame, "kind": AGENT, "agent": messages.agent_label(agent)})
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         answer = self._turn.event_id

@@ -3,7 +3,8 @@ someone else. Pure logic, no I/O.
 
 A token is `v1.<visitor>.<expires>.<mac>`:
 
-- `visitor`: 16 random bytes, base64url (22 characters): the conversation's channel;
+- `visitor`: 16 random bytes, base64url (22 characters); the conversation's channel is its
+  hash (`conversation_id`), so the id is never shown outside the token;
 - `expires`: Unix seconds after which the token no longer opens the conversation;
 - `mac`: base64url HMAC-SHA256 over `v1.<site>.<visitor>.<expires>` with the server secret.
 
@@ -50,6 +51,14 @@ def new_visitor() -> str:
 
 def is_visitor(value: str) -> bool:
     return bool(_VISITOR.fullmatch(value))
+
+
+def conversation_id(visitor: str) -> str:
+    """The name a visitor's conversation goes by past the adapter (turns, the context in Redis,
+    support tickets, logs): a one-way hash of the visitor id, in the same shape (22 base64url
+    characters). The visitor id itself stays inside the token, so a ticket header or a log
+    line never shows a part of anyone's token."""
+    return _b64(hashlib.sha256(b"parley-web-conversation:" + visitor.encode("ascii")).digest()[:16])
 
 
 class TokenSigner:

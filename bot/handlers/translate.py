@@ -3,9 +3,14 @@
 Code blocks, inline code, URLs, user and channel mentions (`<@U123>`, `<@123>`, `<#C1>`)
 and emoji codes (`:smile:`) are swapped for numbered placeholders before the LLM sees the
 text and put back as the answer streams; any the model dropped are listed after the
-translation, so nothing the user wrote is silently lost. The target is the language the
-command or pattern named, else the tenant's. The prompt has no history: a translation
-depends only on the text, and the short fixed system prompt is what the cache serves.
+translation, so nothing the user wrote is silently lost. Spans come back as the text the
+user wrote, never as live markup: whether a mention notifies is the platform sink's call
+(Slack's makes only the user's own `<@U…>`/`<#C…>` live, never `<!channel>`; Discord's
+pings nobody). The target is the language the command named (`Turn.target_language`,
+Discord's `to:`), else the one the text's pattern
+named, else the tenant's; a named language Parley does not know is said so, never replaced
+by the default. The prompt has no history: a translation depends only on the text, and the
+short fixed system prompt is what the cache serves.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ from dataclasses import dataclass
 
 from bot import messages
 from bot.handlers import Request, Services, register
-from bot.languages import NAMES, detect
+from bot.languages import NAMES, code_for, detect
 
 PROTECTED = re.compile(
     r"```.*?```"  # fenced code
     r"|`[^`\n]+`"  # inline code
     r"|https?://[^\s<>\"')\]]+"  # URLs
-    r"|<[@#!][^>\s]+>"  # Slack/Discord mentions: <@U123>, <@!123>, <#C123|general>, <!here>
+    # Slack/Discord mentions: <@U123>, <@!123>, <#C123|general>, <!here>; no "<" inside, so that
+    # "<@<@<@…" is read once, not from each "<@" to the end (that was quadratic).
+    r"|<[@#!][^<>\s]++>"
     r"|:[a-z0-9_+-]+:",  # emoji codes
     re.DOTALL,
 )
 OPEN, CLOSE = "⟦", "⟧"
+PLACEHOLDER = re.compile(rf"{OPEN}(\d+){CLOSE}")
 SURE = 0.9  # detection probability above which "already in that language" is said
 
 
@@ -38,7 +46,7 @@ class Masked:
     @property
     def prose(self) -> str:
         """The text without its protected spans: what language detection should read."""
-        return re.sub(rf"{OPEN}\d+{CLOSE}", " ", self.text)
+        return PLACEHOLDER.sub(" ", self.text)
 
 
 def mask(text: str) -> Masked:
@@ -67,7 +75,7 @@ class Unmasker:
             text, self._held = text[:cut], text[cut:]
         else:
             self._held = ""
-        return re.sub(rf"{OPEN}(\d+){CLOSE}", self._restore, text)
+        return PLACEHOLDER.sub(self._restore, text)
 
     def flush(self) -> str:
         rest, self._held = self._held, ""
@@ -99,7 +107,11 @@ class TranslateHandler:
         self._llm = services.llm
 
     async def answer(self, request: Request) -> AsyncIterator[str]:
-        target = request.route.target or request.tenant.language
+        named = request.turn.target_language
+        target = code_for(named) if named else request.route.target or request.tenant.language
+        if target is None:
+            yield messages.unknown_language(named[:40], sorted(NAMES.values()))
+            return
         masked = mask(request.route.text or request.turn.text)
         source, probability = detect(masked.prose)
         if source == target and probability >= SURE:

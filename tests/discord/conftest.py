@@ -15,7 +15,7 @@ import pytest_asyncio
 
 import adapters.discord
 from adapters.discord import DiscordAdapter
-from bot.config import DiscordSettings, Settings
+from bot.config import DialogueSettings, DiscordSettings, RedisSettings, Settings
 from bot.context import Context
 from bot.runtime import Runtime
 from bot.turns import ConversationKey
@@ -32,6 +32,17 @@ def discord_settings(fake: FakeDiscord, **overrides: Any) -> DiscordSettings:
     }
     values.update(overrides)
     return DiscordSettings(_env_file=None, **values)
+
+
+def on_own_redis(make_settings: Callable[..., Settings], redis: Any, fake: FakeDiscord, **discord: Any) -> Settings:
+    """Settings for a test that stops and starts its own Redis (`redis_to_stop`): the Redis inbox
+    on it, and a model that is never reached."""
+    return make_settings(
+        llm_url=DEAD_LLM,
+        redis=RedisSettings(_env_file=None, url=redis.url, prefix="outage", socket_timeout=1),
+        dialogue=DialogueSettings(_env_file=None, inbox="redis"),
+        discord=discord_settings(fake, **discord),
+    )
 
 
 async def poll(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 120.0, interval: float = 0.02) -> Any:

@@ -7,7 +7,8 @@ and dispatches MESSAGE_CREATE (users' and the bot's own) and INTERACTION_CREATE.
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
-global) the way Discord does, or a 5xx.
+global) the way Discord does, a 5xx, or an error of Discord's own (403 Missing
+Access), and to hold a call's answer back until the test lets it go.
 
 What discord.py needs, measured: JSON only with Content-Type exactly
 `application/json`; a 429 is a rate limit only with a `Via` header and a JSON body
@@ -59,8 +60,10 @@ class Fault:
     pattern: re.Pattern[str]
     retry_after: float
     is_global: bool
-    times: int
+    times: int  # -1: until lifted
     status: int = 429
+    code: int = 0  # Discord's JSON error code
+    message: str = ""
 
 
 @dataclass
@@ -104,6 +107,7 @@ class FakeDiscord:
         self.unplanned_429s = 0  # a client that honours the bucket headers never gets one
         self._nonces: dict[tuple[int, str], int] = {}
         self._faults: list[Fault] = []
+        self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
         self._buckets: dict[str, Bucket] = {}
         self._shard_count = 1
         self._runner: web.AppRunner | None = None
@@ -321,6 +325,25 @@ class FakeDiscord:
         """Answer the next `times` calls matching `method` and the path regex with `status` (a 5xx)."""
         self._faults.append(Fault(method, re.compile(pattern), 0.0, False, times, status))
 
+    def refuse(self, method: str, pattern: str, *, status: int = 403, code: int = 50001,
+               message: str = "Missing Access", times: int = -1) -> Fault:
+        """Answer calls matching `method` and the path regex with Discord's error `code` (by default
+        403 Missing Access, what a guild where the bot lacks a scope says), until `lift`ed."""
+        fault = Fault(method, re.compile(pattern), 0.0, False, times, status, code, message)
+        self._faults.append(fault)
+        return fault
+
+    def lift(self, fault: Fault) -> None:
+        if fault in self._faults:
+            self._faults.remove(fault)
+
+    def hold(self, method: str, pattern: str) -> asyncio.Event:
+        """Keep the answer to the next call matching `method` and the path regex until the
+        returned event is set (the call is recorded when it arrives)."""
+        release = asyncio.Event()
+        self._holds.append((method, re.compile(pattern), release))
+        return release
+
     async def send_reconnect(self, shard: int = 0) -> None:
         """Op 7 RECONNECT: the client must reconnect and RESUME its session."""
         session = self.session_for(shard)
@@ -441,8 +464,12 @@ class FakeDiscord:
                 self._faults.remove(fault)
             call.status = fault.status
             if fault.status != 429:
-                return self._error(fault.status, 0, f"{fault.status}: Server Error")
+                return self._error(fault.status, fault.code, fault.message or f"{fault.status}: Server Error")
             return self._too_many(fault.retry_after, is_global=fault.is_global)
+        held = next((h for h in self._holds if h[0] == request.method and h[1].fullmatch(path)), None)
+        if held is not None:
+            self._holds.remove(held)
+            await held[2].wait()
         bucket_key, bucket = self._bucket(request.method, path)
         now = time.monotonic()
         if now >= bucket.resets_at:

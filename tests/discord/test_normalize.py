@@ -19,6 +19,7 @@ from adapters.discord.normalize import (
     thread_name,
 )
 from bot.config import DiscordSettings
+from bot.turns import Turn
 from tests.discord.fake import FakeDiscord, Json
 
 
@@ -134,16 +135,38 @@ async def test_allowed_guilds_and_channels(world: World) -> None:
     assert place.allowed(DiscordSettings(_env_file=None, allowed_channels=[ids[0]]), guild_id=gid, channel_ids=ids)
 
 
+async def test_dms_are_off_when_an_allow_list_is_set_unless_allowed_explicitly(world: World) -> None:
+    message = await world.say("private", channel=world.fake.dm_channel(world.alice))
+    dm = place_of(message.channel, guild_id_of(message))
+    assert dm.dm
+
+    def allows_dms(**values: object) -> bool:
+        settings = DiscordSettings(_env_file=None, **values)
+        assert settings.dms_allowed == dm.allowed(settings, guild_id=None, channel_ids=channel_ids(message.channel))
+        return settings.dms_allowed
+
+    assert allows_dms(), "no allow-list: DMs are on"
+    assert not allows_dms(allowed_guilds=[1]), "an allow-list scopes Parley: DMs are off"
+    assert not allows_dms(allowed_channels=[1])
+    assert allows_dms(allowed_guilds=[1], allow_dms=True), "an explicit value wins"
+    assert not allows_dms(allow_dms=False)
+
+
 async def test_a_slash_command_carries_its_reply_token_never_the_bot_token(world: World) -> None:
-    payload = await world.fake.slash(world.channel, world.alice, "translate", text="bonjour", to="English")
+    payload = await world.fake.slash(world.channel, world.alice, "translate", text="hello", to="German")
     interaction = discord.Interaction(data=payload, state=world.state)  # type: ignore[arg-type]
-    turn = interaction_turn(interaction, command="translate", text="bonjour", target_language="English",
+    turn = interaction_turn(interaction, command="translate", text="hello", target_language=" German ",
                             original_message_id=77)
     assert (turn.tenant, turn.channel, turn.thread) == (world.channel["guild_id"], world.channel["id"], "")
-    assert turn.command == "translate" and turn.text == "bonjour" and turn.event_id == payload["id"]
+    assert turn.command == "translate" and turn.text == "hello" and turn.event_id == payload["id"]
+    # `to:` is the turn's typed target language (which the translate handler reads), not a meta entry.
+    assert turn.target_language == "German"
     assert turn.meta == {"application_id": str(world.fake.app_id), "interaction_token": payload["token"],
-                         "post_channel": world.channel["id"], "original": "77", "target_language": "English"}
+                         "post_channel": world.channel["id"], "original": "77"}
+    assert Turn.from_dict(turn.to_dict()).target_language == "German", "it survives the Redis inbox"
     assert world.fake.token not in str(turn.to_dict())
+    ask = interaction_turn(interaction, command="ask", text="hello")
+    assert ask.target_language == ""
 
 
 async def test_a_slash_command_in_a_dm(world: World) -> None:

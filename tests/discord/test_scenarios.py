@@ -18,12 +18,12 @@ from adapters.discord.chains import MemoryChains
 from adapters.discord.normalize import PLATFORM
 from adapters.discord.sink import ChannelEditor
 from bot import messages
-from bot.config import DialogueSettings, RedisSettings
+from bot.config import DialogueSettings
 from bot.context import RedisContextStore
 from bot.errors import PlatformError
 from bot.reply import split_pages
 from bot.turns import ConversationKey, Turn
-from tests.discord.conftest import DEAD_LLM, DiscordStack, discord_settings, poll, serving
+from tests.discord.conftest import DEAD_LLM, DiscordStack, discord_settings, on_own_redis, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 
 MESSAGES = r"/channels/\d+/messages"
@@ -346,13 +346,7 @@ async def test_while_redis_is_down_messages_wait_in_memory_and_are_answered_when
     fake: FakeDiscord, make_settings, channel: Json, alice: Json, redis_to_stop, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    settings = make_settings(
-        llm_url=DEAD_LLM,
-        redis=RedisSettings(_env_file=None, url=redis_to_stop.url, prefix="outage"),
-        dialogue=DialogueSettings(_env_file=None, inbox="redis"),
-        discord=discord_settings(fake, retry_buffer=1),
-    )
-    async with serving(fake, settings):
+    async with serving(fake, on_own_redis(make_settings, redis_to_stop, fake, retry_buffer=1)):
         await asyncio.to_thread(redis_to_stop.stop)
         held = await fake.say(channel, alice, "asked while Redis is down", mention_bot=True)
         await poll(lambda: any("holding turns in memory" in r.getMessage() for r in caplog.records))
@@ -415,7 +409,7 @@ async def test_without_the_message_content_intent_mentions_still_work(
 ) -> None:
     fake.content_intent = False
     caplog.set_level(logging.WARNING, logger="adapters.discord.app")
-    async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))):
+    async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))) as stack:
         question = await fake.say(channel, alice, "can you read me?", mention_bot=True)
         answer = await reply_to(fake, question)
         follow_up = await fake.say(channel, alice, "an unaddressed follow-up", reply_to=answer)  # text withheld
@@ -424,6 +418,7 @@ async def test_without_the_message_content_intent_mentions_still_work(
     assert all(not i["intents"] & (1 << 15) for i in fake.identifies), "connected without the intent"
     warnings = [r for r in caplog.records if "Message Content intent" in r.getMessage()]
     assert len(warnings) == 1
+    assert "Message Content intent" in stack.runtime.degraded.problems()["discord:message_content"], "in /readyz"
     assert not fake.replies_to(follow_up), "nothing to answer: Discord withheld its text"
 
 

@@ -1,22 +1,35 @@
 """Fixtures for handing off: Parley's real runtime (Redis, router with the local embedder, the
-dialogue manager) with the real Slack desk posting into the fake Slack's support channel."""
+dialogue manager) with the real Slack desk posting into the fake Slack's support channel; and
+`parley serve` with the web chat and Slack at once (`serving_web_and_slack`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest_asyncio
 from slack_sdk.web.async_client import AsyncWebClient
 
+import adapters.slack
+import adapters.web
 from adapters.slack.desk import SlackDesk
 from bot.config import HandoffSettings, Settings
 from bot.runtime import Runtime, open_runtime
-from tests.slack.conftest import BOT_TOKEN, DEAD_LLM, fake_slack  # noqa: F401 - the fake Slack fixture
+from bot.server import run_adapters
+from tests.slack.conftest import BOT_TOKEN, DEAD_LLM, SlackStack, fake_slack  # noqa: F401 - the fake Slack fixture
 from tests.slack.fake import FakeSlack
+from tests.web.conftest import WebStack
 
 SUPPORT = "CSUPPORT"
+
+
+def quoted(speaker: str, text: str) -> str:
+    """A transcript line as a ticket message's `text` shows it: the speaker, then the text (as
+    Slack received it, escaped) quoted line by line, so it cannot pass for a line of Parley's."""
+    return f"*{speaker}:*\n" + "\n".join(">" + line for line in text.split("\n"))
 
 
 class Recording:
@@ -58,3 +71,24 @@ async def runtime_for(make_settings: Callable[..., Settings], fake_slack: FakeSl
             yield rt
 
     return make
+
+
+@asynccontextmanager
+async def serving_web_and_slack(settings: Settings, fake: FakeSlack) -> AsyncIterator[tuple[WebStack, SlackStack]]:
+    """`parley serve` with the web chat and Slack, until the block ends; then the ordered shutdown."""
+    async with open_runtime(settings) as runtime, aiohttp.ClientSession() as session:
+        slack, web = adapters.slack.create(runtime), adapters.web.create(runtime)
+        assert slack is not None and web is not None
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_adapters(runtime, [slack, web], stop=stop))
+        try:
+            async with asyncio.timeout(120):
+                while not (server.done() or (slack.ready.is_set() and web.ready.is_set())):
+                    await asyncio.sleep(0.02)
+            if server.done():
+                server.result()
+            yield WebStack(runtime, web, session), SlackStack(fake, runtime, slack, session)
+        finally:
+            stop.set()
+            async with asyncio.timeout(120):
+                await server

@@ -11,53 +11,25 @@ next question is answered by the model, whose prompt holds the whole exchange.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 
-import adapters.slack
-import adapters.web
 from bot import messages
-from bot.config import HandoffSettings, Settings
-from bot.runtime import open_runtime
-from bot.server import run_adapters
-from tests.handoff.conftest import SUPPORT
+from bot.config import HandoffSettings
+from tests.handoff.conftest import SUPPORT, quoted, serving_web_and_slack
 from tests.routing.test_pipeline import proxy  # noqa: F401 - the recording proxy in front of the engine
-from tests.slack.conftest import SlackStack, slack_settings
-from tests.slack.fake import FakeSlack, block_action, message
-from tests.web.conftest import WebStack, web_settings
+from tests.slack.conftest import slack_settings
+from tests.slack.fake import block_action, message
+from tests.web.conftest import web_settings
 
 pytestmark = pytest.mark.engine
 
 
-@asynccontextmanager
-async def serving_web_and_slack(settings: Settings, fake: FakeSlack) -> AsyncIterator[tuple[WebStack, SlackStack]]:
-    """`parley serve` with the web chat and Slack, until the block ends; then the ordered shutdown."""
-    async with open_runtime(settings) as runtime, aiohttp.ClientSession() as session:
-        slack, web = adapters.slack.create(runtime), adapters.web.create(runtime)
-        assert slack is not None and web is not None
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_adapters(runtime, [slack, web], stop=stop))
-        try:
-            async with asyncio.timeout(120):
-                while not (server.done() or (slack.ready.is_set() and web.ready.is_set())):
-                    await asyncio.sleep(0.02)
-            if server.done():
-                server.result()
-            yield WebStack(runtime, web, session), SlackStack(fake, runtime, slack, session)
-        finally:
-            stop.set()
-            async with asyncio.timeout(120):
-                await server
-
-
 async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settings, proxy, fake_slack):  # noqa: F811
     fake_slack.add_user("UAGENT", "ann.k", display_name="Ann")
+    fake_slack.add_channel(SUPPORT, "support", private=True)
     settings = make_settings(
         llm_url=proxy.url, web=web_settings(), slack=slack_settings(fake_slack),
         handoff=HandoffSettings(_env_file=None, slack_channel=SUPPORT),
@@ -72,22 +44,23 @@ async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settin
 
         # 2. A ticket thread with the transcript appears in the support channel.
         head = await fake_slack.wait_for(lambda: next(iter(fake_slack.in_thread(SUPPORT, None)), None))
-        assert "*web*" in head.text and "`shop`" in head.text and tab.visitor in head.text
+        assert "*web*" in head.text and "`shop`" in head.text and tab.conversation in head.text and tab.visitor not in head.text
         [transcript] = await fake_slack.wait_for(lambda: fake_slack.in_thread(SUPPORT, head.ts))
-        assert "*Customer:* I want to talk to a person" in transcript.text
+        assert quoted("Customer", "I want to talk to a person") in transcript.text
 
         # 3. A person replies in that thread; the reply reaches the visitor's browser, with their name.
         await slack.deliver(message(SUPPORT, "Hi, I'm Ann. Your refund is on its way.", user="UAGENT", thread_ts=head.ts))
         relayed = await tab.next("message")
-        assert relayed["text"] == messages.agent_reply("Ann", "Hi, I'm Ann. Your refund is on its way.")
+        assert relayed["text"] == "Hi, I'm Ann. Your refund is on its way."
+        assert (relayed["kind"], relayed["agent"]) == ("agent", messages.agent_label("Ann"))  # shown as the person's
 
         # The visitor answers the person; it goes to the thread, not to the model.
         await tab.say("Thanks! When will it arrive?", id="msg-00000002")
         await fake_slack.wait_for(
-            lambda: any(m.text == "*Customer:* Thanks! When will it arrive?" for m in fake_slack.in_thread(SUPPORT, head.ts))
+            lambda: any(m.text == quoted("Customer", "Thanks! When will it arrive?") for m in fake_slack.in_thread(SUPPORT, head.ts))
         )
         await slack.deliver(message(SUPPORT, "Within 3 days.", user="UAGENT", thread_ts=head.ts))
-        assert (await tab.next("message"))["text"] == messages.agent_reply("Ann", "Within 3 days.")
+        assert (await tab.next("message"))["text"] == "Within 3 days."
 
         # 4. Resolve, with the ticket's button.
         pressed = await slack.send({"payload": json.dumps(block_action(head, action_id="parley_resolve"))}, form=True)

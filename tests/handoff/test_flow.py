@@ -12,7 +12,7 @@ from bot import messages
 from bot.config import TenantsSettings
 from bot.errors import PlatformError
 from bot.turns import Outcome, Turn
-from tests.handoff.conftest import SUPPORT, Recording
+from tests.handoff.conftest import SUPPORT, Recording, quoted
 from tests.slack.fake import FakeSlack
 
 
@@ -48,12 +48,12 @@ async def test_asking_for_a_person_opens_a_ticket_and_the_people_take_over(runti
         assert button["action_id"] == "parley_resolve" and button["text"]["text"] == messages.RESOLVE_BUTTON
         # ... and the transcript in its thread, personal data redacted.
         assert "[email removed]" in thread[0] and "jane.doe" not in thread[0]
-        assert "*Customer:* I want to talk to a person" in thread[0]
+        assert quoted("Customer", "I want to talk to a person") in thread[0]
 
         # Now the user's messages go to the people, not the model.
         later = await rt.manager.handle(say("it's about invoice 1234, <!channel>"), visitor)
         assert later.outcome is Outcome.FORWARDED and visitor.sent[-1] == messages.HANDED_OFF
-        assert ticket_of(fake_slack)[1][-1] == "*Customer:* it's about invoice 1234, &lt;!channel&gt;"
+        assert ticket_of(fake_slack)[1][-1] == quoted("Customer", "it's about invoice 1234, &lt;!channel&gt;")
 
         # A person's reply reaches the user with their name, and the context keeps it.
         agent = ticket.turn(command="agent", user="UAGENT", text="Hi, I'm on it.", event_id="Ev-a1", meta={"agent": "Ann"})
@@ -105,7 +105,7 @@ async def test_two_failed_answers_in_a_row_hand_off(runtime_for, fake_slack):
         ticket = await rt.handoffs.ticket(say("x", visitor="v2").key)
         assert ticket is not None and ticket.reason == "failures"
         _, thread = ticket_of(fake_slack)
-        assert "*Customer:* first question" in thread[0] and "*Customer:* second question" in thread[0]
+        assert quoted("Customer", "first question") in thread[0] and quoted("Customer", "second question") in thread[0]
 
 
 async def test_failures_trigger_can_be_off(runtime_for, fake_slack):
@@ -121,7 +121,7 @@ async def test_an_angry_user_goes_to_a_person_and_swearing_is_starred_out(runtim
         reply = await rt.manager.handle(say("this fucking thing never syncs", visitor="v4"), visitor)
         assert (reply.outcome, reply.route_step) == (Outcome.HANDED_OFF, "anger")
         _, thread = ticket_of(fake_slack)
-        assert "*Customer:* this ******* thing never syncs" in thread[0]
+        assert quoted("Customer", "this ******* thing never syncs") in thread[0]
         shouting = await rt.manager.handle(say("THIS IS USELESS", visitor="v5"), visitor)
         assert shouting.outcome is Outcome.HANDED_OFF
 

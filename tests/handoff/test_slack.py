@@ -11,7 +11,7 @@ from typing import Any
 
 from bot import messages
 from bot.config import HandoffSettings
-from tests.handoff.conftest import SUPPORT
+from tests.handoff.conftest import SUPPORT, quoted
 from tests.slack.conftest import DEAD_LLM, SIGNING_SECRET, slack_settings, serving
 from tests.slack.fake import (
     BOT_USER,
@@ -28,6 +28,7 @@ CUSTOMER = "C0001"
 
 
 def stack(make_settings, fake: FakeSlack, **handoff: Any):
+    fake.add_channel(SUPPORT, "support", private=True)
     sections: dict[str, Any] = {"slack": slack_settings(fake), "handoff": HandoffSettings(_env_file=None, **handoff)}
     return serving(make_settings(llm_url=DEAD_LLM, **sections), fake)
 
@@ -69,7 +70,7 @@ async def test_a_slack_customer_handed_to_people_in_the_support_channel_and_back
 
         # The customer's follow-up in their thread goes to the people, not the model.
         await s.deliver(message(CUSTOMER, "number 42", thread_ts=asked["ts"]))
-        await fake_slack.wait_for(lambda: "*Customer:* number 42" in texts(fake_slack, SUPPORT, head.ts))
+        await fake_slack.wait_for(lambda: quoted("Customer", "number 42") in texts(fake_slack, SUPPORT, head.ts))
 
         # Resolve with the button: the customer is back with the bot.
         pressed = await s.send({"payload": json.dumps(block_action(head, action_id="parley_resolve"))}, form=True)

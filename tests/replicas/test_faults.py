@@ -12,6 +12,7 @@ import signal
 import pytest
 from redis.asyncio import Redis
 
+from adapters.slack.mrkdwn import escape
 from bot.config import ContextSettings, RedisSettings
 from bot.context import RedisContextStore
 from bot.turns import ConversationKey
@@ -32,7 +33,7 @@ def store(redis_server, replica) -> RedisContextStore:
 
 async def answers(context_store: RedisContextStore, channel: str, thread: str = "") -> list[str]:
     context = await context_store.load(ConversationKey("slack", TEAM, channel, thread))
-    return [m.content for m in context.messages if m.role == "assistant"]
+    return [escape(m.content) for m in context.messages if m.role == "assistant"]  # as Slack shows them
 
 
 async def until(check, timeout: float = 300, every: float = 0.2):
@@ -85,7 +86,7 @@ async def test_two_replicas_answer_200_turns_in_40_conversations_once_and_in_ord
         context = await contexts.load(ConversationKey("slack", TEAM, channel, ""))
         asked = [m.content for m in context.messages if m.role == "user"]
         assert asked == [f"{channel} turn {r}" for r in range(5)], f"{channel} out of order"
-        said = [m.content for m in context.messages if m.role == "assistant"]
+        said = [escape(m.content) for m in context.messages if m.role == "assistant"]  # as Slack shows them
         shown = [p.text for p in fake_slack.in_thread(channel, None)]
         assert shown == said, f"{channel}: each turn answered once, in order"
     # Both replicas did the work.
@@ -143,7 +144,7 @@ async def test_a_redis_restart_with_50_conversations_active_loses_no_turn(replic
         for channel in channels:
             context = await contexts.load(ConversationKey("slack", TEAM, channel, ""))
             assert [m.content for m in context.messages if m.role == "user"] == [f"{channel} first", f"{channel} second"]
-            said = [m.content for m in context.messages if m.role == "assistant"]
+            said = [escape(m.content) for m in context.messages if m.role == "assistant"]
             assert [p.text for p in fake_slack.in_thread(channel, None)] == said
         print(f"deliveries retried during the outage: {sum(1 for r in retried if r)} of {len(channels)}")
         assert any(retried), "the outage was not seen by any delivery"

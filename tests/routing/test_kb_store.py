@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import KBSettings
-from bot.kb import KnowledgeBase, load_documents
+from bot.kb import KnowledgeBase, load_documents, read_documents
 
 SAMPLE = Path(__file__).parents[2] / "deploy" / "sample-kb"
 
@@ -82,7 +82,9 @@ async def test_url_list_is_fetched_over_http(kb, tmp_path):
         base = f"http://127.0.0.1:{server.server_address[1]}"
         urls = tmp_path / "pages.urls"
         urls.write_text(f"# the help centre\n{base}/api.html\n{base}/billing.md\n")
-        docs = load_documents(urls)
+        # Loopback is fetched only when allowed (tests/security/test_ssrf.py shows the refusals).
+        loaded = await read_documents(urls, settings=KBSettings(_env_file=None, fetch_allow="127.0.0.1/32"))
+        docs = loaded.documents
     finally:
         server.shutdown()
         server.server_close()

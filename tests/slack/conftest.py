@@ -91,13 +91,16 @@ async def stack_for(fake_slack: FakeSlack, make_settings: Callable[..., Settings
     """`async with stack_for(llm_url, **slack_overrides) as stack:` Parley over HTTP (or Socket
     Mode with app_token=APP_TOKEN) against the fake."""
 
-    def make(llm_url: str = DEAD_LLM, *, llm: dict[str, Any] | None = None, dialogue: Any = None, **slack: Any) -> Any:
+    def make(llm_url: str = DEAD_LLM, *, llm: dict[str, Any] | None = None, dialogue: Any = None, redis: Any = None,
+             **slack: Any) -> Any:
         sections: dict[str, Any] = {"slack": slack_settings(fake_slack, **slack)}
         if llm:
             base = make_settings(llm_url=llm_url).llm
             sections["llm"] = base.model_copy(update=llm)
         if dialogue is not None:
             sections["dialogue"] = dialogue
+        if redis is not None:
+            sections["redis"] = redis
         return serving(make_settings(llm_url=llm_url, **sections), fake_slack)
 
     return make

@@ -4,7 +4,10 @@
   recording every call with its start and end time; per-method latency, a number
   of 429 answers (with Retry-After), 5xx answers and channels that are gone
   (channel_not_found) can be injected. Messages posted, edited and
-  streamed are kept per channel and thread.
+  streamed are kept per channel and thread; ephemeral ones apart (`ephemeral`).
+  Channels (`add_channel`: conversations.info), people (`add_user`: users.info) and user
+  groups (`add_group`: usergroups.users.list) answer as Slack does, unknown ones with
+  Slack's error for them.
 - `POST /response/{id}`: slash commands' response_url.
 - `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
   It says `hello`, pushes envelopes (`push`) and collects the acks.
@@ -54,6 +57,7 @@ class Posted:
     streamed: bool = False
     stopped: bool = False
     blocks: list[dict[str, Any]] | None = None  # Block Kit, when the message has any
+    user: str = ""  # an ephemeral message: the one person who sees it
 
 
 @dataclass
@@ -76,6 +80,9 @@ class FakeSlack:
         self.gone_channels: set[str] = set()  # chat.* calls into these answer channel_not_found
         self.messages: list[Posted] = []
         self.users: dict[str, dict[str, Any]] = {}  # users.info answers, by user id (add_user)
+        self.channels: dict[str, dict[str, Any]] = {}  # conversations.info answers, by channel id (add_channel)
+        self.groups: dict[str, list[str]] = {}  # user group id -> member ids (add_group)
+        self.ephemeral: list[Posted] = []  # chat.postEphemeral: `thread_ts` and the one user who sees it (`user`)
         self.responses: list[dict[str, Any]] = []  # what arrived at response_urls
         self.acks: list[Ack] = []
         self.url = ""
@@ -176,12 +183,46 @@ class FakeSlack:
         return {"ok": True, "url": "https://fake.slack.test/", "team": "Fake", "user": "parley",
                 "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
 
-    def add_user(self, user_id: str, name: str, *, display_name: str = "", real_name: str = "") -> None:
-        """A person in the workspace, as users.info describes them."""
+    def add_user(self, user_id: str, name: str, *, display_name: str = "", real_name: str = "", team: str = TEAM,
+                 stranger: bool = False) -> None:
+        """A person, as users.info describes them: of the workspace, or (another `team`) a Slack
+        Connect member from elsewhere; `stranger` one who shares no channel with the workspace."""
         self.users[user_id] = {
-            "id": user_id, "team_id": TEAM, "name": name, "deleted": False, "real_name": real_name or name,
-            "is_bot": False, "profile": {"display_name": display_name, "real_name": real_name or name},
+            "id": user_id, "team_id": team, "name": name, "deleted": False, "real_name": real_name or name,
+            "is_bot": False, "profile": {"display_name": display_name, "real_name": real_name or name, "team": team},
         }
+        if stranger:
+            self.users[user_id]["is_stranger"] = True
+
+    def add_channel(self, channel_id: str, name: str, *, private: bool = True, ext_shared: bool = False) -> None:
+        """A channel Parley is in, as conversations.info describes it."""
+        self.channels[channel_id] = {
+            "id": channel_id, "name": name, "is_channel": True, "is_group": False, "is_im": False, "is_mpim": False,
+            "is_private": private, "is_archived": False, "is_general": False, "is_shared": ext_shared,
+            "is_ext_shared": ext_shared, "is_org_shared": False, "is_pending_ext_shared": False,
+            "context_team_id": TEAM, "shared_team_ids": [TEAM], "is_member": True,
+        }
+
+    def add_group(self, group_id: str, *members: str) -> None:
+        """A user group (S...) and its members, for usergroups.users.list."""
+        self.groups[group_id] = list(members)
+
+    def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        found = self.channels.get(args.get("channel", ""))
+        return {"ok": True, "channel": found} if found else {"ok": False, "error": "channel_not_found"}
+
+    def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        members = self.groups.get(args.get("usergroup", ""))
+        return {"ok": True, "users": list(members)} if members is not None else {"ok": False, "error": "no_such_subteam"}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("text") and not args.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        if not args.get("user"):
+            return {"ok": False, "error": "user_not_found"}
+        ts = f"{2000000000 + next(self._ts)}.000100"
+        self.ephemeral.append(Posted(args["channel"], ts, args.get("thread_ts") or None, args.get("text", ""), user=args["user"]))
+        return {"ok": True, "message_ts": ts}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = self.users.get(args.get("user", ""))

@@ -15,8 +15,10 @@ EVENT_SCOPES = {
     "message.im": "im:history",  # DMs
     "reaction_added": "reactions:read",  # 👍/👎 on answers
 }
-# chat.postMessage/update/*Stream; /parley; users.info (the names of people answering handed-off customers)
-CALL_SCOPES = {"chat:write", "commands", "users:read"}
+# chat.postMessage/update/*Stream/postEphemeral; /parley; users.info (the names and workspaces of people
+# answering handed-off customers); conversations.info (that the support channel is private: channels:read
+# for a public one, groups:read for a private one); usergroups.users.list (PARLEY_HANDOFF_AGENT_GROUPS)
+CALL_SCOPES = {"chat:write", "commands", "users:read", "channels:read", "groups:read", "usergroups:read"}
 
 
 def test_manifest_asks_for_exactly_what_parley_uses():

@@ -11,6 +11,7 @@ import logging
 
 import pytest
 
+from adapters.slack.mrkdwn import escape
 from bot import messages
 from bot.config import DialogueSettings
 from tests.slack.conftest import APP_TOKEN, SIGNING_SECRET
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.engine
 
 
 def answer_of(context) -> str:
-    return [m.content for m in context.messages if m.role == "assistant"][-1]
+    """The last answer as Slack shows it: escaped (random weights write `<`, `>` and `&` too)."""
+    return escape([m.content for m in context.messages if m.role == "assistant"][-1])
 
 
 async def test_mention_gets_a_threaded_streamed_answer(stack_for, fake_slack, engine):
@@ -56,7 +58,7 @@ async def test_thread_follow_up_without_mention_continues_the_context(stack_for,
         assert [m.role for m in context.messages] == ["user", "assistant", "user", "assistant"]
         assert context.messages[2].content == "and a follow-up"
         posted = fake_slack.in_thread("C0001", event["ts"])
-        assert len(posted) == 2 and posted[1].text == context.messages[3].content
+        assert len(posted) == 2 and posted[1].text == escape(context.messages[3].content)
         assert all(c.args.get("thread_ts") == event["ts"] for c in fake_slack.calls_to("chat.postMessage"))
 
 
@@ -68,7 +70,7 @@ async def test_dm_is_one_conversation_answered_at_top_level(stack_for, fake_slac
         context = await stack.answered("D0001", turns=2)
         assert len(context.messages) == 4
         posted = fake_slack.in_thread("D0001", None)
-        assert [m.text for m in posted] == [context.messages[1].content, context.messages[3].content]
+        assert [m.text for m in posted] == [escape(context.messages[1].content), escape(context.messages[3].content)]
         # A threaded reply in the DM is its own conversation, answered in that thread.
         await stack.deliver(message("D0001", "about this one", channel_type="im", thread_ts=posted[0].ts))
         threaded = await stack.answered("D0001", posted[0].ts)

@@ -1,7 +1,7 @@
 import asyncio
 
 from bot.config import ContextSettings, RedisSettings
-from bot.context import Context, Message, RedisContextStore, compact
+from bot.context import Context, MemoryContextStore, Message, RedisContextStore, compact
 from bot.prompts import build_messages
 from bot.turns import ConversationKey
 
@@ -84,3 +84,25 @@ async def test_context_expires_after_its_ttl(redis):
     assert (await store.load(KEY)).messages
     await asyncio.sleep(2.1)
     assert (await store.load(KEY)).messages == ()
+
+
+async def test_a_turn_is_answered_only_when_its_own_id_was_saved(redis):
+    # Identity, not order: a taken-over turn that was saved is refused, and a turn with any
+    # other id is saved, whatever number the inbox gave it.
+    store = _store(redis, "ctx5")
+    saved = await store.save(KEY, Context(), [Message("user", "q1", 1), Message("assistant", "a1", 1)], uid="turn-a")
+    assert saved.answered == ("turn-a",) == (await store.load(KEY)).answered
+    again = await store.save(KEY, saved, [Message("user", "q1", 1), Message("assistant", "a1 again", 1)], uid="turn-a")
+    assert again == saved and len((await store.load(KEY)).messages) == 2
+    await store.reset(KEY)
+    after_reset = await store.load(KEY)
+    assert after_reset.messages == () and after_reset.answered == ("turn-a",)  # a reset forgets history, not turns
+    await store.save(KEY, after_reset, [Message("user", "q2", 1)], uid="turn-b")
+    assert (await store.load(KEY)).answered == ("turn-b", "turn-a")
+
+
+async def test_the_memory_store_decides_answered_turns_the_same_way():
+    store = MemoryContextStore(redis_settings=RedisSettings(_env_file=None), settings=ContextSettings(_env_file=None))
+    saved = await store.save(KEY, Context(), [Message("user", "q1", 1)], uid="turn-a")
+    assert await store.save(KEY, saved, [Message("user", "q1", 1)], uid="turn-a") == saved
+    assert (await store.load(KEY)).messages == saved.messages and saved.answered == ("turn-a",)

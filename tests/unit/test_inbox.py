@@ -247,3 +247,28 @@ async def test_a_read_only_replica_is_an_outage_not_a_crash(tmp_path, redis_serv
         await client.aclose()
         replica.terminate()
         replica.wait(10)
+
+
+async def test_numbering_that_starts_again_never_takes_a_turn_for_finished(redis, prefix):
+    # The conversation's counters expire together (one hash), and a turn whose number is at or
+    # below the last one finished is answered, not dropped: only its own id says it finished.
+    a = inbox(redis, prefix, "a")
+    upkeep = await started(a)
+    try:
+        for i in (1, 2, 3):
+            await a.put(turn(f"e{i}"))
+            delivery = await a.get()
+            assert await a.in_order(delivery)
+            await a.done(delivery)
+        [counters] = [k async for k in redis.scan_iter(f"{prefix}:inbox:*:conv:*")]
+        assert await redis.hgetall(counters) == {b"seq": b"3", b"done": b"3", b"uid": delivery.turn.uid.encode()}
+        assert 0 < await redis.ttl(counters) <= 600
+        await redis.hdel(counters, "seq")  # numbering lost (a failover), the finished mark kept
+        await a.put(turn("e4"))
+        fourth = await a.get()
+        assert fourth.turn.seq == 1 and fourth.turn.uid != delivery.turn.uid
+        assert await a.in_order(fourth)
+        await a.done(fourth)
+        assert await redis.hget(counters, "done") == b"1"  # the stale mark gave way to the new numbering
+    finally:
+        await stop(upkeep)

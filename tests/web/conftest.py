@@ -15,6 +15,7 @@ import pytest_asyncio
 
 import adapters.web
 from adapters.web import WebAdapter
+from adapters.web.tokens import conversation_id
 from bot.config import Settings, WebSettings
 from bot.context import Context
 from bot.runtime import Runtime
@@ -49,6 +50,11 @@ class Tab:
     @property
     def visitor(self) -> str:
         return self.token.split(".")[1]
+
+    @property
+    def conversation(self) -> str:
+        """What the visitor's conversation goes by past the adapter (answer ids, turns, tickets)."""
+        return conversation_id(self.visitor)
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -117,7 +123,7 @@ class WebStack:
         return tab
 
     def key(self, visitor: str) -> ConversationKey:
-        return ConversationKey("web", SITE, visitor)
+        return ConversationKey("web", SITE, conversation_id(visitor))
 
     async def context(self, visitor: str) -> Context:
         return await self.runtime.store.load(self.key(visitor))

@@ -103,3 +103,26 @@ async def test_memory_limiter_forgets_idle_keys():
     clock.now += 61
     await limiter.hit("visitor:new", 5)  # the tenth hit sweeps
     assert len(limiter) == 1
+
+
+async def test_hit_all_counts_every_key_or_none(limiter_for):
+    clock = Clock()
+    limiter = limiter_for(clock)
+    assert await limiter.hit_all([("visitor:a", 2), ("ip:x", 3), ("site:s", 5)]) is None
+    assert await limiter.hit_all([("visitor:b", 2), ("ip:x", 3), ("site:s", 5)]) is None
+    assert await limiter.hit_all([("visitor:c", 2), ("ip:x", 3), ("site:s", 5)]) is None
+    clock.now += 1
+    key, wait = await limiter.hit_all([("visitor:d", 2), ("ip:x", 3), ("site:s", 5)])
+    assert key == "ip:x" and wait == pytest.approx(59.0, abs=0.01)
+    # The refusal counted nothing: visitor:d still has both its slots, site:s two of five.
+    assert await limiter.hit_all([("visitor:d", 2), ("site:s", 5)]) is None
+    assert await limiter.hit_all([("visitor:d", 2), ("site:s", 5)]) is None
+    assert (await limiter.hit_all([("visitor:d", 2), ("site:s", 5)]))[0] == "visitor:d"
+
+
+async def test_a_slot_keeps_every_key_of_a_limiter_in_one_cluster_slot(redis):
+    prefix = f"t{uuid.uuid4().hex[:8]}:web:shop:handoff"
+    limiter = RedisRateLimiter(redis, prefix=prefix, slot="handoff")
+    assert {limiter.key(k).split("{")[1].split("}")[0] for k in ("visitor:a", "ip:1.2.3.4", "site:s")} == {"handoff"}
+    assert await limiter.hit_all([("visitor:a", 1), ("ip:1.2.3.4", 1), ("site:s", 1)]) is None
+    assert await redis.zcard(limiter.key("ip:1.2.3.4")) == 1

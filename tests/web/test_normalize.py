@@ -90,25 +90,25 @@ def test_text_checks_use_the_users_words_from_messages():
 
 def test_a_message_becomes_a_web_turn_whose_event_id_is_scoped_to_the_visitor():
     visitor = new_visitor()
-    turn = normalize.to_turn(Say("abcdefgh", "where is my order?"), visitor=visitor, site="shop")
+    turn = normalize.to_turn(Say("abcdefgh", "where is my order?"), conversation=visitor, site="shop")
     assert (turn.platform, turn.tenant, turn.channel, turn.user, turn.thread) == ("web", "shop", visitor, visitor, "")
     assert turn.text == "where is my order?" and turn.command is None
     assert turn.event_id == f"{visitor}:abcdefgh"
-    other = normalize.to_turn(Say("abcdefgh", "same id, other visitor"), visitor=new_visitor(), site="shop")
+    other = normalize.to_turn(Say("abcdefgh", "same id, other visitor"), conversation=new_visitor(), site="shop")
     assert other.event_id != turn.event_id
 
 
 def test_feedback_becomes_a_feedback_turn_about_one_of_the_visitors_own_answers():
     visitor = new_visitor()
     answer = f"{visitor}:abcdefgh"
-    turn = normalize.feedback_turn(Vote(answer, "up", "click-0001"), visitor=visitor, site="shop")
+    turn = normalize.feedback_turn(Vote(answer, "up", "click-0001"), conversation=visitor, site="shop")
     assert (turn.command, turn.text, turn.reply_to, turn.channel, turn.tenant) == ("feedback", "up", answer, visitor, "shop")
-    resent = normalize.feedback_turn(Vote(answer, "up", "click-0001"), visitor=visitor, site="shop")
-    again = normalize.feedback_turn(Vote(answer, "up", "click-0002"), visitor=visitor, site="shop")
+    resent = normalize.feedback_turn(Vote(answer, "up", "click-0001"), conversation=visitor, site="shop")
+    again = normalize.feedback_turn(Vote(answer, "up", "click-0002"), conversation=visitor, site="shop")
     assert resent.event_id == turn.event_id != again.event_id  # a resend is one event, a new click another
-    assert turn.event_id not in (answer, normalize.feedback_turn(Vote(answer, "up"), visitor=visitor, site="shop").event_id)
+    assert turn.event_id not in (answer, normalize.feedback_turn(Vote(answer, "up"), conversation=visitor, site="shop").event_id)
     with pytest.raises(BadFrame):
-        normalize.feedback_turn(Vote(f"{new_visitor()}:abcdefgh", "up"), visitor=visitor, site="shop")
+        normalize.feedback_turn(Vote(f"{new_visitor()}:abcdefgh", "up"), conversation=visitor, site="shop")
 
 
 def test_feedback_frame_with_and_without_a_click_id():

@@ -34,7 +34,7 @@ async def test_a_message_streams_back_and_equals_the_saved_answer(stack_for, eng
         tab = await stack.connect()
         await tab.say("what is a KV cache?", id="first-message")
         ack = await tab.next("ack")
-        assert ack == {"type": "ack", "id": "first-message", "answer": f"{tab.visitor}:first-message", "text": "what is a KV cache?"}
+        assert ack == {"type": "ack", "id": "first-message", "answer": f"{tab.conversation}:first-message", "text": "what is a KV cache?"}
         deltas, done = await tab.answer(ack["answer"])
         assert_streamed(deltas, done)
         context = await stack.answered(tab.visitor)

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from adapters.web.tokens import InvalidToken, TokenSigner, is_visitor, new_visitor
+from adapters.web.tokens import InvalidToken, TokenSigner, conversation_id, is_visitor, new_visitor
 
 SECRET = b"a-test-secret-that-signs-visitor-tokens"
 NOW = 1_750_000_000.0
@@ -97,3 +97,11 @@ def test_malformed_tokens_are_refused_before_any_mac_is_computed(token):
 def test_an_empty_secret_is_refused():
     with pytest.raises(ValueError):
         TokenSigner(b"", site="shop", ttl=TTL)
+
+
+def test_the_conversation_id_is_a_one_way_hash_of_the_visitor_in_the_same_shape():
+    visitor = new_visitor()
+    conversation = conversation_id(visitor)
+    assert conversation == conversation_id(visitor) and is_visitor(conversation)  # 22 base64url characters
+    assert conversation != visitor and conversation_id(new_visitor()) != conversation
+    assert visitor not in conversation and conversation not in signer().issue(visitor)

@@ -157,7 +157,7 @@ async def test_malformed_frames_get_error_frames_and_the_socket_stays_open(stack
         # Still open, and still the same conversation: a good message goes in.
         await tab.say("still here?", id="abcdefgh")
         ack = await taken_and_failed(tab, "abcdefgh")
-        assert ack["answer"] == f"{tab.visitor}:abcdefgh"
+        assert ack["answer"] == f"{tab.conversation}:abcdefgh"
 
 
 async def test_a_frame_over_the_size_limit_closes_the_socket_with_1009_and_a_log_line(stack_for, caplog):
@@ -169,7 +169,7 @@ async def test_a_frame_over_the_size_limit_closes_the_socket_with_1009_and_a_log
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert tab.ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
         async with asyncio.timeout(30):
-            while not any("failed" in r.getMessage() and tab.visitor in r.getMessage() for r in caplog.records):
+            while not any("failed" in r.getMessage() and tab.conversation in r.getMessage() for r in caplog.records):
                 await asyncio.sleep(0.05)
 
 
@@ -184,8 +184,8 @@ async def test_a_message_over_max_message_chars_is_refused_clearly_and_never_que
         assert (await tab.next("error"))["text"] == messages.for_user(InputRejected("empty"))
         await tab.say("y" * 50, id="fits0001")  # exactly the limit goes in
         await taken_and_failed(tab, "fits0001")
-        assert await dedupe_claimed(stack, f"{tab.visitor}:fits0001")
-        assert not await dedupe_claimed(stack, f"{tab.visitor}:toolong1")  # taken in order: it never went in
+        assert await dedupe_claimed(stack, f"{tab.conversation}:fits0001")
+        assert not await dedupe_claimed(stack, f"{tab.conversation}:toolong1")  # taken in order: it never went in
 
 
 async def test_visitor_rate_limit_refuses_with_a_clear_message(stack_for, caplog):
@@ -197,38 +197,49 @@ async def test_visitor_rate_limit_refuses_with_a_clear_message(stack_for, caplog
             await taken_and_failed(tab, f"rate000{i}")
         await tab.say("one too many", id="rate0002")
         error = await tab.next("error")
-        assert error["code"] == "rate_limited" and error["id"] == "rate0002"
+        assert error["code"] == "rate_limited" and "id" not in error  # refused unread
         assert 0 < error["retry_after"] <= 60 and error["text"] == messages.web_rate_limited(error["retry_after"])
-        assert any(f"visitor:{tab.visitor} is over its limit of 2 a minute" in r.getMessage() for r in caplog.records)
+        assert any(f"visitor:{tab.conversation} is over its limit of 2 a minute" in r.getMessage() for r in caplog.records)
         # Another visitor is not held back by this one.
         other = await stack.connect()
         await other.say("my first", id="other001")
         await taken_and_failed(other, "other001")
 
 
+async def refused_hello(stack, *, headers: dict[str, str] | None = None) -> dict:
+    """A new socket whose hello is over its address's limit: the refusal, then close code 1013."""
+    tab = Tab(await stack.open(headers=headers), {})
+    await tab.send({"type": "hello", "token": None})
+    error = await tab.next("error")
+    with pytest.raises(ConnectionError):
+        await tab.next()
+    assert tab.ws.close_code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    return error
+
+
 async def test_ip_rate_limit_counts_every_visitor_behind_one_address(stack_for):
-    async with stack_for(visitor_rate=100, ip_rate=3) as stack:
-        tabs = [await stack.connect() for _ in range(4)]
-        for i, tab in enumerate(tabs[:3]):
+    async with stack_for(visitor_rate=100, ip_rate=5) as stack:
+        a, b = await stack.connect(), await stack.connect()  # two hellos
+        for i, tab in enumerate((a, b, a)):  # three messages
             await tab.say("hello", id=f"iprate0{i}")
             await taken_and_failed(tab, f"iprate0{i}")
-        await tabs[3].say("hello", id="iprate03")
-        error = await tabs[3].next("error")
+        await b.say("hello", id="iprate03")
+        error = await b.next("error")
         assert error["code"] == "rate_limited" and error["text"].startswith("You're sending messages faster")
+        assert (await refused_hello(stack))["code"] == "rate_limited"  # greetings count too
 
 
 async def test_behind_a_proxy_the_forwarded_address_is_the_one_limited(stack_for):
-    async with stack_for(visitor_rate=100, ip_rate=1, proxy_hops=1) as stack:
+    async with stack_for(visitor_rate=100, ip_rate=2, proxy_hops=1) as stack:
         alice = {"X-Forwarded-For": "198.51.100.1"}
         bob = {"X-Forwarded-For": "1.1.1.1, 198.51.100.2"}  # a spoofed first entry changes nothing
         a, b = await stack.connect(headers=alice), await stack.connect(headers=bob)
-        await a.say("hi", id="proxy-a01")
+        await a.say("hi", id="proxy-a01")  # alice's second frame: her hello was the first
         await taken_and_failed(a, "proxy-a01")
         await b.say("hi", id="proxy-b01")  # another address behind the same proxy peer
         await taken_and_failed(b, "proxy-b01")
-        a2 = await stack.connect(headers={"X-Forwarded-For": "9.9.9.9, 198.51.100.1"})
-        await a2.say("me again", id="proxy-a02")
-        assert (await a2.next("error"))["code"] == "rate_limited"
+        error = await refused_hello(stack, headers={"X-Forwarded-For": "9.9.9.9, 198.51.100.1"})
+        assert error["code"] == "rate_limited"
 
 
 async def test_feedback_becomes_a_turn_for_the_dialogue_manager(stack_for):
@@ -268,12 +279,6 @@ async def test_a_message_while_shutting_down_is_answered_with_restarting(make_se
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.SERVICE_RESTART)
 
 
-async def test_disabled_without_the_setting_and_a_short_secret_is_a_config_error(make_settings):
-    from bot.errors import ConfigError
-
+async def test_disabled_without_the_setting(make_settings):
     async with open_runtime(make_settings(llm_url="http://127.0.0.1:9/v1")) as runtime:
         assert adapters.web.create(runtime) is None
-    async with open_runtime(make_settings(llm_url="http://127.0.0.1:9/v1", web=web_settings(secret="short"))) as runtime:
-        with pytest.raises(ConfigError) as caught:
-            adapters.web.create(runtime)
-        assert caught.value.setting == "PARLEY_WEB_SECRET"

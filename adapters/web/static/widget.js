@@ -136,8 +136,11 @@
     if (force || nearBottom()) log.scrollTop = log.scrollHeight;
   }
 
-  function bubble(kind, text) {
-    var who = el("span", { className: "visually-hidden", text: (kind === "user" ? T.you : CONFIG.title) + ": " });
+  // `agent`: a person of the support team wrote it; their name is shown above, for everyone.
+  function bubble(kind, text, agent) {
+    var who = agent
+      ? el("span", { className: "agent-name", text: agent })
+      : el("span", { className: "visually-hidden", text: (kind === "user" ? T.you : CONFIG.title) + ": " });
     var textNode = el("p", { className: "text" });
     textNode.textContent = text;
     var node = el("div", { className: "msg " + kind }, [who, textNode]);
@@ -340,7 +343,9 @@
           waiting.node.remove();
           delete inflight[frame.reply_to];
         }
-        bubble("bot", frame.text);
+        // Only a frame of this kind is a person's reply: an answer of the model never is one.
+        if (frame.kind === "agent") bubble("agent", frame.text, frame.agent);
+        else bubble("bot", frame.text);
         break;
       case "voted":
         var group = log.querySelector('.feedback[data-answer="' + CSS.escape(frame.answer) + '"]');

@@ -1,0 +1,1 @@
+"""Adversarial inputs kept as tests: what an attacker sends, and the bound Parley must hold against it."""
