@@ -1,5 +1,6 @@
 """A loopback TCP forwarder for fault injection: put it between Parley and a real server,
-then stop it (connection refused), make it swallow traffic (a hung server), or restart it."""
+then stop it (connection refused), make it swallow traffic (a hung server), hold what the
+server sends after its first bytes (a stream that stalls mid-answer), or restart it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import contextlib
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int, *, stall_after: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.port = port
         self.hang = False  # accept connections but never answer
+        # Bytes the server may send (over all connections) before the rest is held until `flow()`.
+        self._allowance = stall_after
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -37,7 +42,7 @@ class TcpProxy:
                 await asyncio.Event().wait()
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             try:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, metered=True))
             finally:
                 up_writer.close()
         except (ConnectionError, OSError, asyncio.CancelledError):
@@ -46,10 +51,20 @@ class TcpProxy:
             writer.close()
             self._pipes.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def flow(self) -> None:
+        """Let everything through again."""
+        self._allowance = None
+        self._flowing.set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, metered: bool = False) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
+            while data := await reader.read(1024 if metered else 65536):
+                if metered and self._allowance is not None:
+                    if self._allowance <= 0:
+                        self._flowing.clear()
+                        await self._flowing.wait()
+                    else:
+                        self._allowance -= len(data)
                 writer.write(data)
                 await writer.drain()
         with contextlib.suppress(ConnectionError, OSError, RuntimeError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -15,10 +16,12 @@ from redis.asyncio import Redis
 from adapters.slack.mrkdwn import escape
 from bot.config import ContextSettings, RedisSettings
 from bot.context import RedisContextStore
+from bot.engine import free_port
 from bot.turns import ConversationKey
 from tests.conftest import RedisServer
 from tests.replicas.conftest import deliver
 from tests.slack.fake import TEAM, FakeSlack, mention, message
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.engine
 
@@ -43,15 +46,26 @@ async def until(check, timeout: float = 300, every: float = 0.2):
         return result
 
 
-async def test_a_worker_killed_mid_answer_is_finished_by_another_with_one_message(replicas, fake_slack: FakeSlack, http, redis_server):
+async def test_a_worker_killed_mid_answer_is_finished_by_another_with_one_message(
+    replicas, fake_slack: FakeSlack, http, redis_server, engine
+):
     long = {"PARLEY_LLM_MAX_TOKENS": "3000", "SLACK_MESSAGE_LIMIT": "40000"}  # seconds of answer, one message
-    first = await replicas("first", **long).start()
-    event = mention("C0001", "a long answer, please")
-    await deliver(http, first, event)
-    # The answer is on its way: posted, and still being edited.
-    await fake_slack.wait_for(lambda: fake_slack.calls_to("chat.update"), timeout=180)
-    first.signal(signal.SIGKILL)
-    await first.wait()
+    # The first replica's answer stalls after its first few dozen tokens, however fast the engine
+    # is and however slow the machine: it is killed mid-answer, never after it has saved.
+    engine_url = urlsplit(engine)
+    stall = TcpProxy(engine_url.hostname or "127.0.0.1", engine_url.port or 80, free_port(), stall_after=16_384)
+    await stall.start()
+    try:
+        first = await replicas("first", PARLEY_LLM_BASE_URL=f"http://127.0.0.1:{stall.port}/v1", **long).start()
+        event = mention("C0001", "a long answer, please")
+        await deliver(http, first, event)
+        # The answer is on its way: posted, and edited since.
+        await fake_slack.wait_for(lambda: fake_slack.calls_to("chat.update"), timeout=180)
+        first.signal(signal.SIGKILL)
+        await first.wait()
+    finally:
+        stall.flow()
+        await stall.stop()
     assert await answers(store(redis_server, first), "C0001", event["ts"]) == []  # it died before saving
 
     second = await replicas("second", **long).start()
