@@ -80,7 +80,8 @@ _SEPARATORS = " .-"  # between the chunks of a number being written
 def _boundary(text: str) -> int:
     """How much of the pending answer may be released now. Everything is, except a tail
     that may be personal data still being written (chunks with digits, `+` or `@`, which a
-    phone, card, IBAN or e-mail address has), held until it ends or `OUTPUT_HOLD` is passed:
+    phone, card, IBAN or e-mail address has, and the word being written, which may yet be
+    an address's local part), held until it ends or `OUTPUT_HOLD` is passed:
     so answers still stream token by token, and a number is checked whole before it shows.
     Profanity is checked per released piece (a word split across pieces can slip through).
 
@@ -96,7 +97,9 @@ def _boundary(text: str) -> int:
             if len(text) - chunk_start > OUTPUT_HOLD:
                 return len(text)
         chunk = text[chunk_start:end]
-        if not any(c.isdigit() or c in "@+" for c in chunk):
+        # The last chunk, with no separator after it yet, may still grow into an address
+        # ("jane.doe" before its "@"): held until the next separator shows it ended.
+        if not chunk or (end < len(text) and not any(c.isdigit() or c in "@+" for c in chunk)):
             break
         start = pos = chunk_start
     return start
@@ -345,7 +348,11 @@ class DialogueManager:
                 deltas = self._handlers[route.intent].answer(request)
             if self._moderator is not None and tenant.moderation.check_output:
                 deltas = self._moderated(deltas, turn, tenant)
-            shown = await sink.stream(self._guarded(deltas, answer))
+            # Closed here, whatever the sink did: a sink that fails mid-answer leaves the stream
+            # unfinished, and only closing it aborts the engine's request now (not at collection).
+            guarded = self._guarded(deltas, answer)
+            async with aclosing(guarded):
+                shown = await sink.stream(guarded)
             if not shown.strip():
                 # An engine that ends with nothing visible must not leave the user in silence.
                 shown = messages.EMPTY_ANSWER

@@ -59,10 +59,13 @@ async def test_keyed_locks_keep_one_conversation_in_order_and_others_concurrent(
     assert len(locks) == 0
 
 
-def test_output_hold_back_is_linear_and_holds_only_personal_data_in_progress():
+def test_output_hold_back_is_linear_and_holds_only_what_may_be_personal_data_in_progress():
     from bot.dialogue import OUTPUT_HOLD, _boundary
 
-    assert _boundary("hello world") == len("hello world")
+    assert _boundary("hello world ") == len("hello world ")
+    assert _boundary("hello world") == len("hello ")  # the word being written may be an address's start
+    assert _boundary("write to john.doe") == len("write to ")
+    assert _boundary("done!") == len("done!")
     assert _boundary("call me at +1 555 123") == len("call me at ")  # a phone number still coming
     assert _boundary("write to john.doe@exa") == len("write to ")
     assert _boundary("card 4111-1111-") == len("card ")
