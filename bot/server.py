@@ -68,7 +68,6 @@ async def run_adapters(
     intake = TimedInbox(inbox, runtime.metrics)
     sinks = {adapter.platform: adapter for adapter in adapters}
     running = list(adapters)  # what /readyz checks: an adapter that failed is reported, not awaited
-    failures: list[BaseException] = []
     try:
         async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
             if ops:
@@ -76,7 +75,7 @@ async def run_adapters(
             upkeep = tg.create_task(inbox.maintain(), name="inbox-upkeep")
             workers = tg.create_task(runtime.manager.serve(inbox, sinks), name="dialogue-workers")
             listeners = [
-                tg.create_task(_listen(a, intake, runtime, running, failures), name=f"adapter-{a.platform}") for a in adapters
+                tg.create_task(_listen(a, intake, runtime, running), name=f"adapter-{a.platform}") for a in adapters
             ]
             stopper = tg.create_task(stop.wait(), name="stop-signal")
             # Until a stop is asked for, an adapter returns (the console's /quit), or every adapter
@@ -113,13 +112,11 @@ async def run_adapters(
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-    if failures and not running:
-        raise failures[0]  # nothing was left serving: `parley serve` ends with the first adapter's error
+    if adapters and not running:  # nothing was left serving: `parley serve` ends with the first adapter's error
+        raise next(error for task in listeners if not task.cancelled() and (error := task.result()) is not None)
 
 
-async def _listen(
-    adapter: Adapter, intake: TimedInbox, runtime: Runtime, running: list[Adapter], failures: list[BaseException]
-) -> BaseException | None:
+async def _listen(adapter: Adapter, intake: TimedInbox, runtime: Runtime, running: list[Adapter]) -> BaseException | None:
     """Run one adapter; its failure is logged, reported in /readyz and returned, never raised:
     raised, it would end the task group and with it every other adapter and the workers."""
     try:
@@ -130,5 +127,4 @@ async def _listen(
                   adapter.platform, type(exc).__name__, exc, exc_info=exc)
         runtime.degraded.report(f"{adapter.platform}:adapter", f"stopped: {type(exc).__name__}: {exc}")
         running.remove(adapter)
-        failures.append(exc)
         return exc
