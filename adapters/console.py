@@ -19,7 +19,7 @@ from typing import BinaryIO, TextIO
 
 from bot import messages
 from bot.errors import InboxFull
-from bot.inbox import Inbox
+from bot.store.inbox import Inbox
 from bot.reply import ReplySink
 from bot.runtime import Runtime
 from bot.turns import Turn, decode_text

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
-from bot.inbox import Inbox
+from bot.store.inbox import Inbox
 from bot.reply import ReplySink
 from bot.turns import Turn
 

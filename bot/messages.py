@@ -148,7 +148,7 @@ def web_rate_limited(retry_after: float) -> str:
     return f"You're sending messages faster than I can take them. Please wait {seconds} {unit} and try again."
 
 
-# -- handoff to a person, and feedback (bot.handoff) ---------------------------------------------
+# -- handoff to a person, and feedback (bot.handoff.flow) ---------------------------------------------
 # To the customer:
 HANDED_OFF = (
     "I've asked a person from the team to take over this conversation. They'll reply right here; "

@@ -20,22 +20,22 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.config import Settings
-from bot.context import ContextStore, MemoryContextStore, RedisContextStore
-from bot.dedupe import Deduper, MemoryDeduper, RedisDeduper
-from bot.dialogue import DialogueManager
-from bot.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
-from bot.engine import EnginePaths, ensure_embedder, ensure_installed, local_engine
+from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
+from bot.store.dedupe import Deduper, MemoryDeduper, RedisDeduper
+from bot.dialogue.manager import DialogueManager
+from bot.routing.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
 from bot.handlers import Services, build_handlers
-from bot.handoff import Desk, HandoffGate, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
-from bot.health import Degraded
-from bot.kb import KnowledgeBase
-from bot.llm import LLMClient
-from bot.metrics import Metrics
-from bot.moderation import Moderator
-from bot.redis_batch import RedisBatcher
-from bot.routing import Router
-from bot.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
+from bot.handoff.flow import Desk, HandoffGate, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
+from bot.ops.health import Degraded
+from bot.knowledge.base import KnowledgeBase
+from bot.llm.client import LLMClient
+from bot.ops.metrics import Metrics
+from bot.moderation.moderator import Moderator
+from bot.store.batching import RedisBatcher
+from bot.routing.router import Router
+from bot.ops.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
 from bot.tenants import Tenants, load_tenants
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Runtime:
     router: Router | None = None
     tenants: Tenants | None = None
     metrics: Metrics = field(default_factory=Metrics)
-    # Handing off to people and feedback (bot.handoff, bot.stats). `desks` starts empty: an
+    # Handing off to people and feedback (bot.handoff.flow, bot.ops.stats). `desks` starts empty: an
     # adapter that offers a desk (Slack, with PARLEY_HANDOFF_SLACK_CHANNEL) registers it there
     # when it is created, and the dialogue manager reads it at each handoff.
     handoffs: HandoffStore = field(default_factory=MemoryHandoffStore)
@@ -67,7 +67,7 @@ class Runtime:
     stats: Stats = field(default_factory=MemoryStats)
     answers: AnswerIndex = field(default_factory=MemoryAnswerIndex)
     # Optional steps that failed and are being retried (an adapter's slash-command registration):
-    # adapters are handed it, /readyz shows it (bot.health).
+    # adapters are handed it, /readyz shows it (bot.ops.health).
     degraded: Degraded = field(default_factory=Degraded)
 
 

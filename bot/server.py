@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 from bot.adapter import Adapter
 from bot.errors import ConfigError
-from bot.inbox import MemoryInbox, RedisInbox
-from bot.metrics import TimedInbox
-from bot.ops import ops_server
+from bot.store.inbox import MemoryInbox, RedisInbox
+from bot.ops.metrics import TimedInbox
+from bot.ops.endpoint import ops_server
 from bot.runtime import Runtime, cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def run_adapters(
 ) -> None:
     """Run until `stop` is set or an adapter's `run` returns; without `stop`, until SIGTERM,
     SIGINT or SIGHUP arrives (`parley serve` passes one that its own handlers set, see
-    `bot/cli.py`). With `ops`, the /healthz, /readyz and /metrics endpoint runs alongside."""
+    `bot/tools/cli.py`). With `ops`, the /healthz, /readyz and /metrics endpoint runs alongside."""
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if stop is None else ()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

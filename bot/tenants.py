@@ -34,7 +34,7 @@ CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence", "illegal"
 DEFAULT_KB = "default"
 
 
-DATA = Path(__file__).parent / "data"  # files shipped with Parley (bot/ is a namespace package)
+DATA = Path(__file__).parent / "data"  # files shipped with Parley
 
 
 def default_file() -> Path:

@@ -35,7 +35,7 @@ class Turn:
     `event_id` is the platform's id for the event (Slack `event_id`, Discord message or
     interaction id): retries of one event carry the same id. `command` is an explicit
     request from a slash command (`help`, `reset`, `ask`, `translate`) or from the
-    support desk and feedback buttons (`agent`, `resolve`, `feedback`: see `bot.handoff`;
+    support desk and feedback buttons (`agent`, `resolve`, `feedback`: see `bot.handoff.flow`;
     adapters must never let a customer's own text produce those), `reply_to` the
     platform id of the message the answer should answer, and `meta` holds what an
     adapter needs to reply later (for example a Discord interaction token). `seq` is the

@@ -29,7 +29,7 @@ from bot.config import (
     RoutingSettings,
     Settings,
 )
-from bot.engine import free_port, local_engine
+from bot.engine.launcher import free_port, local_engine
 from bot.runtime import Runtime, open_runtime
 from bot.server import run_adapters
 

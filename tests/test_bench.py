@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bot.bench import add_arguments, run_bench
+from bot.tools.bench import add_arguments, run_bench
 
 pytestmark = pytest.mark.engine
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.engine
 
 def run_parley(args, *, stdin=b"", env=None, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args], input=stdin, capture_output=True, timeout=timeout,
+        [sys.executable, "-m", "bot.tools.cli", *args], input=stdin, capture_output=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

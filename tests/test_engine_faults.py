@@ -8,7 +8,7 @@ import pytest
 
 from bot import messages
 from bot.config import LLMSettings
-from bot.engine import free_port
+from bot.engine.launcher import free_port
 from bot.errors import EngineTimeout, EngineUnavailable
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn

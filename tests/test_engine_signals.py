@@ -2,7 +2,7 @@
 
 The engine runs in a session of its own, so nothing but Parley stops it: when a supervisor's
 SIGTERM ended Parley at once, vLLM stayed behind holding its port. Each test runs the real
-`python -m bot.cli` from this checkout, sends it one of the three signals, and checks that
+`python -m bot.tools.cli` from this checkout, sends it one of the three signals, and checks that
 Parley stopped in order (its exit status, not death by the signal), that the engine's port is
 free and that no process of the engine's process group is left.
 
@@ -33,11 +33,11 @@ import httpx
 import pytest
 
 from bot.config import EngineSettings
-from bot.engine import EnginePaths, free_port, has_gpu
+from bot.engine.launcher import EnginePaths, free_port, has_gpu
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc")
 
-ROOT = Path(__file__).resolve().parents[1]  # `-m bot.cli` from here runs this checkout's code
+ROOT = Path(__file__).resolve().parents[1]  # `-m bot.tools.cli` from here runs this checkout's code
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 START_TIMEOUT = 900.0  # the real engine on two shared cores: start-up and warm-up
 STOP_TIMEOUT = 120.0
@@ -152,7 +152,7 @@ def port_is_free(host: str, port: int) -> bool:
 
 @dataclass
 class Parley:
-    """One `python -m bot.cli ...` process, its output in files (never a full pipe)."""
+    """One `python -m bot.tools.cli ...` process, its output in files (never a full pipe)."""
 
     proc: subprocess.Popen[bytes]
     out: Path
@@ -176,7 +176,7 @@ class Parley:
 
 
 class Runs:
-    """Starts `python -m bot.cli ARGS` with only the given settings; `close()` kills what is left,
+    """Starts `python -m bot.tools.cli ARGS` with only the given settings; `close()` kills what is left,
     the engines too (on code without the fix they outlive Parley)."""
 
     def __init__(self, tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ class Runs:
         out, err = self._tmp / f"parley-{n}.out", self._tmp / f"parley-{n}.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "--env-file", str(self._tmp / "none.env"), *args],
+                [sys.executable, "-m", "bot.tools.cli", "--env-file", str(self._tmp / "none.env"), *args],
                 cwd=ROOT, env={**base, **env}, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
             )
         self._started.append(parley := Parley(proc, out, err))

@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.bench import prometheus_sum
+from bot.tools.bench import prometheus_sum
 from bot.config import LLMSettings
-from bot.engine import free_port, local_engine
+from bot.engine.launcher import free_port, local_engine
 from bot.errors import EngineUnavailable
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn

@@ -4,7 +4,7 @@
 this replica connected (discord.py resumes a session after a RECONNECT or a dropped
 connection, and Discord replays what was missed). Registering the slash commands is
 an optional step beside it: a refusal (403 Missing Access, a 5xx) is logged once with
-the fix, reported in /readyz (`bot.health.Degraded`) and tried again with backoff,
+the fix, reported in /readyz (`bot.ops.health.Degraded`) and tried again with backoff,
 while mentions and DMs are answered. Each message for Parley becomes a `Turn` in the
 inbox; each slash command is deferred at once (Discord wants an answer within 3
 seconds) and answered later through the interaction's webhook.
@@ -64,12 +64,12 @@ from bot.errors import (
     InboxUnavailable,
     ParleyError,
 )
-from bot.health import Degraded
-from bot.inbox import Inbox
-from bot.logs import turn_fields
-from bot.metrics import Metrics
+from bot.ops.health import Degraded
+from bot.store.inbox import Inbox
+from bot.ops.logs import turn_fields
+from bot.ops.metrics import Metrics
 from bot.reply import EditingSink, MessageEditor, ReplySink
-from bot.stats import AnswerIndex
+from bot.ops.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from bot.errors import InboxUnavailable
-from bot.logs import turn_fields
+from bot.ops.logs import turn_fields
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)

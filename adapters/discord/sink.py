@@ -24,8 +24,8 @@ import discord
 from adapters.discord.chains import Chains
 from adapters.discord.normalize import PLATFORM, thread_name
 from bot.errors import PlatformError
-from bot.logs import turn_fields
-from bot.stats import AnswerIndex
+from bot.ops.logs import turn_fields
+from bot.ops.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)

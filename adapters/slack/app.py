@@ -40,7 +40,7 @@ from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSup
 from adapters.slack.threads import ThreadMemory
 from bot import messages
 from bot.config import SlackSettings
-from bot.dedupe import Deduper
+from bot.store.dedupe import Deduper
 from bot.errors import (
     ConfigError,
     InboxFull,
@@ -48,12 +48,12 @@ from bot.errors import (
     ParleyError,
     PlatformError,
 )
-from bot.handoff import Desk
-from bot.inbox import Inbox
-from bot.logs import turn_fields
-from bot.metrics import Metrics
+from bot.handoff.flow import Desk
+from bot.store.inbox import Inbox
+from bot.ops.logs import turn_fields
+from bot.ops.metrics import Metrics
 from bot.reply import ReplySink
-from bot.stats import AnswerIndex
+from bot.ops.stats import AnswerIndex
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The support desk in Slack: ticket threads in one channel (PARLEY_HANDOFF_SLACK_CHANNEL).
 
-Out (`bot.handoff.Desk`): a handed-off conversation becomes a message in the support
+Out (`bot.handoff.flow.Desk`): a handed-off conversation becomes a message in the support
 channel — platform, tenant, a link, and a Resolve button — whose thread gets the
 transcript, then the customer's later messages.
 
@@ -38,9 +38,9 @@ from adapters.slack.normalize import Identity
 from adapters.slack.sink import call
 from bot import messages
 from bot.errors import ConfigError, InboxFull, ParleyError, PlatformError
-from bot.handoff import HandoffStore, Said, Ticket, conversation_link
-from bot.inbox import Inbox
-from bot.logs import turn_fields
+from bot.handoff.flow import HandoffStore, Said, Ticket, conversation_link
+from bot.store.inbox import Inbox
+from bot.ops.logs import turn_fields
 from bot.reply import split_pages
 
 log = logging.getLogger(__name__)

@@ -173,7 +173,7 @@ def _seconds(ts: str) -> float:
         return time.time()
 
 
-# -- the support desk and feedback (see adapters.slack.desk, bot.handoff) ---------------------------
+# -- the support desk and feedback (see adapters.slack.desk, bot.handoff.flow) ---------------------------
 
 RESOLVE_ACTION = "parley_resolve"  # the action id of the Resolve button on a ticket
 # What a person types in a ticket thread to hand the conversation back. `/parley resolve` is
@@ -185,7 +185,7 @@ VOTE_REACTIONS = {"+1": "up", "thumbsup": "up", "-1": "down", "thumbsdown": "dow
 
 
 def desk_thread(channel: str, thread_ts: str) -> str:
-    """The id a ticket thread has in `bot.handoff` (a ts is only unique within its channel)."""
+    """The id a ticket thread has in `bot.handoff.flow` (a ts is only unique within its channel)."""
     return f"{channel}:{thread_ts}"
 
 

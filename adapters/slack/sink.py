@@ -78,7 +78,7 @@ async def call(method: str, request: Awaitable[AsyncSlackResponse]) -> AsyncSlac
 
 
 # Told the ts of each message an answer posts, so that a reaction on it can be traced back
-# to the answer (`bot.stats.AnswerIndex`).
+# to the answer (`bot.ops.stats.AnswerIndex`).
 OnPost = Callable[[str], Awaitable[None]]
 
 

@@ -40,7 +40,7 @@ def create(runtime: Runtime) -> WebAdapter | None:
     """The adapter, or None unless PARLEY_WEB_ENABLED. Rate limits, handoff caps and the fan-out
     of answers to tabs go through Redis when there is one (shared by every replica), else stay
     in this process. With a support desk configured, the handoff caps become the runtime's
-    gate for web conversations (`bot.handoff.HandoffGate`). A PARLEY_WEB_SECRET too short was
+    gate for web conversations (`bot.handoff.flow.HandoffGate`). A PARLEY_WEB_SECRET too short was
     refused when the settings were read."""
     settings = runtime.settings.web
     if not settings.enabled:

@@ -43,7 +43,7 @@ from adapters.web.sink import WebSink
 from adapters.web.tokens import InvalidToken, TokenSigner, conversation_id, new_visitor
 from bot import messages
 from bot.config import WebSettings
-from bot.context import ContextStore, Message
+from bot.store.context import ContextStore, Message
 from bot.errors import (
     ConfigError,
     InboxClosed,
@@ -52,8 +52,8 @@ from bot.errors import (
     InputRejected,
     StoreUnavailable,
 )
-from bot.inbox import Inbox
-from bot.logs import turn_fields
+from bot.store.inbox import Inbox
+from bot.ops.logs import turn_fields
 from bot.reply import ReplySink
 from bot.turns import ConversationKey, Turn
 

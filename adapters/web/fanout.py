@@ -44,7 +44,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bot.inbox import text
+from bot.store.inbox import text
 from bot.runtime import cancel_and_wait
 
 log = logging.getLogger(__name__)

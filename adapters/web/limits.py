@@ -11,7 +11,7 @@ memory is bounded by the limits themselves.
 replica behind a load balancer counts against one limit; `MemoryRateLimiter` is its
 in-process twin for a bot without Redis.
 
-`HandoffCaps` is the web chat's `bot.handoff.HandoffGate`: a new visitor is one reload
+`HandoffCaps` is the web chat's `bot.handoff.flow.HandoffGate`: a new visitor is one reload
 away, so without it anyone could open tickets in the support channel as fast as they type.
 """
 
@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.errors import StoreUnavailable
-from bot.logs import turn_fields
+from bot.ops.logs import turn_fields
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.context import Message
-from bot.dialogue import check_size
+from bot.store.context import Message
+from bot.dialogue.manager import check_size
 from bot.errors import ParleyError
-from bot.stats import VOTES
+from bot.ops.stats import VOTES
 from bot.turns import Turn
 
 PLATFORM = "web"

@@ -27,7 +27,7 @@ from typing import Any
 from adapters.web import normalize
 from adapters.web.fanout import Fanout
 from bot import messages
-from bot.logs import turn_fields
+from bot.ops.logs import turn_fields
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class WebSink:
         await self._publish(normalize.message(id_, text, reply_to=self._turn.event_id))
 
     async def relay(self, agent: str, text: str) -> None:
-        """A person's reply from the support desk (`bot.handoff.AgentRelay`): their own words,
+        """A person's reply from the support desk (`bot.handoff.flow.AgentRelay`): their own words,
         and who they are, apart."""
         id_ = f"{self._turn.event_id}:m{next(self._sent)}"
         frame = normalize.message(id_, text, reply_to=self._turn.event_id)

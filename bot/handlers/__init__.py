@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.config import Settings
-from bot.context import Context
-from bot.llm import LLMClient
-from bot.routing import Route
+from bot.store.context import Context
+from bot.llm.client import LLMClient
+from bot.routing.router import Route
 from bot.tenants import TenantConfig
 from bot.turns import Turn
 
 if TYPE_CHECKING:
-    from bot.kb import KnowledgeBase
+    from bot.knowledge.base import KnowledgeBase
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from bot.handlers import Request, Services, register, system_prompt
-from bot.prompts import build_messages
+from bot.llm.prompts import build_messages
 
 
 @register("chat")

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from bot import messages
 from bot.handlers import Request, Services, register, system_prompt
 from bot.handlers.chat import ChatHandler
-from bot.kb import Hit, Index
-from bot.logs import turn_fields
-from bot.prompts import build_messages
+from bot.knowledge.base import Hit, Index
+from bot.ops.logs import turn_fields
+from bot.llm.prompts import build_messages
 
 log = logging.getLogger(__name__)
 

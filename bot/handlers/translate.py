@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from bot import messages
 from bot.handlers import Request, Services, register
-from bot.languages import NAMES, code_for, detect
+from bot.routing.languages import NAMES, code_for, detect
 
 PROTECTED = re.compile(
     r"```.*?```"  # fenced code

@@ -16,7 +16,7 @@ import pytest_asyncio
 import adapters.discord
 from adapters.discord import DiscordAdapter
 from bot.config import DialogueSettings, DiscordSettings, RedisSettings, Settings
-from bot.context import Context
+from bot.store.context import Context
 from bot.runtime import Runtime
 from bot.turns import ConversationKey
 from tests.conftest import serve_one

@@ -26,7 +26,7 @@ from bot.config import (
     RedisSettings,
     Settings,
 )
-from bot.engine import local_engine
+from bot.engine.launcher import local_engine
 from tests.conftest import RedisServer, engine_settings
 from tests.discord.conftest import discord_settings, poll, serving
 from tests.discord.fake import FakeDiscord

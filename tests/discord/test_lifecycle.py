@@ -15,7 +15,7 @@ import pytest
 
 from bot import messages
 from bot.config import DialogueSettings, OpsSettings
-from bot.ops import ops_server
+from bot.ops.endpoint import ops_server
 from tests.discord.conftest import DEAD_LLM, discord_settings, on_own_redis, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 

@@ -19,7 +19,7 @@ from adapters.discord.normalize import PLATFORM
 from adapters.discord.sink import ChannelEditor
 from bot import messages
 from bot.config import DialogueSettings
-from bot.context import RedisContextStore
+from bot.store.context import RedisContextStore
 from bot.errors import PlatformError
 from bot.reply import split_pages
 from bot.turns import ConversationKey, Turn

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from bot import messages
 from bot.handlers.translate import system_prompt
-from bot.languages import NAMES
+from bot.routing.languages import NAMES
 from tests.discord.conftest import discord_settings, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 from tests.standin import ScriptedEngine

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import EngineFailed, LLMError
-from bot.llm import ChatMessages, Usage, affinity_key, request_sent, usage_meter
+from bot.llm.client import ChatMessages, Usage, affinity_key, request_sent, usage_meter
 
 URL = "fake://engine/v1"
 

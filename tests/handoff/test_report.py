@@ -9,8 +9,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from bot.report import render_table, run_report
-from bot.stats import DayStats, RedisStats, day_of
+from bot.tools.report import render_table, run_report
+from bot.ops.stats import DayStats, RedisStats, day_of
 from bot.turns import ConversationKey, Turn
 
 ROOT = Path(__file__).parents[2]

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from bot.engine import free_port
-from bot.handoff import MemoryHandoffStore, RedisHandoffStore, Ticket
-from bot.stats import MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, day_of
+from bot.engine.launcher import free_port
+from bot.handoff.flow import MemoryHandoffStore, RedisHandoffStore, Ticket
+from bot.ops.stats import MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, day_of
 from bot.turns import ConversationKey, Turn
 
 KEY = ConversationKey("web", "shop", "visitor1")
@@ -159,7 +159,7 @@ async def test_figures_that_cannot_be_written_are_logged_and_never_fail_the_turn
     down = Redis(port=free_port(), socket_connect_timeout=1)
     stats = RedisStats(down, prefix=prefix(), conversation_ttl=3600)
     await stats.answered(turn())  # buffered: the turn goes on
-    with caplog.at_level(logging.WARNING, logger="bot.stats"):
+    with caplog.at_level(logging.WARNING, logger="bot.ops.stats"):
         await stats.aclose()
     assert "1 counts lost" in caplog.text
     await down.aclose()

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from bot.engine import free_port
+from bot.engine.launcher import free_port
 from tests.slack.conftest import BOT_TOKEN, SIGNING_SECRET, fake_slack  # noqa: F401 (the fixture)
 from tests.slack.fake import FakeSlack, event_callback, signed_request
 

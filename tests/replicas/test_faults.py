@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from adapters.slack.mrkdwn import escape
 from bot.config import ContextSettings, RedisSettings
-from bot.context import RedisContextStore
-from bot.engine import free_port
+from bot.store.context import RedisContextStore
+from bot.engine.launcher import free_port
 from bot.turns import ConversationKey
 from tests.conftest import RedisServer
 from tests.replicas.conftest import deliver

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bot.config import EmbeddingSettings, LogSettings, Settings
-from bot.embeddings import LocalEmbedder
-from bot.engine import EnginePaths, ensure_embedder, ensure_installed
+from bot.routing.embeddings import LocalEmbedder
+from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed
 from tests.conftest import engine_settings
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bot import embedder_model
+from bot.engine import embedder_model
 from bot.config import KBSettings, RoutingSettings
-from bot.embeddings import LocalEmbedder
-from bot.engine import EnginePaths
-from bot.evaluate import eval_kb, eval_routing
-from bot.kb import KnowledgeBase
-from bot.routing import Router
+from bot.routing.embeddings import LocalEmbedder
+from bot.engine.launcher import EnginePaths
+from bot.tools.evaluate import eval_kb, eval_routing
+from bot.knowledge.base import KnowledgeBase
+from bot.routing.router import Router
 from tests.conftest import engine_settings
 
 ROOT = Path(__file__).parents[2]

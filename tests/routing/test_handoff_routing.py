@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bot.config import RoutingSettings
-from bot.routing import HANDOFF, LABELS, Router
+from bot.routing.router import HANDOFF, LABELS, Router
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import KBSettings
-from bot.kb import KnowledgeBase, load_documents, read_documents
+from bot.knowledge.base import KnowledgeBase, load_documents, read_documents
 
 SAMPLE = Path(__file__).parents[2] / "deploy" / "sample-kb"
 

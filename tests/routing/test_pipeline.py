@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bot import messages
 from bot.config import RoutingSettings
-from bot.kb import load_documents
+from bot.knowledge.base import load_documents
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn
 from tests.test_dialogue import RecordingSink

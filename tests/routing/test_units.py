@@ -6,10 +6,10 @@ import pytest
 
 from bot.errors import TenantConfigError
 from bot.handlers.translate import Unmasker, mask
-from bot.kb import Document, chunk_document, load_documents
-from bot.languages import detect
-from bot.moderation import find_pii, iban_ok, luhn_ok, redact_pii
-from bot.routing import _HANDOFF_CUE, explicit
+from bot.knowledge.base import Document, chunk_document, load_documents
+from bot.routing.languages import detect
+from bot.moderation.moderator import find_pii, iban_ok, luhn_ok, redact_pii
+from bot.routing.router import _HANDOFF_CUE, explicit
 from bot.tenants import load_tenants
 
 

@@ -1,7 +1,7 @@
 """Every regex in Parley finishes in linear time, whatever a user, the model or a document sends it.
 
 One message must never stall the event loop (issue 12, item 2): "how do you say x", 2,000
-newlines, "in french", 2,000 newlines, "!" held `bot.routing._HOW_SAY` for ~32 s, long
+newlines, "in french", 2,000 newlines, "!" held `bot.routing.router._HOW_SAY` for ~32 s, long
 enough for another replica to reclaim the turn and freeze too.
 
 The patterns are found, not listed: the `bot` and `adapters` packages are walked for compiled
@@ -255,7 +255,10 @@ def test_the_walk_finds_the_patterns() -> None:
     """The walk cannot silently find nothing: it finds many, including the ones that stalled the bot."""
     from adapters.discord import normalize as discord_normalize
     from adapters.slack import normalize as slack_normalize
-    from bot import kb, logs, moderation, routing
+    from bot.knowledge import base as kb
+    from bot.ops import logs
+    from bot.moderation import moderator as moderation
+    from bot.routing import router as routing
     from bot.handlers import translate
 
     assert len(PATTERNS) >= 30, sorted(PATTERNS)

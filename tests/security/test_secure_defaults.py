@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import OpsSettings, RedisSettings, load_settings
-from bot.engine import free_port
+from bot.engine.launcher import free_port
 from bot.errors import ConfigError
-from bot.ops import ops_server
+from bot.ops.endpoint import ops_server
 from bot.runtime import connect_redis, open_runtime
 from tests.unit.test_env_example import setting_variables
 

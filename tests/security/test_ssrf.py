@@ -2,7 +2,7 @@
 
 A 302 from a help-centre page to a loopback "metadata" server was followed, and the
 credentials it served were ingested and quoted to users. These tests run the command's own
-ingest function (`bot.cli._kb_ingest`) against a real redis-server and real HTTP servers on
+ingest function (`bot.tools.cli._kb_ingest`) against a real redis-server and real HTTP servers on
 loopback. No public site can exist here, so the "good" site listens on 127.0.0.2 and is let
 in by the operator setting (PARLEY_KB_FETCH_ALLOW=127.0.0.2/32); the "metadata" server
 listens on 127.0.0.1, which nothing allows. Every refused URL must be named on its own line
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot import cli
+from bot.tools import cli
 from bot.config import KBSettings, Settings, load_settings
 from bot.errors import ConfigError, ParleyError
 
@@ -202,7 +202,7 @@ async def test_loopback_private_link_local_and_metadata_hosts_are_refused(
         "http://100.64.0.1/": "100.64.0.1 is a shared (carrier-grade NAT) address",
     }
     settings = make_settings(kb=kb_settings())
-    with caplog.at_level(logging.WARNING, logger="bot.kb"):
+    with caplog.at_level(logging.WARNING, logger="bot.knowledge.base"):
         run = await ingest(settings, redis, tmp_path, capsys, [f"{good.base}/page", *refused])
 
     for url, reason in refused.items():
@@ -380,7 +380,7 @@ ADDRESSES = [
 
 @pytest.mark.parametrize(("address", "refused"), ADDRESSES)
 def test_address_table(address, refused):
-    from bot.netguard import is_allowed, refusal
+    from bot.knowledge.netguard import is_allowed, refusal
 
     assert refusal(address) == refused
     assert is_allowed(address) is (refused is None)
@@ -397,7 +397,7 @@ def test_address_table(address, refused):
     ("fd00:ec2::254", "fd00::/8", "a cloud metadata address"),
 ])
 def test_an_allowed_range_lets_only_itself_in(address, allow, refused):
-    from bot.netguard import refusal
+    from bot.knowledge.netguard import refusal
 
     assert refusal(address, KBSettings(_env_file=None, fetch_allow=allow).fetch_allow) == refused
 
@@ -427,7 +427,7 @@ def test_an_allowed_range_lets_only_itself_in(address, allow, refused):
     ("//example.com/", "only http and https URLs are fetched, not a URL without a scheme"),
 ])
 def test_url_table(url, refused):
-    from bot.netguard import url_refusal
+    from bot.knowledge.netguard import url_refusal
 
     if refused is None:
         assert url_refusal(url) is None
@@ -437,7 +437,7 @@ def test_url_table(url, refused):
 
 def test_a_legacy_numeric_host_is_refused_even_inside_an_allowed_range():
     """Tools disagree on what `127.1` means; an allowed range does not make it safe to guess."""
-    from bot.netguard import url_refusal
+    from bot.knowledge.netguard import url_refusal
 
     allow = KBSettings(_env_file=None, fetch_allow="127.0.0.0/8").fetch_allow
     assert url_refusal("http://127.0.0.2/", allow) is None
@@ -463,7 +463,7 @@ async def test_the_connection_goes_to_the_address_that_was_checked():
     from aiohttp.abc import AbstractResolver
 
     from bot.errors import FetchError
-    from bot.netguard import SafeFetcher
+    from bot.knowledge.netguard import SafeFetcher
 
     class Rebinding(AbstractResolver):
         def __init__(self, answers: list[list[str]]) -> None:

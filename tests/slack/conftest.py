@@ -14,7 +14,7 @@ import pytest_asyncio
 import adapters.slack
 from adapters.slack import SlackAdapter
 from bot.config import Settings, SlackSettings
-from bot.context import Context
+from bot.store.context import Context
 from bot.runtime import Runtime
 from bot.turns import ConversationKey
 from tests.conftest import serve_one

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from bot.config import ContextSettings, DialogueSettings, LLMSettings, LogSettings, RedisSettings, Settings
-from bot.engine import local_engine
+from bot.engine.launcher import local_engine
 from tests.conftest import RedisServer, engine_settings
 from tests.slack.conftest import APP_TOKEN, BOT_TOKEN, serving, slack_settings
 from tests.slack.fake import FakeSlack, mention

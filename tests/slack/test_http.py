@@ -11,7 +11,7 @@ import aiohttp
 from adapters.slack.app import web_client
 from bot import messages
 from bot.config import DialogueSettings, RedisSettings
-from bot.metrics import Metrics
+from bot.ops.metrics import Metrics
 from tests.slack.conftest import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -179,7 +179,7 @@ async def test_a_channel_that_is_gone_is_not_retried(stack_for, fake_slack, capl
         assert calls == len(fake_slack.calls_to("chat.postMessage")) == 1
         assert all(c.error == "channel_not_found" for c in fake_slack.calls_to("chat.postMessage"))
         assert counted(metrics, "parley_platform_errors_total", platform="slack", status="500") == 0
-    failed = [r for r in caplog.records if r.name == "bot.dialogue" and r.getMessage().startswith("turn failed:")]
+    failed = [r for r in caplog.records if r.name == "bot.dialogue.manager" and r.getMessage().startswith("turn failed:")]
     assert len(failed) == 1 and "channel_not_found" in failed[0].getMessage()
 
 
@@ -224,6 +224,6 @@ async def _key(stack, channel):
 
 
 def _msg(role, text):
-    from bot.context import Message
+    from bot.store.context import Message
 
     return Message(role, text, 3)

@@ -78,7 +78,7 @@ async def test_dm_is_one_conversation_answered_at_top_level(stack_for, fake_slac
 
 
 async def test_retry_while_the_first_attempt_is_generating_gets_no_second_answer(stack_for, fake_slack, engine, caplog):
-    caplog.set_level(logging.INFO, logger="bot.dialogue")
+    caplog.set_level(logging.INFO, logger="bot.dialogue.manager")
     fake_slack.latency["chat.postMessage"] = 2.0  # holds the first attempt mid-answer
     async with stack_for(engine, llm={"max_tokens": 48}) as stack:
         event = mention("C0001", "tell me a story")

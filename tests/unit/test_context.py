@@ -1,8 +1,8 @@
 import asyncio
 
 from bot.config import ContextSettings, RedisSettings
-from bot.context import Context, MemoryContextStore, Message, RedisContextStore, compact
-from bot.prompts import build_messages
+from bot.store.context import Context, MemoryContextStore, Message, RedisContextStore, compact
+from bot.llm.prompts import build_messages
 from bot.turns import ConversationKey
 
 

@@ -23,20 +23,20 @@ import pytest_asyncio
 
 from bot import messages
 from bot.config import EmbeddingSettings, LogSettings, Settings
-from bot.context import RedisContextStore
-from bot.dedupe import RedisDeduper
-from bot.dialogue import DialogueManager
-from bot.embeddings import Embedder
+from bot.store.context import RedisContextStore
+from bot.store.dedupe import RedisDeduper
+from bot.dialogue.manager import DialogueManager
+from bot.routing.embeddings import Embedder
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineUnavailable, LLMError, PlatformError
 from bot.handlers import Services, build_handlers
-from bot.handoff import Handoffs, RedisHandoffStore
-from bot.kb import KnowledgeBase
-from bot.metrics import Metrics
-from bot.moderation import Moderator
-from bot.redis_batch import RedisBatcher
-from bot.routing import Router
+from bot.handoff.flow import Handoffs, RedisHandoffStore
+from bot.knowledge.base import KnowledgeBase
+from bot.ops.metrics import Metrics
+from bot.moderation.moderator import Moderator
+from bot.store.batching import RedisBatcher
+from bot.routing.router import Router
 from bot.runtime import cancel_and_wait, connect_redis, open_embedder
-from bot.stats import RedisStats
+from bot.ops.stats import RedisStats
 from bot.tenants import CATEGORIES, ModerationConfig, TenantConfig, Tenants, load_tenants
 from bot.turns import Outcome, Reply, Turn
 from tests.conftest import engine_settings

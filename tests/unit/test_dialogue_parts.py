@@ -3,10 +3,10 @@ import asyncio
 import pytest
 
 from bot.config import RedisSettings
-from bot.dedupe import MemoryDeduper, RedisDeduper
-from bot.dialogue import KeyedLocks, _Ahead
+from bot.store.dedupe import MemoryDeduper, RedisDeduper
+from bot.dialogue.manager import KeyedLocks, _Ahead
 from bot.errors import EngineUnavailable, InboxClosed, InboxFull
-from bot.inbox import MemoryInbox
+from bot.store.inbox import MemoryInbox
 from bot.turns import ConversationKey, Turn
 
 
@@ -60,7 +60,7 @@ async def test_keyed_locks_keep_one_conversation_in_order_and_others_concurrent(
 
 
 def test_output_hold_back_is_linear_and_holds_only_what_may_be_personal_data_in_progress():
-    from bot.dialogue import OUTPUT_HOLD, _boundary
+    from bot.dialogue.manager import OUTPUT_HOLD, _boundary
 
     assert _boundary("hello world ") == len("hello world ")
     assert _boundary("hello world") == len("hello ")  # the word being written may be an address's start

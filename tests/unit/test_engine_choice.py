@@ -3,7 +3,7 @@
 from collections import Counter
 
 from bot.config import LLMSettings
-from bot.llm import CircuitBreaker, LLMClient
+from bot.llm.client import CircuitBreaker, LLMClient
 
 
 class Clock:

@@ -7,8 +7,8 @@ import pytest
 
 from adapters.slack.desk import escape
 from adapters.slack.normalize import Identity, desk_message, resolve_action, vote_of
-from bot.handoff import conversation_link
-from bot.moderation import sounds_angry
+from bot.handoff.flow import conversation_link
+from bot.moderation.moderator import sounds_angry
 from bot.turns import ConversationKey
 from tests.slack.fake import BOT_USER, Posted, block_action, event_callback, message, reaction_added
 

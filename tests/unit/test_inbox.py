@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.config import DialogueSettings
-from bot.engine import free_port
+from bot.engine.launcher import free_port
 from bot.errors import InboxClosed, InboxFull, InboxUnavailable
-from bot.inbox import GROUP, RedisInbox
+from bot.store.inbox import GROUP, RedisInbox
 from bot.turns import Turn
 from tests.conftest import RedisServer
 

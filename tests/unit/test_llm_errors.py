@@ -9,7 +9,7 @@ from aiohttp import web
 from bot import messages
 from bot.config import LLMSettings
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineTimeout, EngineUnavailable
-from bot.llm import LLMClient, _map_status, _map_transport_error
+from bot.llm.client import LLMClient, _map_status, _map_transport_error
 
 URL = "http://engine:8000/v1"
 

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from bot.config import LLMSettings
-from bot.llm import LLMClient, request_sent
+from bot.llm.client import LLMClient, request_sent
 
 
 async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_when_queued(loopback):

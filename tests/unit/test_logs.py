@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from bot.config import LogSettings
-from bot.logs import setup_logging, turn_fields
+from bot.ops.logs import setup_logging, turn_fields
 from bot.turns import Turn
 
 TURN = Turn(platform="discord", tenant="1234567890123456789", channel="1111111111111111111", user="U1",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import better_profanity
 
-from bot.moderation import _Profanity
+from bot.moderation.moderator import _Profanity
 
 CLEAN = "the of and to in is you that it he was for on are as with his they at be this have from".split()
 LEET = {"a": "@", "o": "0", "i": "1", "e": "3", "s": "$"}

@@ -12,9 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from bot.config import ContextSettings, RedisSettings
-from bot.context import Message, RedisContextStore
-from bot.dedupe import RedisDeduper
-from bot.redis_batch import RedisBatcher
+from bot.store.context import Message, RedisContextStore
+from bot.store.dedupe import RedisDeduper
+from bot.store.batching import RedisBatcher
 from bot.turns import ConversationKey, Turn
 
 

@@ -17,7 +17,7 @@ import adapters.web
 from adapters.web import WebAdapter
 from adapters.web.tokens import conversation_id
 from bot.config import Settings, WebSettings
-from bot.context import Context
+from bot.store.context import Context
 from bot.runtime import Runtime
 from bot.turns import ConversationKey
 from tests.conftest import serve_one

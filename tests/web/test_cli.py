@@ -24,7 +24,7 @@ async def test_chat_web_prints_the_url_serves_the_chat_and_stops_on_ctrl_c(redis
         "PARLEY_WEB_TITLE": "Local chat",
     })
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "--env-file", str(tmp_path / "none.env"), "chat", "--web",
+        sys.executable, "-m", "bot.tools.cli", "--env-file", str(tmp_path / "none.env"), "chat", "--web",
         env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []

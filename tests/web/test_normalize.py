@@ -11,7 +11,7 @@ from adapters.web import normalize
 from adapters.web.normalize import BadFrame, Hello, Say, Vote
 from adapters.web.tokens import new_visitor
 from bot import messages
-from bot.context import Message
+from bot.store.context import Message
 from bot.errors import InputRejected
 
 

@@ -20,9 +20,9 @@ import adapters.web
 from adapters.web.app import CONFIG_SLOT
 from adapters.web.tokens import TokenSigner, new_visitor
 from bot import messages
-from bot.context import Context, Message
+from bot.store.context import Context, Message
 from bot.errors import EngineUnavailable, InputRejected
-from bot.inbox import MemoryInbox
+from bot.store.inbox import MemoryInbox
 from bot.runtime import open_runtime
 from tests.web.conftest import SECRET, SITE, Tab, web_settings
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, ParleyError
-from bot.logs import setup_logging
+from bot.ops.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.adapter import Adapter
@@ -161,7 +161,7 @@ async def _announce_web(web: Adapter) -> None:
 
 
 async def _engine(settings: Settings, install_only: bool, signals: StopSignals) -> None:
-    from bot.engine import ensure_demo_model, ensure_embedder, ensure_installed, local_engine
+    from bot.engine.launcher import ensure_demo_model, ensure_embedder, ensure_installed, local_engine
 
     if install_only:
         paths = await asyncio.to_thread(ensure_installed, settings.engine, say)
@@ -178,7 +178,7 @@ async def _engine(settings: Settings, install_only: bool, signals: StopSignals) 
 
 async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None:
     from bot.errors import KnowledgeBaseError
-    from bot.kb import KnowledgeBase, read_documents
+    from bot.knowledge.base import KnowledgeBase, read_documents
     from bot.runtime import connect_redis, open_embedder
     from bot.tenants import load_tenants
 
@@ -207,10 +207,10 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
 
 
 async def _eval(settings: Settings, args: argparse.Namespace) -> int:
-    from bot import evaluate
-    from bot.kb import KnowledgeBase
-    from bot.llm import LLMClient
-    from bot.routing import Router
+    from bot.tools import evaluate
+    from bot.knowledge.base import KnowledgeBase
+    from bot.llm.client import LLMClient
+    from bot.routing.router import Router
     from bot.runtime import open_embedder
 
     embedder = await open_embedder(settings, say)
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="chat in the browser instead: serve the web chat on 127.0.0.1:PARLEY_WEB_PORT and print its URL")
     engine = sub.add_parser("engine", help="start a local vLLM server with the flags Parley relies on")
     engine.add_argument("--install-only", action="store_true", help="install vLLM (and build the demo model) and exit")
-    from bot.bench import add_arguments as add_bench_arguments
+    from bot.tools.bench import add_arguments as add_bench_arguments
 
     kb = sub.add_parser("kb", help="manage knowledge bases").add_subparsers(dest="kb_command", required=True, metavar="ACTION")
     ingest = kb.add_parser(
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "engine":
                 return signals.run(_engine(settings, args.install_only, signals))
             case "bench":
-                from bot.bench import run_bench
+                from bot.tools.bench import run_bench
 
                 return signals.run(run_bench(settings, args, say))
             case "kb":
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "eval":
                 return signals.run(_eval(settings, args))
             case "report":
-                from bot.report import run_report
+                from bot.tools.report import run_report
 
                 printed = run_report(settings, days=args.days, tenant=args.tenant, as_json=args.json, say=say)
                 return signals.run(_done(printed))

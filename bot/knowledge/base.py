@@ -36,9 +36,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.config import KBSettings
-from bot.embeddings import Embedder
+from bot.routing.embeddings import Embedder
 from bot.errors import FetchError, KnowledgeBaseError, StoreUnavailable
-from bot.netguard import Fetched, SafeFetcher, shown
+from bot.knowledge.netguard import Fetched, SafeFetcher, shown
 
 log = logging.getLogger(__name__)
 

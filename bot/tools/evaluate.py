@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ParleyError
-from bot.kb import KnowledgeBase, load_documents
-from bot.routing import LABELS, Router
+from bot.knowledge.base import KnowledgeBase, load_documents
+from bot.routing.router import LABELS, Router
 from bot.tenants import DATA
 
 Say = Callable[[str], None]

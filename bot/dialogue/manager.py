@@ -6,7 +6,7 @@ answer commands, check the input, load the context, then
     moderation on the input -> route -> handler -> moderation on the output -> reply
 
 and save both sides (as moderated: redacted text never reaches the LLM or the store).
-A conversation handed to people (`bot.handoff`: the `handoff` intent, anger, failed
+A conversation handed to people (`bot.handoff.flow`: the `handoff` intent, anger, failed
 answers in a row) is not routed: its messages go to the support desk, and the desk's
 replies, its resolve and votes on answers arrive as turns of it (`command` agent,
 resolve, feedback). Every turn ends in exactly one logged `Outcome`; no error escapes without the user
@@ -28,18 +28,18 @@ from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.config import Settings
-from bot.context import Context, ContextStore, Message, estimate_tokens
-from bot.dedupe import Deduper
+from bot.store.context import Context, ContextStore, Message, estimate_tokens
+from bot.store.dedupe import Deduper
 from bot.errors import InboxClosed, InputRejected, LLMError, ParleyError, PlatformError, StoreUnavailable
 from bot.handlers import ChatAlike, Handler, Request
-from bot.handoff import DESK_COMMANDS, Handoffs, Step, Ticket
-from bot.inbox import Delivery, Inbox
-from bot.llm import LLMClient, Usage, affinity_key, request_sent, usage_meter
-from bot.logs import turn_fields
-from bot.metrics import Metrics
-from bot.moderation import Moderator
+from bot.handoff.flow import DESK_COMMANDS, Handoffs, Step, Ticket
+from bot.store.inbox import Delivery, Inbox
+from bot.llm.client import LLMClient, Usage, affinity_key, request_sent, usage_meter
+from bot.ops.logs import turn_fields
+from bot.ops.metrics import Metrics
+from bot.moderation.moderator import Moderator
 from bot.reply import ReplySink, SinkFactory, reply_journal
-from bot.routing import HANDOFF, Route, Router
+from bot.routing.router import HANDOFF, Route, Router
 from bot.tenants import TenantConfig, Tenants
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 
@@ -142,7 +142,7 @@ class _Ahead:
     def __init__(self, deltas: AsyncIterator[str]) -> None:
         self.started = time.perf_counter()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self.sent = asyncio.Event()  # the engine request has left (see `bot.llm.request_sent`)
+        self.sent = asyncio.Event()  # the engine request has left (see `bot.llm.client.request_sent`)
         token = request_sent.set(self.sent)  # the task copies the context as it is now
         try:
             self._task = asyncio.create_task(self._pump(deltas))
@@ -433,7 +433,7 @@ class DialogueManager:
 
         return await self._router.route(turn.text, command=turn.command, allowed=allowed, as_chat=as_chat)
 
-    # -- handing off to people (bot.handoff) ------------------------------------------------
+    # -- handing off to people (bot.handoff.flow) ------------------------------------------------
 
     async def _ticket(self, key: ConversationKey) -> Ticket | None:
         return await self._handoffs.ticket(key) if self._handoffs is not None else None

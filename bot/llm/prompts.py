@@ -11,7 +11,7 @@ cache. Per-turn facts belong in the new turn's message.
 
 from __future__ import annotations
 
-from bot.context import Context, Message
+from bot.store.context import Context, Message
 
 
 def build_messages(system_prompt: str, context: Context, text: str) -> list[dict[str, str]]:

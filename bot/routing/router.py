@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from bot.config import RoutingSettings
-from bot.embeddings import Embedder
+from bot.routing.embeddings import Embedder
 from bot.errors import ConfigError, EmbedderError, LLMError
-from bot.languages import ALIASES, code_for
-from bot.llm import LLMClient
+from bot.routing.languages import ALIASES, code_for
+from bot.llm.client import LLMClient
 from bot.tenants import DATA, INTENTS
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 COMMANDS = {"ask": "qa", "translate": "translate"}
 # What routing can answer: the tenants' handlers, and `handoff` (the user asks for a person),
 # which is no handler but the dialogue manager handing the conversation to the team
-# (`bot.handoff`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
+# (`bot.handoff.flow`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
 HANDOFF = "handoff"
 LABELS = (*INTENTS, HANDOFF)
 AsChat = Callable[[str], Awaitable[bool]]  # whether an intent would answer this turn exactly as chat

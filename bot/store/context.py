@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from bot.config import ContextSettings, RedisSettings
 from bot.errors import StoreUnavailable
-from bot.redis_batch import RedisBatcher
+from bot.store.batching import RedisBatcher
 from bot.turns import ConversationKey
 
 log = logging.getLogger(__name__)

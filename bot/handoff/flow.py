@@ -52,13 +52,13 @@ from redis.exceptions import RedisError
 
 from bot import messages
 from bot.config import HandoffSettings
-from bot.context import Context, Message, estimate_tokens
+from bot.store.context import Context, Message, estimate_tokens
 from bot.errors import PlatformError, StoreUnavailable
-from bot.logs import turn_fields
-from bot.moderation import HOSTILE, Verdict, redact_pii
+from bot.ops.logs import turn_fields
+from bot.moderation.moderator import HOSTILE, Verdict, redact_pii
 from bot.reply import ReplySink
-from bot.routing import HANDOFF
-from bot.stats import FEEDBACK, VOTES, Stats
+from bot.routing.router import HANDOFF
+from bot.ops.stats import FEEDBACK, VOTES, Stats
 from bot.tenants import TenantConfig
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 

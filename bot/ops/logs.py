@@ -51,7 +51,7 @@ def redactor(*, pii: bool) -> Callable[[str], str]:
     if not pii:
         return mask_tokens
     # Imported here, not at the top: moderation logs through this module.
-    from bot.moderation import redact_pii
+    from bot.moderation.moderator import redact_pii
 
     def an_id(kind: str, piece: str) -> bool:
         return kind == "card" and _SNOWFLAKE.fullmatch(piece) is not None

@@ -3,7 +3,7 @@
 /healthz answers while the process runs. /readyz answers 200 only while Redis (when
 configured) answers PING, at least one LLM engine is healthy, and every adapter
 says it is connected; otherwise 503, with what is not ready in the JSON body. Optional
-steps that failed and are being retried (`bot.health.Degraded`) are listed under "degraded"
+steps that failed and are being retried (`bot.ops.health.Degraded`) are listed under "degraded"
 without making it 503: the process still serves.
 """
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from bot.adapter import Adapter
-from bot.metrics import Metrics
+from bot.ops.metrics import Metrics
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)

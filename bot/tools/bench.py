@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.config import Settings
-from bot.context import Context, Message
-from bot.prompts import build_messages
+from bot.store.context import Context, Message
+from bot.llm.prompts import build_messages
 from bot.runtime import Runtime, freeze_heap, open_runtime
 from bot.turns import Outcome, Turn
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.errors import LLMError
-from bot.llm import LLMClient
-from bot.logs import turn_fields
+from bot.llm.client import LLMClient
+from bot.ops.logs import turn_fields
 from bot.tenants import CATEGORIES, ModerationConfig
 from bot.turns import Turn
 

@@ -1,7 +1,7 @@
 """Build the tiny demo model that the local engine serves when no real model can be had.
 
 This file runs inside the engine's own virtual environment (it imports torch,
-transformers and tokenizers, which Parley itself never imports): `bot.engine`
+transformers and tokenizers, which Parley itself never imports): `bot.engine.launcher`
 calls it as a script. The result is a Llama-shaped model with random weights and
 a character-level tokenizer built here from text that ships with Python, plus a chat
 template. Its answers are random characters; it exists so that every part of

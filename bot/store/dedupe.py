@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from bot.config import RedisSettings
 from bot.errors import StoreUnavailable
-from bot.redis_batch import RedisBatcher
+from bot.store.batching import RedisBatcher
 from bot.turns import Turn
 
 

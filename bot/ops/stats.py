@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
 VOTES = ("up", "down")
-FEEDBACK = "feedback"  # the command of a vote's turn (`bot.handoff` handles it)
+FEEDBACK = "feedback"  # the command of a vote's turn (`bot.handoff.flow` handles it)
 COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
 FLUSH_DELAY = 0.05  # seconds answers and handoffs are counted in memory before one write
 MAX_PENDING = 10_000  # counts kept while Redis fails; more are dropped with a warning
