@@ -18,10 +18,10 @@ from collections.abc import AsyncIterable
 from typing import BinaryIO, TextIO
 
 from bot import messages
+from bot.adapter import AdapterContext
 from bot.errors import InboxFull
+from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.inbox import Inbox
-from bot.reply import ReplySink
-from bot.runtime import Runtime
 from bot.turns import Turn, decode_text
 
 COMMANDS = {"/help": "help", "/reset": "reset"}
@@ -80,7 +80,7 @@ class ConsoleAdapter:
         self._user = getpass.getuser()
         self._answered = asyncio.Event()
 
-    def sink_for(self, turn: Turn) -> ReplySink:
+    def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
         return ConsoleSink(self._out, self._answered)
 
     async def run(self, inbox: Inbox) -> None:
@@ -109,7 +109,8 @@ def _read_lines(stream: BinaryIO) -> asyncio.Queue[bytes]:
     with contextlib.suppress(OSError, ValueError):  # no descriptor (a test's BytesIO), or closed
         # A reader of the thread's own: Python's shutdown closes sys.stdin, which needs the lock
         # that the pending read holds, and aborts the process ("could not acquire lock").
-        stream = open(os.dup(stream.fileno()), "rb")  # the thread owns it
+        # The reader thread owns this file for the rest of the process, so no `with` here.
+        stream = open(os.dup(stream.fileno()), "rb")  # noqa: SIM115 - outlives this function
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -127,5 +128,5 @@ def _read_lines(stream: BinaryIO) -> asyncio.Queue[bytes]:
     return lines
 
 
-def create(runtime: Runtime) -> ConsoleAdapter:
+def create(context: AdapterContext) -> ConsoleAdapter:
     return ConsoleAdapter()

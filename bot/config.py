@@ -10,7 +10,7 @@ start with `PARLEY_`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -119,9 +119,13 @@ class DialogueSettings(BaseSettings):
     model_config = _section("PARLEY_DIALOGUE_")
 
     max_in_flight: int = Field(64, ge=1)  # turns handled at once by this process
-    inbox_size: int = Field(1000, ge=1)  # turns waiting (per stream shard with the Redis inbox) before users are told to retry
+    inbox_size: int = Field(
+        1000, ge=1
+    )  # turns waiting (per stream shard with the Redis inbox) before users are told to retry
     drain_timeout: float = Field(30.0, ge=0)  # seconds shutdown waits for in-flight turns
-    inbox: str = Field("auto", pattern=r"^(auto|memory|redis)$")  # auto: a Redis Stream when Redis is there, else in-process
+    inbox: str = Field(
+        "auto", pattern=r"^(auto|memory|redis)$"
+    )  # auto: a Redis Stream when Redis is there, else in-process
     stream_shards: int = Field(8, ge=1, le=1024)  # Redis Streams the inbox is spread over (by conversation)
     visibility_timeout: float = Field(30.0, gt=0)  # seconds a dead worker's turn stays pending before another takes it
     consumer: str | None = None  # this worker's name in the consumer group; unset: host name and process id
@@ -132,7 +136,9 @@ class OpsSettings(BaseSettings):
 
     model_config = _section("PARLEY_OPS_")
 
-    host: str = "127.0.0.1"  # where /healthz, /readyz and /metrics listen (0.0.0.0 in a container, for probes and scrapers)
+    host: str = (
+        "127.0.0.1"  # where /healthz, /readyz and /metrics listen (0.0.0.0 in a container, for probes and scrapers)
+    )
     port: int = Field(9464, ge=0, le=65535)  # 0: any free port
 
 
@@ -164,7 +170,9 @@ class SlackSettings(BaseSettings):
     http_host: str = "127.0.0.1"  # where the Events API endpoint listens (HTTP mode; 0.0.0.0 behind a load balancer)
     http_port: int = Field(3000, ge=0, le=65535)  # its port; the Request URL is http(s)://HOST:PORT/slack/events
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
-    message_limit: int = Field(3000, ge=100, le=40000)  # characters per message before the answer continues in a new one
+    message_limit: int = Field(
+        3000, ge=100, le=40000
+    )  # characters per message before the answer continues in a new one
     native_streaming: bool = True  # chat.startStream/appendStream/stopStream where offered; else edits
     rate_limit_retries: int = Field(3, ge=0)  # retries of a call Slack answered 429, after its Retry-After
     request_timeout: float = Field(30.0, gt=0)  # seconds one Web API call may take
@@ -187,12 +195,16 @@ class DiscordSettings(BaseSettings):
     test_guild: int | None = None  # register slash commands here only (instant, for testing)
     allowed_guilds: list[int] = Field(default_factory=list)  # empty: every guild
     allowed_channels: list[int] = Field(default_factory=list)  # empty: every channel
-    allow_dms: bool | None = None  # answer direct messages; unset: yes, unless DISCORD_ALLOWED_GUILDS or _CHANNELS is set
+    allow_dms: bool | None = (
+        None  # answer direct messages; unset: yes, unless DISCORD_ALLOWED_GUILDS or _CHANNELS is set
+    )
     open_threads: bool = False  # start a thread for each new conversation
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
     message_limit: int = Field(2000, ge=100, le=2000)  # characters per message before the answer continues in a new one
     sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
-    sync_retry: float = Field(30.0, gt=0)  # seconds before a failed slash-command registration is tried again (doubling, up to 10 minutes)
+    sync_retry: float = Field(
+        30.0, gt=0
+    )  # seconds before a failed slash-command registration is tried again (doubling, up to 10 minutes)
     thread_archive_minutes: int = 1440  # an opened thread hides after this quiet time: 60, 1440, 4320 or 10080
     retry_buffer: int = Field(1000, ge=1)  # turns kept while the inbox is unreachable
 
@@ -239,17 +251,23 @@ class WebSettings(BaseSettings):
     enabled: bool = False  # serve the web chat from `parley serve`
     host: str = "127.0.0.1"  # where the widget and its WebSocket listen (0.0.0.0 behind a proxy or in a container)
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port
-    secret: SecretStr | None = None  # signs visitor tokens (HMAC), at least 32 bytes; unset: a random one per start (visitors lose history on restart)
+    # Signs visitor tokens (HMAC), at least 32 bytes; unset: a random one per start (visitors
+    # lose their history on restart).
+    secret: SecretStr | None = None
     token_ttl: int = Field(30 * 24 * 3600, gt=0)  # seconds a visitor's token (and so their conversation) stays valid
     site: str = Field("web", min_length=1, max_length=64)  # the tenant the web chat's conversations belong to
-    allowed_origins: list[str] = Field(default_factory=list)  # JSON list of https://host origins that may embed it; empty: same origin only
+    allowed_origins: list[str] = Field(
+        default_factory=list
+    )  # JSON list of https://host origins that may embed it; empty: same origin only
     title: str = "Parley"  # the chat panel's title
     colour: str = Field("#3b5bdb", pattern=r"^#[0-9a-fA-F]{6}$")  # the panel's accent colour
     greeting: str = "Hi! How can I help?"  # the first line a new visitor sees
     max_message_chars: int = Field(4000, ge=1)  # longer messages are refused with a clear answer
     visitor_rate: int = Field(20, ge=1)  # frames (messages, votes) a visitor may send per minute
     ip_rate: int = Field(60, ge=1)  # frames (messages, votes, greetings) one IP address may send per minute
-    proxy_hops: int = Field(0, ge=0, le=5)  # proxies in front that append X-Forwarded-For (a load balancer: 1); 0: the peer address is the visitor's
+    proxy_hops: int = Field(
+        0, ge=0, le=5
+    )  # proxies in front that append X-Forwarded-For (a load balancer: 1); 0: the peer address is the visitor's
     # Tickets web visitors may open in the support channel per hour (asking for a person, anger,
     # failed answers), so that anonymous visitors cannot flood it; shared through Redis.
     visitor_handoffs: int = Field(3, ge=1)  # handoffs one visitor may start per hour
@@ -275,8 +293,12 @@ class HandoffSettings(BaseSettings):
     on_anger: bool = True  # hand off when moderation sees an angry or abusive user
     after_failures: int = Field(2, ge=0)  # hand off after this many failed answers in a row; 0: never
     allow_public_channel: bool = False  # accept a public (or Slack Connect) support channel; else the desk stays off
-    agent_groups: list[str] = Field(default_factory=list)  # JSON list of Slack user-group ids (S...) whose members may answer; empty: anyone in the channel from Parley's workspace
-    agent_refresh: float = Field(300.0, gt=0)  # seconds Parley keeps an agent's workspace and the groups' members before asking Slack again
+    # JSON list of Slack user-group ids (S...) whose members may answer; empty: anyone in the
+    # channel from Parley's workspace.
+    agent_groups: list[str] = Field(default_factory=list)
+    agent_refresh: float = Field(
+        300.0, gt=0
+    )  # seconds Parley keeps an agent's workspace and the groups' members before asking Slack again
 
     @property
     def enabled(self) -> bool:
@@ -323,13 +345,19 @@ class KBSettings(BaseSettings):
     overlap_chars: int = Field(150, ge=0)  # text repeated from the end of the previous chunk
     top_k: int = Field(3, ge=1)  # passages put in the answer prompt
     min_score: float = Field(0.35, ge=-1, le=1)  # best passage below this: "I don't know", no LLM call
-    fetch_timeout: float = Field(20.0, gt=0)  # seconds to fetch one URL from a URL-list file, redirects and body included
+    fetch_timeout: float = Field(
+        20.0, gt=0
+    )  # seconds to fetch one URL from a URL-list file, redirects and body included
     fetch_max_bytes: int = Field(5_000_000, ge=1024)  # a fetched page larger than this is skipped (never cut short)
     # Non-public addresses (private, loopback, link-local, ...) are fetched only inside these
     # ranges; cloud metadata addresses never are. Comma-separated CIDR, e.g. 10.20.0.0/16,fd12::/48.
-    fetch_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)  # non-public ranges a URL list may fetch from
+    fetch_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list
+    )  # non-public ranges a URL list may fetch from
     max_chunks: int = Field(200_000, ge=1)  # refuse to load more into the in-process index
-    recheck: float = Field(2.0, ge=0)  # seconds a KB's version from Redis is trusted: another replica's ingest shows within this
+    recheck: float = Field(
+        2.0, ge=0
+    )  # seconds a KB's version from Redis is trusted: another replica's ingest shows within this
 
     @field_validator("fetch_allow", mode="before")
     @classmethod
@@ -363,8 +391,21 @@ class Settings(BaseModel):
     handoff: HandoffSettings = Field(default_factory=HandoffSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "log", "redis", "llm", "context", "dialogue", "ops", "engine", "slack", "discord",
-        "embed", "routing", "kb", "tenants", "web", "handoff",
+        "log",
+        "redis",
+        "llm",
+        "context",
+        "dialogue",
+        "ops",
+        "engine",
+        "slack",
+        "discord",
+        "embed",
+        "routing",
+        "kb",
+        "tenants",
+        "web",
+        "handoff",
     )
 
 
@@ -372,13 +413,13 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read every section, turning the first invalid value into one clear `ConfigError`."""
     sections: dict[str, BaseSettings] = {}
     for name in Settings.SECTIONS:
-        cls = Settings.model_fields[name].default_factory
+        cls = cast("type[BaseSettings]", Settings.model_fields[name].default_factory)
         try:
-            sections[name] = cls(_env_file=env_file)  # type: ignore[misc, operator]
+            sections[name] = cls(_env_file=env_file)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else ""
-            var = (cls.model_config.get("env_prefix", "") + field).upper()  # type: ignore[union-attr]
+            var = (cls.model_config.get("env_prefix", "") + field).upper()
             # The message never echoes the value: it may be a secret.
             raise ConfigError(var, err["msg"]) from None
     return Settings(**sections)

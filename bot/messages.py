@@ -37,6 +37,8 @@ def discord_help(*, dms: bool) -> str:
 def unknown_language(name: str, known: list[str]) -> str:
     """A translation asked for a language Parley does not know: which ones it does."""
     return f"I can't translate into \"{name}\": I don't know that language. I know {', '.join(known)}."
+
+
 BUSY = "I'm handling a lot of messages right now. Please try again in a minute."
 EMPTY_ANSWER = "(The model returned an empty answer. Please try rephrasing.)"
 NO_TEXT = "I can only read text for now. Please type your question as a message."
@@ -44,7 +46,9 @@ KB_DONT_KNOW = (
     "I don't know: I couldn't find anything about that in the knowledge base. "
     "Try rephrasing, or ask a person on the team."
 )
-TRANSLATION_SPANS_LOST = "\n\n_(Some code, links or mentions did not survive translation; here they are unchanged: {spans})_"
+TRANSLATION_SPANS_LOST = (
+    "\n\n_(Some code, links or mentions did not survive translation; here they are unchanged: {spans})_"
+)
 MODERATION_OUTPUT_WITHHELD = "\n\n_(The rest of this answer was withheld by moderation.)_"
 
 _CATEGORY_WORDS = {
@@ -188,12 +192,9 @@ def agent_reply(name: str, text: str) -> str:
 CUSTOMER = "Customer"  # speakers in a transcript
 BOT_NAME = "Parley"
 RESOLVE_BUTTON = "Resolve: hand back to Parley"
-STALE_TICKET = (
-    "Not done: this ticket is closed. The conversation was handed off again, in a newer ticket thread."
-)
+STALE_TICKET = "Not done: this ticket is closed. The conversation was handed off again, in a newer ticket thread."
 AGENT_NOT_DELIVERED = (
-    "Not delivered: this conversation is no longer handed off (it was resolved), so Parley answers the "
-    "customer again."
+    "Not delivered: this conversation is no longer handed off (it was resolved), so Parley answers the customer again."
 )
 ALREADY_WITH_BOT = "Nothing to resolve: this conversation is already back with Parley."
 RESOLVE_IN_THREAD = (
@@ -202,8 +203,7 @@ RESOLVE_IN_THREAD = (
 )
 # To a person whose desk action was refused (only they see it):
 AGENT_NOT_OURS = (
-    "Not delivered: only members of the workspace Parley belongs to can answer customers or resolve "
-    "tickets here."
+    "Not delivered: only members of the workspace Parley belongs to can answer customers or resolve tickets here."
 )
 AGENT_NOT_IN_GROUP = (
     "Not delivered: only members of the support agents' user groups can answer customers or resolve "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, Sequence
-from contextvars import ContextVar
 from typing import Protocol
 
 from bot.turns import Turn
@@ -29,12 +28,6 @@ class ReplySink(Protocol):
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         """Deliver an answer as it is generated; returns the text delivered."""
         ...
-
-
-class SinkFactory(Protocol):
-    """What an adapter gives the dialogue manager so it can answer a turn later."""
-
-    def sink_for(self, turn: Turn) -> ReplySink: ...
 
 
 class MessageEditor(Protocol):
@@ -55,8 +48,25 @@ class ReplyJournal(Protocol):
     async def record(self, ids: Sequence[str]) -> None: ...
 
 
-# Set by the dialogue worker around one turn; read by the sinks an adapter makes for it.
-reply_journal: ContextVar[ReplyJournal | None] = ContextVar("reply_journal", default=None)
+class NoJournal:
+    """The journal of an inbox that does not outlive the process: nothing to resume."""
+
+    ids: Sequence[str] = ()
+
+    async def record(self, ids: Sequence[str]) -> None:
+        return None
+
+
+NO_JOURNAL: ReplyJournal = NoJournal()
+
+
+class SinkFactory(Protocol):
+    """What an adapter gives the dialogue manager so it can answer a turn later."""
+
+    def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
+        """A sink for the answer to `turn`; `journal` (a durable inbox's, else `NO_JOURNAL`)
+        holds the messages a stopped worker had already posted for it."""
+        ...
 
 
 FENCE = "```"
@@ -122,14 +132,16 @@ def split_pages(text: str, limit: int) -> list[str]:
 class EditingSink:
     """`ReplySink` for platforms that post then edit. One instance per answer."""
 
-    def __init__(self, editor: MessageEditor, *, limit: int, interval: float) -> None:
+    def __init__(
+        self, editor: MessageEditor, *, limit: int, interval: float, journal: ReplyJournal = NO_JOURNAL
+    ) -> None:
         self._editor = editor
         self._limit = limit
         self._interval = interval
-        self._journal = reply_journal.get()
+        self._journal = journal
         # Platform ids of the messages posted so far, in order: a taken-over turn's come from the
         # journal, and the first text shown edits them ("" never equals a page, so each is edited).
-        self._ids: list[str] = list(self._journal.ids) if self._journal else []
+        self._ids: list[str] = list(journal.ids)
         self._shown: list[str] = [""] * len(self._ids)  # what each of them shows now
         self.resuming = bool(self._ids)  # continuing the messages of a worker that stopped
         self.first_visible_at: float | None = None
@@ -186,7 +198,6 @@ class EditingSink:
                 self._ids.append(await self._editor.post(page))
                 self.calls += 1
                 self._shown.append(page)
-                if self._journal is not None:
-                    await self._journal.record(self._ids)
+                await self._journal.record(self._ids)
                 if self.first_visible_at is None:
                     self.first_visible_at = time.monotonic()

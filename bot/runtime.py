@@ -19,24 +19,28 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.adapter import AdapterContext, Link
 from bot.config import Settings
-from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
-from bot.store.dedupe import Deduper, MemoryDeduper, RedisDeduper
 from bot.dialogue.manager import DialogueManager
-from bot.routing.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
 from bot.handlers import Services, build_handlers
-from bot.handoff.flow import Desk, HandoffGate, Handoffs, HandoffStore, MemoryHandoffStore, RedisHandoffStore
-from bot.ops.health import Degraded
+from bot.handoff.desk import Desk, HandoffGate
+from bot.handoff.flow import Handoffs
+from bot.handoff.store import HandoffStore, MemoryHandoffStore, RedisHandoffStore
 from bot.knowledge.base import KnowledgeBase
 from bot.llm.client import LLMClient
-from bot.ops.metrics import Metrics
 from bot.moderation.moderator import Moderator
-from bot.store.batching import RedisBatcher
-from bot.routing.router import Router
+from bot.ops.endpoint import Watched
+from bot.ops.health import Degraded
+from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
-from bot.tenants import Tenants, load_tenants
+from bot.routing.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from bot.routing.router import Router
+from bot.store.batching import RedisBatcher
+from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
+from bot.store.dedupe import Deduper, MemoryDeduper, RedisDeduper
+from bot.tenants import load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +50,49 @@ LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 @dataclass(frozen=True)
 class Runtime:
+    """Every shared client and store, built once by `open_runtime` and closed by it."""
+
     settings: Settings
     llm: LLMClient
     store: ContextStore
     deduper: Deduper
     manager: DialogueManager
-    redis: Redis | None
-    embedder: Embedder | None = None
-    kb: KnowledgeBase | None = None
-    router: Router | None = None
-    tenants: Tenants | None = None
-    metrics: Metrics = field(default_factory=Metrics)
-    # Handing off to people and feedback (bot.handoff.flow, bot.ops.stats). `desks` starts empty: an
-    # adapter that offers a desk (Slack, with PARLEY_HANDOFF_SLACK_CHANNEL) registers it there
-    # when it is created, and the dialogue manager reads it at each handoff.
-    handoffs: HandoffStore = field(default_factory=MemoryHandoffStore)
+    redis: Redis | None  # None: context in memory (`parley chat` with no Redis)
+    kb: KnowledgeBase
+    metrics: Metrics
+    stats: Stats
+    answers: AnswerIndex
+    tickets: HandoffStore  # handed-off conversations (the flow is the manager's `Handoffs`)
+    # Registries that adapters fill through their `AdapterContext` (a desk once Slack has
+    # confirmed its support channel, the web chat's cap on tickets, each platform's link to a
+    # conversation); the handoff flow reads them at each use.
     desks: dict[str, Desk] = field(default_factory=dict)
-    # Caps on new tickets per platform, registered the same way (the web chat's, for anonymous visitors).
     handoff_gates: dict[str, HandoffGate] = field(default_factory=dict)
-    stats: Stats = field(default_factory=MemoryStats)
-    answers: AnswerIndex = field(default_factory=MemoryAnswerIndex)
+    links: dict[str, Link] = field(default_factory=dict)
     # Optional steps that failed and are being retried (an adapter's slash-command registration):
     # adapters are handed it, /readyz shows it (bot.ops.health).
     degraded: Degraded = field(default_factory=Degraded)
+
+    def watched(self) -> Watched:
+        """What the ops endpoint looks at (`bot.ops.endpoint`)."""
+        return Watched(self.settings, self.redis, self.llm, self.metrics, self.degraded)
+
+    def adapter_context(self) -> AdapterContext:
+        """What adapters are given of this runtime; what they register lands in `desks`,
+        `handoff_gates` and `links`."""
+        return AdapterContext(
+            settings=self.settings,
+            redis=self.redis,
+            metrics=self.metrics,
+            store=self.store,
+            deduper=self.deduper,
+            answers=self.answers,
+            tickets=self.tickets,
+            degraded=self.degraded,
+            _desks=self.desks,
+            _gates=self.handoff_gates,
+            _links=self.links,
+        )
 
 
 def freeze_heap() -> None:
@@ -78,15 +102,6 @@ def freeze_heap() -> None:
     measured in `parley bench`). Only the process's owner calls it (the CLI), once."""
     gc.collect()
     gc.freeze()
-
-
-async def cancel_and_wait(task: asyncio.Task[object], *, poll: float = 0.1) -> None:
-    """Cancel `task` and wait until it has ended, cancelling again while it goes on. On
-    Python 3.11 `asyncio.wait_for`, which redis-py wraps around every command it sends,
-    swallows a cancellation that arrives just as the command completes (fixed in 3.12)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=poll)
 
 
 def redacted(url: str) -> str:
@@ -117,7 +132,9 @@ async def connect_redis(settings: Settings, say: Callable[[str], None] = log.inf
         try:
             return await _connect_redis(settings.redis.url, settings)
         except (RedisError, OSError) as exc:
-            raise ConfigError("PARLEY_REDIS_URL", f"cannot reach Redis at {redacted(settings.redis.url)}: {exc}") from None
+            raise ConfigError(
+                "PARLEY_REDIS_URL", f"cannot reach Redis at {redacted(settings.redis.url)}: {exc}"
+            ) from None
     try:
         redis = await _connect_redis(LOCAL_REDIS, settings)
     except (RedisError, OSError):
@@ -188,8 +205,10 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         desks: dict[str, Desk] = {}
         gates: dict[str, HandoffGate] = {}
         if settings.handoff.enabled and not settings.slack.enabled:
-            log.warning("PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
-                        "users who ask for a person will be told no one is reachable")
+            log.warning(
+                "PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
+                "users who ask for a person will be told no one is reachable"
+            )
         manager = DialogueManager(
             settings=settings,
             store=store,
@@ -201,9 +220,20 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             tenants=tenants,
             metrics=metrics,
             handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, gates=gates),
+            stats=stats,
         )
         yield Runtime(
-            settings=settings, llm=llm, store=store, deduper=deduper, manager=manager, redis=redis,
-            embedder=embedder, kb=kb, router=router, tenants=tenants, metrics=metrics,
-            handoffs=handoff_store, desks=desks, handoff_gates=gates, stats=stats, answers=answers,
+            settings=settings,
+            llm=llm,
+            store=store,
+            deduper=deduper,
+            manager=manager,
+            redis=redis,
+            kb=kb,
+            metrics=metrics,
+            stats=stats,
+            answers=answers,
+            tickets=handoff_store,
+            desks=desks,
+            handoff_gates=gates,
         )

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 from bot.adapter import Adapter
 from bot.errors import ConfigError
-from bot.store.inbox import MemoryInbox, RedisInbox
-from bot.ops.metrics import TimedInbox
 from bot.ops.endpoint import ops_server
-from bot.runtime import Runtime, cancel_and_wait
+from bot.ops.metrics import TimedInbox
+from bot.runtime import Runtime
+from bot.store.inbox import MemoryInbox, RedisInbox
+from bot.store.redis import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ async def run_adapters(
     try:
         async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
             if ops:
-                await stack.enter_async_context(ops_server(runtime, running, runtime.metrics))
+                await stack.enter_async_context(ops_server(runtime.watched(), running))
             upkeep = tg.create_task(inbox.maintain(), name="inbox-upkeep")
             workers = tg.create_task(runtime.manager.serve(inbox, sinks), name="dialogue-workers")
             listeners = [
@@ -97,7 +98,9 @@ async def run_adapters(
                 async with asyncio.timeout(runtime.settings.dialogue.drain_timeout):
                     await asyncio.shield(workers)
             except TimeoutError:
-                log.warning("turns still in flight after %.0f s; cancelling them", runtime.settings.dialogue.drain_timeout)
+                log.warning(
+                    "turns still in flight after %.0f s; cancelling them", runtime.settings.dialogue.drain_timeout
+                )
                 await cancel_and_wait(workers, poll=0.5)
             await inbox.release()
             await cancel_and_wait(upkeep)
@@ -116,15 +119,22 @@ async def run_adapters(
         raise next(error for task in listeners if not task.cancelled() and (error := task.result()) is not None)
 
 
-async def _listen(adapter: Adapter, intake: TimedInbox, runtime: Runtime, running: list[Adapter]) -> BaseException | None:
+async def _listen(
+    adapter: Adapter, intake: TimedInbox, runtime: Runtime, running: list[Adapter]
+) -> BaseException | None:
     """Run one adapter; its failure is logged, reported in /readyz and returned, never raised:
     raised, it would end the task group and with it every other adapter and the workers."""
     try:
         await adapter.run(intake)
         return None
     except Exception as exc:
-        log.error("the %s adapter stopped: %s: %s; the other platforms keep serving",
-                  adapter.platform, type(exc).__name__, exc, exc_info=exc)
+        log.error(
+            "the %s adapter stopped: %s: %s; the other platforms keep serving",
+            adapter.platform,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
         runtime.degraded.report(f"{adapter.platform}:adapter", f"stopped: {type(exc).__name__}: {exc}")
         running.remove(adapter)
         return exc

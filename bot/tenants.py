@@ -118,7 +118,7 @@ def load_tenants(path: Path | None) -> Tenants:
         raise TenantConfigError(str(path), "-", "-", f"not valid TOML: {exc}") from None
     unknown = set(raw) - {"default", "tenants"}
     if unknown:
-        raise TenantConfigError(str(path), "-", sorted(unknown)[0], "unknown table; use [default] and [tenants.\"ID\"]")
+        raise TenantConfigError(str(path), "-", sorted(unknown)[0], 'unknown table; use [default] and [tenants."ID"]')
     base = raw.get("default", {})
     default = _validate(path, "default", base)
     listed = {}

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.errors import InputRejected
+
 
 @dataclass(frozen=True, slots=True)
 class ConversationKey:
@@ -28,6 +30,13 @@ class ConversationKey:
         return "{" + str(self).replace("{", "(").replace("}", ")") + "}"
 
 
+# Commands only the support desk and feedback buttons produce (`bot.handoff.flow`,
+# `bot.feedback`); adapters must never let a customer's own text become one.
+AGENT, RESOLVE, FEEDBACK = "agent", "resolve", "feedback"
+DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK)
+VOTES = ("up", "down")  # the text of a feedback turn
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """One user message, as an adapter hands it to the dialogue manager.
@@ -37,8 +46,13 @@ class Turn:
     request from a slash command (`help`, `reset`, `ask`, `translate`) or from the
     support desk and feedback buttons (`agent`, `resolve`, `feedback`: see `bot.handoff.flow`;
     adapters must never let a customer's own text produce those), `reply_to` the
-    platform id of the message the answer should answer, and `meta` holds what an
-    adapter needs to reply later (for example a Discord interaction token). `seq` is the
+    platform id of the message the answer should answer. What an adapter needs to reply is
+    its own business, in two string maps the core never reads: `address` says how to reach
+    the conversation at any later time (a Discord thread's channel id), and a ticket keeps it;
+    `handle` answers this one delivery only (a Discord interaction token lives 15 minutes, a
+    Slack `response_url` answers once, a message's allowed mentions are its own), and is never
+    copied anywhere. A turn from the support desk names its `desk`, `desk_thread` and the
+    `agent` (the person) who wrote it. `seq` is the
     turn's place in its conversation, given by a durable inbox (0 from an in-process one);
     `uid` names this one delivery of the turn (given by the inbox: a platform retry gets
     another), which is what "already answered" is decided by. `target_language` is the
@@ -55,10 +69,20 @@ class Turn:
     at: float = field(default_factory=time.time)
     command: str | None = None
     reply_to: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    address: dict[str, str] = field(default_factory=dict)
+    handle: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     uid: str = ""
     target_language: str = ""
+    desk: str = ""
+    desk_thread: str = ""
+    agent: str = ""
+
+    @classmethod
+    def of(cls, key: ConversationKey, **fields: Any) -> Turn:
+        """A turn of the conversation `key` that no adapter read from a user's message (a desk's
+        reply, a vote on an answer)."""
+        return cls(platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread, **fields)
 
     @property
     def key(self) -> ConversationKey:
@@ -74,13 +98,37 @@ class Turn:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:
         # Fields this version does not know are dropped, so replicas of two versions share an inbox.
+        if "meta" in data:  # written by a version before `address`/`handle`: a rolling upgrade
+            data = {**data, **split_meta(data["meta"])}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# The keys adapters kept in the single `meta` map before it was split, by where they belong now.
+_HANDLE_KEYS = frozenset(("interaction_token", "application_id", "original", "response_url", "open_thread", "mentions"))
+_DESK_KEYS = ("desk", "desk_thread", "agent")
+
+
+def split_meta(meta: dict[str, str]) -> dict[str, Any]:
+    """The fields of a turn or ticket written with the old `meta` map."""
+    fields: dict[str, Any] = {k: meta[k] for k in _DESK_KEYS if k in meta}
+    fields["handle"] = {k: v for k, v in meta.items() if k in _HANDLE_KEYS}
+    fields["address"] = {k: v for k, v in meta.items() if k not in _HANDLE_KEYS and k not in _DESK_KEYS}
+    return fields
 
 
 def decode_text(raw: bytes) -> str:
     """Decode platform bytes without losing them: invalid UTF-8 survives as lone surrogates,
     which the dialogue manager rejects with a clear answer instead of crashing later."""
     return raw.decode("utf-8", errors="surrogateescape")
+
+
+def check_size(text: str, limit: int) -> None:
+    """Refuse, as `InputRejected`, a message that is empty or longer than `limit` characters
+    (`bot.messages.for_user` has the words for each)."""
+    if not text.strip():
+        raise InputRejected("empty")
+    if len(text) > limit:
+        raise InputRejected("too_long", length=len(text), limit=limit)
 
 
 class Outcome(enum.StrEnum):

@@ -10,9 +10,12 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import bot.tools.cli" 2>/dev/null || [ pyproject.toml -nt .venv/.parley-installed ]; then
+if ! .venv/bin/python -c "import bot.tools.cli" 2>/dev/null || [ pyproject.toml -nt .venv/.parley-installed ] \
+    || [ deploy/constraints.txt -nt .venv/.parley-installed ]; then
   echo "parley: installing Parley into .venv..." >&2
-  if ! .venv/bin/pip install -q --disable-pip-version-check -e . > .venv/pip-install.log 2>&1; then
+  # Every platform and the local embedder, at the versions the tests passed with.
+  if ! .venv/bin/pip install -q --disable-pip-version-check -c deploy/constraints.txt \
+      -e '.[slack,discord,web,local-embed]' > .venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     exit 1
   fi

@@ -12,13 +12,14 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from bot.adapter import AdapterContext
 from bot.config import (
     ContextSettings,
     DialogueSettings,
@@ -51,8 +52,20 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.persistence,
-             "--dir", str(self.workdir), "--protected-mode", "no"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *self.persistence,
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -131,8 +144,15 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
         values: dict[str, object] = {
             "log": LogSettings(_env_file=None),
             "redis": RedisSettings(_env_file=None, url=redis_server.url, prefix=prefix),
-            "llm": LLMSettings(_env_file=None, base_url=llm_url, max_tokens=12, extra_body={"ignore_eos": True},
-                               connect_timeout=10, read_timeout=30, total_timeout=120),
+            "llm": LLMSettings(
+                _env_file=None,
+                base_url=llm_url,
+                max_tokens=12,
+                extra_body={"ignore_eos": True},
+                connect_timeout=10,
+                read_timeout=30,
+                total_timeout=120,
+            ),
             "context": ContextSettings(_env_file=None),
             "dialogue": DialogueSettings(_env_file=None),
             "routing": RoutingSettings(_env_file=None, llm_fallback=False),
@@ -148,11 +168,11 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
 
 @asynccontextmanager
 async def serve_one(
-    settings: Settings, create: Callable[[Runtime], Any], ready: Callable[[Any], bool]
+    settings: Settings, create: Callable[[AdapterContext], Any], ready: Callable[[Any], bool]
 ) -> AsyncIterator[tuple[Runtime, Any]]:
     """`parley serve` with one adapter until the block ends, then its ordered shutdown."""
     async with open_runtime(settings) as runtime:
-        adapter = create(runtime)
+        adapter = create(runtime.adapter_context())
         assert adapter is not None
         stop = asyncio.Event()
         server = asyncio.create_task(run_adapters(runtime, [adapter], stop=stop))

@@ -18,10 +18,15 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' > .venv/pip-install.log 2>&1; then
+# `dev`: the test extra and the checkers, at the versions of deploy/constraints.txt.
+if ! .venv/bin/pip install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[dev]' > .venv/pip-install.log 2>&1; then
   cat .venv/pip-install.log >&2
   exit 1
 fi
+# Lint, format and types first: they take seconds, the tests minutes.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 # The vLLM CPU engine's own venv and the random-weight demo model (cached in ~/.cache/parley).
 .venv/bin/parley engine --install-only
 

@@ -61,14 +61,20 @@ class ScriptedEngine:
         body = await request.json()
         self.requests.append(body)
         words = self.answer.split(" ")
-        usage = {"prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
-                 "completion_tokens": len(words)}
+        usage = {
+            "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
+            "completion_tokens": len(words),
+        }
         if choice := (body.get("structured_outputs") or {}).get("choice"):
             message = {"role": "assistant", "content": choice[0]}
-            return web.json_response({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})
+            return web.json_response(
+                {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+            )
         if not body.get("stream"):
             message = {"role": "assistant", "content": self.answer}
-            return web.json_response({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})
+            return web.json_response(
+                {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for n, word in enumerate(words):

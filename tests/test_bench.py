@@ -28,7 +28,9 @@ async def test_bench_runs_both_paths_and_prints_every_figure(make_settings, engi
     assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
     assert re.search(r"Parley time per turn\s+p50 [\d.]+ ms\s+p99 [\d.]+ ms\s+mean [\d.]+ ms\s+\(12 turns\)", out)
     for path in ("direct", "parley"):
-        assert re.search(rf"prefix-cache hit rate {path}\s+all turns\s+[\d.]+%\s+turns 1-2\s+[\d.]+%\s+turns 3\+\s+[\d.]+%", out)
+        assert re.search(
+            rf"prefix-cache hit rate {path}\s+all turns\s+[\d.]+%\s+turns 1-2\s+[\d.]+%\s+turns 3\+\s+[\d.]+%", out
+        )
 
 
 def test_bench_arguments_must_be_positive():

@@ -11,7 +11,10 @@ pytestmark = pytest.mark.engine
 
 def run_parley(args, *, stdin=b"", env=None, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "bot.tools.cli", *args], input=stdin, capture_output=True, timeout=timeout,
+        [sys.executable, "-m", "bot.tools.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -43,12 +46,17 @@ def test_bad_settings_fail_with_one_clear_line(tmp_path):
     result = run_parley(["--env-file", str(env_file), "chat"], timeout=60)
     assert result.returncode == 2
     assert result.stderr.decode().strip() == (
-        "parley: invalid setting PARLEY_LLM_MAX_CONCURRENCY: Input should be a valid integer, unable to parse string as an integer"
+        "parley: invalid setting PARLEY_LLM_MAX_CONCURRENCY: "
+        "Input should be a valid integer, unable to parse string as an integer"
     )
 
 
 def test_serve_without_a_platform_says_what_to_set(tmp_path):
-    result = run_parley(["--env-file", str(tmp_path / "none.env"), "serve"], env={"SLACK_BOT_TOKEN": "", "DISCORD_TOKEN": "", "PARLEY_WEB_ENABLED": ""}, timeout=60)
+    result = run_parley(
+        ["--env-file", str(tmp_path / "none.env"), "serve"],
+        env={"SLACK_BOT_TOKEN": "", "DISCORD_TOKEN": "", "PARLEY_WEB_ENABLED": ""},
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED" in result.stderr.decode()
 

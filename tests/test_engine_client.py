@@ -2,12 +2,12 @@
 
 import asyncio
 
-import httpx
+import aiohttp
 import pytest
 
-from bot.tools.bench import prometheus_sum
 from bot.config import LLMSettings
 from bot.llm.client import LLMClient
+from bot.tools.bench import prometheus_sum
 from tests.test_engines import proxy_to
 
 pytestmark = pytest.mark.engine
@@ -43,9 +43,11 @@ async def test_tokens_are_counted_in_process_with_the_served_models_tokenizer(en
 
 
 async def test_stream_yields_many_deltas_and_reports_usage(engine):
-    async with LLMClient(settings(), base_url=engine) as llm:
-        async with llm.stream([{"role": "user", "content": "Tell me a story"}], max_tokens=20) as stream:
-            deltas = [d async for d in stream]
+    async with (
+        LLMClient(settings(), base_url=engine) as llm,
+        llm.stream([{"role": "user", "content": "Tell me a story"}], max_tokens=20) as stream,
+    ):
+        deltas = [d async for d in stream]
     assert len(deltas) >= 10  # token by token, not one blob at the end
     assert stream.usage.completion_tokens == 20
     assert stream.finish_reason == "length"
@@ -59,11 +61,12 @@ async def test_structured_choice_is_constrained_where_a_free_answer_is_not(engin
         # The control: the same prompts unconstrained (and with the retired `guided_choice`
         # field, which vLLM 0.32 accepts and ignores) are not labels. This is what proves
         # the constraint is doing the work.
-        async with httpx.AsyncClient() as http:
+        async with aiohttp.ClientSession() as http:
             free = []
             for p in prompts[:4]:
                 body = {"model": "parley-demo", "messages": p, "max_tokens": 8, "guided_choice": LABELS}
-                answer = (await http.post(f"{engine}/chat/completions", json=body)).json()
+                async with http.post(f"{engine}/chat/completions", json=body) as response:
+                    answer = await response.json()
                 free.append(answer["choices"][0]["message"]["content"].strip())
         assert not set(free) <= set(LABELS)
 

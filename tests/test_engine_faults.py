@@ -26,9 +26,17 @@ async def test_engine_down_then_back(engine, make_settings):
     target = urlsplit(engine)
     proxy = TcpProxy(target.hostname, target.port, free_port())
     await proxy.start()
-    llm = LLMSettings(_env_file=None, max_tokens=8, extra_body={"ignore_eos": True}, model="parley-demo",
-                      connect_timeout=1, read_timeout=2, total_timeout=5, retries=0,
-                      breaker_threshold=10)  # the breaker has its own test (test_engines.py)
+    llm = LLMSettings(
+        _env_file=None,
+        max_tokens=8,
+        extra_body={"ignore_eos": True},
+        model="parley-demo",
+        connect_timeout=1,
+        read_timeout=2,
+        total_timeout=5,
+        retries=0,
+        breaker_threshold=10,
+    )  # the breaker has its own test (test_engines.py)
     async with open_runtime(make_settings(llm_url=f"http://127.0.0.1:{proxy.port}/v1", llm=llm)) as rt:
         assert (await rt.manager.handle(make_turn("up"), RecordingSink())).outcome is Outcome.ANSWERED
 

@@ -16,6 +16,7 @@ into its process group as vLLM does, and holds every streamed answer open.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -23,13 +24,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from bot.config import EngineSettings
@@ -43,7 +44,7 @@ START_TIMEOUT = 900.0  # the real engine on two shared cores: start-up and warm-
 STOP_TIMEOUT = 120.0
 
 # Imported by the stand-in home's interpreter as `vllm.entrypoints.openai.api_server`.
-STAND_IN = r'''
+STAND_IN = r"""
 import argparse, json, os, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -111,7 +112,7 @@ with open(state + ".new", "w") as out:
     json.dump({"pgid": os.getpgid(0), "worker": worker.pid}, out)
 os.replace(state + ".new", state)
 server.serve_forever()
-'''
+"""
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -186,14 +187,21 @@ class Runs:
 
     def start(self, *args: str, env: dict[str, str]) -> Parley:
         # Only the engine home is kept: the real engine's venv and models are shared with the fixtures.
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_")) or k == "PARLEY_ENGINE_HOME"}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_")) or k == "PARLEY_ENGINE_HOME"
+        }
         n = len(self._started)
         out, err = self._tmp / f"parley-{n}.out", self._tmp / f"parley-{n}.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bot.tools.cli", "--env-file", str(self._tmp / "none.env"), *args],
-                cwd=ROOT, env={**base, **env}, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
+                cwd=ROOT,
+                env={**base, **env},
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
             )
         self._started.append(parley := Parley(proc, out, err))
         return parley
@@ -247,10 +255,15 @@ def stop_and_check(parley: Parley, sig: signal.Signals, *, pgid: int, port: int,
 @pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
 def test_parley_engine_stops_vllm_on(sig: signal.Signals, runs: Runs) -> None:
     port = free_port()
-    parley = runs.start("engine", env={
-        "PARLEY_ENGINE_PORT": str(port), "PARLEY_ENGINE_MAX_NUM_SEQS": "4",
-        "PARLEY_ENGINE_KV_CACHE_BYTES": str(256 * 1024**2), "PARLEY_ENGINE_MAX_MODEL_LEN": "4096",
-    })
+    parley = runs.start(
+        "engine",
+        env={
+            "PARLEY_ENGINE_PORT": str(port),
+            "PARLEY_ENGINE_MAX_NUM_SEQS": "4",
+            "PARLEY_ENGINE_KV_CACHE_BYTES": str(256 * 1024**2),
+            "PARLEY_ENGINE_MAX_MODEL_LEN": "4096",
+        },
+    )
     pgid = runs.engine(parley.engine_group())
     parley.wait_for("a ready engine", lambda: "vLLM is ready at" in parley.output())
     assert not port_is_free("127.0.0.1", port)
@@ -297,8 +310,12 @@ def stand_in(tmp_path: Path) -> Callable[..., StandIn]:
         port = free_port()
         state = tmp_path / f"stand-in-{port}.json"
         env = {
-            "PARLEY_ENGINE_HOME": str(home), "PARLEY_ENGINE_PORT": str(port), "PARLEY_ENGINE_MODEL": "stand-in",
-            "PARLEY_ENGINE_MAX_NUM_SEQS": "2", "STAND_IN_STATE": str(state), "STAND_IN_HEALTHY": "1" if healthy else "0",
+            "PARLEY_ENGINE_HOME": str(home),
+            "PARLEY_ENGINE_PORT": str(port),
+            "PARLEY_ENGINE_MODEL": "stand-in",
+            "PARLEY_ENGINE_MAX_NUM_SEQS": "2",
+            "STAND_IN_STATE": str(state),
+            "STAND_IN_HEALTHY": "1" if healthy else "0",
         }
         return StandIn(env, state, port)
 
@@ -306,7 +323,9 @@ def stand_in(tmp_path: Path) -> Callable[..., StandIn]:
 
 
 @pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
-def test_a_signal_during_the_engines_start_up_stops_it(sig: signal.Signals, runs: Runs, stand_in: Callable[..., StandIn]) -> None:
+def test_a_signal_during_the_engines_start_up_stops_it(
+    sig: signal.Signals, runs: Runs, stand_in: Callable[..., StandIn]
+) -> None:
     engine = stand_in(healthy=False)
     parley = runs.start("engine", env=engine.env)
     pgid = runs.engine(engine.group(parley))
@@ -316,17 +335,21 @@ def test_a_signal_during_the_engines_start_up_stops_it(sig: signal.Signals, runs
 
 def _serve_env() -> dict[str, str]:
     return {
-        "PARLEY_WEB_ENABLED": "true", "PARLEY_WEB_HOST": "127.0.0.1", "PARLEY_WEB_PORT": "0",
+        "PARLEY_WEB_ENABLED": "true",
+        "PARLEY_WEB_HOST": "127.0.0.1",
+        "PARLEY_WEB_PORT": "0",
         "PARLEY_WEB_SECRET": "a-test-secret-that-signs-visitor-tokens-0123456789",
-        "PARLEY_OPS_HOST": "127.0.0.1", "PARLEY_OPS_PORT": str(free_port()),
+        "PARLEY_OPS_HOST": "127.0.0.1",
+        "PARLEY_OPS_PORT": str(free_port()),
     }
 
 
 def _ready(env: dict[str, str]) -> Callable[[], bool]:
     def ready() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{env['PARLEY_OPS_PORT']}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{env['PARLEY_OPS_PORT']}/readyz", timeout=2) as response:
+                return response.status == 200
+        except (OSError, http.client.HTTPException):  # OSError: no answer, or an error status (HTTPError)
             return False
 
     return ready

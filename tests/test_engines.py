@@ -6,11 +6,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.tools.bench import prometheus_sum
 from bot.config import LLMSettings
 from bot.engine.launcher import free_port, local_engine
 from bot.errors import EngineUnavailable
 from bot.runtime import open_runtime
+from bot.tools.bench import prometheus_sum
 from bot.turns import Outcome, Turn
 from tests.conftest import engine_settings
 from tests.tcp_proxy import TcpProxy
@@ -24,8 +24,17 @@ def make_turn(text, channel):
 
 
 def llm_settings(**overrides):
-    values = dict(max_tokens=24, extra_body={"ignore_eos": True}, model="parley-demo", connect_timeout=2,
-                  read_timeout=20, total_timeout=60, retries=1, breaker_threshold=2, breaker_cooldown=0.5)
+    values = dict(
+        max_tokens=24,
+        extra_body={"ignore_eos": True},
+        model="parley-demo",
+        connect_timeout=2,
+        read_timeout=20,
+        total_timeout=60,
+        retries=1,
+        breaker_threshold=2,
+        breaker_cooldown=0.5,
+    )
     return LLMSettings(_env_file=None, **(values | overrides))
 
 
@@ -43,7 +52,9 @@ async def test_breaker_answers_at_once_while_down_and_probes_the_engine_back(eng
         assert (await rt.manager.handle(make_turn("up", "breaker"), RecordingSink())).outcome is Outcome.ANSWERED
         await proxy.stop()
         for _ in range(2):  # two refused connections reach the threshold
-            assert (await rt.manager.handle(make_turn("down?", "breaker"), RecordingSink())).error == "EngineUnavailable"
+            assert (
+                await rt.manager.handle(make_turn("down?", "breaker"), RecordingSink())
+            ).error == "EngineUnavailable"
         assert rt.llm.circuits() == {url: "open"}
         with pytest.raises(EngineUnavailable, match="circuit open"):  # no connection is even tried
             await rt.llm.count_tokens("x")
@@ -91,6 +102,9 @@ async def test_affinity_keeps_the_prefix_cache_as_one_engine_does_and_round_robi
         one = await hit_rate([engine], sticky=True)
         sticky = await hit_rate([engine, second], sticky=True)
         round_robin = await hit_rate([engine, second], sticky=False)
-        print(f"\nprefix-cache hit rate: one engine {one:.1%}, two with affinity {sticky:.1%}, two round-robin {round_robin:.1%}")
+        print(
+            f"\nprefix-cache hit rate: one engine {one:.1%}, two with affinity {sticky:.1%}, "
+            f"two round-robin {round_robin:.1%}"
+        )
         assert sticky >= one - 0.05
         assert round_robin < sticky

@@ -2,10 +2,11 @@
 
 import asyncio
 
-import httpx
+import aiohttp
 import pytest
 
 from bot.config import OpsSettings
+from bot.reply import NO_JOURNAL
 from bot.runtime import open_runtime
 from bot.server import run_adapters
 from tests.test_dialogue import RecordingSink, make_turn
@@ -24,7 +25,7 @@ class Quiet:
     async def run(self, inbox):
         await asyncio.Event().wait()
 
-    def sink_for(self, turn):
+    def sink_for(self, turn, journal=NO_JOURNAL):
         return RecordingSink()
 
 
@@ -40,14 +41,17 @@ async def test_health_readiness_and_metrics(engine, make_settings):
             if rt.metrics.ops_port:
                 port = rt.metrics.ops_port
                 break
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            assert (await http.get("/healthz")).status_code == 200
-            not_ready = await http.get("/readyz")
-            assert not_ready.status_code == 503
-            assert not_ready.json() == {"redis": True, "llm": True, "adapter:quiet": False}
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+            async with http.get("/healthz") as health:
+                assert health.status == 200
+            async with http.get("/readyz") as not_ready:
+                assert not_ready.status == 503
+                assert await not_ready.json() == {"redis": True, "llm": True, "adapter:quiet": False}
             adapter.ready.set()
-            assert (await http.get("/readyz")).status_code == 200
-            text = (await http.get("/metrics")).text
+            async with http.get("/readyz") as ready:
+                assert ready.status == 200
+            async with http.get("/metrics") as metrics:
+                text = await metrics.text()
         stop.set()
         await server
     assert 'parley_turns_total{outcome="answered",platform="test"} 1.0' in text

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from bot.reply import NO_JOURNAL
 from bot.runtime import open_runtime
 from bot.server import run_adapters
 from tests.standin import ScriptedEngine
@@ -26,7 +27,7 @@ class Broken:
     async def run(self, inbox):
         raise LoginRefused("invalid_auth")
 
-    def sink_for(self, turn):
+    def sink_for(self, turn, journal=NO_JOURNAL):
         return RecordingSink()
 
 
@@ -42,7 +43,7 @@ class Working:
         await inbox.put(make_turn("help", command="help"))
         await asyncio.Event().wait()
 
-    def sink_for(self, turn):
+    def sink_for(self, turn, journal=NO_JOURNAL):
         return self.sink
 
 

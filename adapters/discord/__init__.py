@@ -1,23 +1,36 @@
 """The Discord adapter: mentions, reply chains, threads, DMs and slash commands, answered
 by streaming edits. `normalize` turns discord.py events into turns, `sink` posts and
-edits answers, `app` owns the sharded gateway client; `chains` remembers which
-conversation each answer belongs to. See deploy/discord/SETUP.md to create the bot."""
+edits answers, `app` owns the sharded gateway client, `intake` picks the events meant for
+Parley and puts their turns into the inbox; `chains` remembers which conversation each
+answer belongs to. See deploy/discord/SETUP.md to create the bot.
+discord.py (the `discord` extra) is imported only once Discord is configured."""
 
 from __future__ import annotations
 
-from adapters.discord.app import DiscordAdapter
+from typing import TYPE_CHECKING
+
 from adapters.discord.chains import Chains, MemoryChains, RedisChains
-from bot.runtime import Runtime
+from bot.adapter import AdapterContext, needs_extra
 
-__all__ = ["DiscordAdapter", "create"]
+if TYPE_CHECKING:
+    from adapters.discord.app import DiscordAdapter
+
+__all__ = ["create"]
 
 
-def create(runtime: Runtime) -> DiscordAdapter | None:
-    settings = runtime.settings
+def create(context: AdapterContext) -> DiscordAdapter | None:
+    settings = context.settings
     if not settings.discord.enabled:
         return None
-    chains: Chains = RedisChains(runtime.redis, settings.redis) if runtime.redis is not None else MemoryChains()
+    with needs_extra("discord", setting="DISCORD_TOKEN"):
+        from adapters.discord.app import DiscordAdapter
+        from adapters.discord.normalize import PLATFORM, conversation_link
+    chains: Chains = RedisChains(context.redis, settings.redis) if context.redis is not None else MemoryChains()
+    context.register_link(PLATFORM, conversation_link)
     return DiscordAdapter(
-        settings=settings.discord, chains=chains, degraded=runtime.degraded, metrics=runtime.metrics,
-        answers=runtime.answers,
+        settings=settings.discord,
+        chains=chains,
+        degraded=context.degraded,
+        metrics=context.metrics,
+        answers=context.answers,
     )

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from bot.config import RedisSettings
 from bot.errors import StoreUnavailable
+from bot.store.redis import as_text
 
 
 class Chains(Protocol):
@@ -46,7 +47,7 @@ class RedisChains:
             value = await self._redis.get(self._prefix + message_id)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot read a Discord reply chain: {exc}") from exc
-        return value.decode() if value is not None else None
+        return as_text(value) if value is not None else None
 
 
 class MemoryChains:

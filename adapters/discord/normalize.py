@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import discord
 
 from bot.config import DiscordSettings
-from bot.turns import Turn
+from bot.turns import ConversationKey, Turn
 
 PLATFORM = "discord"
 DM_TENANT = "dm"
@@ -128,7 +128,7 @@ def message_turn(
     it continues (a reply chain's root) or None for a new one, which the message starts.
     With `open_thread`, a new conversation in a channel is answered in a new thread."""
     place = place_of(message.channel, guild_id_of(message))
-    meta: dict[str, str] = {}
+    handle: dict[str, str] = {}
     if place.dm:
         thread, reply_to = place.channel, None  # the DM is the conversation; no need to quote
     elif place.thread_id is not None:
@@ -138,8 +138,7 @@ def message_turn(
     else:
         thread, reply_to = str(message.id), str(message.id)
         if open_thread:
-            meta["open_thread"] = "1"
-    meta["post_channel"] = str(message.channel.id)  # the thread itself, when in one
+            handle["open_thread"] = "1"
     return Turn(
         platform=PLATFORM,
         tenant=place.tenant,
@@ -150,7 +149,8 @@ def message_turn(
         event_id=str(message.id),
         at=message.created_at.timestamp(),
         reply_to=reply_to,
-        meta=meta,
+        address={"post_channel": str(message.channel.id)},  # the thread itself, when in one
+        handle=handle,
     )
 
 
@@ -162,18 +162,14 @@ def interaction_turn(
     target_language: str | None = None,
     original_message_id: int | None = None,
 ) -> Turn:
-    """The turn for a slash command. `meta` carries what the reply needs later — the
+    """The turn for a slash command. `handle` carries what this answer needs — the
     application id and the interaction token (valid 15 minutes), never the bot token;
     `/translate`'s `to:` becomes `Turn.target_language`, as the user typed it."""
     place = place_of(interaction.channel, interaction.guild_id)
-    if place.dm:
-        thread = place.channel
-    else:
-        thread = place.thread_id or ""
-    meta = {
+    thread = place.channel if place.dm else (place.thread_id or "")
+    handle = {
         "application_id": str(interaction.application_id),
         "interaction_token": interaction.token,
-        "post_channel": str(interaction.channel_id),
         # The deferred response is the first message of the answer; "@original" names it
         # when Discord did not say its id.
         "original": str(original_message_id) if original_message_id else "@original",
@@ -188,9 +184,18 @@ def interaction_turn(
         event_id=str(interaction.id),
         at=interaction.created_at.timestamp(),
         command=command,
-        meta=meta,
+        address={"post_channel": str(interaction.channel_id)},
+        handle=handle,
         target_language=(target_language or "").strip(),
     )
+
+
+def conversation_link(key: ConversationKey) -> str | None:
+    """A link that opens a Discord conversation (its thread or first message, when it has one),
+    for a ticket's header."""
+    if key.tenant == DM_TENANT:
+        return f"https://discord.com/channels/@me/{key.channel}"
+    return f"https://discord.com/channels/{key.tenant}/{key.channel}" + (f"/{key.thread}" if key.thread else "")
 
 
 def thread_name(text: str) -> str:

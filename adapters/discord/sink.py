@@ -42,7 +42,9 @@ def platform_errors(action: str) -> Iterator[None]:
     try:
         yield
     except discord.RateLimited as exc:
-        raise PlatformError(f"{action}: rate limited", platform=PLATFORM, status=429, retry_after=exc.retry_after) from exc
+        raise PlatformError(
+            f"{action}: rate limited", platform=PLATFORM, status=429, retry_after=exc.retry_after
+        ) from exc
     except discord.HTTPException as exc:
         raise PlatformError(
             f"{action}: {exc.status} {exc.text[:200]}",
@@ -64,7 +66,12 @@ class ChannelEditor:
     """Posts and edits an answer in a channel, thread or DM."""
 
     def __init__(
-        self, client: discord.Client | None, turn: Turn, chains: Chains, *, archive_minutes: int,
+        self,
+        client: discord.Client | None,
+        turn: Turn,
+        chains: Chains,
+        *,
+        archive_minutes: int,
         answers: AnswerIndex | None = None,
     ) -> None:
         self._client = client
@@ -72,7 +79,7 @@ class ChannelEditor:
         self._turn = turn
         self._chains = chains
         self._archive_minutes = archive_minutes
-        self._channel_id = int(turn.meta["post_channel"])
+        self._channel_id = int(turn.address["post_channel"])
         self._guild_id = int(turn.tenant) if turn.tenant.isdigit() else None
         self._pages = 0
 
@@ -83,7 +90,7 @@ class ChannelEditor:
         reference = None
         if self._pages == 0 and self._turn.reply_to is not None:
             # In a thread opened from the question, the question is right above: no need to quote it.
-            in_new_thread = bool(self._turn.meta.get("open_thread")) and await self._open_thread()
+            in_new_thread = bool(self._turn.handle.get("open_thread")) and await self._open_thread()
             if not in_new_thread:
                 reference = discord.MessageReference(
                     message_id=int(self._turn.reply_to), channel_id=self._channel_id, fail_if_not_exists=False
@@ -91,7 +98,7 @@ class ChannelEditor:
         with platform_errors("posting an answer"):
             message = await self._channel().send(
                 text,
-                reference=reference,  # type: ignore[arg-type]
+                reference=reference,  # type: ignore[arg-type]  # discord.py's type leaves out None, its default
                 allowed_mentions=ANSWER_MENTIONS,
                 # Unique per page of this turn's answer: a retried post comes back as the same message.
                 nonce=f"{self._turn.event_id}.{self._pages}",
@@ -113,13 +120,16 @@ class ChannelEditor:
         question = self._channel().get_partial_message(int(self._turn.reply_to))
         try:
             thread = await question.create_thread(
-                name=thread_name(self._turn.text), auto_archive_duration=self._archive_minutes  # type: ignore[arg-type]
+                name=thread_name(self._turn.text),
+                auto_archive_duration=self._archive_minutes,  # type: ignore[arg-type]  # a Literal of the allowed minutes; the setting is checked against them
             )
             thread_id = thread.id
         except discord.HTTPException as exc:
             if exc.code != THREAD_ALREADY_CREATED:
                 log.warning(
-                    "cannot open a thread (%s %s); answering in the channel", exc.status, exc.code,
+                    "cannot open a thread (%s %s); answering in the channel",
+                    exc.status,
+                    exc.code,
                     extra=turn_fields(self._turn),
                 )
                 return False
@@ -144,15 +154,15 @@ class InteractionEditor:
     def _webhook(self) -> discord.Webhook:
         client = live(self._client, "answering a command")
         return discord.Webhook.partial(
-            int(self._turn.meta["application_id"]), self._turn.meta["interaction_token"], client=client
+            int(self._turn.handle["application_id"]), self._turn.handle["interaction_token"], client=client
         )
 
     async def post(self, text: str) -> str:
         with platform_errors("answering a command"):
             if self._pages == 0:
-                original = self._turn.meta.get("original", "@original")
+                original = self._turn.handle.get("original", "@original")
                 message = await self._webhook().edit_message(
-                    int(original) if original.isdigit() else original,  # type: ignore[arg-type]
+                    int(original) if original.isdigit() else original,  # type: ignore[arg-type]  # "@original" is the API's name for the first response
                     content=text,
                     allowed_mentions=discord.AllowedMentions.none(),
                 )

@@ -89,11 +89,13 @@ class Agents:
             try:
                 members = await self.members()
             except PlatformError as exc:
-                return Admission(person.name, f"agent groups unreadable ({exc.code or exc.status or exc})",
-                                 messages.AGENT_UNCHECKED)
+                return Admission(
+                    person.name, f"agent groups unreadable ({exc.code or exc.status or exc})", messages.AGENT_UNCHECKED
+                )
             if user not in members:
-                return Admission(person.name, "not in the agent groups " + ", ".join(self._groups),
-                                 messages.AGENT_NOT_IN_GROUP)
+                return Admission(
+                    person.name, "not in the agent groups " + ", ".join(self._groups), messages.AGENT_NOT_IN_GROUP
+                )
         return Admission(person.name)
 
     async def person(self, user: str) -> Person:
@@ -106,7 +108,11 @@ class Agents:
         profile = found.get("profile") or {}
         person = Person(
             id=user,
-            name=profile.get("display_name") or profile.get("real_name") or found.get("real_name") or found.get("name") or user,
+            name=profile.get("display_name")
+            or profile.get("real_name")
+            or found.get("real_name")
+            or found.get("name")
+            or user,
             team=str(found.get("team_id") or profile.get("team") or ""),
             enterprise=str((found.get("enterprise_user") or {}).get("enterprise_id") or ""),
             stranger=bool(found.get("is_stranger")),

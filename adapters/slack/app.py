@@ -1,11 +1,8 @@
 """The Slack transport: a slack-bolt `AsyncApp` over Socket Mode or the Events API over HTTP.
 
-The request path does only what must happen before Slack is acknowledged: turn the
-payload into a `Turn` (`normalize`), look up or remember the thread, and put the
-turn into the inbox. Bolt runs with `process_before_response=True`, so the ack
-goes out when the listener returns, after the turn is safely in the inbox, and no
-listener is started fire-and-forget. The answer is produced later by a dialogue
-worker, through `sink_for`.
+Bolt runs with `process_before_response=True`, so the ack goes out when the listener
+(`intake`) returns, after the turn is safely in the inbox, and no listener is started
+fire-and-forget. The answer is produced later by a dialogue worker, through `sink_for`.
 """
 
 from __future__ import annotations
@@ -13,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -34,26 +30,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
-from adapters.slack.mrkdwn import escape
-from adapters.slack.normalize import Identity, Incoming, Route
+from adapters.slack.intake import SlackIntake
+from adapters.slack.normalize import Identity
 from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSupport, call
 from adapters.slack.threads import ThreadMemory
-from bot import messages
 from bot.config import SlackSettings
-from bot.store.dedupe import Deduper
-from bot.errors import (
-    ConfigError,
-    InboxFull,
-    InboxUnavailable,
-    ParleyError,
-    PlatformError,
-)
-from bot.handoff.flow import Desk
-from bot.store.inbox import Inbox
-from bot.ops.logs import turn_fields
+from bot.errors import ConfigError, PlatformError
 from bot.ops.metrics import Metrics
-from bot.reply import ReplySink
 from bot.ops.stats import AnswerIndex
+from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
+from bot.store.dedupe import Deduper
+from bot.store.inbox import Inbox
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -101,6 +88,9 @@ def web_client(settings: SlackSettings) -> AsyncWebClient:
 
 
 class SlackAdapter:
+    """Slack's connection and readiness, the support desk's start, and the way back (`sink_for`);
+    what arrives is taken by a `SlackIntake` made for each run."""
+
     platform = "slack"
 
     def __init__(
@@ -112,12 +102,12 @@ class SlackAdapter:
         client: AsyncWebClient | None = None,
         metrics: Metrics | None = None,
         desk: SlackDesk | None = None,
-        desks: MutableMapping[str, Desk] | None = None,
+        register_desk: Callable[[SlackDesk], None],
         answers: AnswerIndex | None = None,
     ) -> None:
         self._settings = settings
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
-        self._desks = desks if desks is not None else {}  # where the desk is registered once verified
+        self._register_desk = register_desk  # offers the desk for new tickets, once verified
         self.desk_open = False  # the support channel passed `SlackDesk.verify`: tickets go there
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._deduper = deduper
@@ -131,8 +121,8 @@ class SlackAdapter:
 
     # -- the way back -----------------------------------------------------------------------
 
-    def sink_for(self, turn: Turn) -> ReplySink:
-        if url := turn.meta.get("response_url"):
+    def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
+        if url := turn.handle.get("response_url"):
             return ResponseUrlSink(url)
         return SlackSink(
             self._client,
@@ -141,6 +131,7 @@ class SlackAdapter:
             interval=self._settings.edit_interval,
             streaming=self._streaming,
             on_post=self._remembering(turn),
+            journal=journal,
         )
 
     def _remembering(self, turn: Turn) -> OnPost | None:
@@ -164,11 +155,22 @@ class SlackAdapter:
             traces = [self._metrics.platform_trace(self.platform)] if self._metrics is not None else None
             self._client.session = aiohttp.ClientSession(trace_configs=traces)
         auth = await self._authorize()
+        assert self.identity is not None
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
             if self._desk is not None and not await self._check_desk(self._desk):
                 notices.create_task(self._open_desk(self._desk))
-            app = self._bolt_app(auth, inbox, notices)
+            intake = SlackIntake(
+                identity=self.identity,
+                inbox=inbox,
+                notices=notices,
+                threads=self._threads,
+                deduper=self._deduper,
+                answers=self._answers,
+                open_desk=lambda: self._desk if self.desk_open else None,
+                sink_for=self.sink_for,
+            )
+            app = self._bolt_app(auth, intake)
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
@@ -195,7 +197,9 @@ class SlackAdapter:
             team_id=str(response.get("team_id", "")),
             enterprise_id=str(response.get("enterprise_id") or ""),
         )
-        log.info("slack: signed in as %s (%s) in team %s", response.get("user"), self.identity.user_id, self.identity.team_id)
+        log.info(
+            "slack: signed in as %s (%s) in team %s", response.get("user"), self.identity.user_id, self.identity.team_id
+        )
         return AuthorizeResult.from_auth_test_response(bot_token=self._client.token, auth_test_response=response)
 
     async def _check_desk(self, desk: SlackDesk) -> bool:
@@ -211,7 +215,7 @@ class SlackAdapter:
         except PlatformError as exc:
             log.warning("slack: cannot check the support channel yet (%s); the desk opens once Slack answers", exc)
             return False
-        self._desks[desk.name] = desk
+        self._register_desk(desk)
         self.desk_open = True
         log.info("slack: support desk open in channel %s", desk.channel)
         return True
@@ -224,7 +228,7 @@ class SlackAdapter:
                 return
             pause = min(pause * 2, 300.0)
 
-    def _bolt_app(self, auth: AuthorizeResult, inbox: Inbox, notices: asyncio.TaskGroup) -> AsyncApp:
+    def _bolt_app(self, auth: AuthorizeResult, intake: SlackIntake) -> AsyncApp:
         socket_mode = self._settings.app_token is not None
         secret = self._settings.signing_secret
 
@@ -242,94 +246,13 @@ class SlackAdapter:
             ignoring_self_events_enabled=True,
             logger=logging.getLogger("slack_bolt"),
         )
-
-        async def on_event(body: dict[str, Any]) -> None:
-            assert self.identity is not None
-            desk = self._desk if self.desk_open else None
-            if desk is not None and await desk.take_event(body, self.identity, inbox, notices):
-                return  # a person's reply or resolve in a ticket thread
-            if (vote := normalize.vote_of(body, self.identity)) is not None:
-                await self._vote(vote, inbox)
-                return
-            incoming = normalize.from_event(body, self.identity)
-            if incoming is not None:
-                await self._take(incoming, inbox, notices)
-
-        async def on_command(body: dict[str, Any], ack: Any) -> None:
-            if (body.get("text") or "").strip().lower() == "resolve":
-                # A slash command carries no thread_ts: it cannot name the ticket it was typed in.
-                await ack(text=escape(messages.RESOLVE_IN_THREAD), response_type="ephemeral")
-                return
-            turn = normalize.from_command(body)
-            try:
-                await inbox.put(turn)
-            except (InboxFull, InboxUnavailable) as exc:
-                # Slack never redelivers a slash command: an error status would only show the
-                # user "dispatch_failed", so it is refused with words instead.
-                log.warning("inbox %s; slash command refused", "full" if isinstance(exc, InboxFull) else "unreachable",
-                            extra=turn_fields(turn))
-                await ack(text=escape(messages.BUSY), response_type="ephemeral")
-                return
-            await ack()
-
         # One listener for every event (bolt answers 404 to events nobody listens to, and
         # Slack would retry those); `normalize` decides what is Parley's to answer.
-        app.event(ANY)(on_event)
-        app.command(ANY)(on_command)
+        app.event(ANY)(intake.event)
+        app.command(ANY)(intake.command)
         if self._desk is not None:
-            desk = self._desk
-
-            async def on_resolve(body: dict[str, Any], ack: Any) -> None:
-                assert self.identity is not None
-                if self.desk_open:
-                    await desk.take_action(body, self.identity, inbox, notices)
-                else:
-                    log.warning("Resolve pressed while the support desk is off: ignored")
-                await ack()
-
-            app.action(normalize.RESOLVE_ACTION)(on_resolve)
+            app.action(normalize.RESOLVE_ACTION)(intake.resolve)
         return app
-
-    async def _vote(self, vote: normalize.Vote, inbox: Inbox) -> None:
-        """A 👍/👎 reaction: a `feedback` turn of the conversation the answer belongs to."""
-        answered = await self._answers.find("slack", vote.team, vote.message) if self._answers is not None else None
-        if answered is None:
-            log.info("%s reaction on %s, which is no answer Parley remembers: ignored", vote.vote, vote.message)
-            return
-        turn = answered.vote(user=vote.user, vote=vote.vote, event_id=vote.event_id)
-        try:
-            await inbox.put(turn)
-        except InboxFull:
-            log.warning("inbox full; a vote was dropped", extra=turn_fields(turn))
-
-    async def _take(self, incoming: Incoming, inbox: Inbox, notices: asyncio.TaskGroup) -> None:
-        turn = incoming.turn
-        if incoming.route is Route.THREAD and not await self._threads.joined(turn.key):
-            return
-        if incoming.route is not Route.DIRECT:
-            await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
-        if incoming.no_text:
-            notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))
-            return
-        try:
-            await inbox.put(turn)
-        except InboxFull:
-            log.warning("inbox full; the user is asked to retry", extra=turn_fields(turn))
-            notices.create_task(self._notify(turn, messages.BUSY, once=False))
-            return
-        # InboxClosed (shutting down) and InboxUnavailable (Redis down) propagate: with
-        # process_before_response bolt answers 500 (over Socket Mode: no ack), and Slack
-        # delivers the event again later, so the turn is not lost.
-        log.info("slack %s taken", incoming.route, extra=turn_fields(turn))
-
-    async def _notify(self, turn: Turn, text: str, *, once: bool) -> None:
-        """Tell the user something without the dialogue manager; `once` drops Slack's retries."""
-        try:
-            if once and not await self._deduper.claim(turn):
-                return
-            await self.sink_for(turn).send(text)
-        except ParleyError as exc:
-            log.error("could not post a notice: %r", exc, extra=turn_fields(turn))
 
     async def _socket_mode(self, app: AsyncApp, app_token: str) -> None:
         handler = AsyncSocketModeHandler(app, app_token, web_client=self._client)

@@ -1,8 +1,8 @@
 """The support desk in Slack: ticket threads in one channel (PARLEY_HANDOFF_SLACK_CHANNEL).
 
-Out (`bot.handoff.flow.Desk`): a handed-off conversation becomes a message in the support
-channel — platform, tenant, a link, and a Resolve button — whose thread gets the
-transcript, then the customer's later messages.
+Out (`bot.handoff.desk.Desk`): a handed-off conversation becomes a message in the support
+channel — platform, tenant, a link (the one the customer's adapter registered), and a Resolve
+button — whose thread gets the transcript, then the customer's later messages.
 
 In: a person's reply in a ticket thread becomes an `agent` turn of the *customer's*
 conversation (named by the ticket, looked up in Redis, so any replica can take it),
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -37,11 +37,13 @@ from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import Identity
 from adapters.slack.sink import call
 from bot import messages
+from bot.adapter import Link
 from bot.errors import ConfigError, InboxFull, ParleyError, PlatformError
-from bot.handoff.flow import HandoffStore, Said, Ticket, conversation_link
-from bot.store.inbox import Inbox
+from bot.handoff.desk import Said, Ticket
+from bot.handoff.store import HandoffStore
 from bot.ops.logs import turn_fields
 from bot.reply import split_pages
+from bot.store.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class SlackDesk:
         *,
         channel: str,
         store: HandoffStore,
+        links: Mapping[str, Link],
         limit: int,
         allow_public: bool = False,
         agent_groups: Sequence[str] = (),
@@ -73,6 +76,9 @@ class SlackDesk:
         self._client = client
         self.channel = channel
         self._store = store
+        # Each platform's link to its conversations, registered by its adapter: read per ticket,
+        # since an adapter created after this desk registers its link later.
+        self._links = links
         self._limit = limit
         self._allow_public = allow_public
         self._agents = Agents(client, groups=agent_groups, refresh=agent_refresh)
@@ -112,15 +118,29 @@ class SlackDesk:
 
     async def open(self, ticket: Ticket) -> str:
         key = ticket.key
+        link = self._links.get(key.platform)
         header = messages.ticket_header(
-            escape(key.platform), escape(key.tenant), escape(str(key)), escape(ticket.reason), conversation_link(key)
+            escape(key.platform),
+            escape(key.tenant),
+            escape(str(key)),
+            escape(ticket.reason),
+            link(key) if link is not None else None,
         )
-        blocks = [
+        blocks: list[dict[str, Any]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": header}},
-            {"type": "actions", "block_id": "parley_ticket", "elements": [{
-                "type": "button", "action_id": normalize.RESOLVE_ACTION, "style": "primary",
-                "text": {"type": "plain_text", "text": messages.RESOLVE_BUTTON}, "value": str(key),
-            }]},
+            {
+                "type": "actions",
+                "block_id": "parley_ticket",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": normalize.RESOLVE_ACTION,
+                        "style": "primary",
+                        "text": {"type": "plain_text", "text": messages.RESOLVE_BUTTON},
+                        "value": str(key),
+                    }
+                ],
+            },
         ]
         response = await call(
             "chat.postMessage",
@@ -145,15 +165,22 @@ class SlackDesk:
         for page in pages:
             elements: list[dict[str, Any]] = []
             for line in page:
-                elements.append({"type": "rich_text_section", "elements": [
-                    {"type": "text", "text": f"{line.speaker}:", "style": {"bold": True}},
-                ]})
+                elements.append(
+                    {
+                        "type": "rich_text_section",
+                        "elements": [
+                            {"type": "text", "text": f"{line.speaker}:", "style": {"bold": True}},
+                        ],
+                    }
+                )
                 elements.append({"type": "rich_text_quote", "elements": [{"type": "text", "text": line.text}]})
             text = "\n".join(_fallback(line) for line in page)
             blocks = [{"type": "rich_text", "elements": elements}]
             await call(
                 "chat.postMessage",
-                self._client.chat_postMessage(channel=channel, thread_ts=ts, text=text, blocks=blocks, unfurl_links=False),
+                self._client.chat_postMessage(
+                    channel=channel, thread_ts=ts, text=text, blocks=blocks, unfurl_links=False
+                ),
             )
 
     # -- in: what people do in ticket threads -----------------------------------------------------
@@ -205,15 +232,22 @@ class SlackDesk:
         """A notice only `message`'s author sees, in the thread they acted in."""
         channel, ts = message.thread.split(":", 1)
         try:
-            await call("chat.postEphemeral", self._client.chat_postEphemeral(
-                channel=channel, user=message.user, thread_ts=ts, text=escape(text),
-            ))
+            await call(
+                "chat.postEphemeral",
+                self._client.chat_postEphemeral(
+                    channel=channel,
+                    user=message.user,
+                    thread_ts=ts,
+                    text=escape(text),
+                ),
+            )
         except PlatformError as exc:
             log.warning("could not tell %s why their %s was refused: %s", message.user, message.command, exc)
 
     async def _put(self, ticket: Ticket, message: normalize.DeskMessage, name: str, inbox: Inbox) -> None:
-        turn = ticket.turn(command=message.command, user=message.user, text=message.text,
-                           event_id=message.event_id, meta={"agent": name})
+        turn = ticket.turn(
+            command=message.command, user=message.user, text=message.text, event_id=message.event_id, agent=name
+        )
         try:
             await inbox.put(turn)
         except InboxFull:

@@ -47,7 +47,7 @@ def safe(text: str, allowed: Iterable[str] = ()) -> str:
 
 
 def encode_ids(ids: Iterable[str]) -> str:
-    """Mention ids as a turn carries them to its sink (`Turn.meta` holds strings)."""
+    """Mention ids as a turn carries them to its sink (`Turn.handle` holds strings)."""
     return " ".join(sorted(ids))
 
 

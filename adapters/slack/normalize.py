@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.slack import mrkdwn
-from bot.turns import Turn
+from bot.turns import ConversationKey, Turn
 
 PLATFORM = "slack"
-MENTIONS = "mentions"  # the `Turn.meta` key of the mentions the answer may repeat (see `mrkdwn`)
+MENTIONS = "mentions"  # the `Turn.handle` key of the mentions the answer may repeat (see `mrkdwn`)
 COMMANDS = ("help", "reset")
 # Subtypes that are still a person writing to Parley; every other one (message_changed,
 # message_deleted, channel_join, bot_message, ...) is an event about a message, not one.
@@ -129,11 +129,10 @@ def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
         at=_seconds(event.get("event_ts") or ts),
         command=command_of(text),
         reply_to=ts,
-        meta={
-            "user_team": event.get("user_team") or event.get("team") or tenant,
-            # The people and channels the user mentioned: the only mentions the answer may make live.
-            MENTIONS: mrkdwn.encode_ids(mrkdwn.mentions_in(raw)),
-        },
+        # The user's own workspace, which native streaming names (a Slack Connect guest's is another).
+        address={"user_team": event.get("user_team") or event.get("team") or tenant},
+        # The people and channels the user mentioned: the only mentions this answer may make live.
+        handle={MENTIONS: mrkdwn.encode_ids(mrkdwn.mentions_in(raw))},
     )
     no_text = not text and bool(event.get("files") or event.get("attachments"))
     return Incoming(route, turn, no_text=no_text)
@@ -153,7 +152,7 @@ def from_command(body: dict[str, Any]) -> Turn:
         # Slash commands are never retried by Slack; the trigger id is unique per invocation.
         event_id="command:" + (body.get("trigger_id") or f"{channel}:{body.get('user_id', '')}"),
         command="reset" if command_of(body.get("text") or "") == "reset" else "help",
-        meta={"response_url": body.get("response_url", "")},
+        handle={"response_url": body.get("response_url", "")},
     )
 
 
@@ -187,6 +186,12 @@ VOTE_REACTIONS = {"+1": "up", "thumbsup": "up", "-1": "down", "thumbsdown": "dow
 def desk_thread(channel: str, thread_ts: str) -> str:
     """The id a ticket thread has in `bot.handoff.flow` (a ts is only unique within its channel)."""
     return f"{channel}:{thread_ts}"
+
+
+def conversation_link(key: ConversationKey) -> str | None:
+    """A link that opens a Slack conversation (its thread, when it has one), for a ticket's header."""
+    base = f"https://app.slack.com/client/{key.tenant}/{key.channel}"
+    return f"{base}/thread/{key.channel}-{key.thread}" if key.thread else base
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -29,27 +30,50 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack.mrkdwn import decode_ids, safe
 from adapters.slack.normalize import MENTIONS
 from bot.errors import PlatformError
-from bot.reply import CLOSE_RESERVE, FENCE, EditingSink, open_fence, reply_journal
+from bot.reply import CLOSE_RESERVE, FENCE, NO_JOURNAL, EditingSink, ReplyJournal, open_fence
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 # Errors that no retry or other message can fix: the channel or the access is gone.
-PERMANENT = frozenset({
-    "channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive",
-    "token_revoked", "missing_scope", "no_permission", "restricted_action", "cant_update_message",
-    "message_not_found", "msg_too_long", "team_access_not_granted", "ekm_access_denied",
-})
+PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "no_permission",
+        "restricted_action",
+        "cant_update_message",
+        "message_not_found",
+        "msg_too_long",
+        "team_access_not_granted",
+        "ekm_access_denied",
+    }
+)
 # chat.startStream refusals that mean "use edits instead". The first group is about the
 # workspace or token (remembered for every later answer), the rest about this one place.
-STREAMING_ABSENT = frozenset({
-    "unknown_method", "not_allowed_token_type", "missing_scope", "feature_not_enabled",
-    "method_deprecated", "not_implemented",
-})
+STREAMING_ABSENT = frozenset(
+    {
+        "unknown_method",
+        "not_allowed_token_type",
+        "missing_scope",
+        "feature_not_enabled",
+        "method_deprecated",
+        "not_implemented",
+    }
+)
 STREAMING_REFUSED = STREAMING_ABSENT | {
-    "not_allowed", "method_not_supported_for_channel_type", "restricted_action", "invalid_arguments",
-    "team_not_allowed", "user_not_found",
+    "not_allowed",
+    "method_not_supported_for_channel_type",
+    "restricted_action",
+    "invalid_arguments",
+    "team_not_allowed",
+    "user_not_found",
 }
 
 
@@ -87,7 +111,12 @@ class SlackEditor:
     `allowed`: the mention ids the text may make live (see `mrkdwn.safe`)."""
 
     def __init__(
-        self, client: AsyncWebClient, *, channel: str, thread_ts: str, on_post: OnPost | None = None,
+        self,
+        client: AsyncWebClient,
+        *,
+        channel: str,
+        thread_ts: str,
+        on_post: OnPost | None = None,
         allowed: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
@@ -99,7 +128,8 @@ class SlackEditor:
     async def post(self, text: str) -> str:
         text = safe(text, self._allowed)
         response = await call(
-            "chat.postMessage", self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text)
+            "chat.postMessage",
+            self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
         )
         if self._on_post is not None:
             await self._on_post(str(response["ts"]))
@@ -107,7 +137,8 @@ class SlackEditor:
 
     async def edit(self, message_id: str, text: str) -> None:
         await call(
-            "chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=safe(text, self._allowed))
+            "chat.update",
+            self._client.chat_update(channel=self._channel, ts=message_id, text=safe(text, self._allowed)),
         )
 
 
@@ -133,10 +164,20 @@ class NativeStream:
     """
 
     def __init__(
-        self, client: AsyncWebClient, *, channel: str, thread_ts: str, user: str, team: str, limit: int,
-        on_post: OnPost | None = None, allowed: frozenset[str] = frozenset(),
+        self,
+        client: AsyncWebClient,
+        *,
+        channel: str,
+        thread_ts: str,
+        user: str,
+        team: str,
+        limit: int,
+        on_post: OnPost | None = None,
+        allowed: frozenset[str] = frozenset(),
+        journal: ReplyJournal = NO_JOURNAL,
     ) -> None:
         self._client = client
+        self._journal = journal
         self._on_post = on_post
         self._channel = channel
         self._thread_ts = thread_ts
@@ -189,10 +230,12 @@ class NativeStream:
             self.started = True
             if self._on_post is not None:
                 await self._on_post(self._ts)
-            if (journal := reply_journal.get()) is not None:
-                await journal.record([*journal.ids, self._ts])
+            await self._journal.record([*self._journal.ids, self._ts])
         else:
-            await call("chat.appendStream", self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=text))
+            await call(
+                "chat.appendStream",
+                self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=text),
+            )
         self._page += text
 
 
@@ -225,6 +268,7 @@ class SlackSink:
         interval: float,
         streaming: StreamingSupport,
         on_post: OnPost | None = None,
+        journal: ReplyJournal = NO_JOURNAL,
     ) -> None:
         self._client = client
         self._turn = turn
@@ -232,11 +276,14 @@ class SlackSink:
         self._limit = limit
         self._interval = interval
         self._streaming = streaming
-        self._allowed = decode_ids(turn.meta.get(MENTIONS))
+        self._allowed = decode_ids(turn.handle.get(MENTIONS))
         self._editing = EditingSink(
             SlackEditor(client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post, allowed=self._allowed),
-            limit=limit, interval=interval,
+            limit=limit,
+            interval=interval,
+            journal=journal,
         )
+        self._journal = journal
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
@@ -248,9 +295,15 @@ class SlackSink:
             return await self._editing.stream(chunks)
         turn = self._turn
         native = NativeStream(
-            self._client, channel=turn.channel, thread_ts=turn.thread, user=turn.user,
-            team=turn.meta.get("user_team", turn.tenant), limit=self._limit, on_post=self._on_post,
+            self._client,
+            channel=turn.channel,
+            thread_ts=turn.thread,
+            user=turn.user,
+            team=turn.address.get("user_team", turn.tenant),
+            limit=self._limit,
+            on_post=self._on_post,
             allowed=self._allowed,
+            journal=self._journal,
         )
         source = aiter(chunks)
         try:
@@ -339,7 +392,9 @@ class ResponseUrlSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformError(f"response_url failed: {type(exc).__name__}", platform=PLATFORM) from exc
         if response.status_code != 200:
-            raise PlatformError(f"response_url failed: {response.status_code}", platform=PLATFORM, status=response.status_code)
+            raise PlatformError(
+                f"response_url failed: {response.status_code}", platform=PLATFORM, status=response.status_code
+            )
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         text = "".join([chunk async for chunk in chunks])

@@ -1,5 +1,6 @@
 """The embeddable web chat: `tokens` (who a visitor is), `normalize` (frames <-> turns),
-`limits` (rate limits), `fanout` and `sink` (answers to every tab), `app` (HTTP + WebSocket),
+`limits` (rate limits), `sessions` (a tab's socket), `intake` (its frames into the inbox),
+`fanout` and `sink` (answers to every tab), `pages` (the widget's files), `app` (the server),
 `static/` (the widget: plain HTML, CSS and JS, no build step).
 
 `parley serve` finds it through the `parley.adapters` entry point `web = "adapters.web:create"`;
@@ -14,8 +15,6 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
-from adapters.web.app import WebAdapter
-from adapters.web.fanout import Fanout, LocalFanout, RedisFanout
 from adapters.web.limits import (
     HOUR,
     Addresses,
@@ -27,45 +26,52 @@ from adapters.web.limits import (
     RedisRateLimiter,
 )
 from adapters.web.tokens import TokenSigner
+from bot.adapter import AdapterContext, needs_extra
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from adapters.web.app import WebAdapter
+    from adapters.web.fanout import Fanout
 
-__all__ = ["WebAdapter", "create"]
+__all__ = ["create"]
 
 log = logging.getLogger(__name__)
 
 
-def create(runtime: Runtime) -> WebAdapter | None:
+def create(context: AdapterContext) -> WebAdapter | None:
     """The adapter, or None unless PARLEY_WEB_ENABLED. Rate limits, handoff caps and the fan-out
     of answers to tabs go through Redis when there is one (shared by every replica), else stay
-    in this process. With a support desk configured, the handoff caps become the runtime's
-    gate for web conversations (`bot.handoff.flow.HandoffGate`). A PARLEY_WEB_SECRET too short was
+    in this process. With a support desk configured, the handoff caps are registered as the
+    gate for web conversations (`bot.handoff.desk.HandoffGate`). A PARLEY_WEB_SECRET too short was
     refused when the settings were read."""
-    settings = runtime.settings.web
+    settings = context.settings.web
     if not settings.enabled:
         return None
+    with needs_extra("web", setting="PARLEY_WEB_ENABLED"):  # the HTTP server's libraries (the `web` extra)
+        from adapters.web.app import WebAdapter
+        from adapters.web.fanout import LocalFanout, RedisFanout
     if settings.secret is None:
-        log.warning("PARLEY_WEB_SECRET is unset: visitor tokens are signed with a random key, so "
-                    "visitors start new conversations whenever Parley restarts")
+        log.warning(
+            "PARLEY_WEB_SECRET is unset: visitor tokens are signed with a random key, so "
+            "visitors start new conversations whenever Parley restarts"
+        )
         secret = secrets.token_bytes(32)
     else:
         secret = settings.secret.get_secret_value().encode()
     limiter: RateLimiter
     fanout: Fanout
-    prefix = f"{runtime.settings.redis.prefix}:web:{settings.site}"
-    if runtime.redis is not None:
-        limiter = RedisRateLimiter(runtime.redis, prefix=prefix)
-        fanout = RedisFanout(runtime.redis, prefix=prefix)
+    prefix = f"{context.settings.redis.prefix}:web:{settings.site}"
+    if context.redis is not None:
+        limiter = RedisRateLimiter(context.redis, prefix=prefix)
+        fanout = RedisFanout(context.redis, prefix=prefix)
     else:
         limiter, fanout = MemoryRateLimiter(), LocalFanout()
     handoffs = None
-    if runtime.settings.handoff.enabled:
-        handoffs = handoff_caps(runtime, prefix)
-        runtime.handoff_gates[WebAdapter.platform] = handoffs
+    if context.settings.handoff.enabled:
+        handoffs = handoff_caps(context, prefix)
+        context.register_handoff_gate(WebAdapter.platform, handoffs)
     return WebAdapter(
         settings=settings,
-        store=runtime.store,
+        store=context.store,
         limiter=limiter,
         signer=TokenSigner(secret, site=settings.site, ttl=settings.token_ttl),
         fanout=fanout,
@@ -73,17 +79,20 @@ def create(runtime: Runtime) -> WebAdapter | None:
     )
 
 
-def handoff_caps(runtime: Runtime, prefix: str) -> HandoffCaps:
-    settings = runtime.settings.web
+def handoff_caps(context: AdapterContext, prefix: str) -> HandoffCaps:
+    settings = context.settings.web
     per_hour: RateLimiter
     addresses: Addresses
-    if runtime.redis is not None:
+    if context.redis is not None:
         # One slot for all of a handoff's caps: they are checked and counted together, in one script.
-        per_hour = RedisRateLimiter(runtime.redis, prefix=f"{prefix}:handoff", window=HOUR, slot="handoff")
-        addresses = RedisAddresses(runtime.redis, prefix=prefix)
+        per_hour = RedisRateLimiter(context.redis, prefix=f"{prefix}:handoff", window=HOUR, slot="handoff")
+        addresses = RedisAddresses(context.redis, prefix=prefix)
     else:
         per_hour, addresses = MemoryRateLimiter(window=HOUR), MemoryAddresses()
     return HandoffCaps(
-        limiter=per_hour, addresses=addresses,
-        visitor=settings.visitor_handoffs, ip=settings.ip_handoffs, site=settings.site_handoffs,
+        limiter=per_hour,
+        addresses=addresses,
+        visitor=settings.visitor_handoffs,
+        ip=settings.ip_handoffs,
+        site=settings.site_handoffs,
     )

@@ -44,8 +44,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bot.store.inbox import text
-from bot.runtime import cancel_and_wait
+from bot.store.redis import as_text, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +229,11 @@ class RedisFanout:
         except (TimeoutError, RedisError, OSError) as exc:
             # The tab opens anyway: run() subscribes when Redis is back, and the history and
             # every later `done` bring what it missed meanwhile.
-            log.warning("web: visitor %s's channel is not subscribed yet (%r); frames reach the tab once it is",
-                        conn.visitor, exc)
+            log.warning(
+                "web: visitor %s's channel is not subscribed yet (%r); frames reach the tab once it is",
+                conn.visitor,
+                exc,
+            )
 
     def detach(self, conn: Connection) -> None:
         self._local.detach(conn)
@@ -257,8 +259,12 @@ class RedisFanout:
             self._paused_until = time.monotonic() + PUBLISH_PAUSE
             if not self._publish_failing:
                 self._publish_failing = True
-                log.warning("web: cannot publish frames to Redis (%s: %s); tabs miss them (answers are "
-                            "still saved, and show on reload) until it is back", type(exc).__name__, exc)
+                log.warning(
+                    "web: cannot publish frames to Redis (%s: %s); tabs miss them (answers are "
+                    "still saved, and show on reload) until it is back",
+                    type(exc).__name__,
+                    exc,
+                )
             return 0
         if self._publish_failing:
             self._publish_failing = False
@@ -303,11 +309,11 @@ class RedisFanout:
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message":
-            channel = text(message["channel"])
+            channel = as_text(message["channel"])
             if channel.startswith(self._prefix):
-                self._local.deliver(channel[len(self._prefix):], text(message["data"]))
+                self._local.deliver(channel[len(self._prefix) :], as_text(message["data"]))
         elif kind == "pong":
-            ping = self._pings.pop(text(message["data"]), None)
+            ping = self._pings.pop(as_text(message["data"]), None)
             if ping is not None and not ping.done():
                 ping.set_result(True)
         # (un)subscribe confirmations: the PING after them says the same, for the one who waits
@@ -348,8 +354,9 @@ class RedisFanout:
     def _lost(self, exc: BaseException) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("web: the fan-out lost Redis (%s: %s); tabs here miss frames until it is back",
-                        type(exc).__name__, exc)
+            log.warning(
+                "web: the fan-out lost Redis (%s: %s); tabs here miss frames until it is back", type(exc).__name__, exc
+            )
 
     def _recovered(self) -> None:
         if self._down_since is not None:
@@ -359,7 +366,7 @@ class RedisFanout:
 
 async def stop_relay(task: asyncio.Task[Any]) -> None:
     """Stop `RedisFanout.run`: cancelled once in the middle of an (UN)SUBSCRIBE it could go
-    on for ever (`bot.runtime.cancel_and_wait`). A relay that had failed is logged."""
+    on for ever (`bot.store.redis.cancel_and_wait`). A relay that had failed is logged."""
     await cancel_and_wait(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("web: the fan-out's relay had failed", exc_info=task.exception())

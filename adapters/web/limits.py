@@ -11,7 +11,7 @@ memory is bounded by the limits themselves.
 replica behind a load balancer counts against one limit; `MemoryRateLimiter` is its
 in-process twin for a bot without Redis.
 
-`HandoffCaps` is the web chat's `bot.handoff.flow.HandoffGate`: a new visitor is one reload
+`HandoffCaps` is the web chat's `bot.handoff.desk.HandoffGate`: a new visitor is one reload
 away, so without it anyone could open tickets in the support channel as fast as they type.
 """
 
@@ -80,7 +80,12 @@ class RedisRateLimiter:
     `hit_all` over several keys stays in one slot (for rare events, such as handoffs)."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str, window: float = WINDOW, clock: Callable[[], float] = time.time,
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.time,
         slot: str | None = None,
     ) -> None:
         self._redis = redis
@@ -104,7 +109,9 @@ class RedisRateLimiter:
         member = f"{now_ms}:{secrets.token_hex(4)}"  # two hits in one millisecond are two hits
         keys = [self.key(key) for key, _ in hits]
         try:
-            result = await self._script(keys=keys, args=[now_ms, self._window_ms, member, *(limit for _, limit in hits)])
+            result = await self._script(
+                keys=keys, args=[now_ms, self._window_ms, member, *(limit for _, limit in hits)]
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"rate limit check failed: {exc}") from exc
         if not isinstance(result, list):
@@ -117,7 +124,9 @@ class MemoryRateLimiter:
     """The same limits in this process only. Idle keys are swept now and then, so the table
     holds only keys hit within the last window."""
 
-    def __init__(self, *, window: float = WINDOW, clock: Callable[[], float] = time.monotonic, sweep_every: int = 1000) -> None:
+    def __init__(
+        self, *, window: float = WINDOW, clock: Callable[[], float] = time.monotonic, sweep_every: int = 1000
+    ) -> None:
         self._window = window
         self._clock = clock
         self._logs: dict[str, deque[float]] = {}
@@ -229,6 +238,12 @@ class HandoffCaps:
             return True
         key, wait = refused
         cap = self._caps[key.partition(":")[0]]
-        log.warning("web: handoff (%s) refused: %s is over its cap of %d an hour (a slot frees in %.0f s)",
-                    reason, key, cap, wait, extra=turn_fields(turn))
+        log.warning(
+            "web: handoff (%s) refused: %s is over its cap of %d an hour (a slot frees in %.0f s)",
+            reason,
+            key,
+            cap,
+            wait,
+            extra=turn_fields(turn),
+        )
         return False

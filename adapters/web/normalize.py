@@ -35,11 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.store.context import Message
-from bot.dialogue.manager import check_size
 from bot.errors import ParleyError
-from bot.ops.stats import VOTES
-from bot.turns import Turn
+from bot.store.context import Message
+from bot.turns import VOTES, ConversationKey, Turn, check_size
 
 PLATFORM = "web"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -125,11 +123,20 @@ def event_id(conversation: str, client_id: str) -> str:
     return f"{conversation}:{client_id}"
 
 
+def conversation_key(conversation: str, *, site: str) -> ConversationKey:
+    """The key of a visitor's conversation, as its turns carry it (`Turn.key`)."""
+    return ConversationKey(PLATFORM, site, conversation)
+
+
 def to_turn(say: Say, *, conversation: str, site: str) -> Turn:
     """The turn for a visitor's message: one conversation per visitor (channel = user =
     `conversation`, the hash of the visitor id: never the id inside the token)."""
     return Turn(
-        platform=PLATFORM, tenant=site, channel=conversation, user=conversation, text=say.text,
+        platform=PLATFORM,
+        tenant=site,
+        channel=conversation,
+        user=conversation,
+        text=say.text,
         event_id=event_id(conversation, say.id),
     )
 
@@ -145,8 +152,14 @@ def feedback_turn(vote: Vote, *, conversation: str, site: str) -> Turn:
     if match is None or match.group(1) != conversation:
         raise BadFrame("bad_field", "answer is not one of this visitor's answers")
     return Turn(
-        platform=PLATFORM, tenant=site, channel=conversation, user=conversation, text=vote.vote,
-        event_id=f"{vote.answer}:feedback:{vote.id or secrets.token_hex(8)}", command="feedback", reply_to=vote.answer,
+        platform=PLATFORM,
+        tenant=site,
+        channel=conversation,
+        user=conversation,
+        text=vote.vote,
+        event_id=f"{vote.answer}:feedback:{vote.id or secrets.token_hex(8)}",
+        command="feedback",
+        reply_to=vote.answer,
     )
 
 

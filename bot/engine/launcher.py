@@ -32,12 +32,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 
-from bot.engine import demo_model
-
-from bot.engine import embedder_model
 from bot.config import EngineSettings
+from bot.engine import demo_model, embedder_model
 from bot.errors import ParleyError
 
 log = logging.getLogger(__name__)
@@ -138,7 +136,11 @@ def ensure_demo_model(paths: EnginePaths, say: Callable[[str], None] = log.info)
         shutil.rmtree(building, ignore_errors=True)
         script = Path(demo_model.__file__)
         # -P: the script's folder (bot/) must not shadow stdlib modules in that interpreter.
-        _run([str(paths.python), "-P", str(script), str(building)], paths.logs / "demo-model.log", "building the demo model")
+        _run(
+            [str(paths.python), "-P", str(script), str(building)],
+            paths.logs / "demo-model.log",
+            "building the demo model",
+        )
         shutil.rmtree(paths.demo_model, ignore_errors=True)
         building.rename(paths.demo_model)
     return paths.demo_model
@@ -181,18 +183,26 @@ def free_port(host: str = "127.0.0.1") -> int:
 def engine_args(settings: EngineSettings, *, model: str, served_name: str, port: int, gpu: bool) -> list[str]:
     """The vLLM server's command-line flags that Parley relies on."""
     args = [
-        "--model", model,
-        "--served-model-name", served_name,
-        "--host", settings.host,
-        "--port", str(port),
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        settings.host,
+        "--port",
+        str(port),
         # Parley lays prompts out stable-first; this is what turns that into speed.
         "--enable-prefix-caching",
-        "--block-size", str(settings.block_size),
+        "--block-size",
+        str(settings.block_size),
         # A bound on concurrent sequences keeps latency sane when many chats arrive at once.
-        "--max-num-seqs", str(settings.max_num_seqs),
-        "--max-model-len", str(settings.max_model_len),
+        "--max-num-seqs",
+        str(settings.max_num_seqs),
+        "--max-model-len",
+        str(settings.max_model_len),
         # Constrained labels (intent routing) use vLLM's structured outputs.
-        "--structured-outputs-config", '{"backend": "xgrammar"}',
+        "--structured-outputs-config",
+        '{"backend": "xgrammar"}',
     ]
     if not gpu:
         # CUDA-graph-free start-up (~25 s) and a KV cache sized for a small machine.
@@ -231,7 +241,9 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs / f"engine-{port}.log"
     cmd = [
-        str(paths.python), "-m", "vllm.entrypoints.openai.api_server",
+        str(paths.python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
         *engine_args(settings, model=model, served_name=served, port=port, gpu=has_gpu()),
     ]
     if sys.platform == "linux":
@@ -257,13 +269,14 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
 
 async def _wait_healthy(proc: asyncio.subprocess.Process, url: str, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    async with aiohttp.ClientSession(timeout=_each_wait(2.0)) as http:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 raise EngineSetupFailed(f"vLLM exited with code {proc.returncode} during start-up", log_path=log_path)
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(url)).status_code == 200:
-                    return
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 0.5)
     await _stop(proc)
@@ -275,13 +288,28 @@ async def _warm_up(base_url: str, model: str, width: int) -> None:
     are compiled now: otherwise the first users' turns pay for it (measured: the first
     16 concurrent turns after start-up took 7 s and ran mostly one at a time; the next
     16 took 1.7 s, 31 tokens per engine step)."""
-    async with httpx.AsyncClient(timeout=300) as http:
+    async with aiohttp.ClientSession(timeout=_each_wait(300)) as http:
+
+        async def ask(body: dict[str, object]) -> None:
+            async with http.post(f"{base_url}/chat/completions", json=body) as response:
+                await response.read()
+
         for length in (50, 500, 2000):  # short and long prompts take different kernels
             body = {
-                "model": model, "max_tokens": 8, "ignore_eos": True,
-                "messages": [{"role": "system", "content": "Warm up. " * (length // 9)}, {"role": "user", "content": "hi"}],
+                "model": model,
+                "max_tokens": 8,
+                "ignore_eos": True,
+                "messages": [
+                    {"role": "system", "content": "Warm up. " * (length // 9)},
+                    {"role": "user", "content": "hi"},
+                ],
             }
-            await asyncio.gather(*(http.post(f"{base_url}/chat/completions", json=body) for _ in range(width)))
+            await asyncio.gather(*(ask(body) for _ in range(width)))
+
+
+def _each_wait(seconds: float) -> aiohttp.ClientTimeout:
+    """A bound on each wait (for a connection, then for the next bytes), not on the whole request."""
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float = 15.0) -> None:

@@ -9,14 +9,14 @@ decorated `@register("intent")`, imported in `build_handlers`; nothing else chan
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.config import Settings
-from bot.store.context import Context
-from bot.llm.client import LLMClient
+from bot.llm.client import LLM, CallScope
 from bot.routing.router import Route
+from bot.store.context import Context
 from bot.tenants import TenantConfig
 from bot.turns import Turn
 
@@ -27,17 +27,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Request:
     """One turn as a handler sees it. `turn.text` is the moderated text (redacted where
-    the tenant said so); `route.text` is what the handler works on."""
+    the tenant said so); `route.text` is what the handler works on; every engine call it
+    makes passes `scope` (the conversation's engine, the turn's token meter)."""
 
     turn: Turn
     context: Context
     route: Route
     tenant: TenantConfig
+    scope: CallScope
 
 
 class Handler(Protocol):
-    def answer(self, request: Request) -> AsyncIterator[str]:
-        """Stream the answer's text. Closing the iterator early must cancel the work."""
+    def answer(self, request: Request) -> AsyncGenerator[str, None]:
+        """Stream the answer's text (an async generator: the caller closes it early with
+        `aclose()`, which must cancel the work, e.g. abort the engine request)."""
         ...
 
 
@@ -55,8 +58,8 @@ class Services:
     """What the composition root hands every handler factory."""
 
     settings: Settings
-    llm: LLMClient
-    kb: KnowledgeBase | None = None
+    llm: LLM
+    kb: KnowledgeBase
 
 
 HandlerFactory = Callable[[Services], Handler]

@@ -10,14 +10,14 @@ with no knowledge base at all gets plain chat.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from bot import messages
 from bot.handlers import Request, Services, register, system_prompt
 from bot.handlers.chat import ChatHandler
 from bot.knowledge.base import Hit, Index
-from bot.ops.logs import turn_fields
 from bot.llm.prompts import build_messages
+from bot.ops.logs import turn_fields
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ class QAHandler:
 
     async def _index(self, request: Request) -> Index | None:
         """The tenant's knowledge base, or None when nothing was ingested for it."""
-        index = await self._kb.index(request.tenant.knowledge_base) if self._kb else None
+        index = await self._kb.index(request.tenant.knowledge_base)
         return index if index is not None and index.chunks else None
 
     async def answers_as_chat(self, request: Request) -> bool:
         return await self._index(request) is None
 
-    async def answer(self, request: Request) -> AsyncIterator[str]:
+    async def answer(self, request: Request) -> AsyncGenerator[str, None]:
         index = await self._index(request)
         if index is None:
             # No knowledge base was ingested for this tenant: "I don't know" to every
@@ -61,7 +61,6 @@ class QAHandler:
             async for delta in self._chat.answer(request):
                 yield delta
             return
-        assert self._kb is not None  # the index came from it
         question = request.route.text or request.turn.text
         hits = await self._kb.search(index, question)
         log.info(
@@ -76,7 +75,7 @@ class QAHandler:
             return
         prompt = system_prompt(self._settings, request.tenant)
         chat = build_messages(prompt, request.context, question_with_passages(question, hits))
-        async with self._llm.stream(chat) as stream:
+        async with self._llm.stream(chat, scope=request.scope) as stream:
             async for delta in stream:
                 yield delta
         yield sources(hits)

@@ -16,7 +16,7 @@ short fixed system prompt is what the cache serves.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from bot import messages
@@ -106,7 +106,7 @@ class TranslateHandler:
     def __init__(self, services: Services) -> None:
         self._llm = services.llm
 
-    async def answer(self, request: Request) -> AsyncIterator[str]:
+    async def answer(self, request: Request) -> AsyncGenerator[str, None]:
         named = request.turn.target_language
         target = code_for(named) if named else request.route.target or request.tenant.language
         if target is None:
@@ -118,11 +118,14 @@ class TranslateHandler:
             yield messages.already_in(NAMES.get(target, target))
             return
         chat = [
-            {"role": "system", "content": system_prompt(NAMES.get(source, "the source language"), NAMES.get(target, target))},
+            {
+                "role": "system",
+                "content": system_prompt(NAMES.get(source, "the source language"), NAMES.get(target, target)),
+            },
             {"role": "user", "content": masked.text},
         ]
         unmasker = Unmasker(masked.spans)
-        async with self._llm.stream(chat) as stream:
+        async with self._llm.stream(chat, scope=request.scope) as stream:
             async for delta in stream:
                 if restored := unmasker.feed(delta):
                     yield restored

@@ -30,15 +30,17 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from math import inf
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.config import KBSettings
-from bot.routing.embeddings import Embedder
 from bot.errors import FetchError, KnowledgeBaseError, StoreUnavailable
 from bot.knowledge.netguard import Fetched, SafeFetcher, shown
+from bot.routing.embeddings import Embedder
+from bot.store.redis import as_text
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ class IngestStats:
 class _HTMLText(html.parser.HTMLParser):
     """HTML to the Markdown-ish text the chunker reads: headings become `#` lines."""
 
-    BLOCKS = {"p", "div", "li", "section", "article", "br", "tr", "pre", "blockquote", "table", "ul", "ol"}
+    BLOCKS: ClassVar[frozenset[str]] = frozenset(
+        {"p", "div", "li", "section", "article", "br", "tr", "pre", "blockquote", "table", "ul", "ol"}
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -260,7 +264,9 @@ async def _fetch_urls(path: Path, settings: KBSettings, progress: Callable[[str]
     urls = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     docs: list[Document] = []
     skipped: list[Skipped] = []
-    fetcher = SafeFetcher(allow=settings.fetch_allow, max_bytes=settings.fetch_max_bytes, timeout=settings.fetch_timeout)
+    fetcher = SafeFetcher(
+        allow=settings.fetch_allow, max_bytes=settings.fetch_max_bytes, timeout=settings.fetch_timeout
+    )
     async with fetcher:
         for number, url in enumerate(urls, 1):
             progress(f"fetching {number}/{len(urls)}: {shown(url)}")
@@ -374,7 +380,9 @@ class KnowledgeBase:
         return ":".join((self._prefix, "kb", name, *parts))
 
     def _digest(self, doc: Document) -> str:
-        recipe = f"{self._embedder.name}|{self._settings.chunk_chars}|{self._settings.overlap_chars}|{doc.title}|{doc.url}|"
+        recipe = (
+            f"{self._embedder.name}|{self._settings.chunk_chars}|{self._settings.overlap_chars}|{doc.title}|{doc.url}|"
+        )
         return hashlib.sha256((recipe + doc.text).encode()).hexdigest()
 
     def _need_redis(self) -> Redis:
@@ -397,7 +405,7 @@ class KnowledgeBase:
         stats = IngestStats()
         docs_key = self._key(name, "docs")
         try:
-            stored = {k.decode(): json.loads(v) for k, v in (await redis.hgetall(docs_key)).items()}
+            stored = {as_text(k): json.loads(v) for k, v in (await redis.hgetall(docs_key)).items()}
             for number, doc in enumerate(documents, 1):
                 sha = self._digest(doc)
                 old = stored.get(doc.source)
@@ -411,11 +419,14 @@ class KnowledgeBase:
                 meta = {"sha": sha, "title": doc.title, "url": doc.url, "key": doc_key, "chunks": len(chunks)}
                 async with redis.pipeline(transaction=True) as pipe:
                     pipe.delete(doc_key)
-                    pipe.hset(doc_key, mapping={
-                        "chunks": json.dumps([[c.heading, c.text] for c in chunks]),
-                        "vectors": np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
-                        "model": self._embedder.name,
-                    })
+                    pipe.hset(
+                        doc_key,
+                        mapping={
+                            "chunks": json.dumps([[c.heading, c.text] for c in chunks]),
+                            "vectors": np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
+                            "model": self._embedder.name,
+                        },
+                    )
                     pipe.hset(docs_key, doc.source, json.dumps(meta))
                     pipe.incr(self._key(name, "version"))
                     await pipe.execute()
@@ -463,7 +474,7 @@ class KnowledgeBase:
 
     async def _load(self, name: str, version: int) -> Index:
         assert self._redis is not None
-        docs = {k.decode(): json.loads(v) for k, v in (await self._redis.hgetall(self._key(name, "docs"))).items()}
+        docs = {as_text(k): json.loads(v) for k, v in (await self._redis.hgetall(self._key(name, "docs"))).items()}
         chunks: list[Chunk] = []
         rows: list[np.ndarray] = []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -479,7 +490,8 @@ class KnowledgeBase:
             rows.append(np.frombuffer(raw_vectors, dtype=np.float32).reshape(meta["chunks"], -1))
         if len(chunks) > self._settings.max_chunks:
             raise KnowledgeBaseError(
-                f"knowledge base {name} has {len(chunks)} chunks, over PARLEY_KB_MAX_CHUNKS={self._settings.max_chunks}: "
+                f"knowledge base {name} has {len(chunks)} chunks, "
+                f"over PARLEY_KB_MAX_CHUNKS={self._settings.max_chunks}: "
                 "the in-process index is the wrong tool at this size; use a vector store"
             )
         vectors = np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.float32)
@@ -487,7 +499,9 @@ class KnowledgeBase:
 
     async def build_index(self, documents: Sequence[Document]) -> Index:
         """An index in memory only, for `parley eval kb`."""
-        chunks = [c for d in documents for c in chunk_document(d, self._settings.chunk_chars, self._settings.overlap_chars)]
+        chunks = [
+            c for d in documents for c in chunk_document(d, self._settings.chunk_chars, self._settings.overlap_chars)
+        ]
         return Index(tuple(chunks), await self._embedder.embed([embedding_text(c) for c in chunks]))
 
     async def search(self, index: Index, question: str) -> list[Hit]:

@@ -140,7 +140,9 @@ def url_refusal(url: URL | str, allow: Sequence[IPNetwork] = ()) -> str | None:
     remain to be checked (which `GuardedResolver` does as the connector resolves it)."""
     url = URL(url) if isinstance(url, str) else url
     if url.scheme not in SCHEMES:
-        return f"only http and https URLs are fetched, not {url.scheme + ':' if url.scheme else 'a URL without a scheme'}"
+        return (
+            f"only http and https URLs are fetched, not {url.scheme + ':' if url.scheme else 'a URL without a scheme'}"
+        )
     host = (url.host or "").lower().rstrip(".")
     if not host:
         return "the URL has no host"
@@ -167,7 +169,9 @@ class GuardedResolver(AbstractResolver):
         self._allow = tuple(allow)
         self._inner = inner
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         if host.lower().rstrip(".") in METADATA_HOSTS:
             raise FetchError(host, f"{host} is a cloud metadata host", kind="address")
         if self._inner is None:
@@ -283,7 +287,9 @@ class SafeFetcher:
         for hop in range(self._max_redirects + 1):
             where = f"redirect to {current}: " if hop else ""
             if (reason := url_refusal(current, self._allow)) is not None:
-                raise FetchError(asked, f"{where}refused: {reason}", kind="address" if current.scheme in SCHEMES else "scheme")
+                raise FetchError(
+                    asked, f"{where}refused: {reason}", kind="address" if current.scheme in SCHEMES else "scheme"
+                )
             try:
                 async with session.get(
                     current,
@@ -298,7 +304,9 @@ class SafeFetcher:
                         current = _bare(current.join(URL(location)))
                         continue
                     if response.status >= 400:
-                        raise FetchError(asked, f"{where}HTTP {response.status} {response.reason or ''}".rstrip(), kind="status")
+                        raise FetchError(
+                            asked, f"{where}HTTP {response.status} {response.reason or ''}".rstrip(), kind="status"
+                        )
                     body = await self._read(response, asked, where)
                     return Fetched(str(current), response.content_type, response.charset, body)
             except FetchError as exc:
@@ -307,7 +315,9 @@ class SafeFetcher:
                 # From GuardedResolver, which knows the host but not the URL or the hop.
                 raise FetchError(asked, f"{where}refused: {exc.reason}", kind="address") from None
             except (aiohttp.ClientError, ValueError) as exc:
-                raise FetchError(asked, f"{where}cannot fetch it: {exc.__class__.__name__}: {exc}", kind="network") from None
+                raise FetchError(
+                    asked, f"{where}cannot fetch it: {exc.__class__.__name__}: {exc}", kind="network"
+                ) from None
         raise FetchError(asked, f"more than {self._max_redirects} redirects", kind="redirects")
 
     async def _read(self, response: aiohttp.ClientResponse, asked: str, where: str) -> bytes:

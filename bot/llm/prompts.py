@@ -27,4 +27,3 @@ def build_messages(system_prompt: str, context: Context, text: str) -> list[dict
         else:
             messages.append({"role": message.role, "content": message.content})
     return messages
-

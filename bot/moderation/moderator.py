@@ -23,75 +23,18 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from bot.errors import LLMError
-from bot.llm.client import LLMClient
+from bot.llm.client import LLM, CallScope
+from bot.moderation.pii import find_pii, redact_found, redact_pii
 from bot.ops.logs import turn_fields
 from bot.tenants import CATEGORIES, ModerationConfig
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
-
-PII_KINDS = ("email", "phone", "card", "iban")
-
-# Linear in the text's length: a local part is read at most 64 characters back from its "@"
-# and a domain's first label at most 63 forward (the limits of RFC 5321 and 1035), so a long
-# run of word characters and dots ("a.a.a…", a token) is not read again from each of its word
-# boundaries to its end (that was quadratic: 0.15 s on 8,000 characters, 15 s on 80,000). A
-# start next to a word character (a word boundary, as before, or inside a word) redacts even
-# an over-long local part's last 64 characters.
-_EMAIL = re.compile(r"(?>(?<=\w)|(?=\w))[\w.+-]{1,64}+@[\w-]{1,63}+(?:\.[\w-]+)+\b")
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
-# +country or a leading 0, then 6-14 more digits with spaces, dots, dashes or brackets.
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?|\(?0)\(?\d{1,4}\)?(?:[\s.-]?\d){5,12}(?!\w)")
-_NOT_DIGIT = re.compile(r"\D")
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def iban_ok(iban: str) -> bool:
-    compact = iban.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
-        return False
-    moved = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
-
-
-def find_pii(text: str) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of each piece of personal data, without overlaps, in order."""
-    found: list[tuple[str, int, int]] = []
-
-    def free(start: int, end: int) -> bool:
-        return all(end <= s or start >= e for _, s, e in found)
-
-    for m in _EMAIL.finditer(text):
-        found.append(("email", m.start(), m.end()))
-    for m in _IBAN.finditer(text):
-        if free(m.start(), m.end()) and iban_ok(m[0]):
-            found.append(("iban", m.start(), m.end()))
-    for m in _CARD.finditer(text):
-        digits = _NOT_DIGIT.sub("", m[0])
-        if free(m.start(), m.end()) and 13 <= len(digits) <= 19 and luhn_ok(digits):
-            found.append(("card", m.start(), m.end()))
-    for m in _PHONE.finditer(text):
-        digits = _NOT_DIGIT.sub("", m[0])
-        if free(m.start(), m.end()) and 7 <= len(digits) <= 15:
-            found.append(("phone", m.start(), m.end()))
-    return sorted(found, key=lambda f: f[1])
-
 
 # Words of an exasperated customer. One alone is ordinary feedback ("that answer was useless");
 # with shouting, "!!" or a second such word it is anger.
@@ -115,19 +58,6 @@ def sounds_angry(text: str, *, profane: bool = False) -> bool:
     letters = [c for c in text if c.isalpha()]
     shouting = len(letters) >= 8 and sum(c.isupper() for c in letters) >= 0.7 * len(letters)
     return complaints >= 2 or shouting or "!!" in text
-
-
-def redact_pii(text: str, *, keep: Callable[[str, str], bool] | None = None) -> str:
-    """`text` with each piece of personal data replaced by `[kind removed]`; `keep(kind, piece)`
-    may spare a piece (log lines spare ids that only look like card numbers)."""
-    return _redacted(text, find_pii(text), keep)
-
-
-def _redacted(text: str, found: list[tuple[str, int, int]], keep: Callable[[str, str], bool] | None = None) -> str:
-    for kind, start, end in reversed(found):
-        if keep is None or not keep(kind, text[start:end]):
-            text = text[:start] + f"[{kind} removed]" + text[end:]
-    return text
 
 
 class _Profanity:
@@ -172,20 +102,25 @@ class _Profanity:
         return False
 
     def _reads_as(self, word: str, target: str) -> bool:
-        return len(word) == len(target) and all(t in self._reads.get(c, (c,)) for c, t in zip(word, target, strict=True))
+        return len(word) == len(target) and all(
+            t in self._reads.get(c, (c,)) for c, t in zip(word, target, strict=True)
+        )
 
     def _spans(self, text: str) -> list[tuple[int, int]]:
         matches = list(self.WORD.finditer(text.lower()))
         words = [m.group() for m in matches]
         spans = [
-            (m.start(), m.end()) for m, w in zip(matches, words, strict=True)
+            (m.start(), m.end())
+            for m, w in zip(matches, words, strict=True)
             if self._bad(w) or ((bare := w.rstrip(".!")) != w and self._bad(bare))
         ]
         for i, word in enumerate(words):
             for first in self._reads.get(word[0], word[0]):
                 for phrase in self._phrases.get((len(word), first), ()):
                     n = len(phrase)
-                    if i + n <= len(words) and all(self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)):
+                    if i + n <= len(words) and all(
+                        self._reads_as(w, t) for w, t in zip(words[i : i + n], phrase, strict=True)
+                    ):
                         spans.append((matches[i].start(), matches[i + n - 1].end()))
         return spans
 
@@ -252,11 +187,19 @@ LLM_PROMPT = (
 class Moderator:
     """Built once by the composition root; `check` runs per text."""
 
-    llm: LLMClient | None
+    llm: LLM
     reporter: ModerationReporter = field(default_factory=LoggingReporter)
     _profanity: _Profanity = field(default_factory=_Profanity)
 
-    async def check(self, turn: Turn, text: str, config: ModerationConfig, *, direction: str = "input") -> Verdict:
+    async def check(
+        self,
+        turn: Turn,
+        text: str,
+        config: ModerationConfig,
+        *,
+        direction: str = "input",
+        scope: CallScope | None = None,
+    ) -> Verdict:
         refuse: list[str] = []
         flags: list[str] = []
         redacted: list[str] = []
@@ -266,14 +209,14 @@ class Moderator:
             kinds = tuple(dict.fromkeys(kind for kind, _, _ in pii))
             self._apply(config.personal_data, kinds, refuse, flags, redacted)
             if config.personal_data == "redact":
-                out = _redacted(out, pii)
+                out = redact_found(out, pii)
         profane = config.profanity != "off" and self._profanity.found(out)
         if profane:
             self._apply(config.profanity, ("profanity",), refuse, flags, redacted)
             if config.profanity == "redact":
                 out = self._profanity.censor(out)
-        if direction == "input" and config.llm_check and self.llm is not None and not refuse:
-            category = await self._classify(out)
+        if direction == "input" and config.llm_check and not refuse:
+            category = await self._classify(out, scope)
             if category != "none":
                 self._apply(config.llm_action, (category,), refuse, flags, redacted)
                 if config.llm_action == "redact":  # a whole message cannot be partly harassment-free
@@ -292,11 +235,12 @@ class Moderator:
     def _apply(action: str, kinds: tuple[str, ...], refuse: list[str], flags: list[str], redacted: list[str]) -> None:
         {"refuse": refuse, "flag": flags, "redact": redacted}[action].extend(kinds)
 
-    async def _classify(self, text: str) -> str:
-        assert self.llm is not None
+    async def _classify(self, text: str, scope: CallScope | None) -> str:
         try:
             return await self.llm.choose(
-                [{"role": "system", "content": LLM_PROMPT}, {"role": "user", "content": text}], ["none", *CATEGORIES]
+                [{"role": "system", "content": LLM_PROMPT}, {"role": "user", "content": text}],
+                ["none", *CATEGORIES],
+                scope=scope,
             )
         except LLMError as exc:
             # The local checks have run; an engine failure here is the answer's problem, not moderation's.
@@ -307,7 +251,11 @@ class Moderator:
         if not (verdict.reasons or verdict.flags or verdict.redacted):
             return
         safe = redact_pii(verdict.text)
-        for action, categories in (("refused", verdict.reasons), ("flagged", verdict.flags), ("redacted", verdict.redacted)):
+        for action, categories in (
+            ("refused", verdict.reasons),
+            ("flagged", verdict.flags),
+            ("redacted", verdict.redacted),
+        ):
             if categories:
                 event = ModerationEvent(turn, direction, categories, action, safe, config.moderators_channel)
                 try:

@@ -14,13 +14,21 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from bot.adapter import Adapter
+from bot.config import Settings
+from bot.ops.health import Degraded
 from bot.ops.metrics import Metrics
-from bot.runtime import Runtime
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from bot.llm.client import LLMClient
 
 log = logging.getLogger(__name__)
 
@@ -31,31 +39,42 @@ def adapter_ready(adapter: Adapter) -> bool:
     return ready is None or ready.is_set()
 
 
-async def readiness(runtime: Runtime, adapters: Sequence[Adapter]) -> dict[str, bool]:
+@dataclass(frozen=True)
+class Watched:
+    """What the ops endpoint looks at: the process's settings, clients and optional steps."""
+
+    settings: Settings
+    redis: Redis | None
+    llm: LLMClient
+    metrics: Metrics
+    degraded: Degraded
+
+
+async def readiness(watched: Watched, adapters: Sequence[Adapter]) -> dict[str, bool]:
     checks: dict[str, bool] = {}
-    if runtime.redis is not None:
+    if watched.redis is not None:
         try:
-            async with asyncio.timeout(runtime.settings.redis.socket_timeout):
-                checks["redis"] = bool(await runtime.redis.ping())
+            async with asyncio.timeout(watched.settings.redis.socket_timeout):
+                checks["redis"] = bool(await watched.redis.ping())
         except (RedisError, OSError, TimeoutError):
             checks["redis"] = False
-    checks["llm"] = any((await runtime.llm.health()).values())
+    checks["llm"] = any((await watched.llm.health()).values())
     for adapter in adapters:
         checks[f"adapter:{adapter.platform}"] = adapter_ready(adapter)
     return checks
 
 
 @asynccontextmanager
-async def ops_server(runtime: Runtime, adapters: Sequence[Adapter], metrics: Metrics) -> AsyncIterator[int]:
+async def ops_server(watched: Watched, adapters: Sequence[Adapter]) -> AsyncIterator[int]:
     """Serve the endpoints for as long as the context is open; yields the bound port."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = await readiness(runtime, adapters)
+        checks = await readiness(watched, adapters)
         body: dict[str, object] = dict(checks)
-        if problems := runtime.degraded.problems():
+        if problems := watched.degraded.problems():
             body["degraded"] = problems
         return web.Response(
             status=200 if all(checks.values()) else 503,
@@ -64,7 +83,9 @@ async def ops_server(runtime: Runtime, adapters: Sequence[Adapter], metrics: Met
         )
 
     async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(
+            body=watched.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -72,10 +93,10 @@ async def ops_server(runtime: Runtime, adapters: Sequence[Adapter], metrics: Met
     app.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    settings = runtime.settings.ops
+    settings = watched.settings.ops
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    port = metrics.ops_port = runner.addresses[0][1]
+    port = watched.metrics.ops_port = runner.addresses[0][1]
     log.info("ops endpoint on %s:%s (/healthz, /readyz, /metrics)", settings.host, port)
     try:
         yield port

@@ -55,8 +55,9 @@ class Degraded:
         (waiting `first_delay`, doubling up to `max_delay`) until it succeeds; the block goes
         on meanwhile. `explain` turns a failure into the line logged and reported. The task
         is cancelled and awaited when the block ends."""
-        task = asyncio.create_task(self._keep_trying(step, attempt, explain, first_delay, max_delay),
-                                   name=f"optional-{step}")
+        task = asyncio.create_task(
+            self._keep_trying(step, attempt, explain, first_delay, max_delay), name=f"optional-{step}"
+        )
         try:
             yield
         finally:
@@ -72,8 +73,12 @@ class Degraded:
                 failures += 1
                 problem = explain(exc)
                 if self._problems.get(step) != problem:  # once per distinct problem, not per retry
-                    log.warning("%s failed: %s (Parley keeps serving; trying again in %g s, then backing off)",
-                                step, problem, delay)
+                    log.warning(
+                        "%s failed: %s (Parley keeps serving; trying again in %g s, then backing off)",
+                        step,
+                        problem,
+                        delay,
+                    )
                 log.debug("%s failed (attempt %s)", step, failures, exc_info=exc)
                 self.report(step, problem)
                 await asyncio.sleep(delay)

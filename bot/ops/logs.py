@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.config import LogSettings
+from bot.moderation.pii import redact_pii
 from bot.turns import Turn
 
 FIELDS = ("conversation", "event")
@@ -50,8 +51,6 @@ def redactor(*, pii: bool) -> Callable[[str], str]:
     """What a log line goes through: tokens masked, and personal data too with `pii`."""
     if not pii:
         return mask_tokens
-    # Imported here, not at the top: moderation logs through this module.
-    from bot.moderation.moderator import redact_pii
 
     def an_id(kind: str, piece: str) -> bool:
         return kind == "card" and _SNOWFLAKE.fullmatch(piece) is not None
@@ -101,6 +100,3 @@ def setup_logging(settings: LogSettings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
-    # Client libraries log request URLs at INFO; keep them out of ours.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

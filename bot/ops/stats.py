@@ -33,15 +33,15 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from bot.errors import StoreUnavailable
-from bot.turns import ConversationKey, Turn
+from bot.store.redis import as_text, store_errors
+from bot.turns import FEEDBACK, ConversationKey, Turn
 
 log = logging.getLogger(__name__)
 
 STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
-VOTES = ("up", "down")
-FEEDBACK = "feedback"  # the command of a vote's turn (`bot.handoff.flow` handles it)
 COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
 FLUSH_DELAY = 0.05  # seconds answers and handoffs are counted in memory before one write
 MAX_PENDING = 10_000  # counts kept while Redis fails; more are dropped with a warning
@@ -78,11 +78,16 @@ class DayStats:
     def to_dict(self) -> dict[str, object]:
         share = self.without_human_share
         return {
-            "tenant": self.tenant, "day": self.day, "answers": self.answers, "handoffs": self.handoffs,
-            "resolved_by_person": self.resolved, "conversations": self.conversations,
+            "tenant": self.tenant,
+            "day": self.day,
+            "answers": self.answers,
+            "handoffs": self.handoffs,
+            "resolved_by_person": self.resolved,
+            "conversations": self.conversations,
             "without_human": self.without_human,
             "without_human_percent": round(share * 100, 1) if share is not None else None,
-            "up": self.up, "down": self.down,
+            "up": self.up,
+            "down": self.down,
         }
 
 
@@ -156,7 +161,7 @@ class RedisStats:
     async def _write(self, pending: list[tuple[Turn, str, str]]) -> None:
         counts: Counter[tuple[str, str]] = Counter()
         conversations: defaultdict[str, set[str]] = defaultdict(set)
-        answers: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        answers: defaultdict[str, dict[FieldT, EncodableT]] = defaultdict(dict)
         for turn, counter, day in pending:
             key = self._day(turn.tenant, day)
             counts[key, counter] += 1
@@ -165,7 +170,7 @@ class RedisStats:
                 conversations[f"{key}:handed"].add(str(turn.key))
             else:
                 answers[f"{self._prefix}:answers:{turn.key.hash_tag}"][turn.event_id] = day
-        try:
+        with store_errors(f"stats update failed ({len(pending)} counts lost)"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(f"{self._prefix}:stats:tenants", *{turn.tenant for turn, _, _ in pending})
                 for (key, counter), n in counts.items():
@@ -173,12 +178,12 @@ class RedisStats:
                 for key in {key for key, _ in counts}:
                     pipe.expire(key, STATS_TTL)
                 for key, members in conversations.items():
-                    pipe.pfadd(key, *members).expire(key, STATS_TTL)
+                    pipe.pfadd(key, *members)
+                    pipe.expire(key, STATS_TTL)
                 for key, fields in answers.items():
-                    pipe.hset(key, mapping=fields).expire(key, self._ttl)
+                    pipe.hset(key, mapping=fields)
+                    pipe.expire(key, self._ttl)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"stats update failed ({len(pending)} counts lost): {exc}") from exc
 
     async def aclose(self) -> None:
         """Write what is buffered (the owner calls this before closing Redis)."""
@@ -197,22 +202,23 @@ class RedisStats:
 
     async def resolved(self, turn: Turn) -> None:
         day = self._day(turn.tenant, day_of())
-        try:
+        with store_errors("stats update failed"):
             async with self._redis.pipeline(transaction=False) as pipe:
-                await pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant).hincrby(day, "resolved", 1).expire(
-                    day, STATS_TTL
-                ).execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"stats update failed: {exc}") from exc
+                pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant)
+                pipe.hincrby(day, "resolved", 1)
+                pipe.expire(day, STATS_TTL)
+                await pipe.execute()
 
     async def vote(self, turn: Turn, answer: str, vote: str) -> str:
         answers = f"{self._prefix}:answers:{turn.key.hash_tag}"
         votes = f"{self._prefix}:votes:{turn.key.hash_tag}"
         field_ = f"{answer}:{turn.user}"
         await self.flush()  # the answer voted on may still be in the buffer
-        try:
+        with store_errors("storing a vote failed"):
             async with self._redis.pipeline(transaction=False) as pipe:
-                known, before = await pipe.hexists(answers, answer).hget(votes, field_).execute()
+                pipe.hexists(answers, answer)
+                pipe.hget(votes, field_)
+                known, before = await pipe.execute()
             if not known:
                 return "unknown"
             previous = json.loads(before) if before else None
@@ -221,39 +227,50 @@ class RedisStats:
             today = day_of()
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(f"{self._prefix}:stats:tenants", turn.tenant)
-                pipe.hset(votes, field_, json.dumps({"vote": vote, "user": turn.user, "answer": answer, "day": today,
-                                                    "conversation": str(turn.key)}))
+                pipe.hset(
+                    votes,
+                    field_,
+                    json.dumps(
+                        {"vote": vote, "user": turn.user, "answer": answer, "day": today, "conversation": str(turn.key)}
+                    ),
+                )
                 pipe.expire(votes, self._ttl)
-                pipe.hincrby(self._day(turn.tenant, today), vote, 1).expire(self._day(turn.tenant, today), STATS_TTL)
+                pipe.hincrby(self._day(turn.tenant, today), vote, 1)
+                pipe.expire(self._day(turn.tenant, today), STATS_TTL)
                 if previous is not None:  # a changed vote moves, it does not count twice
                     pipe.hincrby(self._day(turn.tenant, previous["day"]), previous["vote"], -1)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"storing a vote failed: {exc}") from exc
         return "new" if previous is None else "changed"
 
     async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
         await self.flush()
-        try:
+        with store_errors("reading stats failed"):
             if tenant is not None:
                 tenants = [tenant]
             else:
-                tenants = sorted(t.decode() for t in await self._redis.smembers(f"{self._prefix}:stats:tenants"))
+                tenants = sorted(as_text(t) for t in await self._redis.smembers(f"{self._prefix}:stats:tenants"))
             keys = [(t, d) for t in tenants for d in _day_range(days, today)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for t, d in keys:
                     key = self._day(t, d)
-                    pipe.hgetall(key).pfcount(f"{key}:conversations").pfcount(f"{key}:handed")
+                    pipe.hgetall(key)
+                    pipe.pfcount(f"{key}:conversations")
+                    pipe.pfcount(f"{key}:handed")
                 raw = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"reading stats failed: {exc}") from exc
         out = []
         for i, (t, d) in enumerate(keys):
             counters, conversations, handed = raw[3 * i : 3 * i + 3]
             values = {k.decode(): int(v) for k, v in counters.items()}
             if values or conversations:
-                out.append(DayStats(t, d, **{c: values.get(c, 0) for c in COUNTERS},
-                                    conversations=conversations, handed_conversations=handed))
+                out.append(
+                    DayStats(
+                        t,
+                        d,
+                        **{c: values.get(c, 0) for c in COUNTERS},
+                        conversations=conversations,
+                        handed_conversations=handed,
+                    )
+                )
         return out
 
 
@@ -319,8 +336,15 @@ class MemoryStats:
         for t in tenants:
             for d in wanted:
                 if (found := self._days.get((t, d))) is not None:
-                    out.append(DayStats(t, d, **{c: found.counters.get(c, 0) for c in COUNTERS},
-                                        conversations=len(found.conversations), handed_conversations=len(found.handed)))
+                    out.append(
+                        DayStats(
+                            t,
+                            d,
+                            **{c: found.counters.get(c, 0) for c in COUNTERS},
+                            conversations=len(found.conversations),
+                            handed_conversations=len(found.handed),
+                        )
+                    )
         return out
 
 
@@ -334,11 +358,16 @@ class AnsweredIn:
     key: ConversationKey
     event_id: str
 
-    def vote(self, *, user: str, vote: str, event_id: str, meta: Mapping[str, str] = {}) -> Turn:
+    def vote(self, *, user: str, vote: str, event_id: str, address: Mapping[str, str] = {}) -> Turn:
         """The `feedback` turn of a vote on this answer, in the answer's conversation."""
-        return Turn(
-            platform=self.key.platform, tenant=self.key.tenant, channel=self.key.channel, thread=self.key.thread,
-            user=user, text=vote, event_id=event_id, command=FEEDBACK, reply_to=self.event_id, meta=meta,
+        return Turn.of(
+            self.key,
+            user=user,
+            text=vote,
+            event_id=event_id,
+            command=FEEDBACK,
+            reply_to=self.event_id,
+            address=dict(address),
         )
 
 
@@ -372,10 +401,8 @@ class RedisAnswerIndex:
             log.warning("could not remember answer message %s (a reaction on it will be ignored): %s", message, exc)
 
     async def find(self, platform: str, tenant: str, message: str) -> AnsweredIn | None:
-        try:
+        with store_errors("answer look-up failed"):
             raw = await self._redis.get(self._key(platform, tenant, message))
-        except RedisError as exc:
-            raise StoreUnavailable(f"answer look-up failed: {exc}") from exc
         if raw is None:
             return None
         p, t, c, th, event_id = json.loads(raw)

@@ -16,7 +16,9 @@ Both return L2-normalised float32 rows, so cosine similarity is a dot product.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-import httpx
+import aiohttp
 import numpy as np
 
 from bot.errors import EmbedderError
@@ -57,10 +59,8 @@ def normalise(rows: np.ndarray) -> np.ndarray:
 def _lower_priority() -> None:
     """Thread initializer: Linux keeps a nice value per thread, so this touches only the
     calling thread; elsewhere it is a no-op."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + EMBED_NICE))
-    except (AttributeError, OSError):
-        pass
 
 
 class LocalEmbedder:
@@ -69,7 +69,12 @@ class LocalEmbedder:
     on the embedder's own threads, at a lower CPU priority than the loop (`EMBED_NICE`)."""
 
     def __init__(self, model_dir: Path, *, model: str = "model.onnx", threads: int = 1, batch: int = 32) -> None:
-        import onnxruntime
+        try:
+            import onnxruntime  # the `local-embed` extra: imported here, so an endpoint needs none of it
+        except ImportError as exc:
+            raise EmbedderError(
+                "onnxruntime is not installed: pip install 'parley[local-embed]', or set PARLEY_EMBED_BASE_URL"
+            ) from exc
         from tokenizers import Tokenizer
 
         onnx_file, tokenizer = model_dir / model, model_dir / "tokenizer.json"
@@ -80,7 +85,11 @@ class LocalEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.name = "all-minilm-l6-v2" if model == "model.onnx" else "all-minilm-l6-v2-" + model.removeprefix("model-").removesuffix(".onnx")
+        self.name = (
+            "all-minilm-l6-v2"
+            if model == "model.onnx"
+            else "all-minilm-l6-v2-" + model.removeprefix("model-").removesuffix(".onnx")
+        )
         self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
         self._tokenizer.enable_truncation(MAX_TOKENS)
@@ -114,25 +123,34 @@ class LocalEmbedder:
 
 
 class OpenAIEmbedder:
-    """An OpenAI-compatible embeddings endpoint (`POST {base_url}/embeddings`)."""
+    """An OpenAI-compatible embeddings endpoint (`POST {base_url}/embeddings`). Its HTTP session
+    is its own, so it is made on the running event loop (`open_embedder`) and closed by `aclose`."""
 
     def __init__(self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         self.name = model
         self._url = base_url.rstrip("/") + "/embeddings"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=timeout)
+        # `timeout` bounds each wait (for a connection, then for the answer's next bytes).
+        self._http = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        )
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         try:
-            response = await self._http.post(self._url, json={"model": self.name, "input": list(texts)})
-        except httpx.HTTPError as exc:
-            raise EmbedderError(f"cannot reach the embeddings endpoint {self._url}: {exc!r}") from exc
-        if response.status_code >= 400:
-            raise EmbedderError(f"the embeddings endpoint {self._url} answered {response.status_code}: {response.text[:200]}")
-        data = sorted(response.json()["data"], key=lambda item: item["index"])
+            async with self._http.post(self._url, json={"model": self.name, "input": list(texts)}) as response:
+                status, body = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # aiohttp's repr of a failed connection is a screenful; its message is one line.
+            raise EmbedderError(
+                f"cannot reach the embeddings endpoint {self._url}: {exc or type(exc).__name__}"
+            ) from exc
+        if status >= 400:
+            detail = body.decode(errors="replace")[:200]
+            raise EmbedderError(f"the embeddings endpoint {self._url} answered {status}: {detail}")
+        data = sorted(json.loads(body)["data"], key=lambda item: item["index"])
         return normalise(np.array([item["embedding"] for item in data]))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._http.close()

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from bot.config import RoutingSettings
-from bot.routing.embeddings import Embedder
 from bot.errors import ConfigError, EmbedderError, LLMError
+from bot.llm.client import LLM, CallScope
+from bot.routing.embeddings import Embedder
 from bot.routing.languages import ALIASES, code_for
-from bot.llm.client import LLMClient
 from bot.tenants import DATA, INTENTS
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,18 @@ _VERB = (
 # "translate to German: text", "traduis en anglais : texte", "übersetze ins Englische: Text"
 _TO_LANG = re.compile(
     rf"^\s*+{_VERB}\b(?:\s++(?:this|that|the following|it|ceci|cela|esto|das|dies|folgendes))?\s*+"
-    rf"(?:(?:in)?to|in|into|en|al|a|auf|nach|ins|in die|para|naar|na)\s++(?P<lang>{_LANG})(?:e|n)?\b\s*+[:\-–,]?\s*+(?P<text>.*)$",
+    rf"(?:(?:in)?to|in|into|en|al|a|auf|nach|ins|in die|para|naar|na)\s++(?P<lang>{_LANG})(?:e|n)?\b"
+    rf"\s*+[:\-\u2013,]?\s*+(?P<text>.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 # "translate: text" (target: the tenant's language)
 # (`\s*` before the text stays greedy: it may give back one space, so that "translate:  " is a
 # request with an empty text, as it always was.)
-_BARE = re.compile(rf"^\s*+{_VERB}\b\s*+(?:(?:this|that)\s*+)?[:\-–]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+_BARE = re.compile(rf"^\s*+{_VERB}\b\s*+(?:(?:this|that)\s*+)?[:\-\u2013]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
 # "German: text" as the argument of a /translate command
-_LANG_PREFIX = re.compile(rf"^\s*+(?:(?:in)?to\s++)?(?P<lang>{_LANG})\s*+[:\-–,]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+_LANG_PREFIX = re.compile(
+    rf"^\s*+(?:(?:in)?to\s++)?(?P<lang>{_LANG})\s*+[:\-\u2013,]\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL
+)
 # "how do you say X in Spanish", "what is X in French"
 _HOW_SAY = re.compile(
     rf"^\s*+(?:how\s++(?:do|would|can)\s++(?:you|i|we)\s++say|what(?:'s|\s++is)\s++the\s++\w++\s++for)"
@@ -148,10 +151,15 @@ def load_examples(path: Path | None) -> dict[str, list[str]]:
     examples: dict[str, list[str]] = {}
     for intent, table in raw.items():
         phrases = table.get("examples") if isinstance(table, dict) else None
-        if intent not in LABELS or not isinstance(phrases, list) or not all(isinstance(p, str) and p.strip() for p in phrases):
+        if (
+            intent not in LABELS
+            or not isinstance(phrases, list)
+            or not all(isinstance(p, str) and p.strip() for p in phrases)
+        ):
             raise ConfigError(
                 "PARLEY_ROUTING_EXAMPLES_FILE",
-                f"{path}: [{intent}] must be one of {', '.join(LABELS)} with `examples = [\"...\", ...]` (non-empty strings)",
+                f"{path}: [{intent}] must be one of {', '.join(LABELS)} "
+                'with `examples = ["...", ...]` (non-empty strings)',
             )
         examples[intent] = phrases
     if not examples:
@@ -167,7 +175,7 @@ class Router:
         *,
         settings: RoutingSettings,
         embedder: Embedder,
-        llm: LLMClient | None,
+        llm: LLM | None,
         labels: Sequence[str],
         vectors: np.ndarray,
     ) -> None:
@@ -179,7 +187,7 @@ class Router:
         self._intents = sorted(set(labels))
 
     @classmethod
-    async def create(cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLMClient | None) -> Router:
+    async def create(cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLM | None) -> Router:
         examples = load_examples(settings.examples_file)
         labels = [intent for intent, phrases in examples.items() for _ in phrases]
         vectors = await embedder.embed([p for phrases in examples.values() for p in phrases])
@@ -197,14 +205,19 @@ class Router:
         return out
 
     async def route(
-        self, text: str, *, command: str | None = None, allowed: Sequence[str] = LABELS,
+        self,
+        text: str,
+        *,
+        command: str | None = None,
+        allowed: Sequence[str] = LABELS,
         as_chat: AsChat | None = None,
+        scope: CallScope | None = None,
     ) -> Route:
         """`as_chat(intent)` says whether that intent's handler would answer this turn exactly as
         plain chat does (QA for a tenant with no knowledge base): a close call between two
         intents that end in the same answer is then settled without asking the LLM."""
         started = time.perf_counter()
-        route = explicit(command, text) or await self._semantic(text, allowed, as_chat)
+        route = explicit(command, text) or await self._semantic(text, allowed, as_chat, scope)
         if route.intent not in allowed:
             route = Route("chat", "disabled", text, score=route.score)
         return Route(route.intent, route.step, route.text, route.target, route.score, time.perf_counter() - started)
@@ -226,11 +239,15 @@ class Router:
         ("conversation 13" is a little like "take over this chat", "What is Parley?" like a
         translation request)."""
         return [
-            intent for intent in self._intents
-            if (intent != HANDOFF or _HANDOFF_CUE.search(text)) and (intent != "translate" or _TRANSLATE_CUE.search(text))
+            intent
+            for intent in self._intents
+            if (intent != HANDOFF or _HANDOFF_CUE.search(text))
+            and (intent != "translate" or _TRANSLATE_CUE.search(text))
         ]
 
-    async def _semantic(self, text: str, allowed: Sequence[str], as_chat: AsChat | None) -> Route:
+    async def _semantic(
+        self, text: str, allowed: Sequence[str], as_chat: AsChat | None, scope: CallScope | None
+    ) -> Route:
         candidates = self._candidates(text)
         for intent in candidates:
             if not await self._moot(intent, "chat", allowed, as_chat):
@@ -257,7 +274,9 @@ class Router:
         ):
             try:
                 chosen = await self._llm.choose(
-                    [{"role": "system", "content": CHOOSE_PROMPT}, {"role": "user", "content": text}], [best, second]
+                    [{"role": "system", "content": CHOOSE_PROMPT}, {"role": "user", "content": text}],
+                    [best, second],
+                    scope=scope,
                 )
                 return self._with_target(Route(chosen, "llm", text, score=scores[chosen]))
             except LLMError as exc:

@@ -103,7 +103,7 @@ ANSWERED_KEPT = 32
 # KEYS: msgs, summary, turns. ARGV: uid, ttl, how many of the oldest to drop, new messages...
 # One atomic step; a turn whose id is already in the list is refused. Every key of the
 # conversation gets the same lifetime in the same step.
-_SAVE = """
+_SAVE = f"""
 local uid = ARGV[1]
 if uid ~= '' then
   for _, seen in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
@@ -114,11 +114,11 @@ if #ARGV > 3 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 4)) end
 if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[1], ARGV[3], -1) end
 if uid ~= '' then
   redis.call('LPUSH', KEYS[3], uid)
-  redis.call('LTRIM', KEYS[3], 0, %d)
+  redis.call('LTRIM', KEYS[3], 0, {ANSWERED_KEPT - 1})
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
-""" % (ANSWERED_KEPT - 1)
+"""
 
 
 def _marked(answered: tuple[str, ...], uid: str) -> tuple[str, ...]:
@@ -130,7 +130,12 @@ class RedisContextStore:
     issued beside the loads): the runtime shares one; by default the store has its own."""
 
     def __init__(
-        self, redis: Redis, *, redis_settings: RedisSettings, settings: ContextSettings, batcher: RedisBatcher | None = None
+        self,
+        redis: Redis,
+        *,
+        redis_settings: RedisSettings,
+        settings: ContextSettings,
+        batcher: RedisBatcher | None = None,
     ) -> None:
         self._redis = redis
         self._batch = batcher or RedisBatcher(redis)
@@ -160,10 +165,20 @@ class RedisContextStore:
         drop = compact(messages, self._budget, self._target)
         after = Context(messages[drop:], before.summary, _marked(before.answered, uid))
         try:
-            [saved] = await self._batch.execute((
-                "EVAL", _SAVE, 3, msgs_key, summary_key, turns_key,
-                uid, self._ttl, drop, *(json.dumps([m.role, m.content, m.tokens]) for m in new),
-            ))
+            [saved] = await self._batch.execute(
+                (
+                    "EVAL",
+                    _SAVE,
+                    3,
+                    msgs_key,
+                    summary_key,
+                    turns_key,
+                    uid,
+                    self._ttl,
+                    drop,
+                    *(json.dumps([m.role, m.content, m.tokens]) for m in new),
+                )
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"context save failed: {exc}") from exc
         if not saved:
@@ -202,7 +217,9 @@ class MemoryContextStore:
         if uid and uid in stored.answered:
             return before
         messages = (*before.messages, *new)
-        after = Context(messages[compact(messages, self._budget, self._target) :], before.summary, _marked(stored.answered, uid))
+        after = Context(
+            messages[compact(messages, self._budget, self._target) :], before.summary, _marked(stored.answered, uid)
+        )
         self._data[key] = (time.monotonic() + self._ttl, after)
         return after
 

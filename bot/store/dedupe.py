@@ -51,7 +51,9 @@ class RedisDeduper:
 
     async def claim(self, turn: Turn) -> bool:
         try:
-            [won] = await self._batch.execute(("EVAL", _CLAIM, 1, f"{self._prefix}:seen:{event_key(turn)}", turn.uid, self._ttl))
+            [won] = await self._batch.execute(
+                ("EVAL", _CLAIM, 1, f"{self._prefix}:seen:{event_key(turn)}", turn.uid, self._ttl)
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"dedupe failed: {exc}") from exc
         return bool(won)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.config import Settings
-from bot.store.context import Context, Message
 from bot.llm.prompts import build_messages
 from bot.runtime import Runtime, freeze_heap, open_runtime
+from bot.store.context import Context, Message
 from bot.turns import Outcome, Turn
 
 QUESTIONS = (
@@ -55,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", "-t", type=_positive, default=6, help="turns per conversation (default 6)")
     parser.add_argument("--max-tokens", type=_positive, default=48, help="tokens per answer (default 48)")
     parser.add_argument(
-        "--rounds", "-r", type=_positive, default=12,
+        "--rounds",
+        "-r",
+        type=_positive,
+        default=12,
         help="rounds of both runs, in alternating order; medians are reported (default 12: each order 6 times)",
     )
 
@@ -127,7 +130,9 @@ class RunResult:
         return self.total.generated / self.seconds if self.seconds else 0.0
 
 
-async def _phased(runtime: Runtime, turns: int, conversations: int, one_turn: Callable[[int, int], Awaitable[None]]) -> tuple[float, CacheReading, CacheReading]:
+async def _phased(
+    runtime: Runtime, turns: int, conversations: int, one_turn: Callable[[int, int], Awaitable[None]]
+) -> tuple[float, CacheReading, CacheReading]:
     """Turns 1-2 of every conversation, a metrics reading, then turns 3..T."""
 
     async def conversation(conv: int, first: int, last: int) -> None:
@@ -153,7 +158,14 @@ async def _through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
 
     async def one_turn(conv: int, turn: int) -> None:
         reply = await runtime.manager.handle(
-            Turn(platform="bench", tenant=run, channel=str(conv), user="bench", text=_question(run, conv, turn), event_id=f"{run}-{conv}-{turn}"),
+            Turn(
+                platform="bench",
+                tenant=run,
+                channel=str(conv),
+                user="bench",
+                text=_question(run, conv, turn),
+                event_id=f"{run}-{conv}-{turn}",
+            ),
             _NullSink(),
         )
         if reply.outcome is not Outcome.ANSWERED:
@@ -175,8 +187,12 @@ async def _direct(
         text = _question(run, conv, turn)
         messages = build_messages(settings.context.system_prompt, Context(tuple(histories[conv])), text)
         body = {
-            "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": settings.llm.temperature,
-            "stream": True, "ignore_eos": True,
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": settings.llm.temperature,
+            "stream": True,
+            "ignore_eos": True,
         }
         answer = ""
         async with http.post(f"{runtime.llm.base_url}/chat/completions", json=body) as response:
@@ -202,7 +218,9 @@ def _hit_rate(reading: CacheReading) -> str:
 
 async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[[str], None]) -> None:
     k, t, rounds = args.conversations, args.turns, args.rounds
-    llm = settings.llm.model_copy(update={"max_tokens": args.max_tokens, "extra_body": {**settings.llm.extra_body, "ignore_eos": True}})
+    llm = settings.llm.model_copy(
+        update={"max_tokens": args.max_tokens, "extra_body": {**settings.llm.extra_body, "ignore_eos": True}}
+    )
     settings = settings.model_copy(update={"llm": llm})
     directs: list[RunResult] = []
     parleys: list[RunResult] = []
@@ -213,8 +231,10 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.llm.total_timeout)) as http,
     ):
         freeze_heap()  # as `parley serve` does
-        say(f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, "
-            f"{rounds} rounds, against {runtime.llm.base_url}")
+        say(
+            f"benchmarking {k} conversations x {t} turns, {args.max_tokens} tokens per answer, "
+            f"{rounds} rounds, against {runtime.llm.base_url}"
+        )
         # Warm-up, one turn per conversation through each path: model discovery and the
         # connection pools (to vLLM and to Redis) are set up before anything is timed.
         await _direct(runtime, settings, http, k, 1, args.max_tokens)
@@ -232,16 +252,24 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
     def spread(values: list[float], unit: str = "") -> str:
         return f"median {statistics.median(values):8.1f}{unit}  (min {min(values):.1f}, max {max(values):.1f})"
 
-    print(f"turns per run              {k * t} ({k} conversations x {t} turns, {args.max_tokens} tokens each), "
-          f"{rounds} rounds of both")
+    print(
+        f"turns per run              {k * t} ({k} conversations x {t} turns, {args.max_tokens} tokens each), "
+        f"{rounds} rounds of both"
+    )
     print(f"throughput direct          {spread([r.throughput for r in directs], ' tokens/s')}")
     print(f"throughput through Parley  {spread([r.throughput for r in parleys], ' tokens/s')}")
-    print(f"throughput ratio           median {statistics.median(ratios):8.3f}  "
-          f"(Parley / direct in each round: {' '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"Parley time per turn       p50 {_ms(added, 0.5):.2f} ms   p99 {_ms(added, 0.99):.2f} ms   "
-          f"mean {statistics.fmean(added) * 1000:.2f} ms   ({len(added)} turns)")
+    print(
+        f"throughput ratio           median {statistics.median(ratios):8.3f}  "
+        f"(Parley / direct in each round: {' '.join(f'{r:.3f}' for r in ratios)})"
+    )
+    print(
+        f"Parley time per turn       p50 {_ms(added, 0.5):.2f} ms   p99 {_ms(added, 0.99):.2f} ms   "
+        f"mean {statistics.fmean(added) * 1000:.2f} ms   ({len(added)} turns)"
+    )
     for name, results in (("direct", directs), ("parley", parleys)):
         early = sum((r.early for r in results), CacheReading(0, 0, 0))
         late = sum((r.late for r in results), CacheReading(0, 0, 0))
-        print(f"prefix-cache hit rate {name:<7} all turns {_hit_rate(early + late)}   "
-              f"turns 1-2 {_hit_rate(early)}   turns 3+ {_hit_rate(late)}")
+        print(
+            f"prefix-cache hit rate {name:<7} all turns {_hit_rate(early + late)}   "
+            f"turns 1-2 {_hit_rate(early)}   turns 3+ {_hit_rate(late)}"
+        )

@@ -107,11 +107,12 @@ async def _serve(settings: Settings, signals: StopSignals) -> None:
     if not (settings.slack.enabled or settings.discord.enabled or settings.web.enabled):
         raise ConfigError(
             "SLACK_BOT_TOKEN",
-            "no platform is configured: set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED (or try `parley chat`)",
+            "no platform is configured: set SLACK_BOT_TOKEN, DISCORD_TOKEN or PARLEY_WEB_ENABLED "
+            "(or try `parley chat`)",
         )
     async with _started(settings) as runtime:
         with signals.serving() as stop:
-            await run_adapters(runtime, configured_adapters(runtime), stop=stop, ops=True)
+            await run_adapters(runtime, configured_adapters(runtime.adapter_context()), stop=stop, ops=True)
 
 
 async def _chat(settings: Settings, signals: StopSignals) -> None:
@@ -119,7 +120,7 @@ async def _chat(settings: Settings, signals: StopSignals) -> None:
     from bot.server import run_adapters
 
     async with _started(settings) as runtime:
-        console = create_adapter("console", runtime)
+        console = create_adapter("console", runtime.adapter_context())
         assert console is not None  # the console needs no configuration
         with signals.serving() as stop:
             await run_adapters(runtime, [console], stop=stop)
@@ -130,9 +131,11 @@ async def _chat_web(settings: Settings, signals: StopSignals) -> None:
     from bot.adapter import create_adapter
     from bot.server import run_adapters
 
-    settings = settings.model_copy(update={"web": settings.web.model_copy(update={"enabled": True, "host": "127.0.0.1"})})
+    settings = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"enabled": True, "host": "127.0.0.1"})}
+    )
     async with _started(settings) as runtime:
-        web = create_adapter("web", runtime)
+        web = create_adapter("web", runtime.adapter_context())
         assert web is not None  # enabled above
         announce = asyncio.create_task(_announce_web(web))
         try:
@@ -190,7 +193,9 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
     documents = loaded.documents
     redis = await connect_redis(settings, say)
     if redis is None:
-        raise ConfigError("PARLEY_REDIS_URL", "the knowledge base is kept in Redis: set PARLEY_REDIS_URL or start a local Redis")
+        raise ConfigError(
+            "PARLEY_REDIS_URL", "the knowledge base is kept in Redis: set PARLEY_REDIS_URL or start a local Redis"
+        )
     embedder = await open_embedder(settings, say)
     try:
         kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
@@ -203,15 +208,17 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
         f"{stats.updated} updated, {stats.unchanged} unchanged, {stats.removed} removed; {stats.chunks} chunks embedded"
     )
     if loaded.skipped:  # the rest is ingested; the exit status still tells a script that not all was
-        raise KnowledgeBaseError(f"{len(loaded.skipped)} of {len(documents) + len(loaded.skipped)} URLs skipped (reasons above)")
+        raise KnowledgeBaseError(
+            f"{len(loaded.skipped)} of {len(documents) + len(loaded.skipped)} URLs skipped (reasons above)"
+        )
 
 
 async def _eval(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.tools import evaluate
     from bot.knowledge.base import KnowledgeBase
     from bot.llm.client import LLMClient
     from bot.routing.router import Router
     from bot.runtime import open_embedder
+    from bot.tools import evaluate
 
     embedder = await open_embedder(settings, say)
     try:
@@ -248,18 +255,25 @@ def _first_parley_error(exc: BaseException) -> ParleyError | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parley", description="A chat-bot server for Slack, Discord and web chat, answering with vLLM.")
+    parser = argparse.ArgumentParser(
+        prog="parley", description="A chat-bot server for Slack, Discord and web chat, answering with vLLM."
+    )
     parser.add_argument("--env-file", default=".env", help="settings file read besides the environment (default: .env)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run every configured adapter and the dialogue workers")
     chat = sub.add_parser("chat", help="chat in the terminal (no platform account needed)")
-    chat.add_argument("--web", action="store_true",
-                      help="chat in the browser instead: serve the web chat on 127.0.0.1:PARLEY_WEB_PORT and print its URL")
+    chat.add_argument(
+        "--web",
+        action="store_true",
+        help="chat in the browser instead: serve the web chat on 127.0.0.1:PARLEY_WEB_PORT and print its URL",
+    )
     engine = sub.add_parser("engine", help="start a local vLLM server with the flags Parley relies on")
     engine.add_argument("--install-only", action="store_true", help="install vLLM (and build the demo model) and exit")
     from bot.tools.bench import add_arguments as add_bench_arguments
 
-    kb = sub.add_parser("kb", help="manage knowledge bases").add_subparsers(dest="kb_command", required=True, metavar="ACTION")
+    kb = sub.add_parser("kb", help="manage knowledge bases").add_subparsers(
+        dest="kb_command", required=True, metavar="ACTION"
+    )
     ingest = kb.add_parser(
         "ingest",
         help="load Markdown, text and HTML documents into a tenant's knowledge base",
@@ -272,25 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     evals = sub.add_parser("eval", help="measure routing or knowledge-base retrieval on labelled JSONL")
     targets = evals.add_subparsers(dest="target", required=True, metavar="WHAT")
     routing = targets.add_parser(
-        "routing", help="routing accuracy per step, confusion matrix, median routing time",
+        "routing",
+        help="routing accuracy per step, confusion matrix, median routing time",
         description='Route each {"text", "intent"} line of FILE (default: the shipped set) and report accuracy.',
     )
-    routing.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of {\"text\", \"intent\"}")
-    routing.add_argument("--llm", action="store_true", help="let the LLM decide close calls (needs PARLEY_LLM_BASE_URL)")
+    routing.add_argument("file", type=Path, nargs="?", metavar="FILE", help='JSONL of {"text", "intent"}')
+    routing.add_argument(
+        "--llm", action="store_true", help="let the LLM decide close calls (needs PARLEY_LLM_BASE_URL)"
+    )
     kb_eval = targets.add_parser(
-        "kb", help="retrieval hit@k and refusals of unanswerable questions",
-        description='Search a KB folder for each {"question", "doc", "answerable"} line of FILE (default: the shipped set).',
+        "kb",
+        help="retrieval hit@k and refusals of unanswerable questions",
+        description='Search a KB folder for each {"question", "doc", "answerable"} line of FILE '
+        "(default: the shipped set).",
     )
     kb_eval.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of questions")
     kb_eval.add_argument("--kb", type=Path, required=True, metavar="PATH", help="the knowledge-base folder to search")
 
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
     report = sub.add_parser(
-        "report", help="answers, handoffs, resolution without a person and 👍/👎, per tenant and day",
+        "report",
+        help="answers, handoffs, resolution without a person and 👍/👎, per tenant and day",
         description="Print, per tenant and UTC day, the answers given, the conversations, the handoffs to "
         "people, the conversations that needed no person, and the 👍/👎 on answers (read from Redis).",
     )
-    report.add_argument("--days", type=_days, default=7, metavar="N", help="the last N days, today included (default: 7)")
+    report.add_argument(
+        "--days", type=_days, default=7, metavar="N", help="the last N days, today included (default: 7)"
+    )
     report.add_argument("--tenant", metavar="T", help="only this tenant (Slack team, Discord guild or web site id)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser

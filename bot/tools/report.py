@@ -25,8 +25,16 @@ COLUMNS = ("tenant", "day", "answers", "conversations", "handoffs", "without a p
 def _row(day: DayStats) -> list[str]:
     share = day.without_human_share
     without = f"{day.without_human} ({share * 100:.1f}%)" if share is not None else "-"
-    return [day.tenant, day.day, str(day.answers), str(day.conversations), str(day.handoffs), without,
-            str(day.up), str(day.down)]
+    return [
+        day.tenant,
+        day.day,
+        str(day.answers),
+        str(day.conversations),
+        str(day.handoffs),
+        without,
+        str(day.up),
+        str(day.down),
+    ]
 
 
 def render_table(days: Sequence[DayStats]) -> str:
@@ -42,14 +50,22 @@ def render_table(days: Sequence[DayStats]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     lines = []
     for r in table:
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)]
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [
+            c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 async def run_report(
-    settings: Settings, *, days: int, tenant: str | None, as_json: bool, today: date | None = None,
-    say: Callable[[str], None] = print, out: Callable[[str], None] = print,
+    settings: Settings,
+    *,
+    days: int,
+    tenant: str | None,
+    as_json: bool,
+    today: date | None = None,
+    say: Callable[[str], None] = print,
+    out: Callable[[str], None] = print,
 ) -> int:
     """Read the figures and print them; returns the number of tenant-days printed."""
     from bot.runtime import connect_redis
@@ -58,7 +74,9 @@ async def run_report(
         raise ConfigError("--days", "must be at least 1")
     redis = await connect_redis(settings, say)
     if redis is None:
-        raise ConfigError("PARLEY_REDIS_URL", "the figures are kept in Redis: set PARLEY_REDIS_URL or start a local Redis")
+        raise ConfigError(
+            "PARLEY_REDIS_URL", "the figures are kept in Redis: set PARLEY_REDIS_URL or start a local Redis"
+        )
     try:
         stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=settings.redis.context_ttl)
         found = await stats.days(days=days, tenant=tenant, today=today)

@@ -14,10 +14,10 @@ import pytest
 import pytest_asyncio
 
 import adapters.discord
-from adapters.discord import DiscordAdapter
+from adapters.discord.app import DiscordAdapter
 from bot.config import DialogueSettings, DiscordSettings, RedisSettings, Settings
-from bot.store.context import Context
 from bot.runtime import Runtime
+from bot.store.context import Context
 from bot.turns import ConversationKey
 from tests.conftest import serve_one
 from tests.discord.fake import FakeDiscord, Json
@@ -27,8 +27,11 @@ DEAD_LLM = "http://127.0.0.1:9/v1"  # for tests that never reach the model
 
 def discord_settings(fake: FakeDiscord, **overrides: Any) -> DiscordSettings:
     values: dict[str, Any] = {
-        "token": fake.token, "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url,
-        "guild_ready_timeout": 0.1, "edit_interval": 0.2,
+        "token": fake.token,
+        "api_base_url": fake.api_base_url,
+        "gateway_url": fake.gateway_url,
+        "guild_ready_timeout": 0.1,
+        "edit_interval": 0.2,
     }
     values.update(overrides)
     return DiscordSettings(_env_file=None, **values)
@@ -88,7 +91,10 @@ class DiscordStack:
 @asynccontextmanager
 async def serving(fake: FakeDiscord, settings: Settings) -> AsyncIterator[DiscordStack]:
     """`parley serve` with only the Discord adapter, until the block ends; then the ordered shutdown."""
-    ready = lambda adapter: adapter.client is not None and adapter.client.is_ready()  # noqa: E731
+
+    def ready(adapter: DiscordAdapter) -> bool:
+        return adapter.client is not None and adapter.client.is_ready()
+
     async with serve_one(settings, adapters.discord.create, ready) as (runtime, adapter):
         yield DiscordStack(fake, runtime, adapter)
 

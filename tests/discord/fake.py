@@ -165,29 +165,88 @@ class FakeDiscord:
         return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(self._ids) & 0x3FFFFF)
 
     def make_user(self, name: str, *, bot: bool = False) -> Json:
-        return {"id": str(self.snowflake()), "username": name, "discriminator": "0", "global_name": name,
-                "avatar": None, "bot": bot}
+        return {
+            "id": str(self.snowflake()),
+            "username": name,
+            "discriminator": "0",
+            "global_name": name,
+            "avatar": None,
+            "bot": bot,
+        }
 
     def add_guild(self, name: str, *, shard: int = 0, shard_count: int = 1, channels: int = 2) -> Json:
         """A guild whose id puts it on `shard` of `shard_count` ((id >> 22) % count)."""
         base = 1000 + len(self.guilds) * shard_count
         gid = ((base - base % shard_count + shard) << 22) | 1
-        self_role = {"id": str(self.snowflake()), "name": "Parley", "permissions": ALL_PERMISSIONS, "position": 1,
-                     "color": 0, "hoist": False, "managed": True, "mentionable": True, "flags": 0,
-                     "tags": {"bot_id": self.bot["id"]}}
+        self_role = {
+            "id": str(self.snowflake()),
+            "name": "Parley",
+            "permissions": ALL_PERMISSIONS,
+            "position": 1,
+            "color": 0,
+            "hoist": False,
+            "managed": True,
+            "mentionable": True,
+            "flags": 0,
+            "tags": {"bot_id": self.bot["id"]},
+        }
         guild: Json = {
-            "id": str(gid), "name": name, "icon": None, "owner_id": str(self.snowflake()), "unavailable": False,
-            "member_count": 2, "large": False, "features": [], "emojis": [], "stickers": [],
-            "roles": [{"id": str(gid), "name": "@everyone", "permissions": ALL_PERMISSIONS, "position": 0,
-                       "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}, self_role],
-            "channels": [], "threads": [], "voice_states": [], "presences": [], "stage_instances": [],
-            "guild_scheduled_events": [], "soundboard_sounds": [], "premium_tier": 0, "verification_level": 0,
-            "members": [{"user": self.bot, "roles": [self_role["id"]], "joined_at": iso(), "deaf": False,
-                         "mute": False, "flags": 0}],
+            "id": str(gid),
+            "name": name,
+            "icon": None,
+            "owner_id": str(self.snowflake()),
+            "unavailable": False,
+            "member_count": 2,
+            "large": False,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "roles": [
+                {
+                    "id": str(gid),
+                    "name": "@everyone",
+                    "permissions": ALL_PERMISSIONS,
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                },
+                self_role,
+            ],
+            "channels": [],
+            "threads": [],
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+            "premium_tier": 0,
+            "verification_level": 0,
+            "members": [
+                {
+                    "user": self.bot,
+                    "roles": [self_role["id"]],
+                    "joined_at": iso(),
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                }
+            ],
         }
         for i in range(channels):
-            channel = {"id": str(self.snowflake()), "type": 0, "guild_id": str(gid), "name": f"general-{i}",
-                       "position": i, "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None}
+            channel = {
+                "id": str(self.snowflake()),
+                "type": 0,
+                "guild_id": str(gid),
+                "name": f"general-{i}",
+                "position": i,
+                "permission_overwrites": [],
+                "nsfw": False,
+                "parent_id": None,
+                "topic": None,
+            }
             guild["channels"].append(channel)
             self.channels[int(channel["id"])] = channel
         self.guilds[gid] = guild
@@ -208,8 +267,15 @@ class FakeDiscord:
     # -- what users do -------------------------------------------------------------------
 
     async def say(
-        self, channel: Json, author: Json, content: str, *, mention_bot: bool = False, reply_to: Json | None = None,
-        mention_role: bool = False, attachments: int = 0,
+        self,
+        channel: Json,
+        author: Json,
+        content: str,
+        *,
+        mention_bot: bool = False,
+        reply_to: Json | None = None,
+        mention_role: bool = False,
+        attachments: int = 0,
     ) -> Json:
         """A user posts a message (MESSAGE_CREATE on the channel's shard)."""
         mentions = []
@@ -221,11 +287,18 @@ class FakeDiscord:
             role = self.guilds[int(channel["guild_id"])]["roles"][1]
             content = f"<@&{role['id']}> {content}"
             mention_roles.append(role["id"])
-        message = self._message(channel, author, content, mentions=mentions, mention_roles=mention_roles,
-                                reply_to=reply_to)
+        message = self._message(
+            channel, author, content, mentions=mentions, mention_roles=mention_roles, reply_to=reply_to
+        )
         message["attachments"] = [
-            {"id": str(self.snowflake()), "filename": f"f{i}.png", "size": 1, "url": "http://x/f.png",
-             "proxy_url": "http://x/f.png"} for i in range(attachments)
+            {
+                "id": str(self.snowflake()),
+                "filename": f"f{i}.png",
+                "size": 1,
+                "url": "http://x/f.png",
+                "proxy_url": "http://x/f.png",
+            }
+            for i in range(attachments)
         ]
         await self.dispatch("MESSAGE_CREATE", message, shard=self.shard_of(channel))
         return message
@@ -233,9 +306,16 @@ class FakeDiscord:
     async def react(self, message: Json, user: Json, emoji: str) -> Json:
         """A user adds a (unicode) reaction to a message (MESSAGE_REACTION_ADD, as Discord sends it)."""
         channel = self.channels[int(message["channel_id"])]
-        data: Json = {"user_id": user["id"], "channel_id": message["channel_id"], "message_id": message["id"],
-                      "emoji": {"id": None, "name": emoji}, "burst": False, "burst_colors": [], "type": 0,
-                      "message_author_id": message["author"]["id"]}
+        data: Json = {
+            "user_id": user["id"],
+            "channel_id": message["channel_id"],
+            "message_id": message["id"],
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "burst_colors": [],
+            "type": 0,
+            "message_author_id": message["author"]["id"],
+        }
         if channel.get("guild_id"):
             data["guild_id"] = channel["guild_id"]
             data["member"] = {"user": user, "roles": [], "joined_at": iso(), "deaf": False, "mute": False, "flags": 0}
@@ -246,19 +326,38 @@ class FakeDiscord:
         """A user runs a slash command (INTERACTION_CREATE)."""
         token = f"itoken-{uuid.uuid4().hex}"
         interaction: Json = {
-            "id": str(self.snowflake()), "application_id": str(self.app_id), "type": 2, "token": token,
-            "version": 1, "channel_id": channel["id"], "channel": dict(channel, permissions=ALL_PERMISSIONS),
-            "data": {"id": str(self.snowflake()), "name": name, "type": 1,
-                     "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
-            "app_permissions": ALL_PERMISSIONS, "locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {}, "attachment_size_limit": 8_000_000,
+            "id": str(self.snowflake()),
+            "application_id": str(self.app_id),
+            "type": 2,
+            "token": token,
+            "version": 1,
+            "channel_id": channel["id"],
+            "channel": dict(channel, permissions=ALL_PERMISSIONS),
+            "data": {
+                "id": str(self.snowflake()),
+                "name": name,
+                "type": 1,
+                "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+            },
+            "app_permissions": ALL_PERMISSIONS,
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {},
+            "attachment_size_limit": 8_000_000,
         }
         if channel.get("guild_id"):
             interaction["guild_id"] = channel["guild_id"]
             interaction["guild_locale"] = "en-US"
             interaction["context"] = 0
-            interaction["member"] = {"user": user, "roles": [], "permissions": ALL_PERMISSIONS, "joined_at": iso(),
-                                     "deaf": False, "mute": False, "flags": 0}
+            interaction["member"] = {
+                "user": user,
+                "roles": [],
+                "permissions": ALL_PERMISSIONS,
+                "joined_at": iso(),
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            }
         else:
             interaction["context"] = 1
             interaction["user"] = user
@@ -266,14 +365,35 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", interaction, shard=self.shard_of(channel))
         return interaction
 
-    def _message(self, channel: Json, author: Json, content: str, *, mentions: list[Json] = (),  # type: ignore[assignment]
-                 mention_roles: list[str] = (), reply_to: Json | None = None, nonce: str | None = None,  # type: ignore[assignment]
-                 flags: int = 0, interaction: Json | None = None) -> Json:
+    def _message(
+        self,
+        channel: Json,
+        author: Json,
+        content: str,
+        *,
+        mentions: list[Json] = (),  # type: ignore[assignment]
+        mention_roles: list[str] = (),
+        reply_to: Json | None = None,
+        nonce: str | None = None,  # type: ignore[assignment]
+        flags: int = 0,
+        interaction: Json | None = None,
+    ) -> Json:
         message: Json = {
-            "id": str(self.snowflake()), "channel_id": channel["id"], "author": author, "content": content,
-            "timestamp": iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
-            "mentions": list(mentions), "mention_roles": list(mention_roles), "attachments": [], "embeds": [],
-            "pinned": False, "type": 0, "flags": flags,
+            "id": str(self.snowflake()),
+            "channel_id": channel["id"],
+            "author": author,
+            "content": content,
+            "timestamp": iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": list(mentions),
+            "mention_roles": list(mention_roles),
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": flags,
         }
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
@@ -281,8 +401,12 @@ class FakeDiscord:
                 message["member"] = {"roles": [], "joined_at": iso(), "deaf": False, "mute": False, "flags": 0}
         if reply_to is not None:
             message["type"] = 19
-            message["message_reference"] = {"type": 0, "message_id": reply_to["id"], "channel_id": reply_to["channel_id"],
-                                            "guild_id": channel.get("guild_id")}
+            message["message_reference"] = {
+                "type": 0,
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                "guild_id": channel.get("guild_id"),
+            }
             message["referenced_message"] = {k: v for k, v in reply_to.items() if k != "referenced_message"}
         if nonce is not None:
             message["nonce"] = nonce
@@ -290,8 +414,12 @@ class FakeDiscord:
             message["webhook_id"] = str(self.app_id)
             message["application_id"] = str(self.app_id)
             message["type"] = 20
-            message["interaction_metadata"] = {"id": interaction["id"], "type": 2, "user": self._invoker(interaction),
-                                               "authorizing_integration_owners": {}}
+            message["interaction_metadata"] = {
+                "id": interaction["id"],
+                "type": 2,
+                "user": self._invoker(interaction),
+                "authorizing_integration_owners": {},
+            }
         self.messages[int(message["id"])] = message
         return message
 
@@ -302,8 +430,11 @@ class FakeDiscord:
     # -- what tests read -----------------------------------------------------------------
 
     def bot_messages(self, channel_id: str | None = None) -> list[Json]:
-        return [m for m in self.messages.values()
-                if m["author"]["id"] == self.bot["id"] and (channel_id is None or m["channel_id"] == channel_id)]
+        return [
+            m
+            for m in self.messages.values()
+            if m["author"]["id"] == self.bot["id"] and (channel_id is None or m["channel_id"] == channel_id)
+        ]
 
     def replies_to(self, message: Json) -> list[Json]:
         return [m for m in self.bot_messages() if m.get("message_reference", {}).get("message_id") == message["id"]]
@@ -316,8 +447,9 @@ class FakeDiscord:
 
     # -- faults and gateway control ------------------------------------------------------
 
-    def rate_limit(self, method: str, pattern: str, *, retry_after: float = 0.3, is_global: bool = False,
-                   times: int = 1) -> None:
+    def rate_limit(
+        self, method: str, pattern: str, *, retry_after: float = 0.3, is_global: bool = False, times: int = 1
+    ) -> None:
         """Answer the next `times` calls matching `method` and the path regex with a 429."""
         self._faults.append(Fault(method, re.compile(pattern), retry_after, is_global, times))
 
@@ -325,8 +457,16 @@ class FakeDiscord:
         """Answer the next `times` calls matching `method` and the path regex with `status` (a 5xx)."""
         self._faults.append(Fault(method, re.compile(pattern), 0.0, False, times, status))
 
-    def refuse(self, method: str, pattern: str, *, status: int = 403, code: int = 50001,
-               message: str = "Missing Access", times: int = -1) -> Fault:
+    def refuse(
+        self,
+        method: str,
+        pattern: str,
+        *,
+        status: int = 403,
+        code: int = 50001,
+        message: str = "Missing Access",
+        times: int = -1,
+    ) -> Fault:
         """Answer calls matching `method` and the path regex with Discord's error `code` (by default
         403 Missing Access, what a guild where the bot lacks a scope says), until `lift`ed."""
         fault = Fault(method, re.compile(pattern), 0.0, False, times, status, code, message)
@@ -421,12 +561,24 @@ class FakeDiscord:
         session = Session(uuid.uuid4().hex, shard, count, d["intents"], ws=ws)
         self.sessions[session.id] = session
         guilds = [g for gid, g in self.guilds.items() if (gid >> 22) % count == shard]
-        await self.dispatch("READY", {
-            "v": 10, "user": self.bot, "session_id": session.id, "resume_gateway_url": self.gateway_url,
-            "guilds": [{"id": g["id"], "unavailable": True} for g in guilds], "shard": [shard, count],
-            "application": {"id": str(self.app_id), "flags": self._app_flags()}, "private_channels": [],
-            "relationships": [], "user_settings": {}, "guild_join_requests": [], "geo_ordered_rtc_regions": [],
-        }, shard=shard)
+        await self.dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": self.bot,
+                "session_id": session.id,
+                "resume_gateway_url": self.gateway_url,
+                "guilds": [{"id": g["id"], "unavailable": True} for g in guilds],
+                "shard": [shard, count],
+                "application": {"id": str(self.app_id), "flags": self._app_flags()},
+                "private_channels": [],
+                "relationships": [],
+                "user_settings": {},
+                "guild_join_requests": [],
+                "geo_ordered_rtc_regions": [],
+            },
+            shard=shard,
+        )
         for guild in guilds:
             await self.dispatch("GUILD_CREATE", guild, shard=shard)
         return session
@@ -481,12 +633,15 @@ class FakeDiscord:
         bucket.remaining -= 1
         response = await handler(request)
         call.status = response.status
-        response.headers.update({
-            "X-RateLimit-Limit": str(bucket.limit), "X-RateLimit-Remaining": str(bucket.remaining),
-            "X-RateLimit-Reset-After": f"{bucket.resets_at - now:.3f}",
-            "X-RateLimit-Reset": f"{time.time() + bucket.resets_at - now:.3f}",
-            "X-RateLimit-Bucket": hashlib.sha1(bucket_key.split("|")[0].encode()).hexdigest()[:16],
-        })
+        response.headers.update(
+            {
+                "X-RateLimit-Limit": str(bucket.limit),
+                "X-RateLimit-Remaining": str(bucket.remaining),
+                "X-RateLimit-Reset-After": f"{bucket.resets_at - now:.3f}",
+                "X-RateLimit-Reset": f"{time.time() + bucket.resets_at - now:.3f}",
+                "X-RateLimit-Bucket": hashlib.sha1(bucket_key.split("|")[0].encode()).hexdigest()[:16],
+            }
+        )
         return response
 
     def _bucket(self, method: str, path: str) -> tuple[str, Bucket]:
@@ -501,8 +656,11 @@ class FakeDiscord:
     @staticmethod
     def _too_many(retry_after: float, *, is_global: bool) -> web.Response:
         body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": is_global}
-        headers = {"Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
-                   "X-RateLimit-Scope": "global" if is_global else "user"}
+        headers = {
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, round(retry_after))),
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
         if is_global:
             headers["X-RateLimit-Global"] = "true"
         return FakeDiscord._json(body, status=429, headers=headers)
@@ -510,8 +668,11 @@ class FakeDiscord:
     @staticmethod
     def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
         # Exactly `application/json`: discord.py does not parse `application/json; charset=utf-8`.
-        return web.Response(body=json.dumps(data).encode(), status=status,
-                            headers={"Content-Type": "application/json", **(headers or {})})
+        return web.Response(
+            body=json.dumps(data).encode(),
+            status=status,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
 
     def _error(self, status: int, code: int, message: str) -> web.Response:
         return self._json({"message": message, "code": code}, status=status)
@@ -525,24 +686,49 @@ class FakeDiscord:
         return self._json(self.bot)
 
     async def _application(self, request: web.Request) -> web.Response:
-        return self._json({
-            "id": str(self.app_id), "name": "Parley", "icon": None, "description": "", "rpc_origins": [],
-            "bot_public": True, "bot_require_code_grant": False, "owner": self.make_user("owner"), "summary": "",
-            "verify_key": "0" * 64, "team": None, "flags": self._app_flags(), "bot": self.bot,
-        })
+        return self._json(
+            {
+                "id": str(self.app_id),
+                "name": "Parley",
+                "icon": None,
+                "description": "",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": self.make_user("owner"),
+                "summary": "",
+                "verify_key": "0" * 64,
+                "team": None,
+                "flags": self._app_flags(),
+                "bot": self.bot,
+            }
+        )
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
-        return self._json({"url": self.gateway_url, "shards": 1,
-                           "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0,
-                                                   "max_concurrency": 1}})
+        return self._json(
+            {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+            }
+        )
 
     async def _gateway_plain(self, request: web.Request) -> web.Response:
         return self._json({"url": self.gateway_url})
 
     async def _put_commands(self, request: web.Request) -> web.Response:
         scope = request.match_info.get("guild", "global")
-        commands = [dict(c, id=str(self.snowflake()), application_id=str(self.app_id), version="1",
-                         default_member_permissions=None, type=c.get("type", 1)) for c in await request.json()]
+        commands = [
+            dict(
+                c,
+                id=str(self.snowflake()),
+                application_id=str(self.app_id),
+                version="1",
+                default_member_permissions=None,
+                type=c.get("type", 1),
+            )
+            for c in await request.json()
+        ]
         if scope != "global":
             for c in commands:
                 c["guild_id"] = scope
@@ -588,11 +774,24 @@ class FakeDiscord:
         if message_id in self.threads_by_message:
             return self._error(400, 160004, "A thread has already been created for this message")
         body = await request.json()
-        thread = {"id": str(message_id), "type": 11, "guild_id": parent["guild_id"], "parent_id": parent["id"],
-                  "name": body["name"], "owner_id": self.bot["id"], "message_count": 0, "member_count": 1,
-                  "rate_limit_per_user": 0, "flags": 0,
-                  "thread_metadata": {"archived": False, "auto_archive_duration": body.get("auto_archive_duration", 1440),
-                                      "archive_timestamp": iso(), "locked": False}}
+        thread = {
+            "id": str(message_id),
+            "type": 11,
+            "guild_id": parent["guild_id"],
+            "parent_id": parent["id"],
+            "name": body["name"],
+            "owner_id": self.bot["id"],
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                "archive_timestamp": iso(),
+                "locked": False,
+            },
+        }
         self.channels[message_id] = thread
         self.threads_by_message[message_id] = message_id
         await self.dispatch("THREAD_CREATE", dict(thread, newly_created=True), shard=self.shard_of(parent))
@@ -610,10 +809,18 @@ class FakeDiscord:
         channel = self.channels[int(interaction["channel_id"])]
         original = self._message(channel, self.bot, "", flags=flags | 128, interaction=interaction)
         interaction["original"] = original["id"]
-        return self._json({"interaction": {"id": interaction["id"], "type": 2, "response_message_id": original["id"],
-                                           "response_message_loading": True,
-                                           "response_message_ephemeral": bool(flags & 64)},
-                           "resource": {"type": body["type"], "message": original}})
+        return self._json(
+            {
+                "interaction": {
+                    "id": interaction["id"],
+                    "type": 2,
+                    "response_message_id": original["id"],
+                    "response_message_loading": True,
+                    "response_message_ephemeral": bool(flags & 64),
+                },
+                "resource": {"type": body["type"], "message": original},
+            }
+        )
 
     def _webhook_message(self, request: web.Request) -> tuple[Json | None, Json | None]:
         interaction = self.interactions.get(request.match_info["token"])

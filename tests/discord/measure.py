@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import tempfile
 import time
@@ -43,8 +44,9 @@ async def measure(answers: int, max_tokens: int, edit_interval: float) -> None:
                 settings = Settings(
                     log=LogSettings(_env_file=None, level="WARNING"),
                     redis=RedisSettings(_env_file=None, url=redis.url, prefix="measure"),
-                    llm=LLMSettings(_env_file=None, base_url=engine_url, max_tokens=max_tokens,
-                                    extra_body={"ignore_eos": True}),
+                    llm=LLMSettings(
+                        _env_file=None, base_url=engine_url, max_tokens=max_tokens, extra_body={"ignore_eos": True}
+                    ),
                     context=ContextSettings(_env_file=None),
                     dialogue=DialogueSettings(_env_file=None),
                     engine=engine_settings(),
@@ -67,7 +69,7 @@ async def run(fake: FakeDiscord, settings: Settings, answers: int) -> None:
             before = len(fake.calls)
             sent = time.monotonic()
             question = await fake.say(channel, user, f"question number {i}: what is a prefix cache?", mention_bot=True)
-            reply = (await poll(lambda: fake.replies_to(question)))[0]
+            reply = (await poll(functools.partial(fake.replies_to, question)))[0]
             post = next(c for c in fake.calls[before:] if c.method == "POST" and c.status == 200)
             await stack.answered_in(channel, question["id"])
             done = time.monotonic()
@@ -76,13 +78,19 @@ async def run(fake: FakeDiscord, settings: Settings, answers: int) -> None:
             first_visible.append(post.at - sent)
             totals.append(done - sent)
             calls.append(sum(1 for c in fake.calls[before:] if c is post or reply["id"] in c.path))
-    print(f"answers measured:                {len(first_visible)} (max_tokens={settings.llm.max_tokens}, "
-          f"edit_interval={settings.discord.edit_interval}s)")
-    print(f"median MESSAGE_CREATE -> first visible token: {statistics.median(first_visible) * 1000:.0f} ms "
-          f"(min {min(first_visible) * 1000:.0f}, max {max(first_visible) * 1000:.0f})")
+    print(
+        f"answers measured:                {len(first_visible)} (max_tokens={settings.llm.max_tokens}, "
+        f"edit_interval={settings.discord.edit_interval}s)"
+    )
+    print(
+        f"median MESSAGE_CREATE -> first visible token: {statistics.median(first_visible) * 1000:.0f} ms "
+        f"(min {min(first_visible) * 1000:.0f}, max {max(first_visible) * 1000:.0f})"
+    )
     print(f"median MESSAGE_CREATE -> final edit saved:    {statistics.median(totals) * 1000:.0f} ms")
-    print(f"REST calls per answer:           median {statistics.median(calls):.0f}, "
-          f"mean {statistics.mean(calls):.2f} (1 post + edits)")
+    print(
+        f"REST calls per answer:           median {statistics.median(calls):.0f}, "
+        f"mean {statistics.mean(calls):.2f} (1 post + edits)"
+    )
     print(f"unplanned 429s:                  {fake.unplanned_429s}")
 
 

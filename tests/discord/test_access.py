@@ -21,9 +21,11 @@ async def shown(fake: FakeDiscord, interaction: Json) -> str:
 async def test_with_an_allow_list_dms_are_refused_with_a_clear_line_and_help_says_so(
     fake: FakeDiscord, make_settings, channel: Json, alice: Json, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.discord.app")
+    caplog.set_level(logging.INFO, logger="adapters.discord.intake")
     dm = fake.dm_channel(alice)
-    settings = make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake, allowed_guilds=[int(channel["guild_id"])]))
+    settings = make_settings(
+        llm_url=DEAD_LLM, discord=discord_settings(fake, allowed_guilds=[int(channel["guild_id"])])
+    )
     async with serving(fake, settings) as stack:
         refused = await fake.say(dm, alice, "let me in through the side door")
         (answer,) = await poll(lambda: fake.bot_messages(dm["id"]))

@@ -67,7 +67,9 @@ async def test_held_turns_go_in_in_order_with_doubling_backoff():
 
 async def test_backoff_is_capped_and_starts_again_after_a_success():
     outage = Outage()
-    buffer = RetryBuffer(outage.put, give_up=outage.give_up, size=10, first_delay=0.01, max_delay=0.08, sleep=outage.sleep)
+    buffer = RetryBuffer(
+        outage.put, give_up=outage.give_up, size=10, first_delay=0.01, max_delay=0.08, sleep=outage.sleep
+    )
     async with buffer.running():
         buffer.hold(turn(1))
         await wait_for(lambda: len(outage.attempts) >= 7)

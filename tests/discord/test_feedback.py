@@ -18,7 +18,9 @@ def test_reactions_are_asked_for_and_are_not_privileged() -> None:
     assert not INTENTS.members and not INTENTS.presences
 
 
-async def test_a_thumbs_up_or_down_on_an_answer_is_stored(fake: FakeDiscord, make_settings, channel: Json, alice: Json, caplog) -> None:
+async def test_a_thumbs_up_or_down_on_an_answer_is_stored(
+    fake: FakeDiscord, make_settings, channel: Json, alice: Json, caplog
+) -> None:
     caplog.set_level(logging.INFO)
     async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))) as stack:
         question = await fake.say(channel, alice, "Can I speak to a real person?", mention_bot=True)

@@ -44,24 +44,28 @@ async def test_a_refused_command_registration_is_reported_and_retried_while_ment
     caplog.set_level(logging.INFO)
     guild = channel["guild_id"]
     route = rf"/applications/\d+/guilds/{guild}/commands"
-    refusal = (fake.refuse("PUT", route) if status == 403
-               else fake.refuse("PUT", route, status=500, code=0, message="500: Internal Server Error"))
+    refusal = (
+        fake.refuse("PUT", route)
+        if status == 403
+        else fake.refuse("PUT", route, status=500, code=0, message="500: Internal Server Error")
+    )
     settings = make_settings(
-        llm_url=DEAD_LLM, ops=OpsSettings(_env_file=None, host="127.0.0.1", port=0),
+        llm_url=DEAD_LLM,
+        ops=OpsSettings(_env_file=None, host="127.0.0.1", port=0),
         discord=discord_settings(fake, test_guild=int(guild), sync_retry=0.05),
     )
     async with serving(fake, settings) as stack:
         question = await fake.say(channel, alice, "are you there without your commands?", mention_bot=True)
         assert "language model" in (await reply_to(fake, question))["content"], "mentions are answered"
         problem = await poll(lambda: stack.runtime.degraded.problems().get(COMMANDS))
-        async with ops_server(stack.runtime, [stack.adapter], stack.runtime.metrics) as port:
+        async with ops_server(stack.runtime.watched(), [stack.adapter]) as port:
             assert (await readyz(port))["degraded"][COMMANDS] == problem
         if status == 403:
             await poll(lambda: len(fake.calls_to("PUT", route)) >= 3)  # tried again, and again
         fake.lift(refusal)
         await poll(lambda: guild in fake.commands)
         await poll(lambda: COMMANDS not in stack.runtime.degraded.problems())
-        async with ops_server(stack.runtime, [stack.adapter], stack.runtime.metrics) as port:
+        async with ops_server(stack.runtime.watched(), [stack.adapter]) as port:
             assert "degraded" not in await readyz(port)
         helped = await fake.slash(channel, alice, "help")
         await poll(lambda: "original" in helped and fake.messages[int(helped["original"])]["content"])
@@ -83,8 +87,9 @@ async def test_a_command_being_taken_when_the_server_stops_still_gets_into_the_i
     """The slash command's acknowledgement is still on its way when shutdown starts: the turn
     must find the inbox open (here the in-process one, whose turns are answered in the drain)."""
     caplog.set_level(logging.INFO, logger="bot.server")
-    settings = make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake),
-                             dialogue=DialogueSettings(_env_file=None, inbox="memory"))
+    settings = make_settings(
+        llm_url=DEAD_LLM, discord=discord_settings(fake), dialogue=DialogueSettings(_env_file=None, inbox="memory")
+    )
     release = fake.hold("POST", CALLBACK)
 
     async def let_go_once_shutting_down() -> None:

@@ -9,6 +9,7 @@ from adapters.discord.app import INTENTS
 from adapters.discord.normalize import (
     chain_root_guess,
     channel_ids,
+    conversation_link,
     guild_id_of,
     interaction_turn,
     is_from_bot,
@@ -19,7 +20,7 @@ from adapters.discord.normalize import (
     thread_name,
 )
 from bot.config import DiscordSettings
-from bot.turns import Turn
+from bot.turns import ConversationKey, Turn
 from tests.discord.fake import FakeDiscord, Json
 
 
@@ -41,15 +42,30 @@ class World:
         channel, _ = self.state._get_guild_channel(payload)  # type: ignore[arg-type]
         return discord.Message(state=self.state, channel=channel, data=payload)  # type: ignore[arg-type]
 
-    async def say(self, content: str, *, channel: Json | None = None, author: Json | None = None, **kw: object) -> discord.Message:
+    async def say(
+        self, content: str, *, channel: Json | None = None, author: Json | None = None, **kw: object
+    ) -> discord.Message:
         return self.parse(await self.fake.say(channel or self.channel, author or self.alice, content, **kw))  # type: ignore[arg-type]
 
     def thread(self, starter: Json) -> Json:
-        data = {"id": starter["id"], "type": 11, "guild_id": self.channel["guild_id"], "parent_id": self.channel["id"],
-                "name": "t", "owner_id": self.alice["id"], "message_count": 0, "member_count": 1,
-                "rate_limit_per_user": 0, "flags": 0,
-                "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": "2024-01-01T00:00:00+00:00",
-                                    "locked": False}}
+        data = {
+            "id": starter["id"],
+            "type": 11,
+            "guild_id": self.channel["guild_id"],
+            "parent_id": self.channel["id"],
+            "name": "t",
+            "owner_id": self.alice["id"],
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": "2024-01-01T00:00:00+00:00",
+                "locked": False,
+            },
+        }
         self.guild._add_thread(discord.Thread(guild=self.guild, state=self.state, data=data))  # type: ignore[arg-type]
         return data
 
@@ -64,17 +80,21 @@ async def test_a_mention_in_a_channel_starts_a_conversation_named_by_its_message
     assert mentions_bot(message, bot_id=world.bot_id)
     turn = message_turn(message, bot_id=world.bot_id, conversation=None)
     assert (turn.platform, turn.tenant, turn.channel, turn.thread) == (
-        "discord", world.channel["guild_id"], world.channel["id"], str(message.id))
+        "discord",
+        world.channel["guild_id"],
+        world.channel["id"],
+        str(message.id),
+    )
     assert turn.text == "what is vLLM?" and turn.event_id == str(message.id)
     assert turn.reply_to == str(message.id) and turn.user == world.alice["id"]
-    assert turn.meta == {"post_channel": world.channel["id"]} and turn.command is None
+    assert turn.address == {"post_channel": world.channel["id"]} and turn.handle == {} and turn.command is None
 
 
 async def test_a_new_conversation_asks_for_a_thread_when_configured(world: World) -> None:
     message = await world.say("hi", mention_bot=True)
-    assert message_turn(message, bot_id=world.bot_id, conversation=None, open_thread=True).meta["open_thread"] == "1"
+    assert message_turn(message, bot_id=world.bot_id, conversation=None, open_thread=True).handle["open_thread"] == "1"
     follow_up = message_turn(message, bot_id=world.bot_id, conversation="123", open_thread=True)
-    assert "open_thread" not in follow_up.meta and follow_up.thread == "123"
+    assert "open_thread" not in follow_up.handle and follow_up.thread == "123"
 
 
 async def test_the_bots_role_mention_counts_and_is_stripped(world: World) -> None:
@@ -96,7 +116,11 @@ async def test_a_message_in_a_thread_belongs_to_the_thread(world: World) -> None
     message = await world.say("inside", channel=thread)
     assert place_of(message.channel, guild_id_of(message)).thread_id == thread["id"]
     turn = message_turn(message, bot_id=world.bot_id, conversation=None)
-    assert (turn.channel, turn.thread, turn.meta["post_channel"]) == (world.channel["id"], thread["id"], thread["id"])
+    assert (turn.channel, turn.thread, turn.address["post_channel"]) == (
+        world.channel["id"],
+        thread["id"],
+        thread["id"],
+    )
     assert channel_ids(message.channel) == (int(thread["id"]), int(world.channel["id"]))
 
 
@@ -155,14 +179,19 @@ async def test_dms_are_off_when_an_allow_list_is_set_unless_allowed_explicitly(w
 async def test_a_slash_command_carries_its_reply_token_never_the_bot_token(world: World) -> None:
     payload = await world.fake.slash(world.channel, world.alice, "translate", text="hello", to="German")
     interaction = discord.Interaction(data=payload, state=world.state)  # type: ignore[arg-type]
-    turn = interaction_turn(interaction, command="translate", text="hello", target_language=" German ",
-                            original_message_id=77)
+    turn = interaction_turn(
+        interaction, command="translate", text="hello", target_language=" German ", original_message_id=77
+    )
     assert (turn.tenant, turn.channel, turn.thread) == (world.channel["guild_id"], world.channel["id"], "")
     assert turn.command == "translate" and turn.text == "hello" and turn.event_id == payload["id"]
-    # `to:` is the turn's typed target language (which the translate handler reads), not a meta entry.
+    # `to:` is the turn's typed target language (which the translate handler reads), not a handle entry.
     assert turn.target_language == "German"
-    assert turn.meta == {"application_id": str(world.fake.app_id), "interaction_token": payload["token"],
-                         "post_channel": world.channel["id"], "original": "77"}
+    assert turn.handle == {
+        "application_id": str(world.fake.app_id),
+        "interaction_token": payload["token"],
+        "original": "77",
+    }
+    assert turn.address == {"post_channel": world.channel["id"]}
     assert Turn.from_dict(turn.to_dict()).target_language == "German", "it survives the Redis inbox"
     assert world.fake.token not in str(turn.to_dict())
     ask = interaction_turn(interaction, command="ask", text="hello")
@@ -174,10 +203,16 @@ async def test_a_slash_command_in_a_dm(world: World) -> None:
     payload = await world.fake.slash(dm, world.alice, "reset")
     turn = interaction_turn(discord.Interaction(data=payload, state=world.state), command="reset")  # type: ignore[arg-type]
     assert (turn.tenant, turn.channel, turn.thread) == ("dm", dm["id"], dm["id"])
-    assert turn.meta["original"] == "@original"
+    assert turn.handle["original"] == "@original"
 
 
 def test_thread_names_come_from_the_first_line() -> None:
     assert thread_name("How do I deploy?\nDetails follow") == "How do I deploy?"
     assert len(thread_name("x" * 300)) == 100 and thread_name("x" * 300).endswith("…")
     assert thread_name("   ") == "Parley"
+
+
+def test_a_ticket_links_to_the_conversation_in_its_guild_or_dm() -> None:
+    assert conversation_link(ConversationKey("discord", "42", "7", "99")) == "https://discord.com/channels/42/7/99"
+    assert conversation_link(ConversationKey("discord", "42", "7")) == "https://discord.com/channels/42/7"
+    assert conversation_link(ConversationKey("discord", "dm", "5", "5")) == "https://discord.com/channels/@me/5"

@@ -19,9 +19,9 @@ from adapters.discord.normalize import PLATFORM
 from adapters.discord.sink import ChannelEditor
 from bot import messages
 from bot.config import DialogueSettings
-from bot.store.context import RedisContextStore
 from bot.errors import PlatformError
 from bot.reply import split_pages
+from bot.store.context import RedisContextStore
 from bot.turns import ConversationKey, Turn
 from tests.discord.conftest import DEAD_LLM, DiscordStack, discord_settings, on_own_redis, poll, serving
 from tests.discord.fake import FakeDiscord, Json
@@ -79,7 +79,11 @@ async def test_reply_chains_and_threads_keep_context_without_a_mention(
         # Deeper in the chain: a reply to the answer to the follow-up is still the same conversation.
         third = await fake.say(channel, alice, "and another", reply_to=await reply_to(fake, second))
         context = await stack.answered_in(channel, first["id"], answers=3)
-        assert [m.content for m in context.messages if m.role == "user"] == ["first question", "a follow-up", "and another"]
+        assert [m.content for m in context.messages if m.role == "user"] == [
+            "first question",
+            "a follow-up",
+            "and another",
+        ]
         assert fake.replies_to(third), "each follow-up is answered as a reply to it"
 
         # A reply to someone else's message, without a mention, is not for Parley.
@@ -161,17 +165,13 @@ async def test_own_messages_other_bots_and_unaddressed_messages_are_ignored(fake
     assert len(fake.calls_to("POST", MESSAGES)) == 1
 
 
-async def test_a_mention_of_the_bots_role_counts(
-    fake: FakeDiscord, make_settings, channel: Json, alice: Json
-) -> None:
+async def test_a_mention_of_the_bots_role_counts(fake: FakeDiscord, make_settings, channel: Json, alice: Json) -> None:
     async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))):
         question = await fake.say(channel, alice, "via the role", mention_role=True)
         await reply_to(fake, question)
 
 
-async def test_attachments_without_text_get_told(
-    fake: FakeDiscord, make_settings, channel: Json, alice: Json
-) -> None:
+async def test_attachments_without_text_get_told(fake: FakeDiscord, make_settings, channel: Json, alice: Json) -> None:
     async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))):
         picture = await fake.say(channel, alice, "", mention_bot=True, attachments=1)
         answer = await reply_to(fake, picture)
@@ -189,7 +189,9 @@ async def test_slash_ask_is_deferred_then_answered_by_edits(
         ask = await fake.slash(channel, alice, "ask", question="what is vLLM?")
         context = await stack.answered(channel["guild_id"], channel["id"], "")
         await fake.slash(channel, alice, "reset")
-        await poll(lambda: sum(1 for m in fake.messages.values() if m.get("interaction_metadata") and m["content"]) == 2)
+        await poll(
+            lambda: sum(1 for m in fake.messages.values() if m.get("interaction_metadata") and m["content"]) == 2
+        )
         assert not (await stack.context(channel["guild_id"], channel["id"], "")).messages, "/reset forgot it"
 
     token = ask["token"]
@@ -200,7 +202,7 @@ async def test_slash_ask_is_deferred_then_answered_by_edits(
     original = fake.messages[int(ask["original"])]
     assert original["content"] == context.messages[-1].content
     assert not original["flags"] & 64, "an answer to /ask is public"
-    reset = [i for i in fake.interactions.values() if i["data"]["name"] == "reset"][0]
+    reset = next(i for i in fake.interactions.values() if i["data"]["name"] == "reset")
     assert reset["response"]["data"]["flags"] & 64, "/reset answers only the caller"
     assert {c["name"] for c in fake.commands["global"]} == {"ask", "translate", "reset", "help"}
 
@@ -221,8 +223,16 @@ async def test_slash_commands_register_in_the_test_guild(fake: FakeDiscord, make
 
 
 def channel_turn(channel: Json, event_id: str) -> Turn:
-    return Turn(platform=PLATFORM, tenant=channel["guild_id"], channel=channel["id"], thread=event_id, user="1",
-                text="q", event_id=event_id, meta={"post_channel": channel["id"]})
+    return Turn(
+        platform=PLATFORM,
+        tenant=channel["guild_id"],
+        channel=channel["id"],
+        thread=event_id,
+        user="1",
+        text="q",
+        event_id=event_id,
+        address={"post_channel": channel["id"]},
+    )
 
 
 async def stream_answer(stack: DiscordStack, channel: Json, chunks: AsyncIterator[str]) -> str:
@@ -242,8 +252,12 @@ async def slowly(text: str, *, size: int = 250, pause: float = 0.05):
 
 
 LONG_ANSWER = (
-    "Here is the plan.\n\n" + "A paragraph of prose that goes on for a while. " * 30 + "\n\n"
-    + "```python\n" + "".join(f"def step_{i}(x):\n    return x * {i}  # a line of code\n" for i in range(60)) + "```\n\n"
+    "Here is the plan.\n\n"
+    + "A paragraph of prose that goes on for a while. " * 30
+    + "\n\n"
+    + "```python\n"
+    + "".join(f"def step_{i}(x):\n    return x * {i}  # a line of code\n" for i in range(60))
+    + "```\n\n"
     + "And a conclusion. " * 30
 )
 
@@ -261,7 +275,7 @@ async def test_a_long_answer_with_code_is_split_at_boundaries(fake: FakeDiscord,
     contents = [p["content"] for p in pages]
     for i in range(len(contents) - 1):
         if contents[i].endswith("\n```") and contents[i + 1].startswith("```python\n"):
-            contents[i], contents[i + 1] = contents[i][:-4], contents[i + 1][len("```python\n"):]
+            contents[i], contents[i + 1] = contents[i][:-4], contents[i + 1][len("```python\n") :]
     assert re.sub(r"\s", "", "".join(contents)) == re.sub(r"\s", "", LONG_ANSWER)
 
 
@@ -313,7 +327,9 @@ async def test_a_global_429_pauses_every_request(fake: FakeDiscord, make_setting
     fake.rate_limit("PATCH", rf"/channels/{one['id']}/messages/\d+", retry_after=1.5, is_global=True)
     async with serving(fake, make_settings(llm_url=DEAD_LLM, discord=discord_settings(fake))) as stack:
         texts = ["one " * 200, "two " * 200]
-        shown = await asyncio.gather(*(stream_answer(stack, c, slowly(t, size=20)) for c, t in zip((one, two), texts)))
+        shown = await asyncio.gather(
+            *(stream_answer(stack, c, slowly(t, size=20)) for c, t in zip((one, two), texts, strict=True))
+        )
     assert shown == texts
     assert [m["content"] for m in fake.bot_messages()] == texts
     (limited,) = [c for c in fake.calls if c.status == 429]
@@ -429,8 +445,9 @@ async def test_without_the_message_content_intent_mentions_still_work(
 async def test_shutdown_finishes_the_answer_in_flight(
     fake: FakeDiscord, make_settings, engine: str, redis, channel: Json, alice: Json
 ) -> None:
-    settings = make_settings(llm_url=engine, discord=discord_settings(fake),
-                             dialogue=DialogueSettings(_env_file=None, drain_timeout=60))
+    settings = make_settings(
+        llm_url=engine, discord=discord_settings(fake), dialogue=DialogueSettings(_env_file=None, drain_timeout=60)
+    )
     async with serving(fake, settings):
         question = await fake.say(channel, alice, "answer me while I stop", mention_bot=True)
         await reply_to(fake, question)  # the answer has started: stop now

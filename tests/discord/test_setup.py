@@ -18,7 +18,9 @@ SETUP = Path(__file__).parents[2] / "deploy" / "discord" / "SETUP.md"
 def test_the_invite_links_carry_exactly_the_scopes_and_permissions_used(open_threads: bool) -> None:
     ours = parse_qs(urlsplit(invite_url(1, open_threads=open_threads)).query)
     assert ours["scope"] == ["bot applications.commands"]
-    links = [parse_qs(urlsplit(u).query) for u in re.findall(r"https://discord.com/oauth2/authorize\S+", SETUP.read_text())]
+    links = [
+        parse_qs(urlsplit(u).query) for u in re.findall(r"https://discord.com/oauth2/authorize\S+", SETUP.read_text())
+    ]
     documented = {link["permissions"][0] for link in links}
     assert ours["permissions"][0] in documented
     assert all(link["scope"] == ours["scope"] for link in links)

@@ -36,8 +36,9 @@ async def test_translate_to_names_the_language_the_engine_is_asked_for(
 ) -> None:
     engine, url = standin
     async with serving(fake, make_settings(llm_url=url, discord=discord_settings(fake))):
-        by_name = await fake.slash(channel, alice, "translate", text="Good morning, my friend. How are you today?",
-                                   to="German")
+        by_name = await fake.slash(
+            channel, alice, "translate", text="Good morning, my friend. How are you today?", to="German"
+        )
         await poll(lambda: len(translations(engine)) == 1)
         await fake.slash(channel, alice, "translate", text="The train leaves at noon.", to="fr")
         await poll(lambda: len(translations(engine)) == 2)

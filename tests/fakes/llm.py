@@ -1,9 +1,9 @@
 """A scripted `LLMClient` for unit tests of the dialogue core: no engine, no HTTP.
 
 It speaks the client's public surface (`stream`, `choose`, `count_tokens`, `model`, `health`,
-`circuits`, `in_flight`) and honours what the real client reads from the caller's context:
-`affinity_key` is recorded with each request, `request_sent` is set as a stream request
-"leaves", and a stream adds its usage to `usage_meter` as it closes, so speculation and token
+`circuits`, `in_flight`) and honours the caller's `CallScope` as the real client does: its
+`affinity` is recorded with each request, its `sent` event is set as a stream request
+"leaves", and a stream adds its usage to its `usage` as it closes, so speculation and token
 metering behave as with the real client. Usage arrives only with a stream's end, as vLLM
 sends it in the last event: a stream closed early reports none.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import EngineFailed, LLMError
-from bot.llm.client import ChatMessages, Usage, affinity_key, request_sent, usage_meter
+from bot.llm.client import CallScope, ChatMessages, Usage
 
 URL = "fake://engine/v1"
 
@@ -146,9 +146,14 @@ class FakeLLM:
     # -- the LLMClient surface ----------------------------------------------------------------
 
     @asynccontextmanager
-    async def stream(self, messages: ChatMessages, *, max_tokens: int | None = None, **params: Any) -> AsyncIterator[FakeStream]:
+    async def stream(
+        self, messages: ChatMessages, *, scope: CallScope | None = None, max_tokens: int | None = None, **params: Any
+    ) -> AsyncIterator[FakeStream]:
+        scope = scope or CallScope()
         call = Call(
-            [dict(m) for m in messages], {"max_tokens": max_tokens, **params}, affinity_key.get(),
+            [dict(m) for m in messages],
+            {"max_tokens": max_tokens, **params},
+            scope.affinity,
             prompt_tokens=sum(count(m["content"]) for m in messages),
         )
         self.requests.append(call)
@@ -157,8 +162,8 @@ class FakeLLM:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            if (sent := request_sent.get()) is not None:
-                sent.set()  # the request has left (the real client: its body is written)
+            if scope.sent is not None:
+                scope.sent.set()  # the request has left (the real client: its body is written)
             if answer.error is not None and answer.fail_after == 0:
                 call.failed = answer.error
                 raise answer.error
@@ -166,11 +171,10 @@ class FakeLLM:
         finally:
             call.closed = True
             self.in_flight -= 1
-            if (meter := usage_meter.get()) is not None:
-                meter.add(chat.usage)
+            scope.usage.add(chat.usage)
 
-    async def choose(self, messages: ChatMessages, labels: Sequence[str]) -> str:
-        call = Choice([dict(m) for m in messages], tuple(labels), affinity_key.get())
+    async def choose(self, messages: ChatMessages, labels: Sequence[str], *, scope: CallScope | None = None) -> str:
+        call = Choice([dict(m) for m in messages], tuple(labels), scope.affinity if scope else None)
         self.choices.append(call)
         if self._label is None:
             return call.labels[0]
@@ -179,7 +183,7 @@ class FakeLLM:
             raise EngineFailed("the engine did not constrain its answer to the labels", url=URL, detail=label)
         return label
 
-    async def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str, *, scope: CallScope | None = None) -> int:
         self.counted.append(text)
         return count(text)
 
@@ -210,10 +214,11 @@ class FakeLLM:
             scripted = self._script(messages)
         else:
             if self._next >= len(self._script):
-                raise AssertionError(f"FakeLLM: request {self._next + 1} has no scripted answer ({len(self._script)} scripted)")
+                raise AssertionError(
+                    f"FakeLLM: request {self._next + 1} has no scripted answer ({len(self._script)} scripted)"
+                )
             scripted = self._script[self._next]
             self._next += 1
         if isinstance(scripted, Answer):
             return scripted
         return Answer((scripted,) if isinstance(scripted, str) else tuple(scripted))
-

@@ -56,7 +56,7 @@ def handoff_settings(**overrides: Any) -> HandoffSettings:
 
 
 @pytest_asyncio.fixture
-async def runtime_for(make_settings: Callable[..., Settings], fake_slack: FakeSlack) -> Callable[..., Any]:  # noqa: F811
+async def runtime_for(make_settings: Callable[..., Settings], fake_slack: FakeSlack) -> Callable[..., Any]:
     """`async with runtime_for(desk=True, **handoff) as rt:` the runtime, its desk posting to the fake."""
 
     @asynccontextmanager
@@ -67,7 +67,7 @@ async def runtime_for(make_settings: Callable[..., Settings], fake_slack: FakeSl
         async with open_runtime(make_settings(llm_url=DEAD_LLM, **sections)) as rt:
             if desk:
                 client = AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)
-                rt.desks["slack"] = SlackDesk(client, channel=SUPPORT, store=rt.handoffs, limit=3000)
+                rt.desks["slack"] = SlackDesk(client, channel=SUPPORT, store=rt.tickets, links=rt.links, limit=3000)
             yield rt
 
     return make
@@ -77,7 +77,8 @@ async def runtime_for(make_settings: Callable[..., Settings], fake_slack: FakeSl
 async def serving_web_and_slack(settings: Settings, fake: FakeSlack) -> AsyncIterator[tuple[WebStack, SlackStack]]:
     """`parley serve` with the web chat and Slack, until the block ends; then the ordered shutdown."""
     async with open_runtime(settings) as runtime, aiohttp.ClientSession() as session:
-        slack, web = adapters.slack.create(runtime), adapters.web.create(runtime)
+        context = runtime.adapter_context()
+        slack, web = adapters.slack.create(context), adapters.web.create(context)
         assert slack is not None and web is not None
         stop = asyncio.Event()
         server = asyncio.create_task(run_adapters(runtime, [slack, web], stop=stop))

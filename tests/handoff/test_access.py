@@ -24,7 +24,8 @@ OTHER_ORG = "T0OTHER"
 
 def stack(make_settings, fake: FakeSlack, **handoff: Any):
     sections: dict[str, Any] = {
-        "slack": slack_settings(fake), "handoff": HandoffSettings(_env_file=None, **{"slack_channel": SUPPORT, **handoff}),
+        "slack": slack_settings(fake),
+        "handoff": HandoffSettings(_env_file=None, **{"slack_channel": SUPPORT, **handoff}),
     }
     return serving(make_settings(llm_url=DEAD_LLM, **sections), fake)
 
@@ -47,11 +48,15 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("channel, fix", [
-    ({"private": False}, "PARLEY_HANDOFF_ALLOW_PUBLIC_CHANNEL=true"),
-    ({"private": True, "ext_shared": True}, "shared with another organisation"),
-    (None, "invite Parley to the channel"),  # Slack does not show it: channel_not_found
-], ids=["public", "slack-connect", "unknown"])
+@pytest.mark.parametrize(
+    "channel, fix",
+    [
+        ({"private": False}, "PARLEY_HANDOFF_ALLOW_PUBLIC_CHANNEL=true"),
+        ({"private": True, "ext_shared": True}, "shared with another organisation"),
+        (None, "invite Parley to the channel"),  # Slack does not show it: channel_not_found
+    ],
+    ids=["public", "slack-connect", "unknown"],
+)
 async def test_the_desk_stays_off_unless_its_channel_is_private_and_slack_keeps_serving(
     make_settings, fake_slack, caplog, channel, fix
 ):
@@ -86,17 +91,34 @@ async def test_only_people_of_parleys_workspace_act_as_agents(make_settings, fak
     async with stack(make_settings, fake_slack) as s:
         asked, head = await hand_off(s, fake_slack)
         # The guest's event says their workspace; another one's event does not (users.info does).
-        await s.deliver(message(SUPPORT, "Refund approved, send your card number", user="UGUEST", thread_ts=head.ts,
-                                user_team=OTHER_ORG, team=OTHER_ORG))
+        await s.deliver(
+            message(
+                SUPPORT,
+                "Refund approved, send your card number",
+                user="UGUEST",
+                thread_ts=head.ts,
+                user_team=OTHER_ORG,
+                team=OTHER_ORG,
+            )
+        )
         await s.deliver(message(SUPPORT, "I am support too", user="USTRANGE", thread_ts=head.ts))
-        await s.send({"payload": json.dumps(dict(block_action(head, action_id="parley_resolve", user="UGUEST"),
-                                                 user={"id": "UGUEST", "team_id": OTHER_ORG}))}, form=True)
+        await s.send(
+            {
+                "payload": json.dumps(
+                    dict(
+                        block_action(head, action_id="parley_resolve", user="UGUEST"),
+                        user={"id": "UGUEST", "team_id": OTHER_ORG},
+                    )
+                )
+            },
+            form=True,
+        )
         # The people of the workspace still answer; what they write is the first thing the customer gets.
         await s.deliver(message(SUPPORT, "Hello, Ann here.", user="UAGENT", thread_ts=head.ts))
         relayed = messages.agent_reply("Ann", "Hello, Ann here.")
         await fake_slack.wait_for(lambda: len(texts(fake_slack, CUSTOMER, asked["ts"])) >= 2)
         assert texts(fake_slack, CUSTOMER, asked["ts"]) == [messages.HANDED_OFF, relayed]
-        assert await s.runtime.handoffs.ticket(ConversationKey("slack", TEAM, CUSTOMER, asked["ts"])) is not None
+        assert await s.runtime.tickets.ticket(ConversationKey("slack", TEAM, CUSTOMER, asked["ts"])) is not None
         notices = await fake_slack.wait_for(lambda: len(fake_slack.ephemeral) == 3 and fake_slack.ephemeral)
     assert sorted((n.user, n.channel, n.thread_ts, n.text) for n in notices) == [
         ("UGUEST", SUPPORT, head.ts, messages.AGENT_NOT_OURS),
@@ -124,7 +146,9 @@ async def test_agent_groups_admit_their_members_only(make_settings, fake_slack, 
         await s.send({"payload": json.dumps(block_action(head, action_id="parley_resolve", user="UAGENT"))}, form=True)
         await fake_slack.wait_for(lambda: messages.HANDED_BACK in texts(fake_slack, CUSTOMER, asked["ts"]))
         assert texts(fake_slack, CUSTOMER, asked["ts"]) == [
-            messages.HANDED_OFF, messages.agent_reply("Ann", "Hello, Ann here."), messages.HANDED_BACK,
+            messages.HANDED_OFF,
+            messages.agent_reply("Ann", "Hello, Ann here."),
+            messages.HANDED_BACK,
         ]
         await fake_slack.wait_for(lambda: len(fake_slack.ephemeral) == 2)
     assert [(n.user, n.text) for n in fake_slack.ephemeral] == [("UBOB", messages.AGENT_NOT_IN_GROUP)] * 2
@@ -142,12 +166,18 @@ async def test_resolve_counts_only_in_the_support_channel(make_settings, fake_sl
     async with stack(make_settings, fake_slack, slack_channel="COLDSUP") as s:
         asked, old_head = await hand_off(s, fake_slack, channel="COLDSUP")
     async with stack(make_settings, fake_slack) as s:
-        pressed = await s.send({"payload": json.dumps(block_action(old_head, action_id="parley_resolve", user="UAGENT"))},
-                               form=True)
+        pressed = await s.send(
+            {"payload": json.dumps(block_action(old_head, action_id="parley_resolve", user="UAGENT"))}, form=True
+        )
         assert pressed.status == 200
-        await fake_slack.wait_for(lambda: fake_slack.ephemeral or messages.HANDED_BACK in texts(fake_slack, CUSTOMER, asked["ts"]))
+        await fake_slack.wait_for(
+            lambda: fake_slack.ephemeral or messages.HANDED_BACK in texts(fake_slack, CUSTOMER, asked["ts"])
+        )
         assert messages.HANDED_BACK not in texts(fake_slack, CUSTOMER, asked["ts"])
         [notice] = fake_slack.ephemeral
         assert (notice.user, notice.channel, notice.text) == ("UAGENT", "COLDSUP", messages.NOT_THE_DESK)
-        assert await s.runtime.handoffs.ticket(ConversationKey("slack", TEAM, CUSTOMER, asked["ts"])) is not None
-    assert f"desk resolve from UAGENT in COLDSUP:{old_head.ts} refused: pressed outside the support channel {SUPPORT}" in logged(caplog)
+        assert await s.runtime.tickets.ticket(ConversationKey("slack", TEAM, CUSTOMER, asked["ts"])) is not None
+    assert (
+        f"desk resolve from UAGENT in COLDSUP:{old_head.ts} refused: pressed outside the support channel {SUPPORT}"
+        in logged(caplog)
+    )

@@ -27,11 +27,13 @@ from tests.web.conftest import web_settings
 pytestmark = pytest.mark.engine
 
 
-async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settings, proxy, fake_slack):  # noqa: F811
+async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settings, proxy, fake_slack):
     fake_slack.add_user("UAGENT", "ann.k", display_name="Ann")
     fake_slack.add_channel(SUPPORT, "support", private=True)
     settings = make_settings(
-        llm_url=proxy.url, web=web_settings(), slack=slack_settings(fake_slack),
+        llm_url=proxy.url,
+        web=web_settings(),
+        slack=slack_settings(fake_slack),
         handoff=HandoffSettings(_env_file=None, slack_channel=SUPPORT),
     )
     async with serving_web_and_slack(settings, fake_slack) as (web, slack):
@@ -44,12 +46,19 @@ async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settin
 
         # 2. A ticket thread with the transcript appears in the support channel.
         head = await fake_slack.wait_for(lambda: next(iter(fake_slack.in_thread(SUPPORT, None)), None))
-        assert "*web*" in head.text and "`shop`" in head.text and tab.conversation in head.text and tab.visitor not in head.text
+        assert (
+            "*web*" in head.text
+            and "`shop`" in head.text
+            and tab.conversation in head.text
+            and tab.visitor not in head.text
+        )
         [transcript] = await fake_slack.wait_for(lambda: fake_slack.in_thread(SUPPORT, head.ts))
         assert quoted("Customer", "I want to talk to a person") in transcript.text
 
         # 3. A person replies in that thread; the reply reaches the visitor's browser, with their name.
-        await slack.deliver(message(SUPPORT, "Hi, I'm Ann. Your refund is on its way.", user="UAGENT", thread_ts=head.ts))
+        await slack.deliver(
+            message(SUPPORT, "Hi, I'm Ann. Your refund is on its way.", user="UAGENT", thread_ts=head.ts)
+        )
         relayed = await tab.next("message")
         assert relayed["text"] == "Hi, I'm Ann. Your refund is on its way."
         assert (relayed["kind"], relayed["agent"]) == ("agent", messages.agent_label("Ann"))  # shown as the person's
@@ -57,7 +66,10 @@ async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settin
         # The visitor answers the person; it goes to the thread, not to the model.
         await tab.say("Thanks! When will it arrive?", id="msg-00000002")
         await fake_slack.wait_for(
-            lambda: any(m.text == quoted("Customer", "Thanks! When will it arrive?") for m in fake_slack.in_thread(SUPPORT, head.ts))
+            lambda: any(
+                m.text == quoted("Customer", "Thanks! When will it arrive?")
+                for m in fake_slack.in_thread(SUPPORT, head.ts)
+            )
         )
         await slack.deliver(message(SUPPORT, "Within 3 days.", user="UAGENT", thread_ts=head.ts))
         assert (await tab.next("message"))["text"] == "Within 3 days."
@@ -81,7 +93,10 @@ async def test_a_web_visitor_is_handed_to_a_person_in_slack_and_back(make_settin
     # (Consecutive messages of one role are joined into one, as chat templates want them.)
     assert said == [
         ("user", "I want to talk to a person"),
-        ("assistant", messages.HANDED_OFF + "\n\n" + messages.agent_reply("Ann", "Hi, I'm Ann. Your refund is on its way.")),
+        (
+            "assistant",
+            messages.HANDED_OFF + "\n\n" + messages.agent_reply("Ann", "Hi, I'm Ann. Your refund is on its way."),
+        ),
         ("user", "Thanks! When will it arrive?"),
         ("assistant", messages.agent_reply("Ann", "Within 3 days.") + "\n\n" + messages.HANDED_BACK),
         ("user", "Can you sum that up?"),

@@ -17,8 +17,9 @@ from tests.slack.fake import FakeSlack
 
 
 def say(text: str, *, visitor: str = "v1", **fields) -> Turn:
-    return Turn(platform="web", tenant="shop", channel=visitor, user=visitor, text=text, event_id=uuid.uuid4().hex,
-                **fields)
+    return Turn(
+        platform="web", tenant="shop", channel=visitor, user=visitor, text=text, event_id=uuid.uuid4().hex, **fields
+    )
 
 
 def ticket_of(fake: FakeSlack):
@@ -37,7 +38,7 @@ async def test_asking_for_a_person_opens_a_ticket_and_the_people_take_over(runti
         reply = await rt.manager.handle(asked, visitor)
         assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.HANDED_OFF, "handoff", "semantic")
         assert visitor.sent[-1] == messages.HANDED_OFF
-        ticket = await rt.handoffs.ticket(asked.key)
+        ticket = await rt.tickets.ticket(asked.key)
         assert ticket is not None and ticket.reason == "request" and ticket.desk == "slack"
 
         # The support channel: a ticket with the platform, the tenant, the conversation and a Resolve button ...
@@ -56,16 +57,16 @@ async def test_asking_for_a_person_opens_a_ticket_and_the_people_take_over(runti
         assert ticket_of(fake_slack)[1][-1] == quoted("Customer", "it's about invoice 1234, &lt;!channel&gt;")
 
         # A person's reply reaches the user with their name, and the context keeps it.
-        agent = ticket.turn(command="agent", user="UAGENT", text="Hi, I'm on it.", event_id="Ev-a1", meta={"agent": "Ann"})
+        agent = ticket.turn(command="agent", user="UAGENT", text="Hi, I'm on it.", event_id="Ev-a1", agent="Ann")
         assert (await rt.manager.handle(agent, visitor)).outcome is Outcome.RELAYED
         assert visitor.sent[-1] == messages.agent_reply("Ann", "Hi, I'm on it.")
         assert (await rt.manager.handle(agent, visitor)).outcome is Outcome.DUPLICATE  # Slack's retry of it
 
-        resolve = ticket.turn(command="resolve", user="UAGENT", text="resolve", event_id="Ev-r1", meta={"agent": "Ann"})
+        resolve = ticket.turn(command="resolve", user="UAGENT", text="resolve", event_id="Ev-r1", agent="Ann")
         assert (await rt.manager.handle(resolve, visitor)).outcome is Outcome.RESOLVED
         assert visitor.sent[-1] == messages.HANDED_BACK
         assert ticket_of(fake_slack)[1][-1] == messages.resolved_by("Ann")
-        assert await rt.handoffs.ticket(asked.key) is None
+        assert await rt.tickets.ticket(asked.key) is None
 
         context = await rt.store.load(asked.key)
         assert [(m.role, m.content) for m in context.messages] == [
@@ -81,9 +82,9 @@ async def test_asking_for_a_person_opens_a_ticket_and_the_people_take_over(runti
         assert (await rt.manager.handle(say("and another question"), visitor)).outcome is Outcome.FAILED
 
         # Late events from the closed ticket are not delivered, and the people are told so.
-        late = ticket.turn(command="agent", user="UAGENT", text="one more thing", event_id="Ev-a2", meta={"agent": "Ann"})
+        late = ticket.turn(command="agent", user="UAGENT", text="one more thing", event_id="Ev-a2", agent="Ann")
         assert (await rt.manager.handle(late, visitor)).outcome is Outcome.IGNORED
-        again = ticket.turn(command="resolve", user="UAGENT", text="", event_id="Ev-r2", meta={"agent": "Ann"})
+        again = ticket.turn(command="resolve", user="UAGENT", text="", event_id="Ev-r2", agent="Ann")
         assert (await rt.manager.handle(again, visitor)).outcome is Outcome.IGNORED
         assert ticket_of(fake_slack)[1][-2:] == [messages.AGENT_NOT_DELIVERED, messages.ALREADY_WITH_BOT]
         assert not any("one more thing" in s for s in visitor.sent)
@@ -102,7 +103,7 @@ async def test_two_failed_answers_in_a_row_hand_off(runtime_for, fake_slack):
         two = await rt.manager.handle(say("second question", visitor="v2"), visitor)
         assert two.outcome is Outcome.FAILED  # the turn failed; then the conversation was handed off
         assert visitor.sent[-1] == messages.HANDED_OFF_AFTER_FAILURES
-        ticket = await rt.handoffs.ticket(say("x", visitor="v2").key)
+        ticket = await rt.tickets.ticket(say("x", visitor="v2").key)
         assert ticket is not None and ticket.reason == "failures"
         _, thread = ticket_of(fake_slack)
         assert quoted("Customer", "first question") in thread[0] and quoted("Customer", "second question") in thread[0]
@@ -147,15 +148,19 @@ async def test_personal_data_is_redacted_in_the_transcript_even_when_the_tenant_
         assert "[phone removed]" in thread[0] and "1234567" not in thread[0]
 
 
-async def test_without_a_desk_the_user_is_told_no_person_is_reachable_and_the_bot_keeps_answering(runtime_for, fake_slack):
+async def test_without_a_desk_the_user_is_told_no_person_is_reachable_and_the_bot_keeps_answering(
+    runtime_for, fake_slack
+):
     async with runtime_for(desk=False) as rt:
         visitor = Recording()
         asked = say("Can I speak to a real person?", visitor="v8")
         reply = await rt.manager.handle(asked, visitor)
         assert (reply.outcome, reply.intent) == (Outcome.ANSWERED, "handoff")
         assert visitor.sent == [messages.NO_AGENT]
-        assert await rt.handoffs.ticket(asked.key) is None
-        assert (await rt.manager.handle(say("ok then, how do I export?", visitor="v8"), visitor)).outcome is Outcome.FAILED
+        assert await rt.tickets.ticket(asked.key) is None
+        assert (
+            await rt.manager.handle(say("ok then, how do I export?", visitor="v8"), visitor)
+        ).outcome is Outcome.FAILED
 
         # That answer can be voted on; a vote on anything else is ignored, with a reason.
         vote = say("up", visitor="v8", command="feedback", reply_to=asked.event_id)
@@ -186,9 +191,11 @@ async def test_an_unreachable_desk_is_said_plainly_and_retried_on_the_next_reque
         reply = await rt.manager.handle(asked, visitor)
         assert (reply.outcome, reply.intent) == (Outcome.FAILED, "handoff")  # not counted as a failed answer
         assert visitor.sent == [messages.NO_AGENT_NOW]
-        assert await rt.handoffs.ticket(asked.key) is None
+        assert await rt.tickets.ticket(asked.key) is None
         fake_slack.gone_channels.clear()
-        assert (await rt.manager.handle(say("I want to talk to a person", visitor="v10"), visitor)).outcome is Outcome.HANDED_OFF
+        assert (
+            await rt.manager.handle(say("I want to talk to a person", visitor="v10"), visitor)
+        ).outcome is Outcome.HANDED_OFF
 
 
 async def test_when_the_desk_or_the_customer_cannot_be_reached_the_other_side_is_told(runtime_for, fake_slack):
@@ -196,15 +203,15 @@ async def test_when_the_desk_or_the_customer_cannot_be_reached_the_other_side_is
         visitor = Recording()
         asked = say("I want to talk to a person", visitor="v11")
         await rt.manager.handle(asked, visitor)
-        ticket = await rt.handoffs.ticket(asked.key)
+        ticket = await rt.tickets.ticket(asked.key)
         fake_slack.gone_channels.add(SUPPORT)
         lost = await rt.manager.handle(say("hello?", visitor="v11"), visitor)
         assert (lost.outcome, visitor.sent[-1]) == (Outcome.FAILED, messages.FORWARD_FAILED)
-        assert await rt.handoffs.ticket(asked.key) is not None  # still handed off
+        assert await rt.tickets.ticket(asked.key) is not None  # still handed off
         fake_slack.gone_channels.clear()
 
         visitor.fail = PlatformError("gone", platform="web", code="visitor_gone")
-        agent = ticket.turn(command="agent", user="UAGENT", text="still there?", event_id="Ev-x", meta={"agent": "Ann"})
+        agent = ticket.turn(command="agent", user="UAGENT", text="still there?", event_id="Ev-x", agent="Ann")
         assert (await rt.manager.handle(agent, visitor)).outcome is Outcome.FAILED
         assert ticket_of(fake_slack)[1][-1] == messages.relay_failed("visitor_gone")
         context = await rt.store.load(asked.key)

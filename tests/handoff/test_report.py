@@ -9,8 +9,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from bot.tools.report import render_table, run_report
 from bot.ops.stats import DayStats, RedisStats, day_of
+from bot.tools.report import render_table, run_report
 from bot.turns import ConversationKey, Turn
 
 ROOT = Path(__file__).parents[2]
@@ -18,8 +18,14 @@ ROOT = Path(__file__).parents[2]
 
 def turn(tenant: str, visitor: str, event_id: str | None = None) -> Turn:
     key = ConversationKey("web", tenant, visitor)
-    return Turn(platform=key.platform, tenant=tenant, channel=visitor, user=visitor, text="x",
-                event_id=event_id or uuid.uuid4().hex)
+    return Turn(
+        platform=key.platform,
+        tenant=tenant,
+        channel=visitor,
+        user=visitor,
+        text="x",
+        event_id=event_id or uuid.uuid4().hex,
+    )
 
 
 async def fill(stats: RedisStats) -> None:
@@ -41,15 +47,36 @@ async def test_report_prints_a_table_and_json_per_tenant_and_day(redis, make_set
     lines: list[str] = []
     assert await run_report(settings, days=7, tenant=None, as_json=False, say=lambda _: None, out=lines.append) == 2
     table = lines[0].splitlines()
-    assert table[0].split() == ["tenant", "day", "answers", "conversations", "handoffs", "without", "a", "person", "👍", "👎"]
+    assert table[0].split() == [
+        "tenant",
+        "day",
+        "answers",
+        "conversations",
+        "handoffs",
+        "without",
+        "a",
+        "person",
+        "👍",
+        "👎",
+    ]
     assert table[1].split() == ["acme", day_of(), "1", "1", "0", "1", "(100.0%)", "0", "0"]
     assert table[2].split() == ["shop", day_of(), "4", "3", "1", "2", "(66.7%)", "2", "1"]
 
     lines.clear()
     await run_report(settings, days=1, tenant="shop", as_json=True, say=lambda _: None, out=lines.append)
     [row] = json.loads(lines[0])
-    assert row == {"tenant": "shop", "day": day_of(), "answers": 4, "handoffs": 1, "resolved_by_person": 0,
-                   "conversations": 3, "without_human": 2, "without_human_percent": 66.7, "up": 2, "down": 1}
+    assert row == {
+        "tenant": "shop",
+        "day": day_of(),
+        "answers": 4,
+        "handoffs": 1,
+        "resolved_by_person": 0,
+        "conversations": 3,
+        "without_human": 2,
+        "without_human_percent": 66.7,
+        "up": 2,
+        "down": 1,
+    }
 
     lines.clear()
     assert await run_report(settings, days=3, tenant="nobody", as_json=False, say=lambda _: None, out=lines.append) == 0
@@ -57,8 +84,10 @@ async def test_report_prints_a_table_and_json_per_tenant_and_day(redis, make_set
 
 
 def test_a_total_line_per_tenant_over_several_days():
-    days = [DayStats("t", "2025-01-01", answers=2, conversations=2, handed_conversations=1, up=1),
-            DayStats("t", "2025-01-02", answers=3, conversations=1, down=2)]
+    days = [
+        DayStats("t", "2025-01-01", answers=2, conversations=2, handed_conversations=1, up=1),
+        DayStats("t", "2025-01-02", answers=3, conversations=1, down=2),
+    ]
     lines = render_table(days).splitlines()
     assert lines[-1].split() == ["t", "total", "5", "3", "0", "2", "(66.7%)", "1", "2"]
 
@@ -72,8 +101,14 @@ async def test_the_command_line(redis, redis_server, tmp_path):
     parley = str(ROOT / ".venv" / "bin" / "parley")
 
     def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([parley, "--env-file", str(env_file), "report", *args], capture_output=True, text=True,
-                              env={**env, **overrides}, timeout=120, check=False)
+        return subprocess.run(
+            [parley, "--env-file", str(env_file), "report", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **overrides},
+            timeout=120,
+            check=False,
+        )
 
     out = await asyncio.to_thread(run, "--json", "--tenant", "acme")
     assert out.returncode == 0, out.stderr

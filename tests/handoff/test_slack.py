@@ -12,7 +12,7 @@ from typing import Any
 from bot import messages
 from bot.config import HandoffSettings
 from tests.handoff.conftest import SUPPORT, quoted
-from tests.slack.conftest import DEAD_LLM, SIGNING_SECRET, slack_settings, serving
+from tests.slack.conftest import DEAD_LLM, SIGNING_SECRET, serving, slack_settings
 from tests.slack.fake import (
     BOT_USER,
     FakeSlack,
@@ -53,7 +53,10 @@ async def test_a_slack_customer_handed_to_people_in_the_support_channel_and_back
         await s.deliver(asked)
         head = await fake_slack.wait_for(lambda: next(iter(fake_slack.in_thread(SUPPORT, None)), None))
         await fake_slack.wait_for(lambda: messages.HANDED_OFF in texts(fake_slack, CUSTOMER, asked["ts"]))
-        assert "*slack*" in head.text and f"app.slack.com/client/T0001/{CUSTOMER}/thread/{CUSTOMER}-{asked['ts']}" in head.text
+        assert (
+            "*slack*" in head.text
+            and f"app.slack.com/client/T0001/{CUSTOMER}/thread/{CUSTOMER}-{asked['ts']}" in head.text
+        )
         assert head.blocks[1]["elements"][0]["action_id"] == "parley_resolve"
         await fake_slack.wait_for(lambda: texts(fake_slack, SUPPORT, head.ts))  # the transcript
 
@@ -65,7 +68,9 @@ async def test_a_slack_customer_handed_to_people_in_the_support_channel_and_back
         second = message(SUPPORT, f"<@{BOT_USER}> Which invoice?", user="UAGENT", thread_ts=head.ts)
         await s.deliver(dict(second, type="app_mention"))
         await s.deliver(second)
-        await fake_slack.wait_for(lambda: messages.agent_reply("Ann", "Which invoice?") in texts(fake_slack, CUSTOMER, asked["ts"]))
+        await fake_slack.wait_for(
+            lambda: messages.agent_reply("Ann", "Which invoice?") in texts(fake_slack, CUSTOMER, asked["ts"])
+        )
         assert len(fake_slack.calls_to("users.info")) == 1  # the name is cached
 
         # The customer's follow-up in their thread goes to the people, not the model.
@@ -78,17 +83,27 @@ async def test_a_slack_customer_handed_to_people_in_the_support_channel_and_back
         await fake_slack.wait_for(lambda: messages.HANDED_BACK in texts(fake_slack, CUSTOMER, asked["ts"]))
         await fake_slack.wait_for(lambda: messages.resolved_by("Ann") in texts(fake_slack, SUPPORT, head.ts))
         customer_side = texts(fake_slack, CUSTOMER, asked["ts"])
-        assert customer_side == [messages.HANDED_OFF, relayed, messages.agent_reply("Ann", "Which invoice?"),
-                                 messages.HANDED_BACK]
-        context = await until(lambda: s.context(CUSTOMER, asked["ts"]), lambda c: c.messages[-1].content == messages.HANDED_BACK)
+        assert customer_side == [
+            messages.HANDED_OFF,
+            relayed,
+            messages.agent_reply("Ann", "Which invoice?"),
+            messages.HANDED_BACK,
+        ]
+        context = await until(
+            lambda: s.context(CUSTOMER, asked["ts"]), lambda c: c.messages[-1].content == messages.HANDED_BACK
+        )
         assert [m.content for m in context.messages][-3:] == [
-            messages.agent_reply("Ann", "Which invoice?"), "number 42", messages.HANDED_BACK,
+            messages.agent_reply("Ann", "Which invoice?"),
+            "number 42",
+            messages.HANDED_BACK,
         ]
 
         # A second handoff, resolved by typing in the thread this time.
         again = mention(CUSTOMER, "get me a human please", thread_ts=asked["ts"])
         await s.deliver(again)
-        heads = await fake_slack.wait_for(lambda: len(fake_slack.in_thread(SUPPORT, None)) == 2 and fake_slack.in_thread(SUPPORT, None))
+        heads = await fake_slack.wait_for(
+            lambda: len(fake_slack.in_thread(SUPPORT, None)) == 2 and fake_slack.in_thread(SUPPORT, None)
+        )
         await fake_slack.wait_for(lambda: texts(fake_slack, SUPPORT, heads[1].ts))  # the transcript: it is a ticket now
         await s.deliver(message(SUPPORT, "!resolve", user="UAGENT", thread_ts=heads[1].ts))
         await fake_slack.wait_for(lambda: texts(fake_slack, CUSTOMER, asked["ts"]).count(messages.HANDED_BACK) == 2)
@@ -102,8 +117,13 @@ async def test_a_slack_customer_handed_to_people_in_the_support_channel_and_back
         await s.deliver(other)
         await s.deliver(message(SUPPORT, "a colleague's answer", user="UAGENT", thread_ts=other["ts"]))
         # /parley resolve cannot name a thread: it says how to resolve instead.
-        slash = await signed_request(s.session, s.events_url, command("resolve", channel=SUPPORT, response_url=fake_slack.response_url()),
-                                     secret=SIGNING_SECRET, form=True)
+        slash = await signed_request(
+            s.session,
+            s.events_url,
+            command("resolve", channel=SUPPORT, response_url=fake_slack.response_url()),
+            secret=SIGNING_SECRET,
+            form=True,
+        )
         assert json.loads(slash.text) == {"text": messages.RESOLVE_IN_THREAD, "response_type": "ephemeral"}
     log = "\n".join(r.getMessage() for r in caplog.records)
     assert f"thread {SUPPORT}:{other['ts']} of the support channel, which is no ticket: not relayed" in log
@@ -122,10 +142,15 @@ async def test_thumbs_on_an_answer_are_stored_and_counted(make_settings, fake_sl
         await s.deliver(reaction_added(CUSTOMER, answer.ts, reaction="thumbsdown", user="UBOB"))
         await s.deliver(reaction_added(CUSTOMER, answer.ts, reaction="tada"))  # not a vote
         await s.deliver(reaction_added(CUSTOMER, answer.ts, reaction="+1", user=BOT_USER))  # Parley's own
-        await s.deliver(reaction_added(CUSTOMER, asked["ts"], reaction="+1", item_user="UALICE"))  # not Parley's message
+        await s.deliver(
+            reaction_added(CUSTOMER, asked["ts"], reaction="+1", item_user="UALICE")
+        )  # not Parley's message
         await s.deliver(reaction_added(CUSTOMER, "1600000000.000100", reaction="-1"))  # no answer Parley knows
 
-        await until(lambda: s.runtime.stats.days(days=1, tenant="T0001"), lambda days: bool(days) and (days[0].up, days[0].down) == (1, 1))
+        await until(
+            lambda: s.runtime.stats.days(days=1, tenant="T0001"),
+            lambda days: bool(days) and (days[0].up, days[0].down) == (1, 1),
+        )
     log = "\n".join(r.getMessage() for r in caplog.records)
     assert "down reaction on C0001:1600000000.000100, which is no answer Parley remembers: ignored" in log
     assert log.count("feedback up on") == 1 and log.count("feedback down on") == 1

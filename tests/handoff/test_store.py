@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.engine.launcher import free_port
-from bot.handoff.flow import MemoryHandoffStore, RedisHandoffStore, Ticket
+from bot.handoff.desk import Ticket
+from bot.handoff.store import MemoryHandoffStore, RedisHandoffStore
 from bot.ops.stats import MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, day_of
 from bot.turns import ConversationKey, Turn
 
@@ -39,13 +40,22 @@ def stats(request, redis):
 
 
 def turn(key=KEY, *, event_id=None, user="U1", text="hi", command=None, reply_to=None) -> Turn:
-    return Turn(platform=key.platform, tenant=key.tenant, channel=key.channel, thread=key.thread, user=user,
-                text=text, event_id=event_id or uuid.uuid4().hex, command=command, reply_to=reply_to)
+    return Turn(
+        platform=key.platform,
+        tenant=key.tenant,
+        channel=key.channel,
+        thread=key.thread,
+        user=user,
+        text=text,
+        event_id=event_id or uuid.uuid4().hex,
+        command=command,
+        reply_to=reply_to,
+    )
 
 
 async def test_a_ticket_is_open_until_closed_and_its_thread_still_leads_back(store):
     assert await store.ticket(KEY) is None
-    ticket = Ticket(KEY, "slack", "CSUP:1.2", "visitor1", "request", meta={"post_channel": "5"}, reply_to="m1")
+    ticket = Ticket(KEY, "slack", "CSUP:1.2", "visitor1", "request", address={"post_channel": "5"}, reply_to="m1")
     await store.open(ticket)
     assert await store.ticket(KEY) == ticket
     assert await store.ticket(OTHER) is None
@@ -72,16 +82,40 @@ async def test_redis_keys_carry_the_prefix_the_hash_tag_and_an_expiry(redis):
     await store.open(Ticket(KEY, "slack", "CSUP:1.4", "u", "anger"))
     await store.failed(OTHER)
     keys = {k.decode() for k in await redis.keys(f"{p}:*")}
-    assert keys == {f"{p}:handoff:{OTHER.hash_tag}:failures", f"{p}:handoff:{KEY.hash_tag}", f"{p}:handoff:thread:slack:CSUP:1.4"}
+    assert keys == {
+        f"{p}:handoff:{OTHER.hash_tag}:failures",
+        f"{p}:handoff:{KEY.hash_tag}",
+        f"{p}:handoff:thread:slack:CSUP:1.4",
+    }
     assert all(0 < ttl <= 3600 for ttl in [await redis.ttl(k) for k in keys])
 
 
 def test_a_ticket_turns_desk_events_into_turns_of_the_customers_conversation():
-    ticket = Ticket(OTHER, "slack", "CSUP:1.5", "cust", "request", meta={"post_channel": "9"}, reply_to="m7")
-    t = ticket.turn(command="agent", user="UAGENT", text="hello", event_id="Ev1", meta={"agent": "Ann"})
+    ticket = Ticket(OTHER, "slack", "CSUP:1.5", "cust", "request", address={"post_channel": "9"}, reply_to="m7")
+    t = ticket.turn(command="agent", user="UAGENT", text="hello", event_id="Ev1", agent="Ann")
     assert t.key == OTHER and t.command == "agent" and t.reply_to == "m7" and t.user == "UAGENT"
-    assert t.meta == {"post_channel": "9", "desk": "slack", "desk_thread": "CSUP:1.5", "agent": "Ann"}
+    assert t.address == {"post_channel": "9"} and t.handle == {}
+    assert (t.desk, t.desk_thread, t.agent) == ("slack", "CSUP:1.5", "Ann")
     assert Ticket.from_json(ticket.to_json()) == ticket
+
+
+def test_a_ticket_or_turn_stored_by_the_previous_version_keeps_its_address_but_no_one_off_handle():
+    """A rolling upgrade: tickets and inbox entries written with the single `meta` map."""
+    old = Ticket(OTHER, "slack", "CSUP:1.5", "cust", "request", address={"post_channel": "9"}).to_json()
+    old = old.replace('"address"', '"meta"')
+    assert Ticket.from_json(old).address == {"post_channel": "9"}
+    raw = {
+        "platform": "discord",
+        "tenant": "g",
+        "channel": "c",
+        "user": "u",
+        "text": "hi",
+        "event_id": "e",
+        "meta": {"post_channel": "9", "interaction_token": "secret", "agent": "Ann", "desk": "slack"},
+    }
+    turn = Turn.from_dict(raw)
+    assert turn.address == {"post_channel": "9"} and turn.handle == {"interaction_token": "secret"}
+    assert (turn.agent, turn.desk) == ("Ann", "slack")
 
 
 async def test_votes_need_a_known_answer_count_once_and_move_when_changed(stats):
@@ -109,7 +143,13 @@ async def test_daily_figures_per_tenant(stats):
     by_tenant = {d.tenant: d for d in days}
     assert sorted(by_tenant) == ["42", "shop"] and len(days) == 2  # empty days are left out
     shop = by_tenant["shop"]
-    assert (shop.answers, shop.handoffs, shop.resolved, shop.conversations, shop.handed_conversations) == (4, 2, 1, 4, 2)
+    assert (shop.answers, shop.handoffs, shop.resolved, shop.conversations, shop.handed_conversations) == (
+        4,
+        2,
+        1,
+        4,
+        2,
+    )
     assert shop.without_human == 2 and shop.without_human_share == 0.5
     assert [d.tenant for d in await stats.days(days=3, tenant="42")] == ["42"]
     assert await stats.days(days=3, tenant="nobody") == []

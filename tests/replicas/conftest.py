@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -28,6 +27,8 @@ from tests.slack.conftest import BOT_TOKEN, SIGNING_SECRET, fake_slack  # noqa: 
 from tests.slack.fake import FakeSlack, event_callback, signed_request
 
 PARLEY = Path(sys.executable).with_name("parley")
+# Each wait of a request to a replica (for the connection, for the answer's next bytes).
+EACH_WAIT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=5)
 
 
 class Replica:
@@ -38,8 +39,11 @@ class Replica:
         self.log_path = workdir / f"{name}.log"
         self.env = {
             # The caller's own settings stay out, except where the engine venv and models live.
-            **{k: v for k, v in os.environ.items()
-               if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_")) or k == "PARLEY_ENGINE_HOME"},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_")) or k == "PARLEY_ENGINE_HOME"
+            },
             **env,
             "SLACK_HTTP_HOST": "127.0.0.1",
             "SLACK_HTTP_PORT": str(self.slack_port),
@@ -56,22 +60,28 @@ class Replica:
 
     async def start(self, timeout: float = 180) -> Replica:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([str(PARLEY), "serve"], cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
+        self.proc = subprocess.Popen(
+            [str(PARLEY), "serve"], cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        async with aiohttp.ClientSession(timeout=EACH_WAIT) as client, asyncio.timeout(timeout):
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"replica {self.name} exited with {self.proc.returncode}:\n{self.log()}")
                 try:
-                    if (await client.get(f"http://127.0.0.1:{self.ops_port}/readyz")).status_code == 200:
-                        return self
-                except httpx.TransportError:
+                    async with client.get(f"http://127.0.0.1:{self.ops_port}/readyz") as response:
+                        if response.status == 200:
+                            return self
+                except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.2)
 
     async def metric(self, name: str) -> float:
         """One sample from the replica's /metrics (0 when absent)."""
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{self.ops_port}/metrics")).text
+        async with (
+            aiohttp.ClientSession(timeout=EACH_WAIT) as client,
+            client.get(f"http://127.0.0.1:{self.ops_port}/metrics") as response,
+        ):
+            text = await response.text()
         for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
@@ -96,7 +106,11 @@ class Replica:
 
 @pytest.fixture
 def replicas(
-    tmp_path: Path, fake_slack: FakeSlack, redis_server: Any, engine: str, request: pytest.FixtureRequest
+    tmp_path: Path,
+    fake_slack: FakeSlack,
+    redis_server: Any,
+    engine: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., Replica]]:
     """`replicas(name, **env)` makes a replica (not started) sharing one Redis prefix, the fake Slack and the engine."""
     made: list[Replica] = []

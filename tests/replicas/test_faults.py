@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from adapters.slack.mrkdwn import escape
 from bot.config import ContextSettings, RedisSettings
-from bot.store.context import RedisContextStore
 from bot.engine.launcher import free_port
+from bot.store.context import RedisContextStore
 from bot.turns import ConversationKey
 from tests.conftest import RedisServer
 from tests.replicas.conftest import deliver
@@ -78,16 +78,20 @@ async def test_a_worker_killed_mid_answer_is_finished_by_another_with_one_messag
     assert await second.metric("parley_turns_reclaimed_total") == 1
 
 
-async def test_two_replicas_answer_200_turns_in_40_conversations_once_and_in_order(replicas, fake_slack, http, redis_server):
+async def test_two_replicas_answer_200_turns_in_40_conversations_once_and_in_order(
+    replicas, fake_slack, http, redis_server
+):
     a, b = replicas("a"), replicas("b")
     await asyncio.gather(a.start(), b.start())
     channels = [f"D{c:04d}" for c in range(40)]
     # Five rounds; a load balancer alternates the replicas, and no round waits for answers.
     for round_ in range(5):
-        await asyncio.gather(*(
-            deliver(http, (a, b)[(round_ + c) % 2], message(channel, f"{channel} turn {round_}", channel_type="im"))
-            for c, channel in enumerate(channels)
-        ))
+        await asyncio.gather(
+            *(
+                deliver(http, (a, b)[(round_ + c) % 2], message(channel, f"{channel} turn {round_}", channel_type="im"))
+                for c, channel in enumerate(channels)
+            )
+        )
     contexts = store(redis_server, a)
 
     async def all_answered() -> bool:
@@ -137,14 +141,16 @@ async def test_a_redis_restart_with_50_conversations_active_loses_no_turn(replic
     try:
         replica = await replicas("only", PARLEY_REDIS_URL=redis.url, PARLEY_LLM_MAX_TOKENS="32").start()
         channels = [f"D2{c:03d}" for c in range(50)]
-        await asyncio.gather(*(deliver(http, replica, message(ch, f"{ch} first", channel_type="im")) for ch in channels))
+        await asyncio.gather(
+            *(deliver(http, replica, message(ch, f"{ch} first", channel_type="im")) for ch in channels)
+        )
         await fake_slack.wait_for(lambda: fake_slack.calls_to("chat.postMessage"), timeout=180)
         # Redis goes away with answers in flight, and the second round arrives while it is away:
         # Slack's deliveries get errors and are retried, as Slack retries.
         await asyncio.to_thread(redis.stop)
-        second_round = asyncio.gather(*(
-            deliver(http, replica, message(ch, f"{ch} second", channel_type="im")) for ch in channels
-        ))
+        second_round = asyncio.gather(
+            *(deliver(http, replica, message(ch, f"{ch} second", channel_type="im")) for ch in channels)
+        )
         await asyncio.sleep(2.0)
         await asyncio.to_thread(redis.start)
         retried = await second_round
@@ -157,7 +163,10 @@ async def test_a_redis_restart_with_50_conversations_active_loses_no_turn(replic
         await asyncio.sleep(1.0)
         for channel in channels:
             context = await contexts.load(ConversationKey("slack", TEAM, channel, ""))
-            assert [m.content for m in context.messages if m.role == "user"] == [f"{channel} first", f"{channel} second"]
+            assert [m.content for m in context.messages if m.role == "user"] == [
+                f"{channel} first",
+                f"{channel} second",
+            ]
             said = [escape(m.content) for m in context.messages if m.role == "assistant"]
             assert [p.text for p in fake_slack.in_thread(channel, None)] == said
         print(f"deliveries retried during the outage: {sum(1 for r in retried if r)} of {len(channels)}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bot.config import EmbeddingSettings, LogSettings, Settings
-from bot.routing.embeddings import LocalEmbedder
 from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed
+from bot.routing.embeddings import LocalEmbedder
 from tests.conftest import engine_settings
 
 

@@ -6,25 +6,36 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.engine import embedder_model
 from bot.config import KBSettings, RoutingSettings
-from bot.routing.embeddings import LocalEmbedder
+from bot.engine import embedder_model
 from bot.engine.launcher import EnginePaths
-from bot.tools.evaluate import eval_kb, eval_routing
 from bot.knowledge.base import KnowledgeBase
+from bot.routing.embeddings import LocalEmbedder
 from bot.routing.router import Router
+from bot.tools.evaluate import eval_kb, eval_routing
 from tests.conftest import engine_settings
 
 ROOT = Path(__file__).parents[2]
-TEXTS = ["hi", "How do I reset my password?", "translate to German: see you tomorrow",
-         "Wie kann ich mein Abo kündigen? " * 8, "<@U123> :smile: https://example.com/a"]
+TEXTS = [
+    "hi",
+    "How do I reset my password?",
+    "translate to German: see you tomorrow",
+    "Wie kann ich mein Abo kündigen? " * 8,
+    "<@U123> :smile: https://example.com/a",
+]
 
 
 def test_onnx_files_match_the_torch_model(embedder_dir):
     """The exported graphs (pooling and normalisation included) against the torch model in the engine venv."""
     python = EnginePaths(engine_settings().home).python
-    out = subprocess.run([str(python), "-P", embedder_model.__file__, "--reference"], input=json.dumps(TEXTS),
-                         capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [str(python), "-P", embedder_model.__file__, "--reference"],
+        input=json.dumps(TEXTS),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     reference = np.array(json.loads(out.stdout))
     fp32 = (LocalEmbedder(embedder_dir).embed_sync(TEXTS) * reference).sum(axis=1)
     int8 = (LocalEmbedder(embedder_dir, model="model-int8.onnx").embed_sync(TEXTS) * reference).sum(axis=1)
@@ -51,10 +62,14 @@ def test_cli_eval_prints_figures_and_fails_clearly_on_bad_input(tmp_path):
     parley = str(ROOT / ".venv" / "bin" / "parley")
     env_file = tmp_path / "none.env"
     env_file.write_text("")
-    good = subprocess.run([parley, "--env-file", str(env_file), "eval", "routing"], capture_output=True, text=True, timeout=300)
+    good = subprocess.run(
+        [parley, "--env-file", str(env_file), "eval", "routing"], capture_output=True, text=True, timeout=300
+    )
     assert good.returncode == 0, good.stderr
     assert "accuracy:" in good.stdout and "confusion" in good.stdout and "median routing time" in good.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "intent": "chat"}\n{"text": 3}\n')
-    out = subprocess.run([parley, "--env-file", str(env_file), "eval", "routing", str(bad)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [parley, "--env-file", str(env_file), "eval", "routing", str(bad)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 1 and f"{bad}:2: needs a str field 'text'" in out.stderr

@@ -15,13 +15,16 @@ async def router(embedder):
     return await Router.create(settings=RoutingSettings(_env_file=None), embedder=embedder, llm=None)
 
 
-@pytest.mark.parametrize("text", [
-    "I want to talk to a person",  # the end-to-end tests' request
-    "Can I talk to a human please?",
-    "Please connect me to an agent",
-    "this bot is useless, get me a human",
-    "Je voudrais parler à quelqu'un du support",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want to talk to a person",  # the end-to-end tests' request
+        "Can I talk to a human please?",
+        "Please connect me to an agent",
+        "this bot is useless, get me a human",
+        "Je voudrais parler à quelqu'un du support",
+    ],
+)
 async def test_requests_for_a_person_route_to_handoff_with_a_margin(router, text):
     route = await router.route(text)
     assert (route.intent, route.step) == (HANDOFF, "semantic")
@@ -29,14 +32,17 @@ async def test_requests_for_a_person_route_to_handoff_with_a_margin(router, text
     assert scores[0] - scores[1] >= 2 * RoutingSettings(_env_file=None).margin
 
 
-@pytest.mark.parametrize("text", [
-    "are you chatgpt?",  # resembles "a person I can chat with" but asks for none
-    "Bonjour tout le monde",
-    "can i pay by bank transfer",
-    "How do I contact support?",
-    "Are you a bot or a human?",
-    "conversation 13",  # close to "take over this chat"; without a cue it is not even a runner-up
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "are you chatgpt?",  # resembles "a person I can chat with" but asks for none
+        "Bonjour tout le monde",
+        "can i pay by bank transfer",
+        "How do I contact support?",
+        "Are you a bot or a human?",
+        "conversation 13",  # close to "take over this chat"; without a cue it is not even a runner-up
+    ],
+)
 async def test_look_alikes_are_not_handoffs(router, text):
     assert (await router.route(text)).intent != HANDOFF
 

@@ -16,8 +16,9 @@ SAMPLE = Path(__file__).parents[2] / "deploy" / "sample-kb"
 
 @pytest.fixture
 def kb(redis, embedder, make_settings):
-    return KnowledgeBase(redis=redis, embedder=embedder, settings=KBSettings(_env_file=None),
-                         prefix=make_settings().redis.prefix)
+    return KnowledgeBase(
+        redis=redis, embedder=embedder, settings=KBSettings(_env_file=None), prefix=make_settings().redis.prefix
+    )
 
 
 async def test_ingest_is_incremental(kb, tmp_path):
@@ -28,7 +29,9 @@ async def test_ingest_is_incremental(kb, tmp_path):
     again = await kb.ingest("t", load_documents(folder))
     assert (again.added, again.updated, again.unchanged, again.removed, again.chunks) == (0, 0, 13, 0, 0)
 
-    (folder / "support.md").write_text("# Contacting support\n\nSupport is open on Saturdays from 9:00 to 12:00 only.\n")
+    (folder / "support.md").write_text(
+        "# Contacting support\n\nSupport is open on Saturdays from 9:00 to 12:00 only.\n"
+    )
     (folder / "sso.md").unlink()
     changed = await kb.ingest("t", load_documents(folder))
     assert (changed.updated, changed.removed, changed.unchanged) == (1, 1, 11)

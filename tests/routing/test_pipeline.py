@@ -9,7 +9,7 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -34,14 +34,21 @@ class RecordingProxy:
         raw = await request.read()
         if raw:
             self.bodies.append((request.path, json.loads(raw)))
-        async with httpx.AsyncClient(timeout=120) as http:
-            upstream = http.build_request(request.method, self.upstream + request.path_qs, content=raw,
-                                          headers={"content-type": "application/json"})
-            response = await http.send(upstream, stream=True)
-            out = web.StreamResponse(status=response.status_code,
-                                     headers={"content-type": response.headers.get("content-type", "application/json")})
+        timeout = aiohttp.ClientTimeout(total=None, connect=120, sock_read=120)
+        # A JSON answer is one line, which aiohttp reads whole: read_bufsize lets it be up to 2 MiB.
+        async with (
+            aiohttp.ClientSession(timeout=timeout, read_bufsize=2**20) as http,
+            http.request(
+                request.method, self.upstream + request.path_qs, data=raw, headers={"content-type": "application/json"}
+            ) as response,
+        ):
+            out = web.StreamResponse(
+                status=response.status,
+                headers={"content-type": response.headers.get("content-type", "application/json")},
+            )
             await out.prepare(request)
-            async for line in response.aiter_lines():
+            async for raw_line in response.content:
+                line = raw_line.decode().rstrip("\r\n")
                 if self.plant and line.startswith("data: {") and '"content":"' in line:
                     chunk = json.loads(line[6:])
                     if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
@@ -49,7 +56,6 @@ class RecordingProxy:
                         self.plant = None
                         line = "data: " + json.dumps(chunk)
                 await out.write((line + "\n").encode())
-            await response.aclose()
             await out.write_eof()
             return out
 
@@ -74,8 +80,15 @@ async def proxy(engine):
 
 
 def turn(text, **fields):
-    return Turn(platform="test", tenant="T1", channel=uuid.uuid4().hex[:6], user="U1", text=text,
-                event_id=uuid.uuid4().hex, **fields)
+    return Turn(
+        platform="test",
+        tenant="T1",
+        channel=uuid.uuid4().hex[:6],
+        user="U1",
+        text=text,
+        event_id=uuid.uuid4().hex,
+        **fields,
+    )
 
 
 async def test_qa_answers_from_the_kb_with_citations_and_refuses_out_of_scope(proxy, make_settings):
@@ -86,7 +99,9 @@ async def test_qa_answers_from_the_kb_with_citations_and_refuses_out_of_scope(pr
         assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.ANSWERED, "qa", "explicit")
         prompt = proxy.prompts()[-1]["messages"]
         assert prompt[0]["role"] == "system" and "Forgot password" not in prompt[0]["content"]
-        assert "Forgot password" in prompt[-1]["content"] and prompt[-1]["content"].endswith("Question: How do I reset my password?")
+        assert "Forgot password" in prompt[-1]["content"] and prompt[-1]["content"].endswith(
+            "Question: How do I reset my password?"
+        )
         assert "Sources:\n[1] Account security and sign-in" in sink.text
         assert "https://help.quillstack.example/security" in sink.text
         ctx = await rt.store.load(reply.key)
@@ -141,7 +156,10 @@ async def test_a_close_call_between_answers_that_are_the_same_does_not_ask_the_l
 async def test_personal_data_is_redacted_in_the_prompt_and_the_store(proxy, make_settings):
     secrets = ["jane.doe@example.com", "+49 30 1234567", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00"]
     async with open_runtime(make_settings(llm_url=proxy.url)) as rt:
-        text = "hi, I'm jane.doe@example.com, phone +49 30 1234567, card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00"
+        text = (
+            "hi, I'm jane.doe@example.com, phone +49 30 1234567, card 4111 1111 1111 1111, "
+            "IBAN DE89 3704 0044 0532 0130 00"
+        )
         reply = await rt.manager.handle(turn(text), RecordingSink())
         assert reply.outcome is Outcome.ANSWERED and set(reply.moderation) == {"email", "phone", "card", "iban"}
         sent = json.dumps([body for _, body in proxy.bodies])
@@ -186,5 +204,7 @@ async def test_translation_keeps_protected_spans(proxy, make_settings):
         for span in spans:
             assert span not in prompt[1]["content"] and span in sink.text
         sink = RecordingSink()
-        await rt.manager.handle(turn("translate to English: The invoice was sent to your billing address yesterday."), sink)
+        await rt.manager.handle(
+            turn("translate to English: The invoice was sent to your billing address yesterday."), sink
+        )
         assert sink.text == messages.already_in("English")

@@ -103,7 +103,7 @@ def assert_no_pings(fake: FakeSlack) -> None:
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["edits", "native-stream"])
-async def test_slack_answers_never_ping_nor_hide_links(stack_for, fake_slack, native):  # noqa: F811
+async def test_slack_answers_never_ping_nor_hide_links(stack_for, fake_slack, native):
     engine = PacedEngine(STEERED)
     fake_slack.streaming = native
     async with engine.serving() as url, stack_for(url, native_streaming=native) as stack:
@@ -120,7 +120,7 @@ async def test_slack_answers_never_ping_nor_hide_links(stack_for, fake_slack, na
     assert_no_pings(fake_slack)
 
 
-async def test_slack_continuations_and_lost_spans_are_escaped(stack_for, fake_slack):  # noqa: F811
+async def test_slack_continuations_and_lost_spans_are_escaped(stack_for, fake_slack):
     # The model drops the placeholders: the translation lists the lost spans after it, and a
     # long answer continues in further messages (message_limit is 100 characters here).
     words = [f"mot{n}" for n in range(60)]
@@ -138,11 +138,12 @@ async def test_slack_continuations_and_lost_spans_are_escaped(stack_for, fake_sl
     assert_no_pings(fake_slack)
 
 
-async def test_a_person_relayed_to_a_slack_customer_and_the_desk_never_ping(make_settings, fake_slack):  # noqa: F811
+async def test_a_person_relayed_to_a_slack_customer_and_the_desk_never_ping(make_settings, fake_slack):
     fake_slack.add_user("UAGENT", "ann.k", display_name="Ann")
     fake_slack.add_channel(SUPPORT, "support", private=True)
     sections: dict[str, Any] = {
-        "slack": slack_settings(fake_slack), "handoff": HandoffSettings(_env_file=None, slack_channel=SUPPORT),
+        "slack": slack_settings(fake_slack),
+        "handoff": HandoffSettings(_env_file=None, slack_channel=SUPPORT),
     }
     async with serving_slack(make_settings(llm_url=DEAD_LLM, **sections), fake_slack) as s:
         asked = mention("C0001", "I want to talk to a person <!channel> <@UBOB>")
@@ -152,12 +153,20 @@ async def test_a_person_relayed_to_a_slack_customer_and_the_desk_never_ping(make
         await s.deliver(message("C0001", "also <!here> and <https://evil.example|click>", thread_ts=asked["ts"]))
         await fake_slack.wait_for(lambda: len(fake_slack.in_thread(SUPPORT, head.ts)) == 2)
         # The person's reply may name anyone in their workspace; in the customer's channel it pings nobody.
-        await s.deliver(message(SUPPORT, "<!channel> <@UBOB> <@UMALLORY> refund approved, <https://evil.example|log in>",
-                                user="UAGENT", thread_ts=head.ts))
+        await s.deliver(
+            message(
+                SUPPORT,
+                "<!channel> <@UBOB> <@UMALLORY> refund approved, <https://evil.example|log in>",
+                user="UAGENT",
+                thread_ts=head.ts,
+            )
+        )
         relayed = await fake_slack.wait_for(
-            lambda: [m for m in fake_slack.in_thread("C0001", asked["ts"]) if "refund approved" in m.text])
+            lambda: [m for m in fake_slack.in_thread("C0001", asked["ts"]) if "refund approved" in m.text]
+        )
     assert relayed[0].text == messages.agent_reply(
-        "Ann", "&lt;!channel&gt; &lt;@UBOB&gt; &lt;@UMALLORY&gt; refund approved, &lt;https://evil.example|log in&gt;")
+        "Ann", "&lt;!channel&gt; &lt;@UBOB&gt; &lt;@UMALLORY&gt; refund approved, &lt;https://evil.example|log in&gt;"
+    )
     assert_no_pings(fake_slack)
 
 
@@ -167,8 +176,10 @@ MESSAGES = r"/channels/\d+/messages"
 EDITS = r"/channels/\d+/messages/\d+"
 
 
-async def test_discord_posts_and_edits_ping_nobody(fake: FakeDiscord, make_settings, channel: Json, alice: Json):  # noqa: F811
-    engine = PacedEngine("@everyone @here <@&1234> <@5678> bonjour " + "encore-et-toujours-encore " * 90)  # > 2,000 characters
+async def test_discord_posts_and_edits_ping_nobody(fake: FakeDiscord, make_settings, channel: Json, alice: Json):
+    engine = PacedEngine(
+        "@everyone @here <@&1234> <@5678> bonjour " + "encore-et-toujours-encore " * 90
+    )  # > 2,000 characters
     async with engine.serving() as url:
         settings = make_settings(llm_url=url, discord=discord_settings(fake))
         async with serving(fake, settings) as stack:

@@ -14,6 +14,7 @@ the size limits, and every call must finish within a time budget.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -31,7 +32,9 @@ from bot.config import ContextSettings, WebSettings
 PACKAGES = ("bot", "adapters")
 # Ten times the largest message Parley accepts (PARLEY_CONTEXT_MAX_INPUT_CHARS, 8,000 characters by
 # default; the web chat's PARLEY_WEB_MAX_MESSAGE_CHARS is 4,000).
-SIZE = 10 * max(ContextSettings.model_fields["max_input_chars"].default, WebSettings.model_fields["max_message_chars"].default)
+SIZE = 10 * max(
+    ContextSettings.model_fields["max_input_chars"].default, WebSettings.model_fields["max_message_chars"].default
+)
 # CPU seconds per call (CPU time, not wall time: other processes on a busy machine do not
 # count). Measured here: the linear patterns take at most ~75 ms on any of these inputs
 # (`_EMAIL`, `_TRANSLATE_CUE`: a 64-character bound, or a long alternation, tried at every
@@ -139,7 +142,7 @@ HOSTILE: dict[str, str] = {
     # quotes, brackets and backticks, nested and in runs
     "double quotes": _fill('"'),
     "single quotes": _fill("'"),
-    "curly quotes": _halves("“‘«", "»’”"),
+    "curly quotes": _halves("“‘«", "»’”"),  # noqa: RUF001 - typographic quotes are the point
     "backticks": _fill("`"),
     "fences": _fill("```"),
     "fence, then text": "```" + _fill("a"),
@@ -233,9 +236,9 @@ def _slow_calls(pattern: re.Pattern[str]) -> Iterator[str]:
         subject = text.encode() if isinstance(pattern.pattern, bytes) else text
         for op in ("search", "findall"):
             call = getattr(pattern, op)
-            seconds = _seconds(lambda: call(subject))
+            seconds = _seconds(functools.partial(call, subject))
             if BUDGET < seconds < math.inf:
-                seconds = _seconds(lambda: call(subject))  # once more, in case the CPU was just shared
+                seconds = _seconds(functools.partial(call, subject))  # once more, in case the CPU was just shared
             if seconds > BUDGET:
                 took = f"stopped after {STOP_AFTER:.1f} s" if seconds == math.inf else f"{seconds:.2f} s"
                 yield f"{op}({label!r}, {len(text):,} chars): {took}"
@@ -255,18 +258,30 @@ def test_the_walk_finds_the_patterns() -> None:
     """The walk cannot silently find nothing: it finds many, including the ones that stalled the bot."""
     from adapters.discord import normalize as discord_normalize
     from adapters.slack import normalize as slack_normalize
-    from bot.knowledge import base as kb
-    from bot.ops import logs
-    from bot.moderation import moderator as moderation
-    from bot.routing import router as routing
     from bot.handlers import translate
+    from bot.knowledge import base as kb
+    from bot.moderation import moderator as moderation
+    from bot.moderation import pii
+    from bot.ops import logs
+    from bot.routing import router as routing
 
     assert len(PATTERNS) >= 30, sorted(PATTERNS)
     known = [
-        routing._HOW_SAY, routing._TO_LANG, routing._BARE, routing._LANG_PREFIX, routing._ANY_LANG,
-        moderation._EMAIL, moderation._PHONE, moderation._Profanity.WORD,  # a class attribute
-        translate.PROTECTED, translate.PLACEHOLDER, logs._TOKEN, kb._BLANK_LINE, kb._FRONT_MATTER,
-        slack_normalize._USER_MENTION, discord_normalize._MENTION,
+        routing._HOW_SAY,
+        routing._TO_LANG,
+        routing._BARE,
+        routing._LANG_PREFIX,
+        routing._ANY_LANG,
+        pii._EMAIL,
+        pii._PHONE,
+        moderation._Profanity.WORD,  # a class attribute
+        translate.PROTECTED,
+        translate.PLACEHOLDER,
+        logs._TOKEN,
+        kb._BLANK_LINE,
+        kb._FRONT_MATTER,
+        slack_normalize._USER_MENTION,
+        discord_normalize._MENTION,
     ]
     found = {id(p) for p in PATTERNS.values()}
     assert [p.pattern for p in known if id(p) not in found] == []

@@ -41,7 +41,7 @@ def listening_addresses(port: int) -> set[str]:
 async def test_the_ops_endpoint_listens_on_loopback_unless_told_otherwise(make_settings):
     assert OpsSettings(_env_file=None).host == "127.0.0.1"
     settings = make_settings(llm_url=DEAD_LLM, ops=OpsSettings(_env_file=None, port=0))
-    async with open_runtime(settings) as runtime, ops_server(runtime, [], runtime.metrics) as port:
+    async with open_runtime(settings) as runtime, ops_server(runtime.watched(), []) as port:
         # /metrics and /readyz say what the bot runs and whether it is up: not for every network.
         assert listening_addresses(port) == {"127.0.0.1"}
 
@@ -50,7 +50,12 @@ def test_every_server_parley_starts_binds_to_loopback_unless_told_otherwise(clea
     # The web chat and the Slack Events API endpoint too: the container image and the manifests
     # say 0.0.0.0 where a proxy or load balancer needs it, a laptop's `parley serve` does not.
     settings = load_settings(env_file=None)
-    hosts = {"ops": settings.ops.host, "web": settings.web.host, "slack": settings.slack.http_host, "engine": settings.engine.host}
+    hosts = {
+        "ops": settings.ops.host,
+        "web": settings.web.host,
+        "slack": settings.slack.http_host,
+        "engine": settings.engine.host,
+    }
     assert hosts == dict.fromkeys(hosts, "127.0.0.1")
 
 
@@ -81,7 +86,11 @@ async def test_parley_logs_in_to_a_redis_with_a_password(tmp_path, make_settings
     port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "-"],
-        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert server.stdin is not None
     server.stdin.write("requirepass 0123456789abcdef0123456789abcdef\n")
@@ -89,14 +98,19 @@ async def test_parley_logs_in_to_a_redis_with_a_password(tmp_path, make_settings
     try:
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 10
-        while "NOAUTH" not in subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout:
+        while (
+            "NOAUTH"
+            not in subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout
+        ):
             assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
             time.sleep(0.05)
         without = make_settings(redis=RedisSettings(_env_file=None, url=url))
         with pytest.raises(ConfigError) as refused:
             await connect_redis(without)
         assert refused.value.setting == "PARLEY_REDIS_URL"
-        with_password = make_settings(redis=RedisSettings(_env_file=None, url=url, password="0123456789abcdef0123456789abcdef"))
+        with_password = make_settings(
+            redis=RedisSettings(_env_file=None, url=url, password="0123456789abcdef0123456789abcdef")
+        )
         redis = await connect_redis(with_password)
         try:
             assert await redis.set("parley-test", "1") and await redis.get("parley-test") == b"1"

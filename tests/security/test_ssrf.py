@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.tools import cli
 from bot.config import KBSettings, Settings, load_settings
 from bot.errors import ConfigError, ParleyError
+from bot.tools import cli
 
 SECRET = "AKIA-parley-test-4711"  # what the metadata server hands out
 GOOD_TEXT = "Support answers on weekdays from 8:00 to 18:00."
@@ -130,10 +130,17 @@ async def good(metadata_server: Site) -> AsyncIterator[Site]:
         "/moved-to-metadata": redirect(lambda: "http://169.254.169.254/latest/meta-data/"),
         "/moved-to-file": redirect(lambda: "file:///etc/passwd"),
         "/loop": redirect(lambda: "/loop"),
-        "/declared-big": text("<html><title>Big</title><body><p>Big.</p><script>" + "x" * 200_000 + "</script>",
-                              "text/html"),
-        "/endless": streamed("endless", b"<html><title>Huge</title><body><p>Huge.</p><script>", b"x" * 65536,
-                             ENDLESS // 65536, 0, b"</script></body></html>"),
+        "/declared-big": text(
+            "<html><title>Big</title><body><p>Big.</p><script>" + "x" * 200_000 + "</script>", "text/html"
+        ),
+        "/endless": streamed(
+            "endless",
+            b"<html><title>Huge</title><body><p>Huge.</p><script>",
+            b"x" * 65536,
+            ENDLESS // 65536,
+            0,
+            b"</script></body></html>",
+        ),
         "/slow": streamed("slow", b"<html><title>Slow</title><body><p>", b"tick ", 50, 0.1, b"</p></body></html>"),
     }
     async with serve("127.0.0.2", routes) as site:
@@ -222,13 +229,24 @@ async def test_a_redirect_to_a_refused_address_is_refused_at_that_hop(
     of the target is fetched or stored; an endless redirect loop ends after a few hops."""
     settings = make_settings(kb=kb_settings())
     meta = metadata_server.base
-    run = await ingest(settings, redis, tmp_path, capsys, [
-        f"{good.base}/moved", f"{good.base}/moved-by-name", f"{good.base}/moved-to-metadata",
-        f"{good.base}/moved-to-file", f"{good.base}/loop", f"{good.base}/page",
-    ])
+    run = await ingest(
+        settings,
+        redis,
+        tmp_path,
+        capsys,
+        [
+            f"{good.base}/moved",
+            f"{good.base}/moved-by-name",
+            f"{good.base}/moved-to-metadata",
+            f"{good.base}/moved-to-file",
+            f"{good.base}/loop",
+            f"{good.base}/page",
+        ],
+    )
 
-    assert (f"redirect to {meta}/latest/meta-data/iam/security-credentials/parley: refused: "
-            "127.0.0.1 is a loopback address") in skipped_line(run, f"{good.base}/moved")
+    assert (
+        f"redirect to {meta}/latest/meta-data/iam/security-credentials/parley: refused: 127.0.0.1 is a loopback address"
+    ) in skipped_line(run, f"{good.base}/moved")
     assert "resolves to 127.0.0.1, a loopback address" in skipped_line(run, f"{good.base}/moved-by-name")
     assert "169.254.169.254 is a cloud metadata address" in skipped_line(run, f"{good.base}/moved-to-metadata")
     assert "only http and https URLs are fetched" in skipped_line(run, f"{good.base}/moved-to-file")
@@ -248,8 +266,10 @@ async def test_credentials_go_only_to_the_origin_they_were_written_for(make_sett
             raise web.HTTPUnauthorized()
         raise web.HTTPFound(other.base + "/page")
 
-    async with serve("127.0.0.3", {"/page": text(f"# Elsewhere\n\n{GOOD_TEXT}\n")}) as other, \
-            serve("127.0.0.2", {"/private": private}) as origin:
+    async with (
+        serve("127.0.0.3", {"/page": text(f"# Elsewhere\n\n{GOOD_TEXT}\n")}) as other,
+        serve("127.0.0.2", {"/private": private}) as origin,
+    ):
         settings = make_settings(kb=kb_settings(fetch_allow="127.0.0.2/32,127.0.0.3/32"))
         listed = origin.base.replace("http://", "http://kb:hunter2@") + "/private"
         run = await ingest(settings, redis, tmp_path, capsys, [listed])
@@ -267,8 +287,9 @@ async def test_a_page_over_the_byte_cap_is_skipped_without_reading_the_rest(
     Content-Length over the cap is refused before the body; a chunked body is read only up to
     the cap, so an endless one cannot fill the machine's memory."""
     settings = make_settings(kb=kb_settings(fetch_max_bytes=20_000))
-    run = await ingest(settings, redis, tmp_path, capsys,
-                       [f"{good.base}/declared-big", f"{good.base}/endless", f"{good.base}/page"])
+    run = await ingest(
+        settings, redis, tmp_path, capsys, [f"{good.base}/declared-big", f"{good.base}/endless", f"{good.base}/page"]
+    )
 
     assert "over the limit of 20000 (PARLEY_KB_FETCH_MAX_BYTES)" in skipped_line(run, f"{good.base}/declared-big")
     assert "over the limit of 20000 bytes (PARLEY_KB_FETCH_MAX_BYTES)" in skipped_line(run, f"{good.base}/endless")
@@ -386,46 +407,52 @@ def test_address_table(address, refused):
     assert is_allowed(address) is (refused is None)
 
 
-@pytest.mark.parametrize(("address", "allow", "refused"), [
-    ("127.0.0.2", "127.0.0.2/32", None),
-    ("127.0.0.1", "127.0.0.2/32", "a loopback address"),
-    ("::ffff:127.0.0.2", "127.0.0.2/32", None),  # judged by the IPv4 address it reaches
-    ("10.20.1.1", "10.20.0.0/16,fd12::/48", None),
-    ("fd12::5", "10.20.0.0/16,fd12::/48", None),
-    ("10.21.0.1", "10.20.0.0/16,fd12::/48", "a private address"),
-    ("169.254.169.254", "169.254.0.0/16", "a cloud metadata address"),  # never, whatever is allowed
-    ("fd00:ec2::254", "fd00::/8", "a cloud metadata address"),
-])
+@pytest.mark.parametrize(
+    ("address", "allow", "refused"),
+    [
+        ("127.0.0.2", "127.0.0.2/32", None),
+        ("127.0.0.1", "127.0.0.2/32", "a loopback address"),
+        ("::ffff:127.0.0.2", "127.0.0.2/32", None),  # judged by the IPv4 address it reaches
+        ("10.20.1.1", "10.20.0.0/16,fd12::/48", None),
+        ("fd12::5", "10.20.0.0/16,fd12::/48", None),
+        ("10.21.0.1", "10.20.0.0/16,fd12::/48", "a private address"),
+        ("169.254.169.254", "169.254.0.0/16", "a cloud metadata address"),  # never, whatever is allowed
+        ("fd00:ec2::254", "fd00::/8", "a cloud metadata address"),
+    ],
+)
 def test_an_allowed_range_lets_only_itself_in(address, allow, refused):
     from bot.knowledge.netguard import refusal
 
     assert refusal(address, KBSettings(_env_file=None, fetch_allow=allow).fetch_allow) == refused
 
 
-@pytest.mark.parametrize(("url", "refused"), [
-    ("http://example.com/help", None),  # a name: its addresses are checked as it is resolved
-    ("https://93.184.216.34/help", None),
-    ("http://127.0.0.1/", "127.0.0.1 is a loopback address"),
-    ("HTTP://127.0.0.1/", "127.0.0.1 is a loopback address"),
-    ("http://2130706433/", "2130706433 is 127.0.0.1, a loopback address"),  # decimal
-    ("http://0177.0.0.1/", "0177.0.0.1 is 127.0.0.1, a loopback address"),  # octal
-    ("http://0x7f.0.0.1/", "0x7f.0.0.1 is 127.0.0.1, a loopback address"),  # hex
-    ("http://127.1/", "127.1 is 127.0.0.1, a loopback address"),  # short form
-    ("http://017700000001/", "017700000001 is 127.0.0.1, a loopback address"),
-    ("http://0xa9fea9fe/", "0xa9fea9fe is 169.254.169.254, a cloud metadata address"),
-    ("http://[::1]/", "::1 is a loopback address"),
-    ("http://[0:0:0:0:0:0:0:1]/", "::1 is a loopback address"),
-    ("http://[::ffff:127.0.0.1]/", "an IPv6 form of 127.0.0.1, a loopback address"),
-    ("http://[fe80::1%25eth0]/", "a link-local address"),
-    ("http://[fd00:ec2::254]/", "fd00:ec2::254 is a cloud metadata address"),
-    ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal is a cloud metadata host"),
-    ("http://METADATA.google.internal./", "metadata.google.internal is a cloud metadata host"),
-    ("http://metadata/", "metadata is a cloud metadata host"),
-    ("file:///etc/passwd", "only http and https URLs are fetched, not file:"),
-    ("ftp://example.com/", "only http and https URLs are fetched, not ftp:"),
-    ("gopher://example.com/", "only http and https URLs are fetched, not gopher:"),
-    ("//example.com/", "only http and https URLs are fetched, not a URL without a scheme"),
-])
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://example.com/help", None),  # a name: its addresses are checked as it is resolved
+        ("https://93.184.216.34/help", None),
+        ("http://127.0.0.1/", "127.0.0.1 is a loopback address"),
+        ("HTTP://127.0.0.1/", "127.0.0.1 is a loopback address"),
+        ("http://2130706433/", "2130706433 is 127.0.0.1, a loopback address"),  # decimal
+        ("http://0177.0.0.1/", "0177.0.0.1 is 127.0.0.1, a loopback address"),  # octal
+        ("http://0x7f.0.0.1/", "0x7f.0.0.1 is 127.0.0.1, a loopback address"),  # hex
+        ("http://127.1/", "127.1 is 127.0.0.1, a loopback address"),  # short form
+        ("http://017700000001/", "017700000001 is 127.0.0.1, a loopback address"),
+        ("http://0xa9fea9fe/", "0xa9fea9fe is 169.254.169.254, a cloud metadata address"),
+        ("http://[::1]/", "::1 is a loopback address"),
+        ("http://[0:0:0:0:0:0:0:1]/", "::1 is a loopback address"),
+        ("http://[::ffff:127.0.0.1]/", "an IPv6 form of 127.0.0.1, a loopback address"),
+        ("http://[fe80::1%25eth0]/", "a link-local address"),
+        ("http://[fd00:ec2::254]/", "fd00:ec2::254 is a cloud metadata address"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal is a cloud metadata host"),
+        ("http://METADATA.google.internal./", "metadata.google.internal is a cloud metadata host"),
+        ("http://metadata/", "metadata is a cloud metadata host"),
+        ("file:///etc/passwd", "only http and https URLs are fetched, not file:"),
+        ("ftp://example.com/", "only http and https URLs are fetched, not ftp:"),
+        ("gopher://example.com/", "only http and https URLs are fetched, not gopher:"),
+        ("//example.com/", "only http and https URLs are fetched, not a URL without a scheme"),
+    ],
+)
 def test_url_table(url, refused):
     from bot.knowledge.netguard import url_refusal
 
@@ -473,8 +500,17 @@ async def test_the_connection_goes_to_the_address_that_was_checked():
         async def resolve(self, host, port=0, family=socket.AF_INET):
             answer = self.answers[min(self.calls, len(self.answers) - 1)]
             self.calls += 1
-            return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET, "proto": 0,
-                     "flags": socket.AI_NUMERICHOST} for a in answer]
+            return [
+                {
+                    "hostname": host,
+                    "host": a,
+                    "port": port,
+                    "family": socket.AF_INET,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST,
+                }
+                for a in answer
+            ]
 
         async def close(self) -> None:
             pass

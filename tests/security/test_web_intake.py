@@ -26,7 +26,7 @@ SUPPORT = "CSUPPORT"
 ASK = "I want to talk to a person"
 
 
-async def test_a_flood_of_malformed_frames_counts_against_the_limit_before_it_is_read(stack_for, caplog):  # noqa: F811
+async def test_a_flood_of_malformed_frames_counts_against_the_limit_before_it_is_read(stack_for, caplog):
     caplog.set_level(logging.INFO, logger="adapters.web")
     async with stack_for(visitor_rate=5, ip_rate=1000) as stack:
         tab = await stack.connect()
@@ -40,7 +40,7 @@ async def test_a_flood_of_malformed_frames_counts_against_the_limit_before_it_is
         assert (await tab.next("error"))["code"] == "rate_limited"
 
 
-async def test_frames_before_hello_count_and_a_flood_closes_the_socket(stack_for):  # noqa: F811
+async def test_frames_before_hello_count_and_a_flood_closes_the_socket(stack_for):
     async with stack_for(ip_rate=3) as stack:
         tab = Tab(await stack.open(), {})
         for frame in ("garbage", '{"type": "message", "id": "abcdefgh", "text": "hi"}', "[]"):
@@ -53,16 +53,20 @@ async def test_frames_before_hello_count_and_a_flood_closes_the_socket(stack_for
         assert tab.ws.close_code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
 
 
-async def test_an_oversized_frame_closes_the_socket_unread_and_a_message_at_the_limit_fits(stack_for, caplog):  # noqa: F811
+async def test_an_oversized_frame_closes_the_socket_unread_and_a_message_at_the_limit_fits(stack_for, caplog):
     caplog.set_level(logging.INFO, logger="adapters.web")
     limit = 50
     async with stack_for(max_message_chars=limit) as stack:
         tab = await stack.connect()
         # A message at the limit fits however a client encodes it (every character an escaped
         # surrogate pair: 12 bytes); one over it gets the clear "too long" on an open socket.
-        await tab.send(json.dumps({"type": "message", "id": "fits0001", "text": "\U0001f600" * limit}, ensure_ascii=True))
+        await tab.send(
+            json.dumps({"type": "message", "id": "fits0001", "text": "\U0001f600" * limit}, ensure_ascii=True)
+        )
         assert (await tab.next("ack", "error"))["type"] == "ack"
-        await tab.send(json.dumps({"type": "message", "id": "long0001", "text": "\U0001f600" * (limit + 1)}, ensure_ascii=True))
+        await tab.send(
+            json.dumps({"type": "message", "id": "long0001", "text": "\U0001f600" * (limit + 1)}, ensure_ascii=True)
+        )
         error = await tab.next("error")
         assert (error["code"], error["id"]) == ("rejected", "long0001")
         # Far beyond any message within the limit: the socket is closed from the frame's header on.
@@ -90,20 +94,22 @@ def refused(notice: str) -> bool:
     return notice != messages.HANDED_OFF and notice == messages.HANDOFF_CAPPED
 
 
-async def test_handoffs_are_capped_per_visitor_address_and_site(make_settings, fake_slack: FakeSlack, caplog):  # noqa: F811
+async def test_handoffs_are_capped_per_visitor_address_and_site(make_settings, fake_slack: FakeSlack, caplog):
     caplog.set_level(logging.INFO)
     web = web_settings(proxy_hops=1, visitor_rate=100, ip_rate=100, visitor_handoffs=1, ip_handoffs=2, site_handoffs=3)
     settings = make_settings(llm_url=DEAD_LLM, web=web, handoff=HandoffSettings(_env_file=None, slack_channel=SUPPORT))
     async with serving(settings) as stack:
         client = AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)
-        stack.runtime.desks["slack"] = SlackDesk(client, channel=SUPPORT, store=stack.runtime.handoffs, limit=3000)
+        stack.runtime.desks["slack"] = SlackDesk(
+            client, channel=SUPPORT, store=stack.runtime.tickets, links=stack.runtime.links, limit=3000
+        )
 
         first, notice = await ask_for_a_person(stack, address="198.51.100.1")
         assert notice == messages.HANDED_OFF
         # The people hand it back; the same visitor asks again within the hour: over its cap.
-        ticket = await stack.runtime.handoffs.ticket(stack.key(first.visitor))
+        ticket = await stack.runtime.tickets.ticket(stack.key(first.visitor))
         assert ticket is not None
-        resolve = ticket.turn(command="resolve", user="UAGENT", text="resolve", event_id="Ev-r1", meta={"agent": "Ann"})
+        resolve = ticket.turn(command="resolve", user="UAGENT", text="resolve", event_id="Ev-r1", agent="Ann")
         await stack.runtime.manager.handle(resolve, stack.adapter.sink_for(resolve))
         assert (await first.next("message"))["text"] == messages.HANDED_BACK
         await first.say(ASK, id="ask-00002")
@@ -122,8 +128,11 @@ async def test_handoffs_are_capped_per_visitor_address_and_site(make_settings, f
         # Each refusal is logged with the cap it hit, and is a turn that ended "rejected" (the last
         # one's lines come just after the visitor was told).
         conversation = tokens.conversation_id(first.visitor)
-        caps = [f"visitor:{conversation} is over its cap of 1 an hour", "ip:198.51.100.1 is over its cap of 2 an hour",
-                "site:shop is over its cap of 3 an hour"]
+        caps = [
+            f"visitor:{conversation} is over its cap of 1 an hour",
+            "ip:198.51.100.1 is over its cap of 2 an hour",
+            "site:shop is over its cap of 3 an hour",
+        ]
         async with asyncio.timeout(60):
             while sum(r.getMessage().startswith("turn rejected") for r in caplog.records) < 3:
                 await asyncio.sleep(0.05)

@@ -12,10 +12,10 @@ import aiohttp
 import pytest_asyncio
 
 import adapters.slack
-from adapters.slack import SlackAdapter
+from adapters.slack.app import SlackAdapter
 from bot.config import Settings, SlackSettings
-from bot.store.context import Context
 from bot.runtime import Runtime
+from bot.store.context import Context
 from bot.turns import ConversationKey
 from tests.conftest import serve_one
 from tests.slack.fake import TEAM, Delivery, FakeSlack, event_callback, signed_request
@@ -28,8 +28,14 @@ DEAD_LLM = "http://127.0.0.1:9/v1"  # for tests that never reach the model
 
 def slack_settings(fake: FakeSlack, **overrides: Any) -> SlackSettings:
     values: dict[str, Any] = {
-        "bot_token": BOT_TOKEN, "app_token": None, "signing_secret": SIGNING_SECRET, "api_base_url": fake.api_url,
-        "http_host": "127.0.0.1", "http_port": 0, "edit_interval": 0.2, "native_streaming": False,
+        "bot_token": BOT_TOKEN,
+        "app_token": None,
+        "signing_secret": SIGNING_SECRET,
+        "api_base_url": fake.api_url,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "edit_interval": 0.2,
+        "native_streaming": False,
     }
     values.update(overrides)
     return SlackSettings(_env_file=None, **values)
@@ -72,8 +78,13 @@ class SlackStack:
 
 @asynccontextmanager
 async def serving(settings: Settings, fake: FakeSlack) -> AsyncIterator[SlackStack]:
-    ready = lambda adapter: adapter.ready.is_set()  # noqa: E731
-    async with serve_one(settings, adapters.slack.create, ready) as (runtime, adapter), aiohttp.ClientSession() as session:
+    def ready(adapter: SlackAdapter) -> bool:
+        return adapter.ready.is_set()
+
+    async with (
+        serve_one(settings, adapters.slack.create, ready) as (runtime, adapter),
+        aiohttp.ClientSession() as session,
+    ):
         yield SlackStack(fake, runtime, adapter, session)
 
 
@@ -91,8 +102,14 @@ async def stack_for(fake_slack: FakeSlack, make_settings: Callable[..., Settings
     """`async with stack_for(llm_url, **slack_overrides) as stack:` Parley over HTTP (or Socket
     Mode with app_token=APP_TOKEN) against the fake."""
 
-    def make(llm_url: str = DEAD_LLM, *, llm: dict[str, Any] | None = None, dialogue: Any = None, redis: Any = None,
-             **slack: Any) -> Any:
+    def make(
+        llm_url: str = DEAD_LLM,
+        *,
+        llm: dict[str, Any] | None = None,
+        dialogue: Any = None,
+        redis: Any = None,
+        **slack: Any,
+    ) -> Any:
         sections: dict[str, Any] = {"slack": slack_settings(fake_slack, **slack)}
         if llm:
             base = make_settings(llm_url=llm_url).llm

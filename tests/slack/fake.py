@@ -161,7 +161,9 @@ class FakeSlack:
             self.rate_limits[method] -= 1
             return self._finish(call, {"ok": False, "error": "ratelimited"}, status=429)
         if self.server_errors.get(method):
-            return self._finish(call, {"ok": False, "error": "internal_error"}, status=self.server_errors[method].pop(0))
+            return self._finish(
+                call, {"ok": False, "error": "internal_error"}, status=self.server_errors[method].pop(0)
+            )
         expected = self.app_token if method == "apps.connections.open" else self.token
         if request.headers.get("Authorization") != f"Bearer {expected}":
             return self._finish(call, {"ok": False, "error": "invalid_auth"})
@@ -180,16 +182,36 @@ class FakeSlack:
         return web.json_response(body, status=status, headers=headers)
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": "https://fake.slack.test/", "team": "Fake", "user": "parley",
-                "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
+        return {
+            "ok": True,
+            "url": "https://fake.slack.test/",
+            "team": "Fake",
+            "user": "parley",
+            "team_id": TEAM,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+        }
 
-    def add_user(self, user_id: str, name: str, *, display_name: str = "", real_name: str = "", team: str = TEAM,
-                 stranger: bool = False) -> None:
+    def add_user(
+        self,
+        user_id: str,
+        name: str,
+        *,
+        display_name: str = "",
+        real_name: str = "",
+        team: str = TEAM,
+        stranger: bool = False,
+    ) -> None:
         """A person, as users.info describes them: of the workspace, or (another `team`) a Slack
         Connect member from elsewhere; `stranger` one who shares no channel with the workspace."""
         self.users[user_id] = {
-            "id": user_id, "team_id": team, "name": name, "deleted": False, "real_name": real_name or name,
-            "is_bot": False, "profile": {"display_name": display_name, "real_name": real_name or name, "team": team},
+            "id": user_id,
+            "team_id": team,
+            "name": name,
+            "deleted": False,
+            "real_name": real_name or name,
+            "is_bot": False,
+            "profile": {"display_name": display_name, "real_name": real_name or name, "team": team},
         }
         if stranger:
             self.users[user_id]["is_stranger"] = True
@@ -197,10 +219,22 @@ class FakeSlack:
     def add_channel(self, channel_id: str, name: str, *, private: bool = True, ext_shared: bool = False) -> None:
         """A channel Parley is in, as conversations.info describes it."""
         self.channels[channel_id] = {
-            "id": channel_id, "name": name, "is_channel": True, "is_group": False, "is_im": False, "is_mpim": False,
-            "is_private": private, "is_archived": False, "is_general": False, "is_shared": ext_shared,
-            "is_ext_shared": ext_shared, "is_org_shared": False, "is_pending_ext_shared": False,
-            "context_team_id": TEAM, "shared_team_ids": [TEAM], "is_member": True,
+            "id": channel_id,
+            "name": name,
+            "is_channel": True,
+            "is_group": False,
+            "is_im": False,
+            "is_mpim": False,
+            "is_private": private,
+            "is_archived": False,
+            "is_general": False,
+            "is_shared": ext_shared,
+            "is_ext_shared": ext_shared,
+            "is_org_shared": False,
+            "is_pending_ext_shared": False,
+            "context_team_id": TEAM,
+            "shared_team_ids": [TEAM],
+            "is_member": True,
         }
 
     def add_group(self, group_id: str, *members: str) -> None:
@@ -213,7 +247,9 @@ class FakeSlack:
 
     def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         members = self.groups.get(args.get("usergroup", ""))
-        return {"ok": True, "users": list(members)} if members is not None else {"ok": False, "error": "no_such_subteam"}
+        return (
+            {"ok": True, "users": list(members)} if members is not None else {"ok": False, "error": "no_such_subteam"}
+        )
 
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("text") and not args.get("blocks"):
@@ -221,7 +257,9 @@ class FakeSlack:
         if not args.get("user"):
             return {"ok": False, "error": "user_not_found"}
         ts = f"{2000000000 + next(self._ts)}.000100"
-        self.ephemeral.append(Posted(args["channel"], ts, args.get("thread_ts") or None, args.get("text", ""), user=args["user"]))
+        self.ephemeral.append(
+            Posted(args["channel"], ts, args.get("thread_ts") or None, args.get("text", ""), user=args["user"])
+        )
         return {"ok": True, "message_ts": ts}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -236,8 +274,9 @@ class FakeSlack:
         blocks = args.get("blocks")
         if isinstance(blocks, str):  # form-encoded arguments carry Block Kit as a JSON string
             blocks = json.loads(blocks)
-        self.messages.append(Posted(args["channel"], ts, args.get("thread_ts") or None, text, streamed=streamed,
-                                    blocks=blocks))
+        self.messages.append(
+            Posted(args["channel"], ts, args.get("thread_ts") or None, text, streamed=streamed, blocks=blocks)
+        )
         return {"ok": True, "channel": args["channel"], "ts": ts}
 
     def _find(self, args: dict[str, Any]) -> Posted | None:
@@ -292,8 +331,14 @@ class FakeSlack:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self._sockets.append(ws)
-        await ws.send_json({"type": "hello", "num_connections": 1, "debug_info": {"host": "fake"},
-                            "connection_info": {"app_id": "A0001"}})
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "fake"},
+                "connection_info": {"app_id": "A0001"},
+            }
+        )
         await self._notify()
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
@@ -311,10 +356,16 @@ class FakeSlack:
     async def push(self, kind: str, payload: dict[str, Any]) -> str:
         """Send an envelope (`events_api`, `slash_commands`) over the open socket; returns its id."""
         envelope_id = uuid.uuid4().hex
-        await self._sockets[-1].send_json({
-            "envelope_id": envelope_id, "type": kind, "payload": payload, "retry_attempt": 0, "retry_reason": "",
-            "accepts_response_payload": kind != "events_api",
-        })
+        await self._sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "retry_attempt": 0,
+                "retry_reason": "",
+                "accepts_response_payload": kind != "events_api",
+            }
+        )
         return envelope_id
 
     def ack_of(self, envelope_id: str) -> Ack | None:
@@ -333,54 +384,111 @@ def new_ts() -> str:
 
 def event_callback(event: dict[str, Any], *, team: str = TEAM, event_id: str | None = None) -> dict[str, Any]:
     return {
-        "token": "unused-verification-token", "team_id": team, "api_app_id": "A0001", "event": event,
-        "type": "event_callback", "event_id": event_id or f"Ev{next(_event_ids):08d}", "event_time": int(time.time()),
+        "token": "unused-verification-token",
+        "team_id": team,
+        "api_app_id": "A0001",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{next(_event_ids):08d}",
+        "event_time": int(time.time()),
         "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
     }
 
 
-def mention(channel: str, text: str, *, user: str = "UALICE", ts: str | None = None, thread_ts: str | None = None) -> dict[str, Any]:
-    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts or new_ts(),
-             "channel": channel, "team": TEAM}
+def mention(
+    channel: str, text: str, *, user: str = "UALICE", ts: str | None = None, thread_ts: str | None = None
+) -> dict[str, Any]:
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts or new_ts(),
+        "channel": channel,
+        "team": TEAM,
+    }
     event["event_ts"] = event["ts"]
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
-def message(channel: str, text: str, *, user: str = "UALICE", channel_type: str = "channel",
-            thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+def message(
+    channel: str,
+    text: str,
+    *,
+    user: str = "UALICE",
+    channel_type: str = "channel",
+    thread_ts: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     ts = extra.pop("ts", None) or new_ts()
-    event = {"type": "message", "user": user, "text": text, "ts": ts, "event_ts": ts, "channel": channel,
-             "channel_type": channel_type, "team": TEAM, **extra}
+    event = {
+        "type": "message",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "event_ts": ts,
+        "channel": channel,
+        "channel_type": channel_type,
+        "team": TEAM,
+        **extra,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
-def reaction_added(channel: str, ts: str, *, reaction: str = "+1", user: str = "UALICE",
-                   item_user: str = BOT_USER) -> dict[str, Any]:
+def reaction_added(
+    channel: str, ts: str, *, reaction: str = "+1", user: str = "UALICE", item_user: str = BOT_USER
+) -> dict[str, Any]:
     """A `reaction_added` event on message `ts` (written by `item_user`)."""
     event_ts = new_ts()
-    return {"type": "reaction_added", "user": user, "reaction": reaction, "item_user": item_user,
-            "item": {"type": "message", "channel": channel, "ts": ts}, "event_ts": event_ts}
+    return {
+        "type": "reaction_added",
+        "user": user,
+        "reaction": reaction,
+        "item_user": item_user,
+        "item": {"type": "message", "channel": channel, "ts": ts},
+        "event_ts": event_ts,
+    }
 
 
 def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value: str = "") -> dict[str, Any]:
     """The `block_actions` payload Slack sends when a person presses a button on `message`
     (delivered over HTTP as a signed form with one field, `payload`, holding this JSON)."""
     return {
-        "type": "block_actions", "api_app_id": "A0001", "token": "unused",
+        "type": "block_actions",
+        "api_app_id": "A0001",
+        "token": "unused",
         "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
         "team": {"id": TEAM, "domain": "fake"},
-        "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
+        "container": {
+            "type": "message",
+            "message_ts": message.ts,
+            "channel_id": message.channel,
+            "is_ephemeral": False,
+        },
         "channel": {"id": message.channel, "name": "support"},
-        "message": {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks or [],
-                    "user": BOT_USER, "bot_id": BOT_ID},
+        "message": {
+            "type": "message",
+            "ts": message.ts,
+            "text": message.text,
+            "blocks": message.blocks or [],
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+        },
         "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
         "response_url": "https://hooks.slack.invalid/actions/unused",
-        "actions": [{"type": "button", "action_id": action_id, "block_id": "parley_ticket", "value": value,
-                     "action_ts": str(time.time()), "text": {"type": "plain_text", "text": "Resolve"}}],
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "parley_ticket",
+                "value": value,
+                "action_ts": str(time.time()),
+                "text": {"type": "plain_text", "text": "Resolve"},
+            }
+        ],
     }
 
 
@@ -425,7 +533,16 @@ async def signed_request(
 
 def command(text: str, *, channel: str = "D0001", response_url: str, user: str = "UALICE") -> dict[str, Any]:
     return {
-        "token": "unused", "team_id": TEAM, "team_domain": "fake", "channel_id": channel, "channel_name": "directmessage",
-        "user_id": user, "user_name": "alice", "command": "/parley", "text": text, "api_app_id": "A0001",
-        "response_url": response_url, "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
+        "token": "unused",
+        "team_id": TEAM,
+        "team_domain": "fake",
+        "channel_id": channel,
+        "channel_name": "directmessage",
+        "user_id": user,
+        "user_name": "alice",
+        "command": "/parley",
+        "text": text,
+        "api_app_id": "A0001",
+        "response_url": response_url,
+        "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
     }

@@ -44,12 +44,19 @@ async def run_mode(settings: Settings, fake: FakeSlack, answers: int, label: str
             first_visible.append(first - sent)
             acks.append(ack.at - sent)
             calls_per_answer.append(len(mine))
-    print(f"{label}: {answers} answers of {settings.llm.max_tokens} tokens, edit_interval {settings.slack.edit_interval:g} s")
+    print(
+        f"{label}: {answers} answers of {settings.llm.max_tokens} tokens, "
+        f"edit_interval {settings.slack.edit_interval:g} s"
+    )
     print(f"  event -> ack                 median {statistics.median(acks) * 1000:7.1f} ms")
-    print(f"  event -> first visible token median {statistics.median(first_visible) * 1000:7.1f} ms "
-          f"(min {min(first_visible) * 1000:.1f}, max {max(first_visible) * 1000:.1f})")
-    print(f"  Web API calls per answer     median {statistics.median(calls_per_answer):g} "
-          f"(min {min(calls_per_answer)}, max {max(calls_per_answer)})")
+    print(
+        f"  event -> first visible token median {statistics.median(first_visible) * 1000:7.1f} ms "
+        f"(min {min(first_visible) * 1000:.1f}, max {max(first_visible) * 1000:.1f})"
+    )
+    print(
+        f"  Web API calls per answer     median {statistics.median(calls_per_answer):g} "
+        f"(min {min(calls_per_answer)}, max {max(calls_per_answer)})"
+    )
 
 
 async def main(answers: int, max_tokens: int) -> None:
@@ -64,8 +71,12 @@ async def main(answers: int, max_tokens: int) -> None:
                         settings = Settings(
                             log=LogSettings(_env_file=None, level="WARNING"),
                             redis=RedisSettings(_env_file=None, url=redis.url, prefix=f"m{uuid.uuid4().hex[:6]}"),
-                            llm=LLMSettings(_env_file=None, base_url=base_url, max_tokens=max_tokens,
-                                            extra_body={"ignore_eos": True}),
+                            llm=LLMSettings(
+                                _env_file=None,
+                                base_url=base_url,
+                                max_tokens=max_tokens,
+                                extra_body={"ignore_eos": True},
+                            ),
                             context=ContextSettings(_env_file=None),
                             dialogue=DialogueSettings(_env_file=None),
                             engine=engine_settings(),

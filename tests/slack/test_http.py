@@ -36,8 +36,13 @@ async def test_bad_signature_missing_signature_and_stale_timestamp_get_401(stack
         stale_ts = int(time.time()) - 6 * 60
         stale = await stack.send(body, timestamp=stale_ts)  # correctly signed, but old
         missing = await stack.session.post(stack.events_url, json=body)
-        slash = await signed_request(stack.session, stack.events_url, command("help", response_url=fake_slack.response_url()),
-                                     secret="wrong", form=True)
+        slash = await signed_request(
+            stack.session,
+            stack.events_url,
+            command("help", response_url=fake_slack.response_url()),
+            secret="wrong",
+            form=True,
+        )
         assert (bad.status, stale.status, missing.status, slash.status) == (401, 401, 401, 401)
         await asyncio.sleep(1)  # anything wrongly accepted would now be on its way
         assert chat_calls(fake_slack) == [] and fake_slack.responses == []
@@ -48,8 +53,13 @@ async def test_bad_signature_missing_signature_and_stale_timestamp_get_401(stack
 
 async def test_url_verification_challenge(stack_for):
     async with stack_for() as stack:
-        delivery = await stack.send({"token": "x", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
-                                     "type": "url_verification"})
+        delivery = await stack.send(
+            {
+                "token": "x",
+                "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+                "type": "url_verification",
+            }
+        )
         assert delivery.status == 200 and "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P" in delivery.text
 
 
@@ -59,10 +69,20 @@ async def test_slash_help_and_reset_are_acked_then_answered_through_response_url
         await stack.runtime.store.save(
             (await _key(stack, "D0001")), await stack.context("D0001"), [_msg("user", "remember me")]
         )
-        help_ack = await signed_request(stack.session, stack.events_url, command("help", response_url=fake_slack.response_url()),
-                                        secret=SIGNING_SECRET, form=True)
-        reset_ack = await signed_request(stack.session, stack.events_url, command("reset", response_url=fake_slack.response_url()),
-                                         secret=SIGNING_SECRET, form=True)
+        help_ack = await signed_request(
+            stack.session,
+            stack.events_url,
+            command("help", response_url=fake_slack.response_url()),
+            secret=SIGNING_SECRET,
+            form=True,
+        )
+        reset_ack = await signed_request(
+            stack.session,
+            stack.events_url,
+            command("reset", response_url=fake_slack.response_url()),
+            secret=SIGNING_SECRET,
+            form=True,
+        )
         assert help_ack.status == 200 and reset_ack.status == 200
         await fake_slack.wait_for(lambda: len(fake_slack.responses) == 2)
         assert all(r["at"] > help_ack.at for r in fake_slack.responses)  # acked before answered
@@ -81,7 +101,13 @@ async def test_own_bot_and_subtype_messages_are_acked_and_ignored(stack_for, fak
             message("C0001", "<@UALICE> has joined the channel", subtype="channel_join"),
             message("C0001", "chatter not for Parley"),
             message("C0001", "a reply in a thread Parley is not in", thread_ts="1700000000.000001"),
-            {"type": "reaction_added", "user": "UALICE", "reaction": "eyes", "item": {"type": "message"}, "event_ts": "1.2"},
+            {
+                "type": "reaction_added",
+                "user": "UALICE",
+                "reaction": "eyes",
+                "item": {"type": "message"},
+                "event_ts": "1.2",
+            },
         ]
         for event in events:
             _, delivery = await stack.deliver(event)
@@ -92,8 +118,13 @@ async def test_own_bot_and_subtype_messages_are_acked_and_ignored(stack_for, fak
 
 async def test_file_without_text_gets_one_useful_reply_even_when_retried(stack_for, fake_slack):
     async with stack_for() as stack:
-        event = message("D0001", "", channel_type="im", subtype="file_share",
-                        files=[{"id": "F0001", "name": "photo.png", "mimetype": "image/png"}])
+        event = message(
+            "D0001",
+            "",
+            channel_type="im",
+            subtype="file_share",
+            files=[{"id": "F0001", "name": "photo.png", "mimetype": "image/png"}],
+        )
         body, first = await stack.deliver(event)
         retry = await stack.send(body, retry_num=1)
         assert first.status == retry.status == 200
@@ -179,7 +210,9 @@ async def test_a_channel_that_is_gone_is_not_retried(stack_for, fake_slack, capl
         assert calls == len(fake_slack.calls_to("chat.postMessage")) == 1
         assert all(c.error == "channel_not_found" for c in fake_slack.calls_to("chat.postMessage"))
         assert counted(metrics, "parley_platform_errors_total", platform="slack", status="500") == 0
-    failed = [r for r in caplog.records if r.name == "bot.dialogue.manager" and r.getMessage().startswith("turn failed:")]
+    failed = [
+        r for r in caplog.records if r.name == "bot.dialogue.manager" and r.getMessage().startswith("turn failed:")
+    ]
     assert len(failed) == 1 and "channel_not_found" in failed[0].getMessage()
 
 
@@ -197,8 +230,13 @@ async def test_while_redis_is_down_slack_gets_an_error_status_and_its_redelivery
         body, refused = await stack.deliver(message("D0001", "asked while Redis is down", channel_type="im"))
         assert refused.status == 500, "not acknowledged: Slack will deliver it again"
         # Slack never redelivers a slash command: it is refused with words instead.
-        slash = await signed_request(stack.session, stack.events_url, command("help", response_url=fake_slack.response_url()),
-                                     secret=SIGNING_SECRET, form=True)
+        slash = await signed_request(
+            stack.session,
+            stack.events_url,
+            command("help", response_url=fake_slack.response_url()),
+            secret=SIGNING_SECRET,
+            form=True,
+        )
         assert slash.status == 200 and messages.BUSY in slash.text
         await asyncio.sleep(1.0)
         assert fake_slack.in_thread("D0001", None) == []

@@ -60,7 +60,9 @@ async def test_turns_are_answered_when_the_inbox_loses_its_counters(stack_for, f
         assert [p.text for p in fake_slack.in_thread("D0042", None)] == [ANSWER] * 6
 
 
-async def test_a_platform_retry_is_still_a_duplicate_after_the_counters_start_again(stack_for, fake_slack, standin, redis_server):
+async def test_a_platform_retry_is_still_a_duplicate_after_the_counters_start_again(
+    stack_for, fake_slack, standin, redis_server
+):
     async with stack_for(standin) as stack:
         event = message("D0042", "question 1", channel_type="im")
         body, _ = await stack.deliver(event)

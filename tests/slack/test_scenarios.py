@@ -45,7 +45,7 @@ async def test_mention_gets_a_threaded_streamed_answer(stack_for, fake_slack, en
         assert answer.startswith(posts[0].args["text"])
         if posts[0].args["text"] != answer:
             assert updates and updates[-1].args["text"] == answer
-        assert [m.content for m in context.messages][0] == "what is a KV cache?"
+        assert context.messages[0].content == "what is a KV cache?"
 
 
 async def test_thread_follow_up_without_mention_continues_the_context(stack_for, fake_slack, engine):
@@ -109,7 +109,9 @@ async def test_429_on_update_and_on_post_still_one_complete_answer(stack_for, fa
         # and retried (test_sink covers 429s on edits with a stream that always needs edits).
         updates = [c.status for c in fake_slack.calls_to("chat.update")]
         assert updates in ([], [429, 200]) or (updates[:2] == [429, 200] and set(updates[2:]) <= {200})
-        limited = stack.runtime.metrics.registry.get_sample_value("parley_platform_rate_limited_total", {"platform": "slack"})
+        limited = stack.runtime.metrics.registry.get_sample_value(
+            "parley_platform_rate_limited_total", {"platform": "slack"}
+        )
         assert limited == 1 + updates.count(429)  # every 429 the adapter met, counted
 
 
@@ -118,8 +120,13 @@ async def test_every_ack_arrives_before_the_slow_web_api_call_completes(stack_fo
     async with stack_for(engine) as stack:
         events = [mention("C0001", "slow one"), message("D0001", "slow two", channel_type="im")]
         acks = [(await stack.deliver(e))[1] for e in events]
-        slash_ack = await signed_request(stack.session, stack.events_url, command("help", response_url=fake_slack.response_url()),
-                                         secret=SIGNING_SECRET, form=True)
+        slash_ack = await signed_request(
+            stack.session,
+            stack.events_url,
+            command("help", response_url=fake_slack.response_url()),
+            secret=SIGNING_SECRET,
+            form=True,
+        )
         assert all(a.status == 200 for a in [*acks, slash_ack])
         await stack.answered("C0001", events[0]["ts"])
         await stack.answered("D0001")
@@ -176,7 +183,9 @@ async def test_socket_mode_end_to_end(stack_for, fake_slack, engine, caplog):
         assert [m.text for m in fake_slack.in_thread("C0001", event["ts"])] == [answer]
         # The ack came before the answer was posted.
         assert fake_slack.ack_of(envelope).at < fake_slack.calls_to("chat.postMessage")[0].started
-        slash = await fake_slack.push("slash_commands", command("reset", channel="C0001", response_url=fake_slack.response_url()))
+        slash = await fake_slack.push(
+            "slash_commands", command("reset", channel="C0001", response_url=fake_slack.response_url())
+        )
         await fake_slack.wait_for(lambda: fake_slack.ack_of(slash) and fake_slack.responses)
         assert fake_slack.responses[0]["text"] == messages.RESET_DONE
     text = "\n".join(r.getMessage() for r in caplog.records)

@@ -39,8 +39,11 @@ async def chunked(text: str, size: int = 7, *, delay: float = 0.0):
 
 @pytest_asyncio.fixture
 async def client(fake_slack):
-    return AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url,
-                          retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)])
+    return AsyncWebClient(
+        token=BOT_TOKEN,
+        base_url=fake_slack.api_url,
+        retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+    )
 
 
 def turn(thread: str = "1700000000.000100") -> Turn:
@@ -75,7 +78,9 @@ async def test_native_stream_pages_a_long_answer(fake_slack, client):
     text = long_answer()
     sink = SlackSink(client, turn(), limit=LIMIT, interval=0.05, streaming=StreamingSupport(True))
     assert await sink.stream(chunked(text, delay=0.001)) == text
-    assert len(fake_slack.calls_to("chat.appendStream")) > len(posted := fake_slack.in_thread("C0001", "1700000000.000100"))
+    assert len(fake_slack.calls_to("chat.appendStream")) > len(
+        posted := fake_slack.in_thread("C0001", "1700000000.000100")
+    )
     posted = fake_slack.in_thread("C0001", "1700000000.000100")
     assert len(posted) >= 4 and all(m.streamed and m.stopped and len(m.text) <= LIMIT for m in posted)
     assert all(m.text.count("```") % 2 == 0 for m in posted)

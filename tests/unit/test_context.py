@@ -1,8 +1,8 @@
 import asyncio
 
 from bot.config import ContextSettings, RedisSettings
-from bot.store.context import Context, MemoryContextStore, Message, RedisContextStore, compact
 from bot.llm.prompts import build_messages
+from bot.store.context import Context, MemoryContextStore, Message, RedisContextStore, compact
 from bot.turns import ConversationKey
 
 
@@ -28,7 +28,7 @@ def test_the_newest_message_is_kept_even_when_it_alone_is_over_budget():
 
 
 def test_prompt_is_stable_first_and_joins_consecutive_user_messages():
-    ctx = Context(tuple(msgs(1, 1)) + (Message("user", "unanswered", 1),), summary="they talked about keys")
+    ctx = Context((*msgs(1, 1), Message("user", "unanswered", 1)), summary="they talked about keys")
     messages = build_messages("SYSTEM", ctx, "new question")
     assert messages[0]["role"] == "system" and messages[0]["content"].startswith("SYSTEM")
     assert "they talked about keys" in messages[0]["content"]

@@ -23,20 +23,22 @@ import pytest_asyncio
 
 from bot import messages
 from bot.config import EmbeddingSettings, LogSettings, Settings
-from bot.store.context import RedisContextStore
-from bot.store.dedupe import RedisDeduper
 from bot.dialogue.manager import DialogueManager
-from bot.routing.embeddings import Embedder
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineUnavailable, LLMError, PlatformError
 from bot.handlers import Services, build_handlers
-from bot.handoff.flow import Handoffs, RedisHandoffStore
+from bot.handoff.flow import Handoffs
+from bot.handoff.store import RedisHandoffStore
 from bot.knowledge.base import KnowledgeBase
-from bot.ops.metrics import Metrics
 from bot.moderation.moderator import Moderator
-from bot.store.batching import RedisBatcher
-from bot.routing.router import Router
-from bot.runtime import cancel_and_wait, connect_redis, open_embedder
+from bot.ops.metrics import Metrics
 from bot.ops.stats import RedisStats
+from bot.routing.embeddings import Embedder
+from bot.routing.router import Router
+from bot.runtime import connect_redis, open_embedder
+from bot.store.batching import RedisBatcher
+from bot.store.context import RedisContextStore
+from bot.store.dedupe import RedisDeduper
+from bot.store.redis import cancel_and_wait
 from bot.tenants import CATEGORIES, ModerationConfig, TenantConfig, Tenants, load_tenants
 from bot.turns import Outcome, Reply, Turn
 from tests.conftest import engine_settings
@@ -113,7 +115,9 @@ async def within(step: Awaitable[T]) -> T:
 
 
 @asynccontextmanager
-async def dialogue_core(settings: Settings, llm: FakeLLM, embedder: Embedder, tenants: Tenants | None) -> AsyncIterator[Core]:
+async def dialogue_core(
+    settings: Settings, llm: FakeLLM, embedder: Embedder, tenants: Tenants | None
+) -> AsyncIterator[Core]:
     """The dialogue manager as `bot.runtime.open_runtime` builds it, with `llm` in the LLM
     client's place (open_runtime makes its own client and cannot be handed one)."""
     async with AsyncExitStack() as stack:
@@ -126,28 +130,30 @@ async def dialogue_core(settings: Settings, llm: FakeLLM, embedder: Embedder, te
         deduper = RedisDeduper(redis, settings.redis, batcher=batcher)
         watched = Watched(embedder, llm)
         kb = KnowledgeBase(redis=redis, embedder=watched, settings=settings.kb, prefix=settings.redis.prefix)
-        # The FakeLLM speaks LLMClient's surface, but the parts below are typed with the concrete
-        # client rather than a protocol: hence the ignores.
-        router = await Router.create(settings=settings.routing, embedder=watched, llm=llm)  # type: ignore[arg-type]
+        router = await Router.create(settings=settings.routing, embedder=watched, llm=llm)
         watched.requests_before.clear()  # the examples' embeddings: from here on, the turns'
         ttl = settings.redis.context_ttl
         stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
         stack.push_async_callback(stats.aclose)
         handoffs = Handoffs(
-            settings=settings.handoff, store=RedisHandoffStore(redis, prefix=settings.redis.prefix, ttl=ttl),
-            stats=stats, desks={}, gates={},
+            settings=settings.handoff,
+            store=RedisHandoffStore(redis, prefix=settings.redis.prefix, ttl=ttl),
+            stats=stats,
+            desks={},
+            gates={},
         )
         manager = DialogueManager(
             settings=settings,
             store=store,
             deduper=deduper,
-            llm=llm,  # type: ignore[arg-type]
-            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb)),  # type: ignore[arg-type]
+            llm=llm,
+            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb)),
             router=router,
-            moderator=Moderator(llm),  # type: ignore[arg-type]
+            moderator=Moderator(llm),
             tenants=tenants or load_tenants(settings.tenants.file),
             metrics=Metrics(),
             handoffs=handoffs,
+            stats=stats,
         )
         stack.push_async_callback(llm.aclose)
         yield Core(manager, store, llm, watched, settings)
@@ -155,7 +161,9 @@ async def dialogue_core(settings: Settings, llm: FakeLLM, embedder: Embedder, te
 
 @pytest_asyncio.fixture(scope="module")
 async def embedder() -> AsyncIterator[Embedder]:
-    settings = Settings(log=LogSettings(_env_file=None), embed=EmbeddingSettings(_env_file=None), engine=engine_settings())
+    settings = Settings(
+        log=LogSettings(_env_file=None), embed=EmbeddingSettings(_env_file=None), engine=engine_settings()
+    )
     embedder = await open_embedder(settings)
     yield embedder
     await embedder.aclose()
@@ -173,8 +181,15 @@ async def build(make_settings: Callable[..., Settings], embedder: Embedder) -> A
 
 
 def make_turn(text: str, *, channel: str = "C1", tenant: str = "T1", **fields: Any) -> Turn:
-    return Turn(platform="test", tenant=tenant, channel=channel, user="U1", text=text,
-                event_id=fields.pop("event_id", None) or uuid.uuid4().hex, **fields)
+    return Turn(
+        platform="test",
+        tenant=tenant,
+        channel=channel,
+        user="U1",
+        text=text,
+        event_id=fields.pop("event_id", None) or uuid.uuid4().hex,
+        **fields,
+    )
 
 
 def translator(answer: Answer, chat: Answer) -> Callable[[list[dict[str, str]]], Answer]:
@@ -282,13 +297,13 @@ async def test_a_platform_failure_mid_answer_stops_the_engine_and_tells_the_user
     assert core.llm.requests[0].aborted and core.llm.in_flight == 0
 
 
-
 async def test_a_platform_failure_mid_translation_stops_the_engine(build):
     # Not the speculative chat stream (dropped by routing): the translate handler's own.
     core = await build(FakeLLM(translator(Answer(["Bis ", "morgen"], hold_after=1), Answer(["Chat"], hold_after=0))))
     reply = await core.handle(make_turn("Translate this into German: see you tomorrow"), RecordingSink(fail_after=0))
     assert (reply.outcome, reply.error) == (Outcome.FAILED, "PlatformError")
     assert [c.aborted for c in core.llm.requests] == [True, True] and core.llm.in_flight == 0
+
 
 @pytest.mark.parametrize(
     "error",
@@ -458,4 +473,3 @@ async def test_two_conversations_answer_side_by_side_and_each_turn_counts_its_ow
     first, second = await turns
     assert (first.text, first.completion_tokens) == ("one two three", 3)
     assert (second.text, second.completion_tokens) == ("a b", 2)
-

@@ -3,9 +3,10 @@ import asyncio
 import pytest
 
 from bot.config import RedisSettings
-from bot.store.dedupe import MemoryDeduper, RedisDeduper
-from bot.dialogue.manager import KeyedLocks, _Ahead
+from bot.dialogue.locks import KeyedLocks
+from bot.dialogue.speculation import Ahead
 from bot.errors import EngineUnavailable, InboxClosed, InboxFull
+from bot.store.dedupe import MemoryDeduper, RedisDeduper
 from bot.store.inbox import MemoryInbox
 from bot.turns import ConversationKey, Turn
 
@@ -60,20 +61,20 @@ async def test_keyed_locks_keep_one_conversation_in_order_and_others_concurrent(
 
 
 def test_output_hold_back_is_linear_and_holds_only_what_may_be_personal_data_in_progress():
-    from bot.dialogue.manager import OUTPUT_HOLD, _boundary
+    from bot.dialogue.guard import OUTPUT_HOLD, boundary
 
-    assert _boundary("hello world ") == len("hello world ")
-    assert _boundary("hello world") == len("hello ")  # the word being written may be an address's start
-    assert _boundary("write to john.doe") == len("write to ")
-    assert _boundary("done!") == len("done!")
-    assert _boundary("call me at +1 555 123") == len("call me at ")  # a phone number still coming
-    assert _boundary("write to john.doe@exa") == len("write to ")
-    assert _boundary("card 4111-1111-") == len("card ")
+    assert boundary("hello world ") == len("hello world ")
+    assert boundary("hello world") == len("hello ")  # the word being written may be an address's start
+    assert boundary("write to john.doe") == len("write to ")
+    assert boundary("done!") == len("done!")
+    assert boundary("call me at +1 555 123") == len("call me at ")  # a phone number still coming
+    assert boundary("write to john.doe@exa") == len("write to ")
+    assert boundary("card 4111-1111-") == len("card ")
     long_number = "9" * (OUTPUT_HOLD + 1)
-    assert _boundary(long_number) == len(long_number)  # held no longer than OUTPUT_HOLD
+    assert boundary(long_number) == len(long_number)  # held no longer than OUTPUT_HOLD
     # This once sent a backtracking regex into exponential time (seconds per token).
     text = "a1" * 5000 + "!"
-    assert _boundary(text) == len(text)
+    assert boundary(text) == len(text)
 
 
 async def test_a_stream_run_ahead_keeps_its_order_and_errors_and_can_be_dropped():
@@ -90,7 +91,7 @@ async def test_a_stream_run_ahead_keeps_its_order_and_errors_and_can_be_dropped(
         finally:
             closed.set()
 
-    ahead = _Ahead(deltas())
+    ahead = Ahead(deltas(), asyncio.Event())
     got = []
     async for piece in ahead.deltas():
         got.append(piece)
@@ -101,10 +102,10 @@ async def test_a_stream_run_ahead_keeps_its_order_and_errors_and_can_be_dropped(
 
     closed.clear()
     with pytest.raises(EngineUnavailable):
-        [piece async for piece in _Ahead(deltas(fail=True)).deltas()]
+        [piece async for piece in Ahead(deltas(fail=True), asyncio.Event()).deltas()]
 
     closed.clear()
-    dropped = _Ahead(deltas())
+    dropped = Ahead(deltas(), asyncio.Event())
     await asyncio.sleep(0.01)
     await dropped.drop()  # routed elsewhere: never read
     assert closed.is_set()

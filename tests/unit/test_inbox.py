@@ -200,7 +200,12 @@ async def test_a_worker_reads_only_the_platforms_it_answers_for(redis, prefix):
     settings = DialogueSettings(_env_file=None, stream_shards=2, consumer="x")
     web_only = RedisInbox(redis, settings, prefix=prefix, ttl=600, order_timeout=30.0, platforms=["web"])
     slack_only = RedisInbox(
-        redis, settings.model_copy(update={"consumer": "y"}), prefix=prefix, ttl=600, order_timeout=30.0, platforms=["slack"]
+        redis,
+        settings.model_copy(update={"consumer": "y"}),
+        prefix=prefix,
+        ttl=600,
+        order_timeout=30.0,
+        platforms=["slack"],
     )
     upkeep = [await started(web_only), await started(slack_only)]
     try:
@@ -222,9 +227,24 @@ async def test_a_read_only_replica_is_an_outage_not_a_crash(tmp_path, redis_serv
     every write answers READONLY. Workers wait it out; intake gets the typed error."""
     port = free_port()
     replica = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--replicaof", "127.0.0.1", str(redis_server.port),
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--replicaof",
+            "127.0.0.1",
+            str(redis_server.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     client = Redis(port=port, socket_timeout=2)
     try:

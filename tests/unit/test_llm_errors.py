@@ -9,18 +9,24 @@ from aiohttp import web
 from bot import messages
 from bot.config import LLMSettings
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineTimeout, EngineUnavailable
-from bot.llm.client import LLMClient, _map_status, _map_transport_error
+from bot.llm.client import LLMClient
+from bot.llm.transport import map_status, map_transport_error
 
 URL = "http://engine:8000/v1"
 
 
 @pytest.mark.parametrize(
     ("status", "headers", "kind"),
-    [(429, {"Retry-After": "3"}, EngineOverloaded), (503, {}, EngineOverloaded), (400, {}, EngineRejected),
-     (404, {}, EngineRejected), (500, {}, EngineFailed)],
+    [
+        (429, {"Retry-After": "3"}, EngineOverloaded),
+        (503, {}, EngineOverloaded),
+        (400, {}, EngineRejected),
+        (404, {}, EngineRejected),
+        (500, {}, EngineFailed),
+    ],
 )
 def test_status_codes_map_to_typed_errors_with_their_data(status, headers, kind):
-    error = _map_status(status, headers, b'{"message": "nope"}', URL)
+    error = map_status(status, headers, b'{"message": "nope"}', URL)
     assert isinstance(error, kind) and error.url == URL
     if kind is EngineOverloaded:
         assert error.retryable and error.status == status
@@ -31,20 +37,27 @@ def test_status_codes_map_to_typed_errors_with_their_data(status, headers, kind)
 
 def test_transport_errors_map_to_unavailable_or_timeout():
     settings = LLMSettings(_env_file=None, connect_timeout=5.0, read_timeout=60.0)
-    for gone in (aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(111, "refused"),
-                 aiohttp.ClientPayloadError("cut short")):
-        refused = _map_transport_error(gone, URL, settings)
+    for gone in (
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientOSError(111, "refused"),
+        aiohttp.ClientPayloadError("cut short"),
+    ):
+        refused = map_transport_error(gone, URL, settings)
         assert isinstance(refused, EngineUnavailable) and refused.retryable
-    silent = _map_transport_error(aiohttp.SocketTimeoutError("slow"), URL, settings)
+    silent = map_transport_error(aiohttp.SocketTimeoutError("slow"), URL, settings)
     assert isinstance(silent, EngineTimeout) and (silent.phase, silent.timeout) == ("read", 60.0)
-    connect = _map_transport_error(aiohttp.ConnectionTimeoutError("slow"), URL, settings)
+    connect = map_transport_error(aiohttp.ConnectionTimeoutError("slow"), URL, settings)
     assert isinstance(connect, EngineTimeout) and (connect.phase, connect.timeout) == ("connect", 5.0)
 
 
 def test_every_engine_error_has_a_short_user_sentence_without_internals():
-    errors = [EngineUnavailable("boom at http://10.0.0.1", url=URL), EngineTimeout("x", url=URL, phase="read", timeout=1),
-              EngineOverloaded("x", url=URL, status=429, retry_after=None), EngineRejected("x", url=URL, status=400, detail="d"),
-              EngineFailed("x", url=URL)]
+    errors = [
+        EngineUnavailable("boom at http://10.0.0.1", url=URL),
+        EngineTimeout("x", url=URL, phase="read", timeout=1),
+        EngineOverloaded("x", url=URL, status=429, retry_after=None),
+        EngineRejected("x", url=URL, status=400, detail="d"),
+        EngineFailed("x", url=URL),
+    ]
     sentences = {messages.for_user(e) for e in errors}
     assert len(sentences) == len(errors)  # each failure is explained in its own words
     assert all(URL not in s and "10.0.0.1" not in s and len(s) < 120 for s in sentences)
@@ -58,7 +71,9 @@ async def test_a_malformed_stream_or_answer_is_an_engine_failure_and_a_full_stre
         peers.append(request.transport.get_extra_info("peername"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        event = b'{"choices": [{"delta": {"content": "ok"}}]}' if body["messages"][0]["content"] == "fine" else b"{not json"
+        event = (
+            b'{"choices": [{"delta": {"content": "ok"}}]}' if body["messages"][0]["content"] == "fine" else b"{not json"
+        )
         await response.write(b"data: " + event + b"\n\ndata: [DONE]\n\n")
         return response
 
@@ -95,8 +110,8 @@ async def test_an_idle_connection_is_dropped_before_the_engine_would_drop_it(loo
     app.router.add_get("/v1/models", models)
     settings = LLMSettings(_env_file=None, keepalive=0.2)
     async with loopback(app) as url, LLMClient(settings, base_url=url) as llm:
-        await llm._request(llm.engines[0], "GET", f"{url}/models")
-        await llm._request(llm.engines[0], "GET", f"{url}/models")
+        await llm._http.request(llm.engines[0], "GET", f"{url}/models")
+        await llm._http.request(llm.engines[0], "GET", f"{url}/models")
         await asyncio.sleep(0.6)
-        await llm._request(llm.engines[0], "GET", f"{url}/models")
+        await llm._http.request(llm.engines[0], "GET", f"{url}/models")
     assert peers[0] == peers[1] != peers[2]

@@ -1,4 +1,4 @@
-"""`request_sent`: a caller learns when its streamed request has left, before the engine
+"""`CallScope.sent`: a caller learns when its streamed request has left, before the engine
 answers, or at once when the request must wait for a free slot. A loopback server that
 holds its answer back stands in for a busy engine."""
 
@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from bot.config import LLMSettings
-from bot.llm.client import LLMClient, request_sent
+from bot.llm.client import CallScope, LLMClient
 
 
 async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_when_queued(loopback):
@@ -28,8 +28,7 @@ async def test_request_sent_is_set_when_written_not_when_answered_and_at_once_wh
     async with loopback(app) as url, LLMClient(settings, base_url=url) as llm:
 
         async def ask(sent: asyncio.Event) -> str:
-            request_sent.set(sent)  # this task's own context
-            async with llm.stream([{"role": "user", "content": "hello"}]) as stream:
+            async with llm.stream([{"role": "user", "content": "hello"}], scope=CallScope(sent=sent)) as stream:
                 return "".join([d async for d in stream])
 
         first, second = asyncio.Event(), asyncio.Event()

@@ -10,8 +10,15 @@ from bot.config import LogSettings
 from bot.ops.logs import setup_logging, turn_fields
 from bot.turns import Turn
 
-TURN = Turn(platform="discord", tenant="1234567890123456789", channel="1111111111111111111", user="U1",
-            text="hi", event_id="1300000000000000007", thread="1300000000000000007")
+TURN = Turn(
+    platform="discord",
+    tenant="1234567890123456789",
+    channel="1111111111111111111",
+    user="U1",
+    text="hi",
+    event_id="1300000000000000007",
+    thread="1300000000000000007",
+)
 
 
 @pytest.fixture

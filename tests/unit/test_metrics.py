@@ -5,8 +5,8 @@ import pytest
 from aiohttp import web
 
 from bot.errors import InboxFull
-from bot.store.inbox import MemoryInbox
 from bot.ops.metrics import Metrics, TimedInbox
+from bot.store.inbox import MemoryInbox
 from bot.turns import ConversationKey, Outcome, Reply, Turn
 
 

@@ -12,9 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from bot.config import ContextSettings, RedisSettings
+from bot.store.batching import RedisBatcher
 from bot.store.context import Message, RedisContextStore
 from bot.store.dedupe import RedisDeduper
-from bot.store.batching import RedisBatcher
 from bot.turns import ConversationKey, Turn
 
 
@@ -27,14 +27,26 @@ async def test_claims_and_loads_issued_together_share_one_connection_and_each_ge
     client = Redis.from_url(redis_server.url, client_name=name)
     settings = RedisSettings(_env_file=None, prefix=name)
     batcher = RedisBatcher(client)
-    store = RedisContextStore(client, redis_settings=settings, settings=ContextSettings(_env_file=None), batcher=batcher)
+    store = RedisContextStore(
+        client, redis_settings=settings, settings=ContextSettings(_env_file=None), batcher=batcher
+    )
     deduper = RedisDeduper(client, settings, batcher=batcher)
     keys = [ConversationKey("test", "t", f"c{n}", "") for n in range(16)]
     try:
         empty = await asyncio.gather(*(store.load(key) for key in keys))
-        await asyncio.gather(*(store.save(key, context, [Message("user", str(key), 1)]) for key, context in zip(keys, empty, strict=True)))
-        turns = [Turn(platform="test", tenant="t", channel=key.channel, user="u", text="hi", event_id=f"e{n}") for n, key in enumerate(keys)]
-        results = await asyncio.gather(*(asyncio.gather(deduper.claim(t), store.load(k)) for t, k in zip(turns, keys, strict=True)))
+        await asyncio.gather(
+            *(
+                store.save(key, context, [Message("user", str(key), 1)])
+                for key, context in zip(keys, empty, strict=True)
+            )
+        )
+        turns = [
+            Turn(platform="test", tenant="t", channel=key.channel, user="u", text="hi", event_id=f"e{n}")
+            for n, key in enumerate(keys)
+        ]
+        results = await asyncio.gather(
+            *(asyncio.gather(deduper.claim(t), store.load(k)) for t, k in zip(turns, keys, strict=True))
+        )
         assert [won for won, _ in results] == [True] * 16
         assert [[m.content for m in context.messages] for _, context in results] == [[str(key)] for key in keys]
         # 32 commands from 16 turns at once, and never a second connection.

@@ -14,11 +14,11 @@ import aiohttp
 import pytest_asyncio
 
 import adapters.web
-from adapters.web import WebAdapter
+from adapters.web.app import WebAdapter
 from adapters.web.tokens import conversation_id
 from bot.config import Settings, WebSettings
-from bot.store.context import Context
 from bot.runtime import Runtime
+from bot.store.context import Context
 from bot.turns import ConversationKey
 from tests.conftest import serve_one
 
@@ -112,10 +112,14 @@ class WebStack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.adapter.port}/ws"
 
-    async def open(self, *, origin: str | None = None, headers: dict[str, str] | None = None) -> aiohttp.ClientWebSocketResponse:
+    async def open(
+        self, *, origin: str | None = None, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
         return await self.session.ws_connect(self.ws_url, origin=origin, headers=headers, autoping=True)
 
-    async def connect(self, token: str | None = None, *, origin: str | None = None, headers: dict[str, str] | None = None) -> Tab:
+    async def connect(
+        self, token: str | None = None, *, origin: str | None = None, headers: dict[str, str] | None = None
+    ) -> Tab:
         ws = await self.open(origin=origin, headers=headers)
         await ws.send_str(json.dumps({"type": "hello", "token": token}))
         tab = Tab(ws, {})
@@ -140,8 +144,13 @@ class WebStack:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[WebStack]:
-    ready = lambda adapter: adapter.ready.is_set()
-    async with serve_one(settings, adapters.web.create, ready) as (runtime, adapter), aiohttp.ClientSession() as session:
+    def ready(adapter: WebAdapter) -> bool:
+        return adapter.ready.is_set()
+
+    async with (
+        serve_one(settings, adapters.web.create, ready) as (runtime, adapter),
+        aiohttp.ClientSession() as session,
+    ):
         yield WebStack(runtime, adapter, session)
 
 

@@ -37,7 +37,8 @@ WATCH_ANSWER = """() => {
   const root = document.querySelector('#parley-chat').shadowRoot;
   new MutationObserver(() => {
     const answer = root.querySelector('.msg.bot[data-answer] .text');
-    if (answer && answer.textContent !== window.__shown[window.__shown.length - 1]) window.__shown.push(answer.textContent);
+    const last = window.__shown[window.__shown.length - 1];
+    if (answer && answer.textContent !== last) window.__shown.push(answer.textContent);
   }).observe(root, { subtree: true, childList: true, characterData: true });
 }"""
 
@@ -59,10 +60,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def answer_id_of(page: Page, text: str) -> str:
     """The id the widget keeps for an answer (from its done frame), to vote on it after a reload."""
-    return await page.evaluate("""(text) => {
+    return await page.evaluate(
+        """(text) => {
         const key = Object.keys(localStorage).find(k => k.endsWith(':answers'));
         return JSON.parse(localStorage[key]).find(item => item[1] === text)[0];
-    }""", text)
+    }""",
+        text,
+    )
 
 
 async def open_with_keyboard(page: Page) -> None:
@@ -167,10 +171,13 @@ async def customer_site(widget_url: Callable[[], str]) -> AsyncIterator[str]:
     whose origin goes into Parley's allowed origins.)"""
 
     async def page(_: web.Request) -> web.Response:
-        return web.Response(content_type="text/html", text=(
-            "<!doctype html><html lang='en'><head><title>Shop</title></head><body><h1>Our shop</h1>"
-            f"<script src='{widget_url()}' async></script></body></html>"
-        ))
+        return web.Response(
+            content_type="text/html",
+            text=(
+                "<!doctype html><html lang='en'><head><title>Shop</title></head><body><h1>Our shop</h1>"
+                f"<script src='{widget_url()}' async></script></body></html>"
+            ),
+        )
 
     app = web.Application()
     app.router.add_get("/", page)

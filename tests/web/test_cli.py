@@ -18,19 +18,35 @@ async def test_chat_web_prints_the_url_serves_the_chat_and_stops_on_ctrl_c(redis
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_"))}
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
-    env.update({
-        "PARLEY_REDIS_URL": redis_server.url, "PARLEY_REDIS_PREFIX": f"t{uuid.uuid4().hex[:8]}",
-        "PARLEY_LLM_BASE_URL": DEAD_LLM, "PARLEY_WEB_PORT": "0", "PARLEY_WEB_SECRET": SECRET,
-        "PARLEY_WEB_TITLE": "Local chat",
-    })
+    env.update(
+        {
+            "PARLEY_REDIS_URL": redis_server.url,
+            "PARLEY_REDIS_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+            "PARLEY_LLM_BASE_URL": DEAD_LLM,
+            "PARLEY_WEB_PORT": "0",
+            "PARLEY_WEB_SECRET": SECRET,
+            "PARLEY_WEB_TITLE": "Local chat",
+        }
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.tools.cli", "--env-file", str(tmp_path / "none.env"), "chat", "--web",
-        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.tools.cli",
+        "--env-file",
+        str(tmp_path / "none.env"),
+        "chat",
+        "--web",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []
     try:
         async with asyncio.timeout(120):
-            while not (match := re.search(r"web chat at (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops it\)", "".join(lines))):
+            while not (
+                match := re.search(r"web chat at (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops it\)", "".join(lines))
+            ):
                 line = (await proc.stderr.readline()).decode()
                 assert line, f"parley exited before serving: {''.join(lines)}"
                 lines.append(line)

@@ -202,7 +202,9 @@ async def test_the_pub_sub_hop_latency(redis_server, capsys):
         print(f"\nweb fan-out, one frame, {n} frames each (loopback redis-server):")
         for name, seconds in measured.items():
             ms = sorted(s * 1000 for s in seconds)
-            print(f"  {name:34} median {statistics.median(ms):.3f} ms, p90 {ms[int(n * 0.9)]:.3f} ms, max {ms[-1]:.3f} ms")
+            print(
+                f"  {name:34} median {statistics.median(ms):.3f} ms, p90 {ms[int(n * 0.9)]:.3f} ms, max {ms[-1]:.3f} ms"
+            )
 
 
 async def test_a_replica_subscribes_again_after_redis_restarts_and_a_failed_publish_is_said_once(redis_to_stop, caplog):

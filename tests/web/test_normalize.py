@@ -11,8 +11,8 @@ from adapters.web import normalize
 from adapters.web.normalize import BadFrame, Hello, Say, Vote
 from adapters.web.tokens import new_visitor
 from bot import messages
-from bot.store.context import Message
 from bot.errors import InputRejected
+from bot.store.context import Message
 
 
 def code_of(raw: str) -> str:
@@ -21,35 +21,38 @@ def code_of(raw: str) -> str:
     return caught.value.code
 
 
-@pytest.mark.parametrize("raw, code", [
-    ("", "not_json"),
-    ("hello", "not_json"),
-    ("{'type': 'hello'}", "not_json"),
-    ('{"type": "message", "id": "abcdefgh", "text": "hi"', "not_json"),
-    ("[" * 200_000 + "]" * 200_000, "not_json"),  # deeper than the parser goes
-    ('"message"', "not_object"),
-    ("[]", "not_object"),
-    ("null", "not_object"),
-    ("42", "not_object"),
-    ("{}", "unknown_type"),
-    ('{"type": 7}', "unknown_type"),
-    ('{"type": ["message"]}', "unknown_type"),
-    ('{"type": "subscribe", "channel": "all"}', "unknown_type"),
-    ('{"type": "hello", "token": 12}', "bad_field"),
-    ('{"type": "hello", "token": {"visitor": "x"}}', "bad_field"),
-    ('{"type": "message", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": 12345678, "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "short", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "has spaces in it", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "abcdefgh\\n", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "' + "a" * 65 + '", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "../../etc", "text": "hi"}', "bad_field"),
-    ('{"type": "message", "id": "abcdefgh"}', "bad_field"),
-    ('{"type": "message", "id": "abcdefgh", "text": null}', "bad_field"),
-    ('{"type": "message", "id": "abcdefgh", "text": ["hi"]}', "bad_field"),
-    ('{"type": "feedback", "answer": "abc", "vote": "up"}', "bad_field"),
-    ('{"type": "feedback", "vote": "up"}', "bad_field"),
-])
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        ("", "not_json"),
+        ("hello", "not_json"),
+        ("{'type': 'hello'}", "not_json"),
+        ('{"type": "message", "id": "abcdefgh", "text": "hi"', "not_json"),
+        ("[" * 200_000 + "]" * 200_000, "not_json"),  # deeper than the parser goes
+        ('"message"', "not_object"),
+        ("[]", "not_object"),
+        ("null", "not_object"),
+        ("42", "not_object"),
+        ("{}", "unknown_type"),
+        ('{"type": 7}', "unknown_type"),
+        ('{"type": ["message"]}', "unknown_type"),
+        ('{"type": "subscribe", "channel": "all"}', "unknown_type"),
+        ('{"type": "hello", "token": 12}', "bad_field"),
+        ('{"type": "hello", "token": {"visitor": "x"}}', "bad_field"),
+        ('{"type": "message", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": 12345678, "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "short", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "has spaces in it", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "abcdefgh\\n", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "' + "a" * 65 + '", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "../../etc", "text": "hi"}', "bad_field"),
+        ('{"type": "message", "id": "abcdefgh"}', "bad_field"),
+        ('{"type": "message", "id": "abcdefgh", "text": null}', "bad_field"),
+        ('{"type": "message", "id": "abcdefgh", "text": ["hi"]}', "bad_field"),
+        ('{"type": "feedback", "answer": "abc", "vote": "up"}', "bad_field"),
+        ('{"type": "feedback", "vote": "up"}', "bad_field"),
+    ],
+)
 def test_malformed_frames(raw, code):
     assert code_of(raw) == code
 
@@ -58,7 +61,9 @@ def test_feedback_needs_a_real_vote():
     answer = f"{new_visitor()}:abcdefgh"
     for vote in ("sideways", "", None, 1, "UP"):
         assert code_of(json.dumps({"type": "feedback", "answer": answer, "vote": vote})) == "bad_field"
-    assert normalize.parse_frame(json.dumps({"type": "feedback", "answer": answer, "vote": "down"})) == Vote(answer, "down")
+    assert normalize.parse_frame(json.dumps({"type": "feedback", "answer": answer, "vote": "down"})) == Vote(
+        answer, "down"
+    )
 
 
 def test_good_frames_and_unknown_fields_ignored():
@@ -102,11 +107,20 @@ def test_feedback_becomes_a_feedback_turn_about_one_of_the_visitors_own_answers(
     visitor = new_visitor()
     answer = f"{visitor}:abcdefgh"
     turn = normalize.feedback_turn(Vote(answer, "up", "click-0001"), conversation=visitor, site="shop")
-    assert (turn.command, turn.text, turn.reply_to, turn.channel, turn.tenant) == ("feedback", "up", answer, visitor, "shop")
+    assert (turn.command, turn.text, turn.reply_to, turn.channel, turn.tenant) == (
+        "feedback",
+        "up",
+        answer,
+        visitor,
+        "shop",
+    )
     resent = normalize.feedback_turn(Vote(answer, "up", "click-0001"), conversation=visitor, site="shop")
     again = normalize.feedback_turn(Vote(answer, "up", "click-0002"), conversation=visitor, site="shop")
     assert resent.event_id == turn.event_id != again.event_id  # a resend is one event, a new click another
-    assert turn.event_id not in (answer, normalize.feedback_turn(Vote(answer, "up"), conversation=visitor, site="shop").event_id)
+    assert turn.event_id not in (
+        answer,
+        normalize.feedback_turn(Vote(answer, "up"), conversation=visitor, site="shop").event_id,
+    )
     with pytest.raises(BadFrame):
         normalize.feedback_turn(Vote(f"{new_visitor()}:abcdefgh", "up"), conversation=visitor, site="shop")
 
@@ -130,36 +144,42 @@ def test_frames_out_are_valid_json_even_for_text_that_is_not_valid_unicode():
     assert err == {"type": "error", "code": "rate_limited", "text": "wait", "id": "abcdefgh", "retry_after": 12.3}
 
 
-@pytest.mark.parametrize("origin, host, allowed, ok", [
-    (None, "parley.example", [], True),  # not a browser
-    ("https://parley.example", "parley.example", [], True),  # same origin (TLS ends at the proxy)
-    ("http://127.0.0.1:8080", "127.0.0.1:8080", [], True),
-    ("http://127.0.0.1:8081", "127.0.0.1:8080", [], False),  # another port is another origin
-    ("https://evil.example", "parley.example", [], False),
-    ("https://parley.example.evil.example", "parley.example", [], False),
-    ("https://shop.example", "parley.example", ["https://shop.example"], True),
-    ("https://Shop.Example", "parley.example", ["https://shop.example/"], True),
-    ("http://shop.example", "parley.example", ["https://shop.example"], False),  # scheme counts when listed
-    ("https://shop.example:8443", "parley.example", ["https://shop.example"], False),
-    ("null", "parley.example", [], False),  # sandboxed frames and file:// pages
-    ("file://", "parley.example", [], False),
-    ("", "parley.example", [], False),
-])
+@pytest.mark.parametrize(
+    "origin, host, allowed, ok",
+    [
+        (None, "parley.example", [], True),  # not a browser
+        ("https://parley.example", "parley.example", [], True),  # same origin (TLS ends at the proxy)
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", [], True),
+        ("http://127.0.0.1:8081", "127.0.0.1:8080", [], False),  # another port is another origin
+        ("https://evil.example", "parley.example", [], False),
+        ("https://parley.example.evil.example", "parley.example", [], False),
+        ("https://shop.example", "parley.example", ["https://shop.example"], True),
+        ("https://Shop.Example", "parley.example", ["https://shop.example/"], True),
+        ("http://shop.example", "parley.example", ["https://shop.example"], False),  # scheme counts when listed
+        ("https://shop.example:8443", "parley.example", ["https://shop.example"], False),
+        ("null", "parley.example", [], False),  # sandboxed frames and file:// pages
+        ("file://", "parley.example", [], False),
+        ("", "parley.example", [], False),
+    ],
+)
 def test_origin_allowed(origin, host, allowed, ok):
     assert normalize.origin_allowed(origin, host, allowed) is ok
 
 
-@pytest.mark.parametrize("peer, forwarded, hops, address", [
-    ("203.0.113.7", None, 0, "203.0.113.7"),
-    ("203.0.113.7", "198.51.100.1", 0, "203.0.113.7"),  # not behind a proxy: the header is the client's lie
-    ("10.0.0.2", "198.51.100.1", 1, "198.51.100.1"),
-    ("10.0.0.2", "1.1.1.1, 198.51.100.1", 1, "198.51.100.1"),  # the client prepended a fake entry
-    ("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.9", 2, "198.51.100.1"),
-    ("10.0.0.2", None, 1, "10.0.0.2"),  # reached directly, bypassing the proxy
-    ("2001:db8:1:2:aaaa::1", None, 0, "2001:db8:1:2::/64"),
-    ("10.0.0.2", "2001:db8:1:2:bbbb::9", 1, "2001:db8:1:2::/64"),
-    (None, None, 0, "unknown"),
-    ("10.0.0.2", "not-an-ip", 1, "not-an-ip"),
-])
+@pytest.mark.parametrize(
+    "peer, forwarded, hops, address",
+    [
+        ("203.0.113.7", None, 0, "203.0.113.7"),
+        ("203.0.113.7", "198.51.100.1", 0, "203.0.113.7"),  # not behind a proxy: the header is the client's lie
+        ("10.0.0.2", "198.51.100.1", 1, "198.51.100.1"),
+        ("10.0.0.2", "1.1.1.1, 198.51.100.1", 1, "198.51.100.1"),  # the client prepended a fake entry
+        ("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.9", 2, "198.51.100.1"),
+        ("10.0.0.2", None, 1, "10.0.0.2"),  # reached directly, bypassing the proxy
+        ("2001:db8:1:2:aaaa::1", None, 0, "2001:db8:1:2::/64"),
+        ("10.0.0.2", "2001:db8:1:2:bbbb::9", 1, "2001:db8:1:2::/64"),
+        (None, None, 0, "unknown"),
+        ("10.0.0.2", "not-an-ip", 1, "not-an-ip"),
+    ],
+)
 def test_client_address(peer, forwarded, hops, address):
     assert normalize.client_address(peer, forwarded, hops) == address

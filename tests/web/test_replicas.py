@@ -27,11 +27,15 @@ def replica(stack_for: Any, name: str, llm_url: str = DEAD_LLM, **overrides: Any
 
 def turns_answered(stack: WebStack) -> int:
     """Web turns this replica's workers have handled (its own metrics registry)."""
-    return int(sum(
-        sample.value
-        for metric in stack.runtime.metrics.registry.collect() if metric.name == "parley_turns"
-        for sample in metric.samples if sample.name == "parley_turns_total" and sample.labels["platform"] == "web"
-    ))
+    return int(
+        sum(
+            sample.value
+            for metric in stack.runtime.metrics.registry.collect()
+            if metric.name == "parley_turns"
+            for sample in metric.samples
+            if sample.name == "parley_turns_total" and sample.labels["platform"] == "web"
+        )
+    )
 
 
 async def all_answered(replicas: dict[str, WebStack], total: int) -> dict[str, int]:
@@ -99,8 +103,10 @@ async def test_answers_by_the_other_replicas_workers_stream_live_to_every_tab(st
 @pytest.mark.engine
 async def test_real_answers_stream_from_either_replica_and_equal_the_saved_ones(stack_for, engine):
     n = 6
-    async with replica(stack_for, "replica-a", engine, llm={"max_tokens": 24}) as a, \
-            replica(stack_for, "replica-b", engine, llm={"max_tokens": 24}) as b:
+    async with (
+        replica(stack_for, "replica-a", engine, llm={"max_tokens": 24}) as a,
+        replica(stack_for, "replica-b", engine, llm={"max_tokens": 24}) as b,
+    ):
         tab = await a.connect()
         answers = await converse([tab], n, "engine")
         for deltas, done in answers:

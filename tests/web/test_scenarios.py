@@ -34,7 +34,12 @@ async def test_a_message_streams_back_and_equals_the_saved_answer(stack_for, eng
         tab = await stack.connect()
         await tab.say("what is a KV cache?", id="first-message")
         ack = await tab.next("ack")
-        assert ack == {"type": "ack", "id": "first-message", "answer": f"{tab.conversation}:first-message", "text": "what is a KV cache?"}
+        assert ack == {
+            "type": "ack",
+            "id": "first-message",
+            "answer": f"{tab.conversation}:first-message",
+            "text": "what is a KV cache?",
+        }
         deltas, done = await tab.answer(ack["answer"])
         assert_streamed(deltas, done)
         context = await stack.answered(tab.visitor)
@@ -98,7 +103,10 @@ async def test_an_answer_finished_while_no_tab_was_open_shows_on_the_next_visit(
         await tab.ws.close()  # before the answer
         context = await stack.answered(tab.visitor)
         back = await stack.connect(tab.token)
-        assert back.history == [{"role": "user", "text": "I'll be right back"}, {"role": "assistant", "text": answer_of(context)}]
+        assert back.history == [
+            {"role": "user", "text": "I'll be right back"},
+            {"role": "assistant", "text": answer_of(context)},
+        ]
 
 
 async def test_a_full_inbox_tells_the_visitor_to_retry(stack_for, engine):

@@ -17,13 +17,13 @@ import aiohttp
 import pytest
 
 import adapters.web
-from adapters.web.app import CONFIG_SLOT
+from adapters.web.pages import CONFIG_SLOT
 from adapters.web.tokens import TokenSigner, new_visitor
 from bot import messages
-from bot.store.context import Context, Message
 from bot.errors import EngineUnavailable, InputRejected
-from bot.store.inbox import MemoryInbox
 from bot.runtime import open_runtime
+from bot.store.context import Context, Message
+from bot.store.inbox import MemoryInbox
 from tests.web.conftest import SECRET, SITE, Tab, web_settings
 
 UNAVAILABLE = messages.for_user(EngineUnavailable("down"))
@@ -61,7 +61,12 @@ async def test_serves_the_demo_page_the_widget_with_its_settings_and_health(stac
             assert js.status == 200 and js.content_type == "application/javascript"
             assert CONFIG_SLOT not in source
             config = json.loads(source[source.rindex("})(") + 3 : source.rindex(");")])
-            assert (config["title"], config["colour"], config["greeting"], config["site"]) == ("Acme help", "#0b7285", "Hello from Acme!", SITE)
+            assert (config["title"], config["colour"], config["greeting"], config["site"]) == (
+                "Acme help",
+                "#0b7285",
+                "Hello from Acme!",
+                SITE,
+            )
             assert config["text"] == messages.WEB_WIDGET_TEXT and config["maxChars"] == 4000
         async with stack.session.get(stack.base + "/widget.css") as css:
             assert css.status == 200 and css.content_type == "text/css" and ".launcher" in await css.text()
@@ -78,7 +83,10 @@ async def test_new_visitor_then_reload_with_the_token_shows_the_history(stack_fo
         await seed(stack, first.visitor, ("user", "where is my parcel?"), ("assistant", "On its way."))
         again = await stack.connect(first.token)
         assert again.welcome["resumed"] is True and again.visitor == first.visitor
-        assert again.history == [{"role": "user", "text": "where is my parcel?"}, {"role": "assistant", "text": "On its way."}]
+        assert again.history == [
+            {"role": "user", "text": "where is my parcel?"},
+            {"role": "assistant", "text": "On its way."},
+        ]
         assert again.token != first.token or again.token.split(".")[2] >= first.token.split(".")[2]  # re-issued
 
 
@@ -199,7 +207,9 @@ async def test_visitor_rate_limit_refuses_with_a_clear_message(stack_for, caplog
         error = await tab.next("error")
         assert error["code"] == "rate_limited" and "id" not in error  # refused unread
         assert 0 < error["retry_after"] <= 60 and error["text"] == messages.web_rate_limited(error["retry_after"])
-        assert any(f"visitor:{tab.conversation} is over its limit of 2 a minute" in r.getMessage() for r in caplog.records)
+        assert any(
+            f"visitor:{tab.conversation} is over its limit of 2 a minute" in r.getMessage() for r in caplog.records
+        )
         # Another visitor is not held back by this one.
         other = await stack.connect()
         await other.say("my first", id="other001")
@@ -257,7 +267,7 @@ async def test_feedback_becomes_a_turn_for_the_dialogue_manager(stack_for):
 async def test_a_message_while_shutting_down_is_answered_with_restarting(make_settings):
     settings = make_settings(llm_url="http://127.0.0.1:9/v1", web=web_settings())
     async with open_runtime(settings) as runtime, aiohttp.ClientSession() as session:
-        adapter = adapters.web.create(runtime)
+        adapter = adapters.web.create(runtime.adapter_context())
         inbox = MemoryInbox(10)
         await inbox.close()  # as bot.server does once intake has stopped
         server = asyncio.create_task(adapter.run(inbox))
@@ -268,7 +278,12 @@ async def test_a_message_while_shutting_down_is_answered_with_restarting(make_se
             await tab.send({"type": "hello", "token": None})
             await tab.next("welcome")
             await tab.say("anyone there?", id="late0001")
-            assert await tab.next("error") == {"type": "error", "code": "restarting", "text": messages.WEB_RESTARTING, "id": "late0001"}
+            assert await tab.next("error") == {
+                "type": "error",
+                "code": "restarting",
+                "text": messages.WEB_RESTARTING,
+                "id": "late0001",
+            }
             closing = asyncio.create_task(ws.receive())  # a browser is always reading
         finally:
             server.cancel()
@@ -281,4 +296,4 @@ async def test_a_message_while_shutting_down_is_answered_with_restarting(make_se
 
 async def test_disabled_without_the_setting(make_settings):
     async with open_runtime(make_settings(llm_url="http://127.0.0.1:9/v1")) as runtime:
-        assert adapters.web.create(runtime) is None
+        assert adapters.web.create(runtime.adapter_context()) is None

@@ -1,0 +1,139 @@
+"""Slack's events, slash commands and Resolve presses, turned into turns in the inbox.
+
+This is the request path: it does only what must happen before Slack is acknowledged
+(turn the payload into a `Turn`, look up or remember the thread, put the turn into the
+inbox). Bolt acks when a listener returns, so a turn is acknowledged only once it is
+safely in the inbox. Notices (busy, no text) are posted by tasks of the adapter's
+`notices` group, never from the request path and never fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from adapters.slack import normalize
+from adapters.slack.desk import SlackDesk
+from adapters.slack.mrkdwn import escape
+from adapters.slack.normalize import Identity, Incoming, Route
+from adapters.slack.threads import ThreadMemory
+from bot import messages
+from bot.errors import InboxFull, InboxUnavailable, ParleyError
+from bot.ops.logs import turn_fields
+from bot.ops.stats import AnswerIndex
+from bot.reply import ReplySink
+from bot.store.dedupe import Deduper
+from bot.store.inbox import Inbox
+from bot.turns import Turn
+
+log = logging.getLogger(__name__)
+
+
+class SlackIntake:
+    """The listeners bolt dispatches to, for one run of the adapter (its inbox, its notice
+    tasks and the bot's identity are fixed for that run)."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        inbox: Inbox,
+        notices: asyncio.TaskGroup,
+        threads: ThreadMemory,
+        deduper: Deduper,
+        answers: AnswerIndex | None,
+        open_desk: Callable[[], SlackDesk | None],
+        sink_for: Callable[[Turn], ReplySink],
+    ) -> None:
+        self._me = identity
+        self._inbox = inbox
+        self._notices = notices
+        self._threads = threads
+        self._deduper = deduper
+        self._answers = answers
+        self._open_desk = open_desk  # the support desk while it is open, else None
+        self._sink_for = sink_for  # for notices
+
+    async def event(self, body: dict[str, Any]) -> None:
+        """Every event: a ticket thread's, a 👍/👎 vote, or a message for Parley (`normalize` decides)."""
+        desk = self._open_desk()
+        if desk is not None and await desk.take_event(body, self._me, self._inbox, self._notices):
+            return  # a person's reply or resolve in a ticket thread
+        if (vote := normalize.vote_of(body, self._me)) is not None:
+            await self._vote(vote)
+            return
+        incoming = normalize.from_event(body, self._me)
+        if incoming is not None:
+            await self._take(incoming)
+
+    async def command(self, body: dict[str, Any], ack: Any) -> None:
+        if (body.get("text") or "").strip().lower() == "resolve":
+            # A slash command carries no thread_ts: it cannot name the ticket it was typed in.
+            await ack(text=escape(messages.RESOLVE_IN_THREAD), response_type="ephemeral")
+            return
+        turn = normalize.from_command(body)
+        try:
+            await self._inbox.put(turn)
+        except (InboxFull, InboxUnavailable) as exc:
+            # Slack never redelivers a slash command: an error status would only show the
+            # user "dispatch_failed", so it is refused with words instead.
+            log.warning(
+                "inbox %s; slash command refused",
+                "full" if isinstance(exc, InboxFull) else "unreachable",
+                extra=turn_fields(turn),
+            )
+            await ack(text=escape(messages.BUSY), response_type="ephemeral")
+            return
+        await ack()
+
+    async def resolve(self, body: dict[str, Any], ack: Any) -> None:
+        """A press of a ticket's Resolve button."""
+        desk = self._open_desk()
+        if desk is not None:
+            await desk.take_action(body, self._me, self._inbox, self._notices)
+        else:
+            log.warning("Resolve pressed while the support desk is off: ignored")
+        await ack()
+
+    async def _vote(self, vote: normalize.Vote) -> None:
+        """A 👍/👎 reaction: a `feedback` turn of the conversation the answer belongs to."""
+        answered = await self._answers.find("slack", vote.team, vote.message) if self._answers is not None else None
+        if answered is None:
+            log.info("%s reaction on %s, which is no answer Parley remembers: ignored", vote.vote, vote.message)
+            return
+        turn = answered.vote(user=vote.user, vote=vote.vote, event_id=vote.event_id)
+        try:
+            await self._inbox.put(turn)
+        except InboxFull:
+            log.warning("inbox full; a vote was dropped", extra=turn_fields(turn))
+
+    async def _take(self, incoming: Incoming) -> None:
+        turn = incoming.turn
+        if incoming.route is Route.THREAD and not await self._threads.joined(turn.key):
+            return
+        if incoming.route is not Route.DIRECT:
+            await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
+        if incoming.no_text:
+            self._notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))
+            return
+        try:
+            await self._inbox.put(turn)
+        except InboxFull:
+            log.warning("inbox full; the user is asked to retry", extra=turn_fields(turn))
+            self._notices.create_task(self._notify(turn, messages.BUSY, once=False))
+            return
+        # InboxClosed (shutting down) and InboxUnavailable (Redis down) propagate: with
+        # process_before_response bolt answers 500 (over Socket Mode: no ack), and Slack
+        # delivers the event again later, so the turn is not lost.
+        log.info("slack %s taken", incoming.route, extra=turn_fields(turn))
+
+    async def _notify(self, turn: Turn, text: str, *, once: bool) -> None:
+        """Tell the user something without the dialogue manager; `once` drops Slack's retries."""
+        try:
+            if once and not await self._deduper.claim(turn):
+                return
+            await self._sink_for(turn).send(text)
+        except ParleyError as exc:
+            log.error("could not post a notice: %r", exc, extra=turn_fields(turn))
