@@ -50,7 +50,7 @@ from bot.turns import Turn
 
 log = logging.getLogger(__name__)
 
-VOTES = {"👍": "up", "👎": "down"}  # reactions that are feedback on an answer (any skin tone)
+VOTE_EMOJI = {"👍": "up", "👎": "down"}  # reactions that are feedback on an answer (any skin tone)
 PRIVATE_COMMANDS = ("help", "reset")  # answered to the caller only
 INTAKE_GRACE = 10.0  # seconds shutdown waits for the event handlers already running to put their turns
 
@@ -273,7 +273,7 @@ class Intake:
             await self._take_reaction(payload, me)
 
     async def _take_reaction(self, payload: discord.RawReactionActionEvent, me: discord.ClientUser | None) -> None:
-        vote = VOTES.get((payload.emoji.name or "")[:1])
+        vote = VOTE_EMOJI.get((payload.emoji.name or "")[:1])
         if vote is None or me is None or payload.user_id == me.id:
             return
         if payload.message_author_id is not None and payload.message_author_id != me.id:

@@ -17,7 +17,7 @@ from typing import Any
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
 from adapters.slack.mrkdwn import escape
-from adapters.slack.normalize import Identity, Incoming, Route
+from adapters.slack.normalize import Addressed, Identity, Incoming
 from adapters.slack.threads import ThreadMemory
 from bot import messages
 from bot.errors import InboxFull, InboxUnavailable, ParleyError
@@ -111,9 +111,9 @@ class SlackIntake:
 
     async def _take(self, incoming: Incoming) -> None:
         turn = incoming.turn
-        if incoming.route is Route.THREAD and not await self._threads.joined(turn.key):
+        if incoming.route is Addressed.THREAD and not await self._threads.joined(turn.key):
             return
-        if incoming.route is not Route.DIRECT:
+        if incoming.route is not Addressed.DIRECT:
             await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
         if incoming.no_text:
             self._notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))

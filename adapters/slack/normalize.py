@@ -6,7 +6,7 @@ Which Slack messages are Parley's to answer:
   join that thread;
 - a reply in a thread Parley has joined, without a mention (`message` with
   `thread_ts`): answer only if the caller knows Parley is in that thread
-  (`Route.THREAD`; the thread memory lives in `adapters.slack.threads`);
+  (`Addressed.THREAD`; the thread memory lives in `adapters.slack.threads`);
 - a direct message (`message` with `channel_type` "im"): one conversation per
   DM, or per thread where the user threads;
 - `/parley help|reset` (a slash command).
@@ -41,7 +41,9 @@ _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]++)(?:\|[^<>]*+)?>")
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
-class Route(enum.StrEnum):
+class Addressed(enum.StrEnum):
+    """How a message reached Parley, which decides whether it is Parley's to answer."""
+
     MENTION = "mention"  # @Parley in a channel: answer, and follow the thread from now on
     DIRECT = "direct"  # a DM: always answer
     THREAD = "thread"  # a thread reply without a mention: answer only if Parley is in the thread
@@ -51,7 +53,7 @@ class Route(enum.StrEnum):
 class Incoming:
     """A message that may be Parley's to answer. `no_text` marks a file sent without words."""
 
-    route: Route
+    route: Addressed
     turn: Turn
     no_text: bool = False
 
@@ -106,13 +108,13 @@ def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
     if kind == "app_mention":
         if is_dm(channel):
             return None  # a DM arrives as a `message` event too; that one is answered
-        route, thread = Route.MENTION, thread_ts or ts
+        route, thread = Addressed.MENTION, thread_ts or ts
     elif is_dm(channel, event.get("channel_type")):
-        route, thread = Route.DIRECT, thread_ts
+        route, thread = Addressed.DIRECT, thread_ts
     elif mentions(raw, me.user_id):
         return None  # the `app_mention` event for this same message is answered
     elif thread_ts and thread_ts != ts:
-        route, thread = Route.THREAD, thread_ts
+        route, thread = Addressed.THREAD, thread_ts
     else:
         return None  # a channel message not addressed to Parley
     text = clean_text(raw, me.user_id)

@@ -303,7 +303,7 @@ class AnswerTurn:
     async def __call__(self, state: TurnState) -> Reply:
         turn, route, sink = state.turn, state.route, state.sink
         # Counting the user's tokens runs beside the answer.
-        user_tokens = asyncio.create_task(self._count(turn.text, state.llm))
+        user_tokens = asyncio.create_task(self._tokens(turn.text, state.llm))
         try:
             answer = Answer()
             if state.ahead is not None:
@@ -323,7 +323,7 @@ class AnswerTurn:
                 await sink.send(shown)
             new = [Message("user", turn.text, _tokens_now(user_tokens, turn.text))]
             if answer.text.strip():
-                tokens = state.llm.usage.completion_tokens or await self._count(answer.text, state.llm)
+                tokens = state.llm.usage.completion_tokens or await self._tokens(answer.text, state.llm)
                 new.append(Message("assistant", answer.text, tokens))
             await self._history.save(state, new)
         finally:
@@ -344,7 +344,7 @@ class AnswerTurn:
             completion_tokens=state.llm.usage.completion_tokens,
         )
 
-    async def _count(self, text: str, scope: CallScope) -> int:
+    async def _tokens(self, text: str, scope: CallScope) -> int:
         try:
             return await self._llm.count_tokens(text, scope=scope)
         except LLMError:

@@ -165,7 +165,7 @@ class Handoffs:
             await sink.send(notice)
         except PlatformError as exc:  # handed off all the same: the people will reply
             log.warning("could not tell the user about the handoff: %s", exc, extra=turn_fields(turn))
-        await self._count(self.stats.handed_off(turn), turn)
+        await self._tally(self.stats.handed_off(turn), turn)
         return told(Outcome.HANDED_OFF, notice)
 
     def _transcript(self, context: Context, user_text: str | None, tenant: TenantConfig) -> list[Said]:
@@ -237,7 +237,7 @@ class Handoffs:
             await sink.send(messages.HANDED_BACK)
         except PlatformError as exc:
             log.warning("could not tell the user the bot is back: %s", exc, extra=turn_fields(turn))
-        await self._count(self.stats.resolved(turn), turn)
+        await self._tally(self.stats.resolved(turn), turn)
         return Step(Outcome.RESOLVED, messages.HANDED_BACK, (_said("assistant", messages.HANDED_BACK),))
 
     async def _tell_desk(self, desk: Desk | None, thread: str, text: str, turn: Turn) -> None:
@@ -259,7 +259,7 @@ class Handoffs:
         if turn.command in DESK_COMMANDS or not limit or self.desk() is None:
             return None
         if reply.outcome is Outcome.ANSWERED:
-            await self._count(self.store.answered(turn.key), turn)
+            await self._tally(self.store.answered(turn.key), turn)
             return None
         if reply.outcome is not Outcome.FAILED or reply.intent == HANDOFF:
             return None
@@ -270,7 +270,7 @@ class Handoffs:
         return "failures"
 
     @staticmethod
-    async def _count(update: Awaitable[None], turn: Turn) -> None:
+    async def _tally(update: Awaitable[None], turn: Turn) -> None:
         """Figures are worth a log line, not a failed turn."""
         try:
             await update

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.slack.normalize import Identity, Route, clean_text, conversation_link, from_command, from_event
+from adapters.slack.normalize import Addressed, Identity, clean_text, conversation_link, from_command, from_event
 from bot.turns import ConversationKey
 
 ME = Identity(user_id="U0PARLEY", bot_id="B0PARLEY", team_id="T0TEAM")
@@ -37,7 +37,7 @@ MENTION = {
 
 def test_top_level_mention_starts_a_thread_on_itself():
     incoming = from_event(callback(MENTION), ME)
-    assert incoming is not None and incoming.route is Route.MENTION
+    assert incoming is not None and incoming.route is Addressed.MENTION
     turn = incoming.turn
     assert (turn.platform, turn.tenant, turn.channel, turn.thread) == (
         "slack",
@@ -77,7 +77,7 @@ def test_thread_reply_without_mention_is_a_thread_candidate():
         "team": "T0TEAM",
     }
     incoming = from_event(callback(event), ME)
-    assert incoming.route is Route.THREAD and incoming.turn.thread == "1718000000.123456"
+    assert incoming.route is Addressed.THREAD and incoming.turn.thread == "1718000000.123456"
 
 
 def test_top_level_channel_message_without_mention_is_ignored():
@@ -104,7 +104,7 @@ def test_dm_is_one_conversation_per_dm_or_per_thread():
         "channel_type": "im",
     }
     incoming = from_event(callback(dm), ME)
-    assert incoming.route is Route.DIRECT and incoming.turn.thread == "" and incoming.turn.channel == "D0ALICE"
+    assert incoming.route is Addressed.DIRECT and incoming.turn.thread == "" and incoming.turn.channel == "D0ALICE"
     threaded = {**dm, "ts": "1718000500.000600", "thread_ts": "1718000400.000500"}
     assert from_event(callback(threaded), ME).turn.thread == "1718000400.000500"
     # A mention in a DM arrives as a message event too; the app_mention copy is not answered.
