@@ -310,12 +310,20 @@ class EmbeddingSettings(BaseSettings):
 
     model_config = _section("PARLEY_EMBED_")
 
-    base_url: str | None = None  # an OpenAI-compatible /v1 serving an embedding model; unset: local MiniLM
-    model: str = "all-minilm-l6-v2"  # the model name sent to base_url (ignored by the local model)
+    base_url: str | None = None  # an OpenAI-compatible /v1 serving an embedding model; unset: a local model
+    model: str = "all-minilm-l6-v2"  # the model name sent to base_url (ignored by the local models)
     api_key: SecretStr | None = None  # a key for PARLEY_EMBED_BASE_URL, if it needs one
-    local_model: str = Field("fp32", pattern=r"^(fp32|int8)$")  # int8: ~2x faster, cosine 0.97-0.995 to fp32
-    threads: int = Field(1, ge=1)  # onnxruntime threads per call (turns already run concurrently)
+    # multilingual: USE multilingual v3 (16 languages, ~1 ms a message); minilm: English-only
+    # all-MiniLM-L6-v2 (ONNX, `parley[minilm]`), minilm-int8 its int8 file (~2x faster, cosine 0.97-0.995)
+    local_model: str = Field("multilingual", pattern=r"^(multilingual|minilm|minilm-int8)$")
+    threads: int = Field(1, ge=1)  # onnxruntime threads per call for minilm (turns already run concurrently)
     timeout: float = Field(30.0, gt=0)  # seconds an embeddings call may take
+
+    @field_validator("local_model", mode="before")
+    @classmethod
+    def _old_names(cls, v: Any) -> Any:
+        # fp32 and int8 named the MiniLM files before the multilingual model became the default.
+        return {"fp32": "minilm", "int8": "minilm-int8"}.get(v, v) if isinstance(v, str) else v
 
     @field_validator("base_url")
     @classmethod
@@ -328,11 +336,14 @@ class EmbeddingSettings(BaseSettings):
 class RoutingSettings(BaseSettings):
     model_config = _section("PARLEY_ROUTING_")
 
+    # The routing model is trained at start-up on both files: the labelled JSONL set and the
+    # example phrases per intent (TOML), so an added example counts at the next start.
+    training_file: Path | None = None  # JSONL {"text", "intent", "lang"}; unset: bot/data/routing-train.jsonl
     examples_file: Path | None = None  # example phrases per intent (TOML); unset: bot/data/intents.toml
-    threshold: float = Field(0.20, ge=-1, le=1)  # best similarity below this: no match, plain chat
-    margin: float = Field(0.03, ge=0, le=2)  # top two intents closer than this: the LLM decides
+    margin: float = Field(0.15, ge=0, le=1)  # top two probabilities closer than this: the LLM decides
     llm_fallback: bool = True  # ask the LLM when the top two are close; off: take the top one
-    neighbours: int = Field(2, ge=1)  # an intent's score is the mean of its k most similar examples
+    handoff_threshold: float = Field(0.4, ge=0, le=1)  # a person is asked for at this probability or more
+    handoff_weight: float = Field(2.0, gt=0)  # how much more a missed request for a person costs in training
     # The plain-chat answer's engine request starts beside routing; it is kept when the turn goes
     # to chat (or to a handler answering as chat) and dropped, so vLLM aborts it, otherwise.
     speculate: bool = True  # start the chat answer while routing decides (per tenant, while it mostly pays)
@@ -344,7 +355,16 @@ class KBSettings(BaseSettings):
     chunk_chars: int = Field(900, ge=100)  # a chunk's target size
     overlap_chars: int = Field(150, ge=0)  # text repeated from the end of the previous chunk
     top_k: int = Field(3, ge=1)  # passages put in the answer prompt
-    min_score: float = Field(0.35, ge=-1, le=1)  # best passage below this: "I don't know", no LLM call
+    # Whether the passages answer the question is judged from evidence (bot/knowledge/evidence.py):
+    # a score from 0 to 1 mixing the question's distinctive terms found in the passages with the
+    # best passage's cosine. Below refuse_below: "I don't know", no LLM call; from there up to
+    # check_below the LLM is asked whether the passages answer (llm_check); at or above, answered.
+    refuse_below: float = Field(0.35, ge=0, le=1)  # evidence below this: "I don't know", no LLM call
+    check_below: float = Field(0.75, ge=0, le=1)  # evidence below this (and not refused): the LLM confirms first
+    llm_check: bool = True  # ask the LLM about borderline evidence; off: answer it
+    # The cosines depend on the embedding model: these suit USE multilingual (the default).
+    dense_none: float = Field(0.10, ge=-1, le=1)  # a best-passage cosine at or below this is no evidence
+    dense_full: float = Field(0.40, ge=-1, le=1)  # at or above this: full evidence from the dense side
     fetch_timeout: float = Field(
         20.0, gt=0
     )  # seconds to fetch one URL from a URL-list file, redirects and body included
@@ -363,6 +383,20 @@ class KBSettings(BaseSettings):
     @classmethod
     def _cidrs(cls, v: Any) -> Any:
         return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
+
+    @field_validator("check_below")
+    @classmethod
+    def _band(cls, v: float, info: ValidationInfo) -> float:
+        if v < info.data.get("refuse_below", 0.0):
+            raise ValueError("must be at least PARLEY_KB_REFUSE_BELOW")
+        return v
+
+    @field_validator("dense_full")
+    @classmethod
+    def _dense_range(cls, v: float, info: ValidationInfo) -> float:
+        if v <= info.data.get("dense_none", -1.0):
+            raise ValueError("must be above PARLEY_KB_DENSE_NONE")
+        return v
 
 
 class TenantsSettings(BaseSettings):

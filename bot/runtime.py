@@ -35,7 +35,7 @@ from bot.ops.endpoint import Watched
 from bot.ops.health import Degraded
 from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
-from bot.routing.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from bot.routing.embeddings import Embedder, LocalEmbedder, MultilingualEmbedder, OpenAIEmbedder
 from bot.routing.router import Router
 from bot.store.batching import RedisBatcher
 from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
@@ -145,17 +145,20 @@ async def connect_redis(settings: Settings, say: Callable[[str], None] = log.inf
 
 
 async def open_embedder(settings: Settings, say: Callable[[str], None] = log.info) -> Embedder:
-    """The configured embedder: the endpoint when PARLEY_EMBED_BASE_URL is set, else the local
-    ONNX model, built first if this machine has not built it yet (`parley engine --install-only`)."""
+    """The configured embedder: the endpoint when PARLEY_EMBED_BASE_URL is set, else a local
+    model: the multilingual one, or MiniLM's ONNX file, built first if this machine has not
+    built it yet (`parley engine --install-only`)."""
     embed = settings.embed
     if embed.base_url:
         key = embed.api_key.get_secret_value() if embed.api_key else None
         return OpenAIEmbedder(embed.base_url, model=embed.model, api_key=key, timeout=embed.timeout)
+    if embed.local_model == "multilingual":
+        return await asyncio.to_thread(MultilingualEmbedder.create)
     paths = EnginePaths(settings.engine.home)
     if not (paths.embedder / "PARLEY_EMBEDDER").exists():
         await asyncio.to_thread(ensure_installed, settings.engine, say)
         await asyncio.to_thread(ensure_embedder, paths, say)
-    model = "model.onnx" if embed.local_model == "fp32" else "model-int8.onnx"
+    model = "model.onnx" if embed.local_model == "minilm" else "model-int8.onnx"
     return await asyncio.to_thread(LocalEmbedder, paths.embedder, model=model, threads=embed.threads)
 
 

@@ -2,9 +2,12 @@
 
 The passages go into the new turn's message, after the stable system prompt and the
 history, so vLLM's prefix cache still serves the whole conversation before it; only the
-user's own words are saved to the context. When no passage is relevant enough the bot
-says it does not know, without asking the LLM (which would invent an answer). A tenant
-with no knowledge base at all gets plain chat.
+user's own words are saved to the context. Whether the passages answer the question at
+all is judged from evidence (`bot/knowledge/evidence.py`): clearly not, and the bot says
+it does not know without asking the LLM (which would invent an answer); clearly so, and
+it answers; in between, one constrained question to the LLM ("do these passages answer
+it? yes/no") decides, since only a reader can tell an answer from a passage on the same
+topic. A tenant with no knowledge base at all gets plain chat.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 
 from bot import messages
+from bot.errors import LLMError
 from bot.handlers import Request, Services, register, system_prompt
 from bot.handlers.chat import ChatHandler
 from bot.knowledge.base import Hit, Index
+from bot.llm.client import LLM, CallScope, ChatMessages
 from bot.llm.prompts import build_messages
 from bot.ops.logs import turn_fields
 
@@ -27,9 +32,35 @@ INSTRUCTION = (
 )
 
 
+CHECK_PROMPT = (
+    "You check a knowledge base's search results. Given passages and a question, say yes if the "
+    "passages contain the answer to the question, and no if they do not: passages on the same "
+    "topic that leave the question open are a no."
+)
+
+
+def _passages(hits: Sequence[Hit]) -> str:
+    return "\n\n".join(f"[{n}] {hit.chunk.citation}\n{hit.chunk.text}" for n, hit in enumerate(hits, 1))
+
+
 def question_with_passages(question: str, hits: Sequence[Hit]) -> str:
-    passages = "\n\n".join(f"[{n}] {hit.chunk.citation}\n{hit.chunk.text}" for n, hit in enumerate(hits, 1))
-    return f"{INSTRUCTION}\n\n{passages}\n\nQuestion: {question}"
+    return f"{INSTRUCTION}\n\n{_passages(hits)}\n\nQuestion: {question}"
+
+
+def check_messages(question: str, hits: Sequence[Hit]) -> ChatMessages:
+    return [
+        {"role": "system", "content": CHECK_PROMPT},
+        {
+            "role": "user",
+            "content": f"{_passages(hits)}\n\nQuestion: {question}\n\nDo these passages answer the question?",
+        },
+    ]
+
+
+async def passages_answer(llm: LLM, question: str, hits: Sequence[Hit], *, scope: CallScope | None = None) -> bool:
+    """The LLM's yes/no (under vLLM's structured-output constraint) on whether `hits` answer
+    `question`. An engine error is raised: the caller decides what it means."""
+    return await llm.choose(check_messages(question, hits), ["yes", "no"], scope=scope) == "yes"
 
 
 def sources(hits: Sequence[Hit]) -> str:
@@ -62,15 +93,17 @@ class QAHandler:
                 yield delta
             return
         question = request.route.text or request.turn.text
-        hits = await self._kb.search(index, question)
+        found = await self._kb.lookup(index, question)
+        hits, evidence = found.hits, found.evidence
         log.info(
-            "kb %s: %d passages (best %.2f)",
+            "kb %s: %d passages (%s), %s",
             request.tenant.knowledge_base,
             len(hits),
-            hits[0].score if hits else 0.0,
+            ", ".join(hit.chunk.source for hit in hits),
+            evidence,
             extra=turn_fields(request.turn),
         )
-        if not hits:
+        if not evidence.covered or (evidence.borderline and not await self._confirmed(request, question, hits)):
             yield messages.KB_DONT_KNOW
             return
         prompt = system_prompt(self._settings, request.tenant)
@@ -79,3 +112,17 @@ class QAHandler:
             async for delta in stream:
                 yield delta
         yield sources(hits)
+
+    async def _confirmed(self, request: Request, question: str, hits: Sequence[Hit]) -> bool:
+        """Borderline evidence: the LLM says whether the passages answer. Without its word
+        (the check is off, or the engine failed) the bot answers, as it did before the check:
+        the answer prompt itself tells the model to say when the passages do not answer."""
+        if not self._settings.kb.llm_check:
+            return True
+        try:
+            answered = await passages_answer(self._llm, question, hits, scope=request.scope)
+        except LLMError as exc:
+            log.warning("kb check by LLM failed (%s); answering", type(exc).__name__, extra=turn_fields(request.turn))
+            return True
+        log.info("kb check by LLM: %s", "answered" if answered else "not answered", extra=turn_fields(request.turn))
+        return answered

@@ -2,12 +2,12 @@
 
 1. explicit: a slash command the adapter passed through (`ask`, `translate`), or a plain
    pattern such as "translate to German: ..." (a regex, microseconds);
-2. semantic: the message's embedding against example phrases per intent (an operator-
-   editable TOML file), scored as the mean of each intent's closest examples; below the
-   no-match threshold the turn is plain chat (one embedding, a few ms). Handoff and
-   translate are candidates only when the message asks for them (a regex cue each); when
-   every candidate would answer as plain chat does (QA for a tenant with no knowledge
-   base), the embedding is not computed at all (step `moot`);
+2. semantic: a softmax regression over the message's multilingual embedding and a few cues
+   (`bot.routing.classifier`), trained at start-up on the shipped labelled set plus the
+   operator's examples (one embedding and one small matrix product, ~1-2 ms). A request
+   for a person wins at a lower probability than the others (a missed one leaves someone
+   waiting on a bot); when every intent would answer as plain chat does (QA for a tenant
+   with no knowledge base, handoff and translate not allowed), nothing is computed (step `moot`);
 3. llm: when the top two intents are closer than the margin, vLLM picks one label under
    a structured-output constraint (one short constrained request).
 
@@ -18,7 +18,6 @@ say where accuracy and time go.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 import tomllib
@@ -31,6 +30,7 @@ import numpy as np
 from bot.config import RoutingSettings
 from bot.errors import ConfigError, EmbedderError, LLMError
 from bot.llm.client import LLM, CallScope
+from bot.routing.classifier import Example, IntentModel, features, read_examples
 from bot.routing.embeddings import Embedder
 from bot.routing.languages import ALIASES, code_for
 from bot.tenants import DATA, INTENTS
@@ -43,6 +43,7 @@ COMMANDS = {"ask": "qa", "translate": "translate"}
 # (`bot.handoff.flow`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
 HANDOFF = "handoff"
 LABELS = (*INTENTS, HANDOFF)
+FIT_BATCH = 256  # training messages embedded per call
 AsChat = Callable[[str], Awaitable[bool]]  # whether an intent would answer this turn exactly as chat
 
 _LANG = "|".join(sorted((re.escape(name) for name in ALIASES), key=len, reverse=True))
@@ -78,21 +79,6 @@ _HOW_SAY = re.compile(
     rf"^\s*+(?:how\s++(?:do|would|can)\s++(?:you|i|we)\s++say|what(?:'s|\s++is)\s++the\s++\w++\s++for)"
     rf"\s++(?P<text>.*?\S)\s++in\s++(?P<lang>{_LANG})\s*+\??\s*+$",
     re.IGNORECASE | re.DOTALL,
-)
-# A translate request names the act or a language; without either, a message that merely
-# resembles the translate examples (often: one written in another language) is not one.
-_TRANSLATE_CUE = re.compile(
-    rf"translat|tradu|übersetz|ubersetz|vertaal|tłumacz|\bmeans?\b|\bsays?\b|\bversion\b|\b(?:{_LANG})\b", re.IGNORECASE
-)
-# A request for a person names one (or the act of talking to one); a message that merely
-# resembles the handoff examples ("are you chatgpt?", "Bonjour tout le monde") is not one.
-# A wrong handoff costs a person's time and leaves the user waiting, so the bar is higher.
-# ("call me back" is a cue; an "on-call rotation" is not.)
-_HANDOFF_CUE = re.compile(
-    r"human|\bperson|people|some(?:one|body)|any(?:one|body)|\bagent|staff|\bteam|manager|supervisor|operator"
-    r"|representative|\bsupport|(?<!-)\bcall\b|\breal\b|\bspeak|\btalk|mensch|mitarbeiter|jemand|humain|conseiller|quelqu"
-    r"|persona|agente|operador|operatore|umano|alguien|qualcuno",
-    re.IGNORECASE,
 )
 # A language named anywhere ("... into French please"), for translate requests found semantically.
 _ANY_LANG = re.compile(rf"\b(?:in|into|to|en|auf|ins|nach|al|para)\s++(?P<lang>{_LANG})\b", re.IGNORECASE)
@@ -167,42 +153,44 @@ def load_examples(path: Path | None) -> dict[str, list[str]]:
     return examples
 
 
-class Router:
-    """Built once by the composition root (`await Router.create(...)` embeds the examples)."""
+def training_examples(settings: RoutingSettings) -> list[Example]:
+    """The labelled set the model is fitted to: the shipped (or the operator's) JSONL file,
+    and the phrases of the examples file, so an operator's new example counts at the next start."""
+    examples = read_examples(settings.training_file or DATA / "routing-train.jsonl", LABELS)
+    for intent, phrases in load_examples(settings.examples_file).items():
+        examples.extend(Example(phrase, intent) for phrase in phrases)
+    return examples
 
-    def __init__(
-        self,
-        *,
-        settings: RoutingSettings,
-        embedder: Embedder,
-        llm: LLM | None,
-        labels: Sequence[str],
-        vectors: np.ndarray,
-    ) -> None:
+
+async def fit(examples: Sequence[Example], embedder: Embedder, settings: RoutingSettings) -> IntentModel:
+    texts = [e.text for e in examples]
+    # In batches: an embeddings server may cap the inputs of one request.
+    batches = [await embedder.embed(texts[i : i + FIT_BATCH]) for i in range(0, len(texts), FIT_BATCH)]
+    x = features(texts, np.vstack(batches))
+    return IntentModel.fit(x, [e.intent for e in examples], LABELS, class_weight={HANDOFF: settings.handoff_weight})
+
+
+class Router:
+    """Built once by the composition root (`await Router.create(...)` trains the model)."""
+
+    def __init__(self, *, settings: RoutingSettings, embedder: Embedder, llm: LLM | None, model: IntentModel) -> None:
         self._settings = settings
         self._embedder = embedder
         self._llm = llm
-        self._labels = np.array(labels)
-        self._vectors = vectors
-        self._intents = sorted(set(labels))
+        self._model = model
 
     @classmethod
     async def create(cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLM | None) -> Router:
-        examples = load_examples(settings.examples_file)
-        labels = [intent for intent, phrases in examples.items() for _ in phrases]
-        vectors = await embedder.embed([p for phrases in examples.values() for p in phrases])
-        return cls(settings=settings, embedder=embedder, llm=llm, labels=labels, vectors=vectors)
+        started = time.perf_counter()
+        examples = training_examples(settings)
+        model = await fit(examples, embedder, settings)
+        log.info("routing model trained on %d examples in %.2f s", len(examples), time.perf_counter() - started)
+        return cls(settings=settings, embedder=embedder, llm=llm, model=model)
 
-    def scores(self, vector: np.ndarray) -> dict[str, float]:
-        """Each intent's score: the mean similarity of its `neighbours` closest examples."""
-        sims = self._vectors @ vector
-        k = self._settings.neighbours
-        out = {}
-        for intent in self._intents:
-            mine = sims[self._labels == intent]
-            top = mine if len(mine) <= k else np.partition(mine, -k)[-k:]
-            out[intent] = float(top.mean())
-        return out
+    def probabilities(self, text: str, vector: np.ndarray) -> dict[str, float]:
+        """Each intent's probability for `text` whose embedding is `vector`."""
+        row = self._model.probabilities(features([text], vector[None, :]))[0]
+        return {label: float(p) for label, p in zip(self._model.labels, row, strict=True)}
 
     async def route(
         self,
@@ -232,40 +220,27 @@ class Router:
 
         return await outcome(a) == await outcome(b)
 
-    def _candidates(self, text: str) -> list[str]:
-        """The intents `text` may be routed to by its embedding. Handoff and translate must be
-        asked for (a person or a call; a language or a verb), however close their examples
-        are: otherwise they are not even the runner-up that would send a close call to the LLM
-        ("conversation 13" is a little like "take over this chat", "What is Parley?" like a
-        translation request)."""
-        return [
-            intent
-            for intent in self._intents
-            if (intent != HANDOFF or _HANDOFF_CUE.search(text))
-            and (intent != "translate" or _TRANSLATE_CUE.search(text))
-        ]
-
     async def _semantic(
         self, text: str, allowed: Sequence[str], as_chat: AsChat | None, scope: CallScope | None
     ) -> Route:
-        candidates = self._candidates(text)
-        for intent in candidates:
+        for intent in LABELS:
             if not await self._moot(intent, "chat", allowed, as_chat):
                 break
         else:
-            # Whichever of them won, the answer would be plain chat's (QA for a tenant with no
-            # knowledge base): the embedding could not change it, so it is not computed.
+            # Whichever intent won, the answer would be plain chat's: the embedding could not
+            # change it, so it is not computed.
             return Route("chat", "moot", text)
         try:
-            scores = self.scores((await self._embedder.embed([text]))[0])
+            probabilities = self.probabilities(text, (await self._embedder.embed([text]))[0])
         except EmbedderError as exc:
             log.warning("routing by embeddings failed (%s); answering as chat", exc)
             return Route("chat", "no-match", text)
-        ranked = sorted(((intent, scores[intent]) for intent in candidates), key=lambda kv: kv[1], reverse=True)
-        best, top = ranked[0]
-        if top < self._settings.threshold:
-            return Route("chat", "no-match", text, score=top)
-        second, runner_up = ranked[1] if len(ranked) > 1 else ("", -math.inf)  # a lone candidate: no close call
+        ranked = sorted(probabilities.items(), key=lambda kv: kv[1], reverse=True)
+        if probabilities[HANDOFF] >= self._settings.handoff_threshold and ranked[0][0] != HANDOFF:
+            # A request for a person is taken at a lower probability: recall matters more there.
+            ranked.remove((HANDOFF, probabilities[HANDOFF]))
+            ranked.insert(0, (HANDOFF, probabilities[HANDOFF]))
+        (best, top), (second, runner_up) = ranked[0], ranked[1]
         if (
             top - runner_up < self._settings.margin
             and self._settings.llm_fallback
@@ -278,9 +253,9 @@ class Router:
                     [best, second],
                     scope=scope,
                 )
-                return self._with_target(Route(chosen, "llm", text, score=scores[chosen]))
+                return self._with_target(Route(chosen, "llm", text, score=probabilities[chosen]))
             except LLMError as exc:
-                log.warning("routing by LLM failed (%s); taking the closest intent", type(exc).__name__)
+                log.warning("routing by LLM failed (%s); taking the likeliest intent", type(exc).__name__)
         return self._with_target(Route(best, "semantic", text, score=top))
 
     @staticmethod

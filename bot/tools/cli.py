@@ -214,11 +214,12 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
 
 
 async def _eval(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.knowledge.base import KnowledgeBase
+    from bot.knowledge.base import KnowledgeBase, Ranking
     from bot.llm.client import LLMClient
     from bot.routing.router import Router
     from bot.runtime import open_embedder
-    from bot.tools import evaluate
+    from bot.tenants import DATA
+    from bot.tools import evaluate, evaluate_kb
 
     embedder = await open_embedder(settings, say)
     try:
@@ -229,15 +230,30 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
                     raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
                 llm = LLMClient(settings.llm)
             try:
-                router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm)
-                report = await evaluate.eval_routing(router, args.file, say)
+                if args.file is None:
+                    report = await evaluate.cross_validate(settings.routing, embedder, args.cv, say)
+                else:
+                    router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm)
+                    report = await evaluate.eval_routing(router, args.file, say)
             finally:
                 if llm is not None:
                     await llm.aclose()
             evaluate.print_routing(report)
             return 0
         kb = KnowledgeBase(redis=None, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
-        evaluate.print_kb(await evaluate.eval_kb(kb, args.file or evaluate.DATA / "kb-eval.jsonl", args.kb, say))
+        kb_file = args.file or DATA / "kb-eval.jsonl"
+        ranking: Ranking = "dense" if args.dense_only else "lexical" if args.lexical_only else "hybrid"
+        kb_llm = None
+        if args.llm:
+            if not settings.llm.base_url:
+                raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
+            kb_llm = LLMClient(settings.llm)
+        try:
+            kb_report = await evaluate_kb.eval_kb(kb, kb_file, args.kb, say, ranking=ranking, llm=kb_llm)
+        finally:
+            if kb_llm is not None:
+                await kb_llm.aclose()
+        evaluate_kb.print_kb(kb_report)
         return 0
     finally:
         await embedder.aclose()
@@ -288,20 +304,33 @@ def build_parser() -> argparse.ArgumentParser:
     routing = targets.add_parser(
         "routing",
         help="routing accuracy per step, confusion matrix, median routing time",
-        description='Route each {"text", "intent"} line of FILE (default: the shipped set) and report accuracy.',
+        description="Route each labelled line of FILE with the model trained on the training set; without FILE, "
+        "cross-validate over the training set (each message routed by a model that never saw it).",
     )
-    routing.add_argument("file", type=Path, nargs="?", metavar="FILE", help='JSONL of {"text", "intent"}')
+    routing.add_argument(
+        "file", type=Path, nargs="?", metavar="FILE", help='JSONL of {"text", "intent", "lang"?} kept out of training'
+    )
+    routing.add_argument(
+        "--cv", type=int, default=5, metavar="K", help="folds of the cross-validation run without FILE (default 5)"
+    )
     routing.add_argument(
         "--llm", action="store_true", help="let the LLM decide close calls (needs PARLEY_LLM_BASE_URL)"
     )
     kb_eval = targets.add_parser(
         "kb",
-        help="retrieval hit@k and refusals of unanswerable questions",
-        description='Search a KB folder for each {"question", "doc", "answerable"} line of FILE '
-        "(default: the shipped set).",
+        help="retrieval (right document first, hit@k) and refusals, per language",
+        description='Search a KB folder for each {"question", "answerable", "doc", "lang"?} line of FILE '
+        "(default: the shipped set); report the right document first, hit@k, the unanswerable questions "
+        "refused and the answerable ones refused, per language, and the retrieval time.",
     )
     kb_eval.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of questions")
     kb_eval.add_argument("--kb", type=Path, required=True, metavar="PATH", help="the knowledge-base folder to search")
+    kb_eval.add_argument(
+        "--llm", action="store_true", help="let the LLM decide borderline evidence (needs PARLEY_LLM_BASE_URL)"
+    )
+    kb_ranking = kb_eval.add_mutually_exclusive_group()
+    kb_ranking.add_argument("--dense-only", action="store_true", help="rank by the embeddings alone (no BM25)")
+    kb_ranking.add_argument("--lexical-only", action="store_true", help="rank by BM25 alone (no embeddings)")
 
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
     report = sub.add_parser(

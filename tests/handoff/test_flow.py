@@ -179,8 +179,8 @@ async def test_without_a_desk_the_user_is_told_no_person_is_reachable_and_the_bo
 async def test_with_requests_off_asking_for_a_person_is_plain_chat(runtime_for, fake_slack):
     async with runtime_for(on_request=False) as rt:
         reply = await rt.manager.handle(say("I want to talk to a person", visitor="v9"), Recording())
-        # Every intent this tenant allows answers as chat here (no knowledge base): not even embedded.
-        assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.FAILED, "chat", "moot")
+        # Routing still recognises the request; handoff is not allowed here, so it is answered as chat.
+        assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.FAILED, "chat", "disabled")
 
 
 async def test_an_unreachable_desk_is_said_plainly_and_retried_on_the_next_request(runtime_for, fake_slack):

@@ -1,5 +1,6 @@
-"""Fixtures for routing, KB, moderation and translation: the real local embedder, built by
-`parley engine --install-only` (tests/run.sh) under the engine home."""
+"""Fixtures for routing, KB, moderation and translation: the real default embedder (USE
+multilingual), and the MiniLM ONNX files built by `parley engine --install-only` (tests/run.sh)
+under the engine home."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from bot.config import EmbeddingSettings, LogSettings, Settings
 from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed
-from bot.routing.embeddings import LocalEmbedder
+from bot.routing.embeddings import MultilingualEmbedder
 from tests.conftest import engine_settings
 
 
@@ -19,8 +20,8 @@ def embedder_dir():
 
 
 @pytest.fixture(scope="session")
-def embedder(embedder_dir):
-    return LocalEmbedder(embedder_dir)
+def embedder():
+    return MultilingualEmbedder.create()
 
 
 @pytest.fixture

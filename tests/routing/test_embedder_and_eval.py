@@ -11,8 +11,9 @@ from bot.engine import embedder_model
 from bot.engine.launcher import EnginePaths
 from bot.knowledge.base import KnowledgeBase
 from bot.routing.embeddings import LocalEmbedder
-from bot.routing.router import Router
-from bot.tools.evaluate import eval_kb, eval_routing
+from bot.routing.router import HANDOFF, Router
+from bot.tools.evaluate import cross_validate, eval_routing
+from bot.tools.evaluate_kb import eval_kb
 from tests.conftest import engine_settings
 
 ROOT = Path(__file__).parents[2]
@@ -43,19 +44,55 @@ def test_onnx_files_match_the_torch_model(embedder_dir):
     assert int8.min() >= 0.95, int8  # measured 0.97-0.995: why fp32 is the default
 
 
-async def test_routing_eval_floor(embedder):
-    router = await Router.create(settings=RoutingSettings(_env_file=None), embedder=embedder, llm=None)
-    report = await eval_routing(router, None, lambda _: None)
-    assert report.total >= 150
-    assert report.accuracy >= 0.90, report.misses
+async def test_routing_cross_validation_floor(embedder):
+    """Accuracy measured the honest way: each training message routed by a model that never saw it."""
+    report = await cross_validate(RoutingSettings(_env_file=None), embedder, 5, lambda _: None)
+    assert report.total >= 900
+    assert report.accuracy >= 0.93, report.misses
+    routed, asked = report.recall(HANDOFF)
+    assert routed / asked >= 0.93
+    assert min(report.language_accuracy(lang) for lang in ("en", "fr", "es", "de", "ja", "zh", "pt", "it")) >= 0.85
     assert report.per_step["explicit"] and report.per_step["semantic"]
 
 
-async def test_kb_eval_floor(embedder):
+async def test_routing_eval_of_a_file(embedder, tmp_path):
+    """`parley eval routing FILE`: the model trained on the training set routes the file's lines."""
+    labelled = tmp_path / "set.jsonl"
+    labelled.write_text(
+        '{"text": "translate to German: see you tomorrow", "intent": "translate", "lang": "en"}\n'
+        '{"text": "wie kündige ich mein Abo?", "intent": "qa", "lang": "de"}\n'
+    )
+    router = await Router.create(settings=RoutingSettings(_env_file=None), embedder=embedder, llm=None)
+    report = await eval_routing(router, labelled, lambda _: None)
+    assert (report.total, report.per_lang["de"]) == (2, 1)
+    assert report.confusion[("translate", "translate")] == 1
+
+
+async def test_kb_eval_floor(embedder, tmp_path):
+    """Floors under the dev-set figures (with USE multilingual: top-1 92.1 %, hit@3 98.2 %,
+    unanswerable refused by evidence 45 % and 85 % with the borderline ones the LLM is asked
+    about, answerable refused 4.4 %). Evidence alone cannot refuse most in-domain unanswerable
+    questions: the band sends those to the LLM, which this eval (no engine) does not ask."""
     kb = KnowledgeBase(redis=None, embedder=embedder, settings=KBSettings(_env_file=None), prefix="x")
     report = await eval_kb(kb, ROOT / "bot" / "data" / "kb-eval.jsonl", ROOT / "deploy" / "sample-kb", lambda _: None)
-    assert report.hit_rate >= 0.9, report.misses
-    assert report.refusal_rate >= 0.8, report.misses
+    overall = report.overall
+    assert overall.answerable >= 100 and overall.unanswerable >= 30
+    assert report.top1_rate >= 0.9, report.misses
+    assert report.hit_rate >= 0.95, report.misses
+    assert report.refusal_rate >= 0.4, report.misses
+    assert (overall.refused + overall.unanswerable_checked) / overall.unanswerable >= 0.8, report.misses
+    assert report.false_refusal_rate <= 0.06, report.misses
+    assert {"en", "fr", "es", "de", "ja", "zh", "pt", "it"} <= set(report.per_lang)
+    assert min(report.per_lang[lang].hit_rate for lang in report.per_lang) >= 0.8
+    # A row without "lang" counts as "?"; an unanswerable one may have "doc": null.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '{"question": "How do I bake sourdough bread?", "doc": null, "answerable": false}\n'
+        '{"question": "Can I pay with PayPal?", "doc": "billing.md", "answerable": true}\n'
+    )
+    small = await eval_kb(kb, rows, ROOT / "deploy" / "sample-kb", lambda _: None)
+    assert set(small.per_lang) == {"?"} and (small.overall.refused, small.overall.top1) == (1, 1)
+    assert small.cpu_seconds and small.seconds
 
 
 def test_cli_eval_prints_figures_and_fails_clearly_on_bad_input(tmp_path):
@@ -66,7 +103,7 @@ def test_cli_eval_prints_figures_and_fails_clearly_on_bad_input(tmp_path):
         [parley, "--env-file", str(env_file), "eval", "routing"], capture_output=True, text=True, timeout=300
     )
     assert good.returncode == 0, good.stderr
-    assert "accuracy:" in good.stdout and "confusion" in good.stdout and "median routing time" in good.stdout
+    assert "cross-validation" in good.stdout and "confusion" in good.stdout and "CPU" in good.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "intent": "chat"}\n{"text": 3}\n')
     out = subprocess.run(

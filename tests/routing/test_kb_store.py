@@ -37,8 +37,9 @@ async def test_ingest_is_incremental(kb, tmp_path):
     assert (changed.updated, changed.removed, changed.unchanged) == (1, 1, 11)
     index = await kb.index("t")
     assert "sso.md" not in {c.source for c in index.chunks}
-    hits = await kb.retrieve("t", "Is support open on Saturday?")
-    assert hits[0].chunk.source == "support.md" and "Saturdays" in hits[0].chunk.text
+    found = await kb.retrieve("t", "Is support open on Saturday?")
+    assert found.hits[0].chunk.source == "support.md" and "Saturdays" in found.hits[0].chunk.text
+    assert found.evidence.covered  # "Saturday" is in the new text
     assert not any("Friday, 8:00" in c.text for c in index.chunks)  # the old chunks went
 
 
@@ -63,11 +64,19 @@ async def test_a_replica_reads_the_version_again_after_recheck_seconds(kb, redis
 
 async def test_retrieval_cites_and_refuses(kb):
     await kb.ingest("t2", load_documents(SAMPLE))
-    hits = await kb.retrieve("t2", "What are the API rate limits?")
+    found = await kb.retrieve("t2", "What are the API rate limits?")
+    hits = found.hits
     assert hits[0].chunk.source == "api.html" and "120 requests per minute" in hits[0].chunk.text
     assert "https://developers.quillstack.example/api" in hits[0].chunk.citation
-    assert await kb.retrieve("t2", "How do I bake sourdough bread?") == []
-    assert await kb.retrieve("no-such-kb", "How do I reset my password?") == []
+    assert found.evidence.covered and not found.evidence.borderline
+    # The lexical side is rebuilt from the chunks loaded from Redis, row for row.
+    index = await kb.index("t2")
+    assert index.lexical.size == len(index.chunks) == len(index.vectors)
+    sourdough = await kb.retrieve("t2", "How do I bake sourdough bread?")
+    assert len(sourdough.hits) == kb.top_k and not sourdough.evidence.covered
+    assert {"sourdough", "bread"} <= set(sourdough.evidence.missing)
+    nothing = await kb.retrieve("no-such-kb", "How do I reset my password?")
+    assert nothing.hits == [] and not nothing.evidence.covered
 
 
 async def test_url_list_is_fetched_over_http(kb, tmp_path):
@@ -95,5 +104,5 @@ async def test_url_list_is_fetched_over_http(kb, tmp_path):
     assert docs[0].title == "Quillstack API and webhooks"
     stats = await kb.ingest("t3", docs)
     assert stats.added == 2
-    hits = await kb.retrieve("t3", "Can I pay with PayPal?")
-    assert hits and hits[0].chunk.source.endswith("/billing.md")
+    found = await kb.retrieve("t3", "Can I pay with PayPal?")
+    assert found.hits and found.hits[0].chunk.source.endswith("/billing.md") and found.evidence.covered

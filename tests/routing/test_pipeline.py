@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from bot import messages
-from bot.config import RoutingSettings
+from bot.config import HandoffSettings, RoutingSettings, TenantsSettings
 from bot.knowledge.base import load_documents
 from bot.runtime import open_runtime
 from bot.turns import Outcome, Turn
@@ -124,9 +124,21 @@ async def test_semantic_routing_sends_a_support_question_to_qa(proxy, make_setti
         assert "https://help.quillstack.example/notes" in sink.text
 
 
-async def test_without_a_knowledge_base_a_message_that_can_only_be_chat_or_qa_is_not_embedded(proxy, make_settings):
-    text = "Does the app work offline?"  # no cue for translate or handoff: qa or chat
-    async with open_runtime(make_settings(llm_url=proxy.url)) as rt:
+def qa_and_chat_only(tmp_path: Path) -> TenantsSettings:
+    """A tenants file whose only handlers are qa and chat."""
+    path = tmp_path / "tenants.toml"
+    path.write_text('[default]\nhandlers = ["qa", "chat"]\n')
+    return TenantsSettings(_env_file=None, file=path)
+
+
+async def test_without_a_knowledge_base_a_turn_that_can_only_be_chat_or_qa_is_not_embedded(
+    proxy, make_settings, tmp_path
+):
+    text = "Does the app work offline?"
+    settings = make_settings(
+        llm_url=proxy.url, tenants=qa_and_chat_only(tmp_path), handoff=HandoffSettings(_env_file=None, on_request=False)
+    )
+    async with open_runtime(settings) as rt:
         # QA for a tenant with no knowledge base answers as chat: nothing left to decide.
         reply = await rt.manager.handle(turn(text), RecordingSink())
         assert (reply.outcome, reply.intent, reply.route_step) == (Outcome.ANSWERED, "chat", "moot")
@@ -135,22 +147,26 @@ async def test_without_a_knowledge_base_a_message_that_can_only_be_chat_or_qa_is
         assert (reply.intent, reply.route_step) == ("qa", "semantic")
 
 
-async def test_a_close_call_between_answers_that_are_the_same_does_not_ask_the_llm(proxy, make_settings):
-    # A margin of 2 makes every semantic decision a close call between the top two intents.
-    routing = RoutingSettings(_env_file=None, margin=2.0, llm_fallback=True, speculate=False)
-    text = "What does error 403 mean when I log in?"  # "mean" makes translate a candidate; qa first, chat second
-    async with open_runtime(make_settings(llm_url=proxy.url, routing=routing)) as rt:
+async def test_a_close_call_between_answers_that_are_the_same_does_not_ask_the_llm(proxy, make_settings, tmp_path):
+    # A margin of 1 makes every semantic decision a close call between the top two intents.
+    routing = RoutingSettings(_env_file=None, margin=1.0, llm_fallback=True, speculate=False)
+    text = "What does error 403 mean when I log in?"  # qa first, translate ("mean") second
+    settings = make_settings(llm_url=proxy.url, routing=routing, tenants=qa_and_chat_only(tmp_path))
+    async with open_runtime(settings) as rt:
 
         def choices():
             return [body for body in proxy.prompts() if "structured_outputs" in body]
 
-        # No knowledge base yet: QA would answer as plain chat, so qa-or-chat is no question.
+        # Embedded (a handoff could be asked for), but with no knowledge base and translate
+        # not allowed, both qa and translate would be answered as plain chat: no question.
         reply = await rt.manager.handle(turn(text), RecordingSink())
         assert (reply.intent, reply.route_step) == ("qa", "semantic") and choices() == []
-        # With one, the two answers differ and the LLM breaks the tie.
+        # With one, the two answers differ and the LLM breaks the tie. (The demo model's pick is
+        # random: translate, which this tenant does not allow, ends as chat, step `disabled`.)
         await rt.kb.ingest("default", load_documents(SAMPLE))
         reply = await rt.manager.handle(turn(text), RecordingSink())
-        assert reply.route_step == "llm" and len(choices()) == 1
+        assert len(choices()) == 1
+        assert (reply.intent, reply.route_step) in {("qa", "llm"), ("chat", "disabled")}
 
 
 async def test_personal_data_is_redacted_in_the_prompt_and_the_store(proxy, make_settings):

@@ -199,6 +199,13 @@ HOSTILE: dict[str, str] = {
     "heading, blank lines": "#" + _fill(" \n"),
     "sentences": _fill(". "),
     "blank lines": _fill("\n \n"),
+    # script runs (the knowledge base's tokenizer splits text at every change of script)
+    "han": _fill("笔记"),
+    "kana": _fill("ファイルを"),
+    "han and latin": _fill("API笔记"),
+    "latin and kana, no spaces": _fill("aア1"),
+    "combining marks": _fill("e\u0301"),
+    "underscores in words": _fill("a_"),
 }
 
 
@@ -260,6 +267,7 @@ def test_the_walk_finds_the_patterns() -> None:
     from adapters.slack import normalize as slack_normalize
     from bot.handlers import translate
     from bot.knowledge import base as kb
+    from bot.knowledge import lexical
     from bot.moderation import moderator as moderation
     from bot.moderation import pii
     from bot.ops import logs
@@ -280,6 +288,7 @@ def test_the_walk_finds_the_patterns() -> None:
         logs._TOKEN,
         kb._BLANK_LINE,
         kb._FRONT_MATTER,
+        lexical._RUN,
         slack_normalize._USER_MENTION,
         discord_normalize._MENTION,
     ]

@@ -363,7 +363,7 @@ async def test_an_email_address_streamed_token_by_token_is_redacted(build):
     chunks = ["Write to ", "jane", ".doe", "@", "example", ".com", " for help."]
     core = await build(FakeLLM([chunks]))
     sink = RecordingSink()
-    turn = make_turn("Who do I write to?")
+    turn = make_turn("Tell me a joke")
     await core.handle(turn, sink)
     assert "jane" not in sink.text and "@example.com" not in sink.text
     assert sink.text == "Write to [email removed] for help."
@@ -383,9 +383,9 @@ async def test_profanity_in_an_answer_withholds_the_rest_and_stops_the_engine(bu
 
 async def test_personal_data_in_the_input_never_reaches_the_engine_or_the_store(build):
     core = await build(FakeLLM(["Noted."]))
-    turn = make_turn("My address is jane.doe@example.com, please update it")
+    turn = make_turn("Write a haiku about jane.doe@example.com")
     reply = await core.handle(turn, RecordingSink())
-    redacted = "My address is [email removed], please update it"
+    redacted = "Write a haiku about [email removed]"
     assert reply.outcome is Outcome.ANSWERED and reply.moderation == ("email",)
     assert core.llm.requests[0].user == redacted
     assert await core.saved(turn) == [("user", redacted), ("assistant", "Noted.")]
