@@ -220,7 +220,7 @@ async def test_a_prompt_longer_than_the_model_takes_is_refused_clearly(engine, m
     settings = make_settings(llm_url=engine, context=ContextSettings(_env_file=None, max_input_chars=200_000))
     async with open_runtime(settings) as rt:
         sink = RecordingSink()
-        reply = await rt.manager.handle(make_turn("word " * 6000), sink)
+        reply = await rt.manager.handle(make_turn("tell me a story about cats. " * 1000), sink)
         assert reply.outcome is Outcome.FAILED and reply.error == "EngineRejected"
         assert sink.text == messages.for_user(EngineRejected("x", status=400, detail=""))
 

@@ -49,7 +49,9 @@ def cues(text: str) -> list[float]:
         1.0 if ":" in text or "\n" in text.strip() else 0.0,  # a text to work on often follows a colon
         1.0 if "?" in text or "\uff1f" in text else 0.0,  # ? or the full-width one
         1.0 if _CJK.search(text) else 0.0,
-        min(len(text), 400) / 100.0,
+        # Capped where most training messages end: a pasted page must not extrapolate (a cap
+        # of 400 sent every long message to handoff).
+        min(len(text), 120) / 100.0,
     ]
 
 

@@ -80,3 +80,15 @@ async def test_a_handoff_wins_below_the_top_probability(embedder, model, router)
 
     assert (await at(probabilities[HANDOFF] - 1e-6).route(text)).intent == HANDOFF
     assert (await at(1.0).route(text)).intent == likeliest
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tell me a story about cats. " * 1000,
+        "I have been using the app for a while and " * 30 + "how do I export my notes as PDF?",
+    ],
+)
+async def test_a_long_message_is_not_taken_for_a_request_for_a_person(router, text):
+    # Length is a feature; one longer than nearly all training messages must not extrapolate.
+    assert (await router.route(text)).intent != HANDOFF
