@@ -399,6 +399,31 @@ class KBSettings(BaseSettings):
         return v
 
 
+class ActionsSettings(BaseSettings):
+    """Actions (bot/actions): what every call is bounded by; the actions themselves are
+    defined per tenant in the tenants file."""
+
+    model_config = _section("PARLEY_ACTIONS_")
+
+    # Values for `{secret:NAME}` in an HTTP action's headers, as JSON: {"orders_token": "..."}.
+    # They go in the request only: never to the model, the logs or the audit stream.
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    # Non-public addresses (private, loopback, ...) an action may call, comma-separated CIDR;
+    # empty: public addresses only. Cloud metadata addresses never are.
+    fetch_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    max_calls: int = Field(4, ge=1, le=32)  # action calls the model may make in one turn
+    decision_tokens: int = Field(1024, ge=64)  # tokens for one decision (the calls and their arguments, as JSON)
+    turn_timeout: float = Field(60.0, gt=0)  # seconds for all of a turn's calls together
+    result_chars: int = Field(4000, ge=200)  # an action's result is cut to this before the model reads it
+    confirm_ttl: int = Field(600, ge=10)  # seconds a write action waits for the user's yes
+    audit_days: int = Field(30, ge=1)  # days the audit stream keeps a call
+
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _cidrs(cls, v: Any) -> Any:
+        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
+
+
 class TenantsSettings(BaseSettings):
     model_config = _section("PARLEY_TENANTS_")
 
@@ -423,6 +448,7 @@ class Settings(BaseModel):
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     handoff: HandoffSettings = Field(default_factory=HandoffSettings)
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "log",
@@ -440,6 +466,7 @@ class Settings(BaseModel):
         "tenants",
         "web",
         "handoff",
+        "actions",
     )
 
 

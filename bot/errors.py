@@ -150,3 +150,19 @@ class FetchError(ParleyError):
         self.url = url
         self.reason = reason
         self.kind = kind
+
+
+class ActionError(ParleyError):
+    """An action call did not produce a result. `action` names it; `kind` says what went
+    wrong: invalid (arguments against the schema), refused (an address or a host the rules
+    refuse), timeout, status (the service answered an error; `status` holds it), size (the
+    answer is over its cap), unavailable (the service or MCP server cannot be reached or died),
+    or protocol (an answer that is not what the action's runner expects). `reason` is one
+    line, safe to log and to show the model: it never holds a secret."""
+
+    def __init__(self, action: str, reason: str, *, kind: str, status: int | None = None) -> None:
+        super().__init__(f"action {action}: {reason}")
+        self.action = action
+        self.reason = reason
+        self.kind = kind
+        self.status = status

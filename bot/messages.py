@@ -239,3 +239,32 @@ def relay_failed(reason: str) -> str:
 
 def resolved_by(name: str) -> str:
     return f"Resolved by {name}: Parley answers this customer again, with this exchange in its context."
+
+
+# -- actions (bot/actions) ----------------------------------------------------------------------
+
+ACTION_CANCELLED = "Cancelled: nothing was done."
+ACTION_EXPIRED = "That request has expired or was never made, so nothing was done. Ask again if you still want it."
+ACTION_NOT_YOURS = "Only the person who asked for this can confirm it."
+ACTION_UNAVAILABLE = "I can't do that right now: the action is not available. Nothing was done."
+
+
+CONFIRM_ASK = "Reply *yes* to go ahead or *no* to cancel"
+
+
+def confirm_action(what: str, minutes: int) -> str:
+    """A write action put to the user before it runs."""
+    return f"I'm about to {what}.\n{CONFIRM_ASK} (this expires in {minutes} minute{'s' if minutes != 1 else ''})."
+
+
+def action_already(decision: str) -> str:
+    return "That was already confirmed and done." if decision == "confirmed" else "That was already cancelled."
+
+
+def action_done(action: str, result: str) -> str:
+    return f"Done: {action}.\n{result}"
+
+
+def action_failed(action: str, reason: str) -> str:
+    """A confirmed write action that did not succeed; `reason` is the ActionError's safe line."""
+    return f"I couldn't {action}: {reason}. Nothing more was done; you can try again later."

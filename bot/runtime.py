@@ -19,6 +19,11 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.actions.audit import Audit
+from bot.actions.confirm import Confirmations, MemoryConfirmations, PendingCalls
+from bot.actions.http import HttpRunner
+from bot.actions.loop import Actions, Catalog
+from bot.actions.spec import Runner
 from bot.adapter import AdapterContext, Link
 from bot.config import Settings
 from bot.dialogue.manager import DialogueManager
@@ -29,7 +34,7 @@ from bot.handoff.desk import Desk, HandoffGate
 from bot.handoff.flow import Handoffs
 from bot.handoff.store import HandoffStore, MemoryHandoffStore, RedisHandoffStore
 from bot.knowledge.base import KnowledgeBase
-from bot.llm.client import LLMClient
+from bot.llm.client import LLM, LLMClient
 from bot.moderation.moderator import Moderator
 from bot.ops.endpoint import Watched
 from bot.ops.health import Degraded
@@ -40,7 +45,7 @@ from bot.routing.router import Router
 from bot.store.batching import RedisBatcher
 from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
 from bot.store.dedupe import Deduper, MemoryDeduper, RedisDeduper
-from bot.tenants import load_tenants
+from bot.tenants import Tenants, load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +167,41 @@ async def open_embedder(settings: Settings, say: Callable[[str], None] = log.inf
     return await asyncio.to_thread(LocalEmbedder, paths.embedder, model=model, threads=embed.threads)
 
 
+async def open_actions(
+    settings: Settings, tenants: Tenants, llm: LLM, redis: Redis | None, metrics: Metrics, stack: AsyncExitStack
+) -> tuple[Actions, PendingCalls]:
+    """The actions every tenant file defines, with their runners (closed by `stack`): HTTP
+    ones at once, MCP servers started and their allowed tools listed (a server that cannot
+    start stops the start with one line, as a bad setting does)."""
+    specs = dict(tenants.actions)
+    runners: dict[str, Runner] = {}
+    if any(spec.http is not None for spec in specs.values()):
+        http = HttpRunner(settings.actions)
+        stack.push_async_callback(http.aclose)
+        runners["http"] = http
+    if tenants.mcp:
+        try:
+            from bot.actions.mcp import McpRunner  # the `mcp` extra
+        except ImportError as exc:
+            raise ConfigError("PARLEY_TENANTS_FILE", "[mcp] servers need: pip install 'parley[mcp]'") from exc
+        mcp = McpRunner(tenants.mcp)
+        await mcp.start()
+        stack.push_async_callback(mcp.aclose)
+        # (load_tenants refuses a tool named like an [actions] entry, so nothing is replaced)
+        specs.update((spec.name, spec) for spec in mcp.specs())
+        runners["mcp"] = mcp
+    if specs:
+        log.info("actions: %s", ", ".join(f"{s.name} ({s.mode})" for s in sorted(specs.values(), key=lambda s: s.name)))
+    prefix = settings.redis.prefix
+    audit = Audit(redis, prefix=prefix, days=settings.actions.audit_days, metrics=metrics)
+    pending: PendingCalls = (
+        Confirmations(redis, prefix=prefix, ttl=settings.actions.confirm_ttl)
+        if redis is not None
+        else MemoryConfirmations(ttl=settings.actions.confirm_ttl)
+    )
+    return Actions(settings.actions, Catalog(specs, runners), llm, audit), pending
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
@@ -212,18 +252,21 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
                 "PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
                 "users who ask for a person will be told no one is reachable"
             )
+        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack)
         manager = DialogueManager(
             settings=settings,
             store=store,
             deduper=deduper,
             llm=llm,
-            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb)),
+            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb, actions=actions, pending=pending)),
             router=router,
             moderator=Moderator(llm),
             tenants=tenants,
             metrics=metrics,
             handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, gates=gates),
             stats=stats,
+            actions=actions,
+            pending=pending,
         )
         yield Runtime(
             settings=settings,

@@ -15,23 +15,36 @@ does not set from `[default]` (the `moderation` table too, key by key).
     [tenants."T0123ABCD"]          # a Slack team, Discord guild or web site id
     system_prompt = "You are Acme's support assistant."
     knowledge_base = "acme"
+    actions = ["order_status"]     # allowed actions (bot/actions), defined once below
+    [tenants."T0123ABCD".channel_actions]
+    "C0SUPPORT" = ["order_status"] # a channel listed here gets only these
+
+    [actions.order_status]         # an action: see bot/actions/spec.py
+    description = "Look up an order"
+    http = { url = "https://orders.acme.example/api/orders/{order_id}" }
+    [mcp.files]                    # an MCP server whose allowed tools become actions
+    command = ["acme-files-mcp"]
+    tools = ["search_files"]
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.actions.spec import ActionSpec, McpServer
 from bot.errors import TenantConfigError
 
 INTENTS = ("chat", "qa", "translate")
 Action = Literal["refuse", "redact", "flag", "off"]
 CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence", "illegal", "prompt-injection")
 DEFAULT_KB = "default"
+T = TypeVar("T")
 
 
 DATA = Path(__file__).parent / "data"  # files shipped with Parley
@@ -64,6 +77,14 @@ class TenantConfig(BaseModel):
     knowledge_base: str = DEFAULT_KB  # names the KB in Redis; `parley kb ingest --tenant` fills it
     language: str = Field("en", pattern=r"^[a-z]{2}$")  # ISO 639-1: the translation target by default
     moderation: ModerationConfig = ModerationConfig()
+    actions: tuple[str, ...] = ()  # the actions its conversations may use
+    channel_actions: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # per channel: only these
+
+    def allowed_actions(self, channel: str) -> tuple[str, ...]:
+        """The actions a conversation in `channel` may use (a channel's list narrows the tenant's)."""
+        if channel in self.channel_actions:
+            return tuple(a for a in self.channel_actions[channel] if a in self.actions)
+        return self.actions
 
     @field_validator("handlers")
     @classmethod
@@ -90,6 +111,8 @@ class Tenants:
     path: Path
     default: TenantConfig
     listed: dict[str, TenantConfig] = field(default_factory=dict)
+    actions: dict[str, ActionSpec] = field(default_factory=dict)  # defined in the file ([actions.NAME])
+    mcp: dict[str, McpServer] = field(default_factory=dict)  # MCP servers; their allowed tools are actions
 
     def get(self, tenant: str) -> TenantConfig:
         return self.listed.get(tenant, self.default)
@@ -116,9 +139,15 @@ def load_tenants(path: Path | None) -> Tenants:
         raise TenantConfigError(str(path), "-", "-", "file not found (PARLEY_TENANTS_FILE)") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TenantConfigError(str(path), "-", "-", f"not valid TOML: {exc}") from None
-    unknown = set(raw) - {"default", "tenants"}
+    unknown = set(raw) - {"default", "tenants", "actions", "mcp"}
     if unknown:
-        raise TenantConfigError(str(path), "-", sorted(unknown)[0], 'unknown table; use [default] and [tenants."ID"]')
+        raise TenantConfigError(
+            str(path),
+            "-",
+            sorted(unknown)[0],
+            'unknown table; use [default], [tenants."ID"], [actions.NAME], [mcp.NAME]',
+        )
+    actions, servers = _actions(path, raw)
     base = raw.get("default", {})
     default = _validate(path, "default", base)
     listed = {}
@@ -129,4 +158,39 @@ def load_tenants(path: Path | None) -> Tenants:
         if isinstance(base.get("moderation"), dict) and isinstance(own.get("moderation"), dict):
             merged["moderation"] = {**base["moderation"], **own["moderation"]}
         listed[tenant] = _validate(path, tenant, merged)
-    return Tenants(path, default, listed)
+    names = set(actions) | {tool for server in servers.values() for tool in server.tools}
+    for tenant, config in (("default", default), *listed.items()):
+        wanted = [*config.actions, *(a for allowed in config.channel_actions.values() for a in allowed)]
+        missing = [a for a in wanted if a not in names]
+        if missing:
+            raise TenantConfigError(str(path), tenant, "actions", f"no action named {missing[0]!r} is defined")
+    return Tenants(path, default, listed, actions, servers)
+
+
+def _actions(path: Path, raw: dict[str, Any]) -> tuple[dict[str, ActionSpec], dict[str, McpServer]]:
+    """The `[actions.NAME]` and `[mcp.NAME]` tables, validated; an MCP tool may not take the
+    name of an action defined in the file."""
+    actions = {
+        name: _definition(path, f"actions.{name}", ActionSpec.model_validate, body, name=name)
+        for name, body in (raw.get("actions") or {}).items()
+    }
+    servers = {
+        name: _definition(path, f"mcp.{name}", McpServer.model_validate, body)
+        for name, body in (raw.get("mcp") or {}).items()
+    }
+    for server, config in servers.items():
+        clash = [tool for tool in config.tools if tool in actions]
+        if clash:
+            raise TenantConfigError(str(path), f"mcp.{server}", "tools", f"{clash[0]!r} is also an [actions] name")
+    return actions, servers
+
+
+def _definition(path: Path, where: str, build: Callable[[dict[str, Any]], T], body: object, **fields: object) -> T:
+    if not isinstance(body, dict):
+        raise TenantConfigError(str(path), where, "-", "must be a table")
+    try:
+        return build({**body, **fields})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(part) for part in err["loc"] if not isinstance(part, int)) or "-"
+        raise TenantConfigError(str(path), where, field_name, err["msg"]) from None

@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import bot.tools.cli" 2>/dev/null || [ pyproject.toml 
   echo "parley: installing Parley into .venv..." >&2
   # Every platform and the local embedder, at the versions the tests passed with.
   if ! .venv/bin/pip install -q --disable-pip-version-check -c deploy/constraints.txt \
-      -e '.[slack,discord,web,local-embed,minilm]' > .venv/pip-install.log 2>&1; then
+      -e '.[slack,discord,web,local-embed,minilm,mcp]' > .venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     exit 1
   fi

@@ -15,8 +15,11 @@ import logging
 from collections.abc import Mapping
 
 from bot import messages
+from bot.actions.confirm import PendingCalls
+from bot.actions.loop import Actions
 from bot.config import Settings
 from bot.dialogue import stages, worker
+from bot.dialogue.confirm import ConfirmAction
 from bot.dialogue.locks import KeyedLocks
 from bot.dialogue.speculation import Speculation
 from bot.errors import ParleyError, PlatformError, StoreUnavailable
@@ -57,6 +60,8 @@ class DialogueManager:
         metrics: Metrics,
         handoffs: Handoffs,
         stats: Stats,
+        actions: Actions,
+        pending: PendingCalls,
     ) -> None:
         self._settings = settings
         self._tenants = tenants
@@ -70,6 +75,7 @@ class DialogueManager:
             stages.Validate(settings.context.max_input_chars),
             stages.ModerateInput(moderator, handoffs, history),
             stages.HandoffGate(handoffs, history),
+            ConfirmAction(actions, pending, moderator, history),
             stages.RouteTurn(router, handlers, handoffs, Speculation(settings.routing, handlers), history),
             stages.AnswerTurn(handlers, moderator, llm, history),
         )

@@ -29,7 +29,7 @@ from bot.moderation.moderator import Moderator
 from bot.ops.logs import turn_fields
 from bot.ops.stats import Stats
 from bot.reply import ReplySink
-from bot.routing.router import HANDOFF, Route, Router
+from bot.routing.router import ACTABLE, ACTION, HANDOFF, Route, Router
 from bot.store.context import Context, ContextStore, Message, estimate_tokens
 from bot.store.dedupe import Deduper
 from bot.tenants import TenantConfig
@@ -252,7 +252,11 @@ class RouteTurn:
 
     async def __call__(self, state: TurnState) -> Reply | None:
         turn = state.turn
-        state.ahead = self._speculation.start(state.request(Route("chat", "speculative", turn.text)))
+        # A conversation that may use actions answers chat and qa turns with the action handler,
+        # which asks the engine what to call first: a plain chat answer started now would be dropped.
+        acts = ACTION in self._handlers and bool(state.tenant.allowed_actions(turn.channel))
+        if not acts:
+            state.ahead = self._speculation.start(state.request(Route("chat", "speculative", turn.text)))
         if state.ahead is not None:
             await state.ahead.head_start()
         allowed = [intent for intent in state.tenant.handlers if intent in self._handlers]
@@ -279,6 +283,8 @@ class RouteTurn:
             route.seconds * 1000,
             extra=turn_fields(turn),
         )
+        if acts and route.intent in ACTABLE and route.step != "explicit":
+            route = replace(route, intent=ACTION, otherwise=route.intent)
         state.route = route
         if not await self._speculation.keep(state.request()) and state.ahead is not None:
             await state.ahead.drop()

@@ -200,9 +200,10 @@ def engine_args(settings: EngineSettings, *, model: str, served_name: str, port:
         str(settings.max_num_seqs),
         "--max-model-len",
         str(settings.max_model_len),
-        # Constrained labels (intent routing) use vLLM's structured outputs.
+        # Constrained labels (intent routing) and JSON (action decisions) use vLLM's structured
+        # outputs; compact JSON, or a model may spend its tokens on whitespace between fields.
         "--structured-outputs-config",
-        '{"backend": "xgrammar"}',
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]
     if not gpu:
         # CUDA-graph-free start-up (~25 s) and a KV cache sized for a small machine.

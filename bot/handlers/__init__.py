@@ -21,6 +21,8 @@ from bot.tenants import TenantConfig
 from bot.turns import Turn
 
 if TYPE_CHECKING:
+    from bot.actions.confirm import PendingCalls
+    from bot.actions.loop import Actions
     from bot.knowledge.base import KnowledgeBase
 
 
@@ -60,6 +62,8 @@ class Services:
     settings: Settings
     llm: LLM
     kb: KnowledgeBase
+    actions: Actions
+    pending: PendingCalls  # write calls waiting for the user's yes
 
 
 HandlerFactory = Callable[[Services], Handler]
@@ -80,6 +84,6 @@ def system_prompt(settings: Settings, tenant: TenantConfig) -> str:
 
 def build_handlers(services: Services) -> dict[str, Handler]:
     """One instance of every registered handler, keyed by intent."""
-    from bot.handlers import chat, qa, translate  # noqa: F401 - each registers itself
+    from bot.handlers import act, chat, qa, translate  # noqa: F401 - each registers itself
 
     return {intent: factory(services) for intent, factory in _registry.items()}

@@ -20,6 +20,7 @@ frees its KV cache.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -70,6 +71,10 @@ class LLM(Protocol):
     ) -> AbstractAsyncContextManager[AsyncIterable[str]]: ...
 
     async def choose(self, messages: ChatMessages, labels: Sequence[str], *, scope: CallScope | None = None) -> str: ...
+
+    async def structured(
+        self, messages: ChatMessages, schema: dict[str, Any], *, scope: CallScope | None = None, max_tokens: int = 512
+    ) -> Any: ...
 
     async def count_tokens(self, text: str, *, scope: CallScope | None = None) -> int: ...
 
@@ -245,10 +250,31 @@ class LLMClient:
         vLLM ignores unknown request fields (and so silently ignored the retired
         `guided_choice`), so the answer is checked: an unconstrained answer is an error.
         """
-        # ignore_eos (from extra_body, used to get fixed-length answers) would run past
-        # the label's end, so a choice always may stop.
+        answer, url = await self._constrained(messages, {"choice": list(labels)}, 32, scope)
+        if answer not in labels:
+            raise EngineFailed("the engine did not constrain its answer to the labels", url=url, detail=answer[:100])
+        return answer
+
+    async def structured(
+        self, messages: ChatMessages, schema: dict[str, Any], *, scope: CallScope | None = None, max_tokens: int = 512
+    ) -> Any:
+        """A JSON value matching `schema`, generated under vLLM's structured-output constraint.
+        An answer that is not JSON (cut short by `max_tokens`, or an engine that ignored the
+        constraint) is `EngineFailed`; checking it against the schema is the caller's part."""
+        answer, url = await self._constrained(messages, {"json": schema}, max_tokens, scope)
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise EngineFailed("the engine's answer is not the JSON asked for", url=url, detail=answer[:100]) from None
+
+    async def _constrained(
+        self, messages: ChatMessages, constraint: dict[str, Any], max_tokens: int, scope: CallScope | None
+    ) -> tuple[str, str]:
+        """One non-streamed answer under `constraint` (vLLM's `structured_outputs`), and the engine's URL."""
+        # ignore_eos (from extra_body, used to get fixed-length answers) would run past the
+        # constrained answer's end, so it always may stop.
         body = self._body(
-            messages, max_tokens=32, temperature=0.0, ignore_eos=False, structured_outputs={"choice": list(labels)}
+            messages, max_tokens=max_tokens, temperature=0.0, ignore_eos=False, structured_outputs=constraint
         )
         body["model"] = await self.model()
         affinity = scope.affinity if scope else None
@@ -257,12 +283,7 @@ class LLMClient:
             result = await self._http.request(
                 engine, "POST", f"{engine.base_url}/chat/completions", json=body, headers=self._headers(affinity)
             )
-        answer = (result["choices"][0]["message"].get("content") or "").strip()
-        if answer not in labels:
-            raise EngineFailed(
-                "the engine did not constrain its answer to the labels", url=engine.base_url, detail=answer[:100]
-            )
-        return answer
+        return (result["choices"][0]["message"].get("content") or "").strip(), engine.base_url
 
     def _body(self, messages: ChatMessages, *, max_tokens: int | None, **params: Any) -> dict[str, Any]:
         body: dict[str, Any] = {

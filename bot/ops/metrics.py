@@ -105,6 +105,15 @@ class Metrics:
         self.platform_errors = Counter(
             "parley_platform_errors", "5xx responses from a chat platform's API", ["platform", "status"], registry=r
         )
+        self.action_calls = Counter(
+            "parley_action_calls",
+            "Action calls, by action and outcome (ok, pending, confirmed, cancelled, or an ActionError kind)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.action_seconds = Histogram(
+            "parley_action_seconds", "Time an action call took", ["action"], buckets=SECONDS, registry=r
+        )
         self.live = _Live()
         r.register(self.live)
         self.ops_port: int | None = None  # where /metrics is served, once it is

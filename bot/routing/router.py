@@ -43,6 +43,10 @@ COMMANDS = {"ask": "qa", "translate": "translate"}
 # (`bot.handoff.flow`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
 HANDOFF = "handoff"
 LABELS = (*INTENTS, HANDOFF)
+# Not a label of the classifier: a chat or qa turn in a conversation that may use actions is
+# answered by the action handler, which falls back to that intent when no action is called.
+ACTION = "action"
+ACTABLE = ("chat", "qa")
 FIT_BATCH = 256  # training messages embedded per call
 AsChat = Callable[[str], Awaitable[bool]]  # whether an intent would answer this turn exactly as chat
 
@@ -103,6 +107,7 @@ class Route:
     target: str | None = None
     score: float | None = None
     seconds: float = 0.0
+    otherwise: str | None = None  # an `action` route: the intent that answers when no action is called
 
 
 def explicit(command: str | None, text: str) -> Route | None:

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +221,8 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from bot.tenants import DATA
     from bot.tools import evaluate, evaluate_kb
 
+    if args.target == "actions":
+        return await _eval_actions(settings, args)
     embedder = await open_embedder(settings, say)
     try:
         if args.target == "routing":
@@ -257,6 +259,35 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         await embedder.aclose()
+
+
+async def _eval_actions(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.engine.launcher import local_engine
+    from bot.handlers import system_prompt
+    from bot.llm.client import LLMClient
+    from bot.ops.metrics import Metrics
+    from bot.runtime import open_actions
+    from bot.tenants import DATA, load_tenants
+    from bot.tools.evaluate_actions import eval_actions, print_actions
+
+    tenants = load_tenants(args.tenants)
+    async with AsyncExitStack() as stack:
+        base_url = settings.llm.base_url or await stack.enter_async_context(local_engine(settings.engine, say))
+        llm = await stack.enter_async_context(LLMClient(settings.llm, base_url=base_url))
+        actions, _ = await open_actions(settings, tenants, llm, None, Metrics(), stack)
+        specs = actions.catalog.allowed(tenants.default, "")
+        if not specs:
+            raise ConfigError("PARLEY_TENANTS_FILE", f"{args.tenants}: the [default] tenant has no actions")
+        report = await eval_actions(  # decisions only: no action is run
+            actions,
+            specs,
+            system_prompt(settings, tenants.default),
+            args.file or DATA / "actions-eval.jsonl",
+            await llm.model(),
+            say,
+        )
+    print_actions(report)
+    return 0
 
 
 def _first_parley_error(exc: BaseException) -> ParleyError | None:
@@ -328,11 +359,31 @@ def build_parser() -> argparse.ArgumentParser:
     kb_eval.add_argument(
         "--llm", action="store_true", help="let the LLM decide borderline evidence (needs PARLEY_LLM_BASE_URL)"
     )
+    actions_eval = targets.add_parser(
+        "actions",
+        help="how often the model picks the right action with the right arguments, per language",
+        description='Ask the model for the action decision of each {"text", "action", "arguments"?, "lang"?} line '
+        "of FILE (default: the shipped set, for deploy/sample-actions.toml) with the actions of the tenants file, "
+        "against PARLEY_LLM_BASE_URL (unset: a local engine is started).",
+    )
+    actions_eval.add_argument("file", type=Path, nargs="?", metavar="FILE", help="JSONL of requests")
+    actions_eval.add_argument(
+        "--tenants",
+        type=Path,
+        default=Path("deploy/sample-actions.toml"),
+        metavar="PATH",
+        help="the tenants file whose [default] actions are offered (default: deploy/sample-actions.toml)",
+    )
     kb_ranking = kb_eval.add_mutually_exclusive_group()
     kb_ranking.add_argument("--dense-only", action="store_true", help="rank by the embeddings alone (no BM25)")
     kb_ranking.add_argument("--lexical-only", action="store_true", help="rank by BM25 alone (no embeddings)")
 
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
+    sample = sub.add_parser(
+        "sample-service",
+        help="serve the demo order and ticket service the sample actions call (deploy/sample-actions.toml)",
+    )
+    sample.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     report = sub.add_parser(
         "report",
         help="answers, handoffs, resolution without a person and 👍/👎, per tenant and day",
@@ -386,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return signals.run(_kb_ingest(settings, args.path, args.tenant))
             case "eval":
                 return signals.run(_eval(settings, args))
+            case "sample-service":
+                from bot.tools.sample_service import serve
+
+                say(f"sample service on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+                return signals.run(_done(serve(port=args.port)))
             case "report":
                 from bot.tools.report import run_report
 

@@ -1,6 +1,6 @@
 """A scripted `LLMClient` for unit tests of the dialogue core: no engine, no HTTP.
 
-It speaks the client's public surface (`stream`, `choose`, `count_tokens`, `model`, `health`,
+It speaks the client's public surface (`stream`, `choose`, `structured`, `count_tokens`, `model`, `health`,
 `circuits`, `in_flight`) and honours the caller's `CallScope` as the real client does: its
 `affinity` is recorded with each request, its `sent` event is set as a stream request
 "leaves", and a stream adds its usage to its `usage` as it closes, so speculation and token
@@ -81,6 +81,13 @@ class Choice:
     affinity: str | None
 
 
+@dataclass
+class Structured:
+    messages: list[dict[str, str]]
+    schema: dict[str, Any]
+    affinity: str | None
+
+
 def count(text: str) -> int:
     """The fake's tokenizer: one token per whitespace-separated word."""
     return len(text.split())
@@ -131,12 +138,15 @@ class FakeLLM:
         answers: Script | None = None,
         *,
         label: str | Callable[[list[dict[str, str]], tuple[str, ...]], str] | None = None,
+        decisions: Sequence[Any] = (),
     ) -> None:
         self._script = answers
         self._next = 0
         self._label = label
         self.requests: list[Call] = []
         self.choices: list[Choice] = []
+        self._decisions = list(decisions)  # `structured` answers in order: a value, an error, or f(messages, schema)
+        self.structured_calls: list[Structured] = []
         self.counted: list[str] = []
         self.held = asyncio.Event()  # a stream has reached its `hold_after`
         self.release = asyncio.Event()  # lets held streams go on
@@ -182,6 +192,19 @@ class FakeLLM:
         if label not in call.labels:
             raise EngineFailed("the engine did not constrain its answer to the labels", url=URL, detail=label)
         return label
+
+    async def structured(
+        self, messages: ChatMessages, schema: dict[str, Any], *, scope: CallScope | None = None, max_tokens: int = 512
+    ) -> Any:
+        call = Structured([dict(m) for m in messages], schema, scope.affinity if scope else None)
+        self.structured_calls.append(call)
+        if not self._decisions:
+            raise EngineFailed("no structured answer scripted", url=URL, detail="")
+        decision = self._decisions.pop(0)
+        value = decision(call.messages, schema) if callable(decision) else decision
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
     async def count_tokens(self, text: str, *, scope: CallScope | None = None) -> int:
         self.counted.append(text)

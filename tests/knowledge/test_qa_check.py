@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import messages
+from bot.actions.confirm import MemoryConfirmations
 from bot.config import KBSettings
 from bot.errors import EngineUnavailable
 from bot.handlers import Request, Services
@@ -22,6 +23,7 @@ from bot.routing.router import Route
 from bot.store.context import Context
 from bot.tenants import DEFAULT_KB, TenantConfig
 from bot.turns import Turn
+from tests.fakes.actions import deciding
 from tests.fakes.llm import URL, FakeLLM
 
 SAMPLE = Path(__file__).parents[2] / "deploy" / "sample-kb"
@@ -37,7 +39,10 @@ def handler(redis, embedder, make_settings):
         settings = make_settings(kb=KBSettings(_env_file=None, **kb))
         knowledge = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
         await knowledge.ingest(DEFAULT_KB, load_documents(SAMPLE))
-        return QAHandler(Services(settings=settings, llm=llm, kb=knowledge))
+        # No actions here: an empty catalogue, and write calls kept in memory.
+        actions = deciding(llm, settings.actions)
+        pending = MemoryConfirmations(ttl=settings.actions.confirm_ttl)
+        return QAHandler(Services(settings=settings, llm=llm, kb=knowledge, actions=actions, pending=pending))
 
     return make
 

@@ -2,7 +2,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
+
+from bot.config import EmbeddingSettings, LogSettings, Settings
+from bot.routing.embeddings import Embedder
+from bot.runtime import open_embedder
+from tests.conftest import engine_settings
+
+
+@pytest_asyncio.fixture(scope="module")
+async def embedder() -> AsyncIterator[Embedder]:
+    """The default embedder, as `open_runtime` opens it (one per test module)."""
+    settings = Settings(
+        log=LogSettings(_env_file=None), embed=EmbeddingSettings(_env_file=None), engine=engine_settings()
+    )
+    embedder = await open_embedder(settings)
+    yield embedder
+    await embedder.aclose()
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import pytest
 import pytest_asyncio
 
 from bot import messages
-from bot.config import EmbeddingSettings, LogSettings, Settings
+from bot.actions.loop import Actions
+from bot.config import Settings
 from bot.dialogue.manager import DialogueManager
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineUnavailable, LLMError, PlatformError
 from bot.handlers import Services, build_handlers
@@ -34,14 +35,13 @@ from bot.ops.metrics import Metrics
 from bot.ops.stats import RedisStats
 from bot.routing.embeddings import Embedder
 from bot.routing.router import Router
-from bot.runtime import connect_redis, open_embedder
+from bot.runtime import connect_redis, open_actions
 from bot.store.batching import RedisBatcher
 from bot.store.context import RedisContextStore
 from bot.store.dedupe import RedisDeduper
 from bot.store.redis import cancel_and_wait
 from bot.tenants import CATEGORIES, ModerationConfig, TenantConfig, Tenants, load_tenants
 from bot.turns import Outcome, Reply, Turn
-from tests.conftest import engine_settings
 from tests.fakes.llm import URL, Answer, FakeLLM
 
 T = TypeVar("T")
@@ -99,6 +99,8 @@ class Core:
     llm: FakeLLM
     embedder: Watched
     settings: Settings
+    actions: Actions
+    metrics: Metrics
 
     async def handle(self, turn: Turn, sink: RecordingSink) -> Reply:
         """One turn, failing instead of hanging: a regression that reads on from a held stream
@@ -142,31 +144,26 @@ async def dialogue_core(
             desks={},
             gates={},
         )
+        tenants = tenants or load_tenants(settings.tenants.file)
+        metrics = Metrics()
+        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack)
         manager = DialogueManager(
             settings=settings,
             store=store,
             deduper=deduper,
             llm=llm,
-            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb)),
+            handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb, actions=actions, pending=pending)),
             router=router,
             moderator=Moderator(llm),
-            tenants=tenants or load_tenants(settings.tenants.file),
-            metrics=Metrics(),
+            tenants=tenants,
+            metrics=metrics,
             handoffs=handoffs,
             stats=stats,
+            actions=actions,
+            pending=pending,
         )
         stack.push_async_callback(llm.aclose)
-        yield Core(manager, store, llm, watched, settings)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def embedder() -> AsyncIterator[Embedder]:
-    settings = Settings(
-        log=LogSettings(_env_file=None), embed=EmbeddingSettings(_env_file=None), engine=engine_settings()
-    )
-    embedder = await open_embedder(settings)
-    yield embedder
-    await embedder.aclose()
+        yield Core(manager, store, llm, watched, settings, actions, metrics)
 
 
 @pytest_asyncio.fixture
