@@ -230,7 +230,8 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         embedder = await open_embedder(settings, say)
         stack.push_async_callback(embedder.aclose)
         kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
-        router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm)
+        routing_cache = EnginePaths(settings.engine.home).routing
+        router = await Router.create(settings=settings.routing, embedder=embedder, llm=llm, cache=routing_cache)
         metrics = Metrics()
         metrics.live.circuits = llm.circuits
         metrics.live.llm_in_flight = lambda: llm.in_flight

@@ -78,6 +78,11 @@ class EnginePaths:
         return self.home / "vllm-cache"
 
     @property
+    def routing(self) -> Path:
+        """Trained routing models, one file per training set (`Router.create`)."""
+        return self.home / "routing"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
 

@@ -13,6 +13,7 @@ is routed by a model that never saw it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -139,6 +140,33 @@ class IntentModel:
                 v += 0.001 * grad * grad
                 param -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
         return cls(labels, w, b, mean, scale)
+
+    def save(self, path: Path) -> None:
+        """Write the model to `path` (.npz) atomically: a replica starting beside this one reads
+        the whole file or none."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with partial.open("wb") as out:
+            np.savez(
+                out,
+                labels=np.array(self.labels),
+                weights=self._weights,
+                bias=self._bias,
+                mean=self._mean,
+                scale=self._scale,
+            )
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> IntentModel:
+        with np.load(path, allow_pickle=False) as saved:
+            return cls(
+                [str(label) for label in saved["labels"]],
+                saved["weights"],
+                saved["bias"],
+                saved["mean"],
+                saved["scale"],
+            )
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """One row of class probabilities per message, columns in `labels` order."""

@@ -17,6 +17,8 @@ say where accuracy and time go.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
@@ -30,6 +32,7 @@ import numpy as np
 from bot.config import RoutingSettings
 from bot.errors import ConfigError, EmbedderError, LLMError
 from bot.llm.client import LLM, CallScope
+from bot.routing import classifier
 from bot.routing.classifier import Example, IntentModel, features, read_examples
 from bot.routing.embeddings import Embedder
 from bot.routing.languages import ALIASES, code_for
@@ -175,6 +178,18 @@ async def fit(examples: Sequence[Example], embedder: Embedder, settings: Routing
     return IntentModel.fit(x, [e.intent for e in examples], LABELS, class_weight={HANDOFF: settings.handoff_weight})
 
 
+def model_key(examples: Sequence[Example], embedder: Embedder, settings: RoutingSettings) -> str:
+    """What a trained model depends on, hashed: the examples, the embedding model, the training
+    settings, and the code that makes features and fits (this module and the classifier's)."""
+    digest = hashlib.sha256()
+    for code in (classifier.__file__, __file__):
+        digest.update(Path(code).read_bytes())
+    digest.update(json.dumps([embedder.name, settings.handoff_weight, list(LABELS)]).encode())
+    for example in examples:
+        digest.update(json.dumps([example.text, example.intent]).encode())
+    return digest.hexdigest()[:20]
+
+
 class Router:
     """Built once by the composition root (`await Router.create(...)` trains the model)."""
 
@@ -185,11 +200,29 @@ class Router:
         self._model = model
 
     @classmethod
-    async def create(cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLM | None) -> Router:
+    async def create(
+        cls, *, settings: RoutingSettings, embedder: Embedder, llm: LLM | None, cache: Path | None = None
+    ) -> Router:
+        """Train the model, or load the one trained on exactly these examples, with this
+        embedder and this code, from `cache` (a folder): every replica after the first, and
+        every restart, starts without embedding the training set again."""
         started = time.perf_counter()
         examples = training_examples(settings)
+        saved = cache / f"routing-{model_key(examples, embedder, settings)}.npz" if cache else None
+        if saved is not None and saved.exists():
+            try:
+                model = IntentModel.load(saved)
+                log.info("routing model loaded from %s", saved)
+                return cls(settings=settings, embedder=embedder, llm=llm, model=model)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("routing model in %s unreadable (%s); training again", saved, exc)
         model = await fit(examples, embedder, settings)
         log.info("routing model trained on %d examples in %.2f s", len(examples), time.perf_counter() - started)
+        if saved is not None:
+            try:
+                model.save(saved)
+            except OSError as exc:
+                log.info("routing model not cached in %s (%s): it is trained at every start", saved, exc)
         return cls(settings=settings, embedder=embedder, llm=llm, model=model)
 
     def probabilities(self, text: str, vector: np.ndarray) -> dict[str, float]:

@@ -1,10 +1,12 @@
 """The local embedder against the torch model it was exported from, and both evals with floors."""
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bot.config import KBSettings, RoutingSettings
 from bot.engine import embedder_model
@@ -12,6 +14,7 @@ from bot.engine.launcher import EnginePaths
 from bot.knowledge.base import KnowledgeBase
 from bot.routing.embeddings import LocalEmbedder
 from bot.routing.router import HANDOFF, Router
+from bot.tenants import DATA
 from bot.tools.evaluate import cross_validate, eval_routing
 from bot.tools.evaluate_kb import eval_kb
 from tests.conftest import engine_settings
@@ -110,3 +113,22 @@ def test_cli_eval_prints_figures_and_fails_clearly_on_bad_input(tmp_path):
         [parley, "--env-file", str(env_file), "eval", "routing", str(bad)], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 1 and f"{bad}:2: needs a str field 'text'" in out.stderr
+
+
+async def test_a_trained_model_is_cached_per_training_set_and_loaded_by_the_next_start(embedder, tmp_path, caplog):
+    settings = RoutingSettings(_env_file=None)
+    first = await Router.create(settings=settings, embedder=embedder, llm=None, cache=tmp_path)
+    [saved] = tmp_path.glob("routing-*.npz")
+    with caplog.at_level(logging.INFO, logger="bot.routing.router"):
+        second = await Router.create(settings=settings, embedder=embedder, llm=None, cache=tmp_path)
+    assert f"routing model loaded from {saved}" in caplog.text
+    text = "can someone call me back?"
+    vector = (await embedder.embed([text]))[0]
+    assert second.probabilities(text, vector) == pytest.approx(first.probabilities(text, vector))
+    # An added example is a new training set: trained again, beside the old file.
+    training = tmp_path / "train.jsonl"
+    added = {"text": "put me through to a human being", "intent": "handoff", "lang": "en"}
+    training.write_text((DATA / "routing-train.jsonl").read_text() + json.dumps(added) + "\n")
+    grown = settings.model_copy(update={"training_file": training})
+    await Router.create(settings=grown, embedder=embedder, llm=None, cache=tmp_path)
+    assert len(list(tmp_path.glob("routing-*.npz"))) == 2

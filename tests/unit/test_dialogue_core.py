@@ -25,6 +25,7 @@ from bot import messages
 from bot.actions.loop import Actions
 from bot.config import Settings
 from bot.dialogue.manager import DialogueManager
+from bot.engine.launcher import EnginePaths
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineUnavailable, LLMError, PlatformError
 from bot.handlers import Services, build_handlers
 from bot.handoff.flow import Handoffs
@@ -132,7 +133,8 @@ async def dialogue_core(
         deduper = RedisDeduper(redis, settings.redis, batcher=batcher)
         watched = Watched(embedder, llm)
         kb = KnowledgeBase(redis=redis, embedder=watched, settings=settings.kb, prefix=settings.redis.prefix)
-        router = await Router.create(settings=settings.routing, embedder=watched, llm=llm)
+        cache = EnginePaths(settings.engine.home).routing
+        router = await Router.create(settings=settings.routing, embedder=watched, llm=llm, cache=cache)
         watched.requests_before.clear()  # the examples' embeddings: from here on, the turns'
         ttl = settings.redis.context_ttl
         stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
