@@ -245,7 +245,6 @@ def resolved_by(name: str) -> str:
 
 ACTION_CANCELLED = "Cancelled: nothing was done."
 ACTION_EXPIRED = "That request has expired or was never made, so nothing was done. Ask again if you still want it."
-ACTION_NOT_YOURS = "Only the person who asked for this can confirm it."
 ACTION_UNAVAILABLE = "I can't do that right now: the action is not available. Nothing was done."
 
 

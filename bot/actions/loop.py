@@ -182,27 +182,19 @@ class Actions:
                 out.append((by_name[name], item.get("arguments")))
         return out[:most]
 
+    async def record(self, turn: Turn, call: Call, outcome: str, seconds: float = 0.0, detail: str = "") -> None:
+        """One line of the audit for `call`."""
+        await self.audit.record(Entry(turn, call.spec.name, call.spec.mode, call.arguments, outcome, seconds, detail))
+
     async def run(self, turn: Turn, call: Call) -> Outcome:
         """Run one checked read call (or a confirmed write), audited; never raises ActionError."""
         started = time.perf_counter()
         try:
             result = await self.catalog.run(call.spec, call.arguments)
         except ActionError as exc:
-            await self.audit.record(
-                Entry(
-                    turn,
-                    call.spec.name,
-                    call.spec.mode,
-                    call.arguments,
-                    exc.kind,
-                    time.perf_counter() - started,
-                    exc.reason,
-                )
-            )
+            await self.record(turn, call, exc.kind, time.perf_counter() - started, exc.reason)
             return Outcome(call, error=exc)
-        await self.audit.record(
-            Entry(turn, call.spec.name, call.spec.mode, call.arguments, "ok", time.perf_counter() - started)
-        )
+        await self.record(turn, call, "ok", time.perf_counter() - started)
         return Outcome(call, result=result)
 
     async def run_all(self, turn: Turn, calls: Sequence[Call], deadline: float) -> list[Outcome]:
@@ -215,20 +207,13 @@ class Actions:
                     return await self.run(turn, call)
             except TimeoutError:
                 error = ActionError(call.spec.name, "the turn's time for actions ran out", kind="timeout")
-                await self.audit.record(Entry(turn, call.spec.name, call.spec.mode, call.arguments, "timeout"))
+                await self.record(turn, call, "timeout")
                 return Outcome(call, error=error)
 
         return list(await asyncio.gather(*(bounded(c) for c in calls)))
 
     async def rejected(self, turn: Turn, spec: ActionSpec, arguments: Any, error: ActionError) -> Outcome:
-        await self.audit.record(
-            Entry(
-                turn,
-                spec.name,
-                spec.mode,
-                arguments if isinstance(arguments, dict) else {"_": arguments},
-                "invalid",
-                detail=error.reason,
-            )
-        )
-        return Outcome(Call(spec, arguments if isinstance(arguments, dict) else {}), error=error)
+        """An invalid call: audited with what the model sent, answered with the error."""
+        call = Call(spec, arguments if isinstance(arguments, dict) else {"_": arguments})
+        await self.record(turn, call, "invalid", detail=error.reason)
+        return Outcome(call, error=error)

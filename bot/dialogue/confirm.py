@@ -77,10 +77,9 @@ class ConfirmAction:
         if call_id is None:
             return None  # a plain "ok" or "no" with nothing waiting is an ordinary turn
         taken = await self._pending.take(call_id, turn.key, turn.user, decision)
+        # (The id is this user's own, so the store's "someone else's" answer cannot come back here.)
         if taken.found == "done":
             text = messages.action_already(taken.before)
-        elif taken.found == "other":
-            text = messages.ACTION_NOT_YOURS
         elif taken.pending is None:
             text = messages.ACTION_EXPIRED
         else:

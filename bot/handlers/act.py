@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 from bot import messages
-from bot.actions.audit import Entry
 from bot.actions.loop import Call, Outcome, check, results_message, with_actions
 from bot.actions.spec import PLACEHOLDER, ActionSpec
 from bot.errors import LLMError
@@ -85,7 +84,7 @@ class ActionHandler:
                 yield await self._ask(request, write)
                 return
             extra += [
-                {"role": "assistant", "content": f"(calling: {calls_shown(outcomes)})"},
+                {"role": "assistant", "content": f"(calling: {', '.join(o.call.spec.name for o in outcomes)})"},
                 results_message(outcomes, limits.result_chars),
             ]
         if not extra:
@@ -99,11 +98,5 @@ class ActionHandler:
     async def _ask(self, request: Request, call: Call) -> str:
         """Keep the write call for the user's yes and say what it will do."""
         pending = await self._pending.create(request.turn, call.spec.name, call.arguments)
-        await self._actions.audit.record(
-            Entry(request.turn, call.spec.name, call.spec.mode, call.arguments, "pending", detail=pending.id)
-        )
+        await self._actions.record(request.turn, call, "pending", detail=pending.id)
         return messages.confirm_action(described(call.spec, call.arguments), max(1, self._pending.ttl // 60))
-
-
-def calls_shown(outcomes: Sequence[Outcome]) -> str:
-    return ", ".join(o.call.spec.name for o in outcomes)

@@ -539,10 +539,6 @@ class KnowledgeBase:
         vectors = await self._embedder.embed([embedding_text(c) for c in chunks])
         return await asyncio.to_thread(Index.of, chunks, vectors)
 
-    async def search(self, index: Index, question: str, *, ranking: Ranking = "hybrid") -> list[Hit]:
-        """The top-k passages, best first, whether or not they answer the question."""
-        return (await self.lookup(index, question, ranking=ranking)).hits
-
     async def lookup(self, index: Index, question: str, *, ranking: Ranking = "hybrid") -> Retrieved:
         """The top-k passages and the evidence that they answer the question."""
         analysed = analyse(question)

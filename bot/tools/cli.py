@@ -22,6 +22,7 @@ from bot.ops.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.adapter import Adapter
+    from bot.llm.client import LLMClient
     from bot.runtime import Runtime
 
 log = logging.getLogger("parley")
@@ -213,9 +214,19 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
         )
 
 
+def _eval_llm(settings: Settings, wanted: bool) -> LLMClient | None:
+    """The engine client for an eval's `--llm`, which needs a running engine."""
+    if not wanted:
+        return None
+    if not settings.llm.base_url:
+        raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
+    from bot.llm.client import LLMClient
+
+    return LLMClient(settings.llm)
+
+
 async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from bot.knowledge.base import KnowledgeBase, Ranking
-    from bot.llm.client import LLMClient
     from bot.routing.router import Router
     from bot.runtime import open_embedder
     from bot.tenants import DATA
@@ -226,11 +237,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     embedder = await open_embedder(settings, say)
     try:
         if args.target == "routing":
-            llm = None
-            if args.llm:
-                if not settings.llm.base_url:
-                    raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
-                llm = LLMClient(settings.llm)
+            llm = _eval_llm(settings, args.llm)
             try:
                 if args.file is None:
                     report = await evaluate.cross_validate(settings.routing, embedder, args.cv, say)
@@ -245,11 +252,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
         kb = KnowledgeBase(redis=None, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
         kb_file = args.file or DATA / "kb-eval.jsonl"
         ranking: Ranking = "dense" if args.dense_only else "lexical" if args.lexical_only else "hybrid"
-        kb_llm = None
-        if args.llm:
-            if not settings.llm.base_url:
-                raise ConfigError("PARLEY_LLM_BASE_URL", "--llm needs a running engine: set PARLEY_LLM_BASE_URL")
-            kb_llm = LLMClient(settings.llm)
+        kb_llm = _eval_llm(settings, args.llm)
         try:
             kb_report = await evaluate_kb.eval_kb(kb, kb_file, args.kb, say, ranking=ranking, llm=kb_llm)
         finally:
