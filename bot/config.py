@@ -10,7 +10,7 @@ start with `PARLEY_`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +21,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are Parley, a helpful assistant in a team chat. Answer clearly and briefly, "
     "use Markdown sparingly, and say so when you do not know."
 )
+# The rates a quota is given in, each with the seconds its bucket takes to fill up again.
+RATES = {"tokens_per_hour": 3600.0, "tokens_per_day": 86400.0, "turns_per_minute": 60.0}
 MIN_WEB_SECRET_BYTES = 32  # PARLEY_WEB_SECRET signs visitor tokens with HMAC-SHA256: a key as long as its output
 
 
@@ -148,7 +150,10 @@ class EngineSettings(BaseSettings):
     model_config = _section("PARLEY_ENGINE_")
 
     home: Path = Path.home() / ".cache" / "parley"  # engine venv, demo model, vLLM cache
-    model: str | None = None  # a model path or name; unset: the locally built demo model
+    # A model path or name; "parley-demo": the locally built random-weight demo model; unset: a
+    # real instruct model chosen for this machine (`bot/engine/launcher.py`, `choose_model`),
+    # downloaded once into PARLEY_ENGINE_HOME, and the demo model only when none can be fetched.
+    model: str | None = None
     host: str = "127.0.0.1"  # where the local engine listens
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port
     vllm_version: str = "0.32.0"  # the vLLM release installed into the engine venv
@@ -157,7 +162,15 @@ class EngineSettings(BaseSettings):
     block_size: int = Field(32, ge=1)  # 32 beats the CPU default of 128 for prefix reuse
     kv_cache_bytes: int = Field(512 * 1024**2, ge=16 * 1024**2)  # vLLM --kv-cache-memory-bytes on CPU
     startup_timeout: float = Field(600.0, gt=0)  # seconds the engine may take to become healthy
+    # vLLM --tool-call-parser for the served model's family (hermes: Qwen 2.5/3 and Hermes;
+    # llama3_json: Llama 3.1-3.3; mistral: Mistral); "": no tool calling (README, "Actions").
+    tool_call_parser: str = "hermes"
     extra_args: list[str] = Field(default_factory=list)  # JSON list of further vLLM flags
+    # The Hugging Face Hub a real model is fetched from on the first start, under the names
+    # huggingface_hub itself reads: a mirror, a token for gated models, offline mode.
+    hub_endpoint: str = Field("https://huggingface.co", validation_alias="HF_ENDPOINT")
+    hub_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
+    hub_offline: bool = Field(False, validation_alias="HF_HUB_OFFLINE")
 
 
 class SlackSettings(BaseSettings):
@@ -405,7 +418,8 @@ class ActionsSettings(BaseSettings):
 
     model_config = _section("PARLEY_ACTIONS_")
 
-    # Values for `{secret:NAME}` in an HTTP action's headers, as JSON: {"orders_token": "..."}.
+    # Values for `{secret:NAME}` in an HTTP action's headers and an MCP server's env and headers,
+    # as JSON: {"orders_token": "..."}.
     # They go in the request only: never to the model, the logs or the audit stream.
     secrets: dict[str, SecretStr] = Field(default_factory=dict)
     # Non-public addresses (private, loopback, ...) an action may call, comma-separated CIDR;
@@ -413,6 +427,9 @@ class ActionsSettings(BaseSettings):
     fetch_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     max_calls: int = Field(4, ge=1, le=32)  # action calls the model may make in one turn
     decision_tokens: int = Field(1024, ge=64)  # tokens for one decision (the calls and their arguments, as JSON)
+    # How the model calls actions: "structured" (JSON under vLLM's structured outputs: any model)
+    # or "native" (vLLM's tool calling: the engine needs the model family's --tool-call-parser).
+    calling: Literal["structured", "native"] = "structured"
     turn_timeout: float = Field(60.0, gt=0)  # seconds for all of a turn's calls together
     result_chars: int = Field(4000, ge=200)  # an action's result is cut to this before the model reads it
     confirm_ttl: int = Field(600, ge=10)  # seconds a write action waits for the user's yes
@@ -421,6 +438,38 @@ class ActionsSettings(BaseSettings):
     @field_validator("fetch_allow", mode="before")
     @classmethod
     def _cidrs(cls, v: Any) -> Any:
+        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
+
+
+class QuotaSettings(BaseSettings):
+    """Usage metering and quotas (`bot.dialogue.quota`): token buckets per user, channel and
+    tenant, shared by replicas through Redis. Every limit is off (0) unless set; a tenant's
+    `[tenants."ID".quota]` table in the tenants file overrides these for its conversations.
+    Tokens are prompt plus completion tokens as the engine counted them."""
+
+    model_config = _section("PARLEY_QUOTA_")
+
+    LIMITS: ClassVar[tuple[str, ...]] = tuple(
+        f"{scope}_{rate}" for scope in ("user", "channel", "tenant") for rate in RATES
+    )
+
+    user_tokens_per_hour: int = Field(0, ge=0)  # tokens one user may use per hour; 0: no limit
+    user_tokens_per_day: int = Field(0, ge=0)  # tokens one user may use per day; 0: no limit
+    user_turns_per_minute: int = Field(0, ge=0)  # messages one user may send per minute; 0: no limit
+    channel_tokens_per_hour: int = Field(0, ge=0)  # tokens one channel may use per hour; 0: no limit
+    channel_tokens_per_day: int = Field(0, ge=0)  # tokens one channel may use per day; 0: no limit
+    channel_turns_per_minute: int = Field(0, ge=0)  # messages one channel may send per minute; 0: no limit
+    tenant_tokens_per_hour: int = Field(0, ge=0)  # tokens one tenant may use per hour; 0: no limit
+    tenant_tokens_per_day: int = Field(0, ge=0)  # tokens one tenant may use per day; 0: no limit
+    tenant_turns_per_minute: int = Field(0, ge=0)  # messages one tenant may send per minute; 0: no limit
+    # User ids (comma-separated) no quota applies to: admins, the team's own testers.
+    exempt_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Days the usage meter keeps its per-user, per-channel and per-tenant rows (`parley report --by`).
+    meter_days: int = Field(35, ge=1, le=400)
+
+    @field_validator("exempt_users", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
         return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
 
 
@@ -449,6 +498,7 @@ class Settings(BaseModel):
     web: WebSettings = Field(default_factory=WebSettings)
     handoff: HandoffSettings = Field(default_factory=HandoffSettings)
     actions: ActionsSettings = Field(default_factory=ActionsSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "log",
@@ -467,6 +517,7 @@ class Settings(BaseModel):
         "web",
         "handoff",
         "actions",
+        "quota",
     )
 
 

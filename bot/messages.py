@@ -70,6 +70,39 @@ def already_in(language: str) -> str:
     return f"That text is already in {language}, so there is nothing to translate."
 
 
+_QUOTA_WHO = {"user": ("you", "your"), "channel": ("this channel", "its"), "tenant": ("this workspace", "its")}
+_QUOTA_PER = {"minute": "a minute", "hour": "an hour", "day": "a day"}
+
+
+def in_time(seconds: float) -> str:
+    """A wait, rounded up, in the largest unit of which it holds at least two: "in 12 minutes"."""
+    s = max(1, -int(-seconds // 1))
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        if s >= 2 * size or size == 1:
+            n = -(-s // size)
+            return f"in {n} {unit}{'s' if n != 1 else ''}"
+    raise AssertionError("unreachable")
+
+
+def over_quota(scope: str, unit: str, per: str, capacity: int, retry_after: float) -> str:
+    """A turn refused because a quota (`bot.dialogue.quota`) is used up: which one, and when the
+    next message will be answered. Nothing was sent to the model."""
+    who, whose = _QUOTA_WHO.get(scope, ("this conversation", "its"))
+    per_words = _QUOTA_PER.get(per, f"a {per}")
+    if unit == "turns":
+        owner = "your" if scope == "user" else f"{who}'s"
+        messages = f"{capacity:,} message{'s' if capacity != 1 else ''}"
+        return (
+            f"Sorry, that's more messages than {owner} limit of {messages} {per_words} allows. "
+            f"Please send it again {in_time(retry_after)}."
+        )
+    have = "have" if scope == "user" else "has"
+    return (
+        f"Sorry, I can't answer that right now: {who} {have} used {whose} limit of {capacity:,} tokens "
+        f"{per_words}. I can answer again {in_time(retry_after)}."
+    )
+
+
 def moderation_refused(categories: tuple[str, ...]) -> str:
     """Why a message was refused, in a few words; never repeats the message."""
     words = [_CATEGORY_WORDS.get(c, f"content about {c}") for c in categories]
@@ -142,6 +175,9 @@ WEB_WIDGET_TEXT = {
     "not_helpful": "Not helpful",
     "thanks": "Thanks for the feedback!",
     "not_sent": "Not sent",
+    "copy": "Copy",
+    "copy_code": "Copy code",
+    "copied": "Copied",
 }
 
 
@@ -246,6 +282,8 @@ def resolved_by(name: str) -> str:
 ACTION_CANCELLED = "Cancelled: nothing was done."
 ACTION_EXPIRED = "That request has expired or was never made, so nothing was done. Ask again if you still want it."
 ACTION_UNAVAILABLE = "I can't do that right now: the action is not available. Nothing was done."
+ACTION_NOT_YOURS = "Only the person who asked for this can confirm or cancel it."
+CONFIRM_BUTTON, CANCEL_BUTTON = "Confirm", "Cancel"
 
 
 CONFIRM_ASK = "Reply *yes* to go ahead or *no* to cancel"
@@ -254,6 +292,16 @@ CONFIRM_ASK = "Reply *yes* to go ahead or *no* to cancel"
 def confirm_action(what: str, minutes: int) -> str:
     """A write action put to the user before it runs."""
     return f"I'm about to {what}.\n{CONFIRM_ASK} (this expires in {minutes} minute{'s' if minutes != 1 else ''})."
+
+
+def action_settled(outcome: str, user: str) -> str:
+    """What replaces the Confirm / Cancel buttons once the call is decided (`user`: a name or a
+    platform mention, already in the platform's markup)."""
+    if outcome == "confirmed":
+        return f"Confirmed by {user}."
+    if outcome == "cancelled":
+        return f"Cancelled by {user}."
+    return "Expired: nothing was done."
 
 
 def action_already(decision: str) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 from bot.turns import Turn
 
@@ -27,6 +28,38 @@ class ReplySink(Protocol):
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         """Deliver an answer as it is generated; returns the text delivered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A write action waiting for its asker's yes (`bot.actions.confirm`), to be shown as
+    Confirm / Cancel buttons under the question: the pressed button comes back as a turn
+    with `command="choice"`, `text` "confirm" or "cancel" and `reply_to` = `call`."""
+
+    call: str  # the pending call's id
+    what: str  # the call in words (the operator's wording with the model's arguments: escape it)
+    expires: float  # unix time
+
+
+# How a press ended: the call was confirmed, cancelled or had expired (its buttons give way to
+# that), or the presser is not the asker ("refused": only they are told, the buttons stay).
+Settled = Literal["confirmed", "cancelled", "expired", "refused"]
+
+
+@runtime_checkable
+class Choices(Protocol):
+    """Optional beside `ReplySink`: a platform with buttons. A sink without it leaves the
+    choice to the words the question ends with (a typed yes or no)."""
+
+    async def offer(self, offer: Offer) -> None:
+        """Show Confirm / Cancel for the call, after the question."""
+        ...
+
+    async def settle(self, outcome: Settled) -> None:
+        """The press this choice turn is has ended: replace the call's buttons with the outcome
+        (on every screen that shows them), or, when `refused`, tell the presser alone
+        (`messages.ACTION_NOT_YOURS`) and leave the buttons to the asker."""
         ...
 
 

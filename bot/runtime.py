@@ -27,6 +27,7 @@ from bot.actions.spec import Runner
 from bot.adapter import AdapterContext, Link
 from bot.config import Settings
 from bot.dialogue.manager import DialogueManager
+from bot.dialogue.quota import Quotas
 from bot.engine.launcher import EnginePaths, ensure_embedder, ensure_installed, local_engine
 from bot.errors import ConfigError
 from bot.handlers import Services, build_handlers
@@ -38,6 +39,7 @@ from bot.llm.client import LLM, LLMClient
 from bot.moderation.moderator import Moderator
 from bot.ops.endpoint import Watched
 from bot.ops.health import Degraded
+from bot.ops.meter import MemoryMeter, Meter, RedisMeter
 from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
 from bot.routing.embeddings import Embedder, LocalEmbedder, MultilingualEmbedder, OpenAIEmbedder
@@ -45,6 +47,7 @@ from bot.routing.router import Router
 from bot.store.batching import RedisBatcher
 from bot.store.context import ContextStore, MemoryContextStore, RedisContextStore
 from bot.store.dedupe import Deduper, MemoryDeduper, RedisDeduper
+from bot.store.quota import Buckets, MemoryBuckets, RedisBuckets
 from bot.tenants import Tenants, load_tenants
 
 log = logging.getLogger(__name__)
@@ -168,7 +171,13 @@ async def open_embedder(settings: Settings, say: Callable[[str], None] = log.inf
 
 
 async def open_actions(
-    settings: Settings, tenants: Tenants, llm: LLM, redis: Redis | None, metrics: Metrics, stack: AsyncExitStack
+    settings: Settings,
+    tenants: Tenants,
+    llm: LLM,
+    redis: Redis | None,
+    metrics: Metrics,
+    stack: AsyncExitStack,
+    stats: Stats | None = None,
 ) -> tuple[Actions, PendingCalls]:
     """The actions every tenant file defines, with their runners (closed by `stack`): HTTP
     ones at once, MCP servers started and their allowed tools listed (a server that cannot
@@ -184,7 +193,7 @@ async def open_actions(
             from bot.actions.mcp import McpRunner  # the `mcp` extra
         except ImportError as exc:
             raise ConfigError("PARLEY_TENANTS_FILE", "[mcp] servers need: pip install 'parley[mcp]'") from exc
-        mcp = McpRunner(tenants.mcp)
+        mcp = McpRunner(tenants.mcp, secrets=settings.actions.secrets)
         await mcp.start()
         stack.push_async_callback(mcp.aclose)
         # (load_tenants refuses a tool named like an [actions] entry, so nothing is replaced)
@@ -193,13 +202,23 @@ async def open_actions(
     if specs:
         log.info("actions: %s", ", ".join(f"{s.name} ({s.mode})" for s in sorted(specs.values(), key=lambda s: s.name)))
     prefix = settings.redis.prefix
-    audit = Audit(redis, prefix=prefix, days=settings.actions.audit_days, metrics=metrics)
+    audit = Audit(redis, prefix=prefix, days=settings.actions.audit_days, metrics=metrics, stats=stats)
     pending: PendingCalls = (
         Confirmations(redis, prefix=prefix, ttl=settings.actions.confirm_ttl)
         if redis is not None
         else MemoryConfirmations(ttl=settings.actions.confirm_ttl)
     )
     return Actions(settings.actions, Catalog(specs, runners), llm, audit), pending
+
+
+def open_metering(settings: Settings, redis: Redis | None, stack: AsyncExitStack) -> tuple[Meter, Buckets]:
+    """The usage meter and the quotas' token buckets: in Redis, shared by every replica; in
+    memory for `parley chat` without Redis. The meter's buffer is written before Redis closes."""
+    if redis is None:
+        return MemoryMeter(), MemoryBuckets()
+    meter = RedisMeter(redis, prefix=settings.redis.prefix, days=settings.quota.meter_days)
+    stack.push_async_callback(meter.aclose)  # before Redis closes (the stack unwinds in reverse)
+    return meter, RedisBuckets(redis, prefix=settings.redis.prefix)
 
 
 @asynccontextmanager
@@ -246,6 +265,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             answers = RedisAnswerIndex(redis, prefix=settings.redis.prefix, ttl=ttl)
         else:
             handoff_store, stats, answers = MemoryHandoffStore(), MemoryStats(), MemoryAnswerIndex()
+        meter, buckets = open_metering(settings, redis, stack)
         desks: dict[str, Desk] = {}
         gates: dict[str, HandoffGate] = {}
         if settings.handoff.enabled and not settings.slack.enabled:
@@ -253,7 +273,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
                 "PARLEY_HANDOFF_SLACK_CHANNEL is set but Slack is not (SLACK_BOT_TOKEN): "
                 "users who ask for a person will be told no one is reachable"
             )
-        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack)
+        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack, stats)
         manager = DialogueManager(
             settings=settings,
             store=store,
@@ -268,6 +288,13 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             stats=stats,
             actions=actions,
             pending=pending,
+            quotas=Quotas(
+                settings.quota,
+                buckets,
+                max_tokens=settings.llm.max_tokens,
+                system_prompt=settings.context.system_prompt,
+            ),
+            meter=meter,
         )
         yield Runtime(
             settings=settings,

@@ -18,6 +18,8 @@ does not set from `[default]` (the `moderation` table too, key by key).
     actions = ["order_status"]     # allowed actions (bot/actions), defined once below
     [tenants."T0123ABCD".channel_actions]
     "C0SUPPORT" = ["order_status"] # a channel listed here gets only these
+    [tenants."T0123ABCD".quota]    # its own quotas (PARLEY_QUOTA_* names, lower case)
+    user_tokens_per_day = 50000
 
     [actions.order_status]         # an action: see bot/actions/spec.py
     description = "Look up an order"
@@ -25,6 +27,15 @@ does not set from `[default]` (the `moderation` table too, key by key).
     [mcp.files]                    # an MCP server whose allowed tools become actions
     command = ["acme-files-mcp"]
     tools = ["search_files"]
+    env = { FILES_TOKEN = "{secret:files_token}" }  # a stdio server gets only these and a few
+                                   # of ours (PATH, HOME...); {secret:NAME}: PARLEY_ACTIONS_SECRETS
+    [mcp.wiki]                     # a streamable-HTTP server
+    url = "https://wiki.acme.example/mcp"
+    tools = ["search_pages"]
+    headers = { Authorization = "Bearer {secret:wiki_token}" }
+
+A server that goes down is reconnected in the background (1 s, doubling to 60 s); meanwhile
+its actions fail at once with a clear error.
 """
 
 from __future__ import annotations
@@ -69,6 +80,23 @@ class ModerationConfig(BaseModel):
     moderators_channel: str = ""  # where flagged events go, if the adapter supports it
 
 
+class QuotaConfig(BaseModel):
+    """A tenant's own quotas (`[tenants."ID".quota]`), each replacing the PARLEY_QUOTA_ setting
+    of the same name for its conversations; unset: the setting's. 0 turns a limit off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_tokens_per_hour: int | None = Field(None, ge=0)
+    user_tokens_per_day: int | None = Field(None, ge=0)
+    user_turns_per_minute: int | None = Field(None, ge=0)
+    channel_tokens_per_hour: int | None = Field(None, ge=0)
+    channel_tokens_per_day: int | None = Field(None, ge=0)
+    channel_turns_per_minute: int | None = Field(None, ge=0)
+    tenant_tokens_per_hour: int | None = Field(None, ge=0)
+    tenant_tokens_per_day: int | None = Field(None, ge=0)
+    tenant_turns_per_minute: int | None = Field(None, ge=0)
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,6 +107,7 @@ class TenantConfig(BaseModel):
     moderation: ModerationConfig = ModerationConfig()
     actions: tuple[str, ...] = ()  # the actions its conversations may use
     channel_actions: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # per channel: only these
+    quota: QuotaConfig = QuotaConfig()  # quotas of its own (bot.dialogue.quota); unset: PARLEY_QUOTA_*
 
     def allowed_actions(self, channel: str) -> tuple[str, ...]:
         """The actions a conversation in `channel` may use (a channel's list narrows the tenant's)."""
@@ -155,8 +184,9 @@ def load_tenants(path: Path | None) -> Tenants:
         if not isinstance(own, dict):
             raise TenantConfigError(str(path), tenant, "-", "must be a table")
         merged = {**base, **own}
-        if isinstance(base.get("moderation"), dict) and isinstance(own.get("moderation"), dict):
-            merged["moderation"] = {**base["moderation"], **own["moderation"]}
+        for table in ("moderation", "quota"):  # inherited key by key
+            if isinstance(base.get(table), dict) and isinstance(own.get(table), dict):
+                merged[table] = {**base[table], **own[table]}
         listed[tenant] = _validate(path, tenant, merged)
     names = set(actions) | {tool for server in servers.values() for tool in server.tools}
     for tenant, config in (("default", default), *listed.items()):

@@ -30,11 +30,12 @@ class ConversationKey:
         return "{" + str(self).replace("{", "(").replace("}", ")") + "}"
 
 
-# Commands only the support desk and feedback buttons produce (`bot.handoff.flow`,
-# `bot.feedback`); adapters must never let a customer's own text become one.
-AGENT, RESOLVE, FEEDBACK = "agent", "resolve", "feedback"
-DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK)
+# Commands only the support desk and buttons produce (`bot.handoff.flow`, `bot.feedback`,
+# `bot.dialogue.confirm`); adapters must never let a customer's own text become one.
+AGENT, RESOLVE, FEEDBACK, CHOICE = "agent", "resolve", "feedback", "choice"
+DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK, CHOICE)
 VOTES = ("up", "down")  # the text of a feedback turn
+CHOICES = ("confirm", "cancel")  # the text of a choice turn: a Confirm or Cancel button pressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class Outcome(enum.StrEnum):
     RESOLVED = "resolved"  # a person handed the conversation back to the bot
     FEEDBACK = "feedback"  # a thumbs up or down on an answer, stored
     IGNORED = "ignored"  # a desk or feedback event with nothing to act on (`Reply.error` says why)
+    OVER_QUOTA = "over_quota"  # refused before any engine request: a quota is used up (`Reply.error` names it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from bot.config import (
     RoutingSettings,
     Settings,
 )
-from bot.engine.launcher import free_port, local_engine
+from bot.engine.launcher import DEMO_MODEL_NAME, free_port, local_engine
 from bot.runtime import Runtime, open_runtime
 from bot.server import run_adapters
 
@@ -120,8 +120,11 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 def engine_settings() -> EngineSettings:
     """The demo model on a free port with a small KV cache; the venv and model are shared
-    with `parley engine` (PARLEY_ENGINE_HOME, default ~/.cache/parley), so they are built once."""
-    return EngineSettings(port=0, max_num_seqs=32, kv_cache_bytes=256 * 1024**2, max_model_len=4096)
+    with `parley engine` (PARLEY_ENGINE_HOME, default ~/.cache/parley), so they are built once.
+    The demo model by name: unset, a real model would be downloaded where the Hub is reachable."""
+    return EngineSettings(
+        model=DEMO_MODEL_NAME, port=0, max_num_seqs=32, kv_cache_bytes=256 * 1024**2, max_model_len=4096
+    )
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -1033,6 +1033,7 @@ PARSE_WITH_VLLM = textwrap.dedent(
             "max_num_seqs": e.max_num_seqs, "max_model_len": e.max_model_len,
             "structured_outputs_backend": e.structured_outputs_config.backend,
             "structured_outputs_compact": e.structured_outputs_config.disable_any_whitespace,
+            "auto_tool_choice": args.enable_auto_tool_choice, "tool_call_parser": args.tool_call_parser,
         })
     print("PARSED " + json.dumps({"version": vllm.__version__, "results": results}))
     """
@@ -1083,6 +1084,7 @@ def test_vllm_flags_parse_with_vllms_own_parser(parsed_by_vllm):
         assert engine["enable_prefix_caching"] is True
         assert engine["structured_outputs_backend"] == "xgrammar"
         assert engine["structured_outputs_compact"] is True  # JSON decisions without padding
+        assert engine["auto_tool_choice"] is True and engine["tool_call_parser"] == "hermes"  # Qwen 2.5
         assert engine["port"] == 8000 and engine["host"] == "0.0.0.0"
         assert engine["max_num_seqs"] >= default(EngineSettings, "max_num_seqs")
         assert engine["max_model_len"] >= default(EngineSettings, "max_model_len")

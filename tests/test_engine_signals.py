@@ -258,6 +258,7 @@ def test_parley_engine_stops_vllm_on(sig: signal.Signals, runs: Runs) -> None:
     parley = runs.start(
         "engine",
         env={
+            "PARLEY_ENGINE_MODEL": "parley-demo",  # never a download in the tests
             "PARLEY_ENGINE_PORT": str(port),
             "PARLEY_ENGINE_MAX_NUM_SEQS": "4",
             "PARLEY_ENGINE_KV_CACHE_BYTES": str(256 * 1024**2),

@@ -28,14 +28,15 @@ from discord import app_commands
 
 from adapters.discord.chains import Chains
 from adapters.discord.intake import Delivery, Intake
-from adapters.discord.sink import ChannelEditor, InteractionEditor
+from adapters.discord.normalize import PRESS_TOKEN
+from adapters.discord.sink import ChannelEditor, ChoiceEditor, DiscordSink, InteractionEditor, PressEditor
 from bot.config import DiscordSettings
 from bot.errors import ConfigError, ParleyError
 from bot.ops.health import Degraded
 from bot.ops.logs import turn_fields
 from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex
-from bot.reply import NO_JOURNAL, EditingSink, MessageEditor, ReplyJournal, ReplySink
+from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.inbox import Inbox
 from bot.turns import Turn
 
@@ -109,6 +110,13 @@ class ParleyClient(discord.AutoShardedClient):
 
     async def on_message(self, message: discord.Message) -> None:
         await self._intake.on_message(message, me=self.user)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Slash commands go through the command tree. Discord sends a component's press only to
+        # the application that posted it, so every press is of a button of Parley's: it is read
+        # by its custom id (never by a view kept in memory), on any replica, after a restart.
+        if interaction.type is discord.InteractionType.component:
+            await self._intake.on_press(interaction)
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self._intake.on_reaction(payload, me=self.user)
@@ -270,8 +278,10 @@ class DiscordAdapter:
     # -- the way back ----------------------------------------------------------------------
 
     def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
-        if "interaction_token" in turn.handle:
-            editor: MessageEditor = InteractionEditor(self._client, turn, self._chains, answers=self._answers)
+        if PRESS_TOKEN in turn.handle:  # a Confirm or Cancel pressed: answered through the press
+            editor: ChoiceEditor = PressEditor(self._client, turn, self._chains, answers=self._answers)
+        elif "interaction_token" in turn.handle:
+            editor = InteractionEditor(self._client, turn, self._chains, answers=self._answers)
         else:
             editor = ChannelEditor(
                 self._client,
@@ -280,8 +290,8 @@ class DiscordAdapter:
                 archive_minutes=self._settings.thread_archive_minutes,
                 answers=self._answers,
             )
-        return EditingSink(
-            editor, limit=self._settings.message_limit, interval=self._settings.edit_interval, journal=journal
+        return DiscordSink(
+            editor, turn, limit=self._settings.message_limit, interval=self._settings.edit_interval, journal=journal
         )
 
     async def _tell(self, turn: Turn, text: str) -> None:

@@ -1,8 +1,11 @@
-"""Discord's intake: gateway messages, slash commands and 👍/👎 reactions made turns for the inbox.
+"""Discord's intake: gateway messages, slash commands, 👍/👎 reactions and Confirm / Cancel
+presses made turns for the inbox.
 
 `Intake` decides what is for Parley and makes it a `Turn`; `Delivery` puts each turn into
 the inbox. Each slash command is deferred at once (Discord wants an answer within 3
-seconds) and answered later through the interaction's webhook.
+seconds) and answered later through the interaction's webhook; so is each press of a write
+action's Confirm or Cancel, with a deferred update (its buttons stay until the dialogue manager
+has decided, then `DiscordSink.settle` replaces them).
 
 When the inbox cannot take a turn because Redis is unreachable, the turn waits in a
 bounded in-memory `RetryBuffer` that puts it again with backoff (Discord does not
@@ -28,14 +31,18 @@ from adapters.discord.buffer import RetryBuffer
 from adapters.discord.chains import Chains
 from adapters.discord.normalize import (
     PLATFORM,
+    PRESSED_MESSAGE,
     Place,
     chain_root_guess,
     channel_ids,
+    choice_turn,
+    custom_id_of,
     guild_id_of,
     interaction_turn,
     is_from_bot,
     mentions_bot,
     message_turn,
+    parse_choice,
     place_of,
     replied_to,
     tenant_of,
@@ -264,6 +271,59 @@ class Intake:
     async def _refuse_dm(self, turn: Turn) -> None:
         log.info("direct message refused: DMs are off (DISCORD_ALLOW_DMS)", extra=turn_fields(turn))
         await self._tell(turn, messages.DISCORD_DMS_OFF)
+
+    # -- Confirm / Cancel -------------------------------------------------------------------
+
+    async def on_press(self, interaction: discord.Interaction) -> None:
+        """A button pressed on one of Parley's messages: a write action's Confirm or Cancel
+        becomes a `choice` turn of the conversation the buttons were offered in."""
+        with self._taking_in():
+            await self._take_press(interaction)
+
+    async def _take_press(self, interaction: discord.Interaction) -> None:
+        custom_id = custom_id_of(interaction)
+        press = parse_choice(custom_id)
+        turn = choice_turn(interaction, press) if press is not None else None
+        if turn is None:
+            log.warning(
+                "a press of a button Parley cannot read (custom id %r, channel %s): told the presser",
+                custom_id[:100],
+                interaction.channel_id,
+            )
+            await self._note(interaction, messages.ACTION_EXPIRED)
+            return
+        place = place_of(interaction.channel, interaction.guild_id)
+        if not place.allowed(
+            self._settings, guild_id=interaction.guild_id, channel_ids=channel_ids(interaction.channel)
+        ):
+            log.info(
+                "a %s press where Parley does not answer (allow-lists, DMs): refused",
+                turn.text,
+                extra=turn_fields(turn),
+            )
+            await self._note(interaction, messages.DISCORD_DMS_OFF if place.dm else messages.ACTION_UNAVAILABLE)
+            return
+        try:
+            await interaction.response.defer()  # a deferred update (type 6), within Discord's 3 seconds
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not acknowledge a %s press (%s %s); Discord shows it as failed",
+                turn.text,
+                exc.status,
+                exc.code,
+                extra=turn_fields(turn),
+            )
+            return
+        log.info("discord %s pressed on message %s", turn.text, turn.handle[PRESSED_MESSAGE], extra=turn_fields(turn))
+        await self._delivery.put(turn)
+
+    @staticmethod
+    async def _note(interaction: discord.Interaction, text: str) -> None:
+        """A line to the presser alone, as the press's response; the buttons stay as they are."""
+        try:
+            await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not answer a button press (%s %s)", exc.status, exc.code)
 
     # -- votes -----------------------------------------------------------------------------
 

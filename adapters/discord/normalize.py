@@ -14,6 +14,13 @@ How a Discord conversation is named (`Turn.key`):
 - a DM channel is one conversation: channel and thread are its id;
 - a slash command outside a thread or DM belongs to the channel's own
   conversation (thread ""), so `/ask` follow-ups and `/reset` there agree.
+
+A write action's Confirm / Cancel buttons (`bot.reply.Choices`) carry everything a press
+needs in their custom id, `parley:choice:<confirm|cancel>:<call>:<thread>`, so a press is
+understood on any replica and after a restart (no view kept in memory). The thread is the
+conversation's, as the offering turn named it: in a channel's reply chain nothing else says
+which conversation the buttons belong to. `choice_turn` makes a press a `choice` turn of
+that conversation.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 import discord
 
 from bot.config import DiscordSettings
-from bot.turns import ConversationKey, Turn
+from bot.turns import CHOICE, CHOICES, ConversationKey, Turn
 
 PLATFORM = "discord"
 DM_TENANT = "dm"
@@ -34,6 +41,12 @@ USER_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 THREAD_NAME_LIMIT = 100
 # A user or role mention, `<@123>`, `<@!123>` or `<@&123>`; `strip_mention` removes Parley's own.
 _MENTION = re.compile(r"<@[!&]?(\d++)>")
+# Confirm / Cancel of a write action: the custom id of each button (at most 100 characters).
+CHOICE_PREFIX = "parley:choice:"
+_CHOICE_ID = re.compile(r"parley:choice:(confirm|cancel):([0-9a-f]{16}):([0-9]{0,20})")
+# `Turn.handle` of a press: what answering it and settling its buttons need (the press's own
+# interaction token, valid 15 minutes, edits the pressed message and posts follow-ups).
+PRESS_TOKEN, PRESSED_MESSAGE = "press_token", "pressed_message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,3 +217,68 @@ def thread_name(text: str) -> str:
     if len(first) > THREAD_NAME_LIMIT:
         first = first[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
     return first or "Parley"
+
+
+# -- Confirm / Cancel of a write action (bot.reply.Choices) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Press:
+    """What a Confirm or Cancel button's custom id says."""
+
+    choice: str  # "confirm" or "cancel" (`bot.turns.CHOICES`)
+    call: str  # the pending call's id
+    thread: str  # the thread of the conversation the buttons were offered in ("" for a channel's own)
+
+
+def choice_id(choice: str, call: str, thread: str) -> str:
+    """A button's custom id; `parse_choice` reads it back."""
+    assert choice in CHOICES
+    return f"{CHOICE_PREFIX}{choice}:{call}:{thread}"
+
+
+def custom_id_of(interaction: discord.Interaction) -> str:
+    """The custom id of the component pressed ("" when Discord sent none)."""
+    data: dict[str, object] = dict(interaction.data or {})
+    return str(data.get("custom_id") or "")
+
+
+def parse_choice(custom_id: str) -> Press | None:
+    """The press a custom id Parley made stands for, or None when it is not one."""
+    match = _CHOICE_ID.fullmatch(custom_id)
+    if match is None:
+        return None
+    return Press(match[1], match[2], match[3])
+
+
+def choice_turn(interaction: discord.Interaction, press: Press) -> Turn | None:
+    """The `choice` turn of a button pressed, in the conversation the buttons were offered in:
+    the place of the pressed message (guild, channel, thread or DM) and the conversation's
+    thread from the custom id. None when the two disagree (in a thread or DM the place alone
+    names the conversation) or Discord did not say where or what was pressed."""
+    place = place_of(interaction.channel, interaction.guild_id)
+    message = interaction.message
+    if message is None or not place.channel:
+        return None
+    named = place.channel if place.dm else place.thread_id
+    if named is not None and press.thread != named:
+        return None
+    user = str(interaction.user.id)
+    return Turn(
+        platform=PLATFORM,
+        tenant=place.tenant,
+        channel=place.channel,
+        thread=press.thread,
+        user=user,
+        text=press.choice,
+        event_id=str(interaction.id),  # one per press; Discord never sends an interaction twice
+        at=interaction.created_at.timestamp(),
+        command=CHOICE,
+        reply_to=press.call,
+        address={"post_channel": str(interaction.channel_id)},
+        handle={
+            "application_id": str(interaction.application_id),
+            PRESS_TOKEN: interaction.token,
+            PRESSED_MESSAGE: str(message.id),
+        },
+    )

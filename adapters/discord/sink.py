@@ -11,21 +11,31 @@ which wait out a 429 and retry, and pause every request during a global 429.
 A message is created with a nonce that Discord enforces, so a retried post
 returns the message already made instead of posting it twice. Every page posted
 is remembered with its conversation, so a reply to any of them continues it.
+
+`DiscordSink` adds a write action's Confirm / Cancel buttons (`bot.reply.Choices`): `offer`
+posts them where the answer went, under it; a press comes back as a `choice` turn
+(`normalize.choice_turn`) whose sink answers through the press's own interaction
+(`PressEditor`: follow-ups, and `settle` edits the pressed message). The buttons are
+rendered from a stopped `discord.ui.View`, which discord.py does not keep: presses are
+understood by their custom id alone (`Intake.on_press`), on any replica, after a restart.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import discord
 
 from adapters.discord.chains import Chains
-from adapters.discord.normalize import PLATFORM, thread_name
+from adapters.discord.normalize import PLATFORM, PRESS_TOKEN, PRESSED_MESSAGE, choice_id, thread_name
+from bot import messages
 from bot.errors import PlatformError
 from bot.ops.logs import turn_fields
 from bot.ops.stats import AnswerIndex
+from bot.reply import NO_JOURNAL, EditingSink, MessageEditor, Offer, ReplyJournal, Settled
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -34,6 +44,8 @@ log = logging.getLogger(__name__)
 # accident. Only the reply itself notifies the person who asked.
 ANSWER_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 THREAD_ALREADY_CREATED = 160004  # Discord's code: this message already has a thread
+NO_MENTIONS = discord.AllowedMentions.none()
+CONTENT_LIMIT = 2000  # Discord's limit on a message's text
 
 
 @contextmanager
@@ -62,6 +74,33 @@ def live(client: discord.Client | None, action: str) -> discord.Client:
     return client
 
 
+def offer_text(what: str, limit: int = CONTENT_LIMIT) -> str:
+    """The call in words above the buttons: the operator's wording with the model's arguments,
+    so untrusted: no markdown of its own, no mention (and sent with none allowed)."""
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(what.strip()))
+    limit = min(limit, CONTENT_LIMIT)
+    return text if len(text) <= limit else text[: limit - 1].rstrip("\\ ") + "…"
+
+
+def choice_buttons(call: str, thread: str) -> discord.ui.View:
+    """Confirm and Cancel for the call. Only a rendering: the view is stopped, so discord.py
+    neither keeps it nor dispatches presses to it (they are read by custom id)."""
+    view = discord.ui.View(timeout=None)
+    for choice, label, style in (
+        ("confirm", messages.CONFIRM_BUTTON, discord.ButtonStyle.success),
+        ("cancel", messages.CANCEL_BUTTON, discord.ButtonStyle.danger),
+    ):
+        view.add_item(discord.ui.Button(style=style, label=label, custom_id=choice_id(choice, call, thread)))
+    view.stop()
+    return view
+
+
+class ChoiceEditor(MessageEditor, Protocol):
+    async def offer(self, text: str, view: discord.ui.View, *, call: str) -> None:
+        """Post the buttons where the answer went."""
+        ...
+
+
 class ChannelEditor:
     """Posts and edits an answer in a channel, thread or DM."""
 
@@ -82,6 +121,7 @@ class ChannelEditor:
         self._channel_id = int(turn.address["post_channel"])
         self._guild_id = int(turn.tenant) if turn.tenant.isdigit() else None
         self._pages = 0
+        self._quoted: int | None = None  # the last page, when the answer quotes the question
 
     def _channel(self) -> discord.PartialMessageable:
         return live(self._client, "answering").get_partial_messageable(self._channel_id, guild_id=self._guild_id)
@@ -104,10 +144,30 @@ class ChannelEditor:
                 nonce=f"{self._turn.event_id}.{self._pages}",
             )
         self._pages += 1
+        if reference is not None or self._quoted is not None:
+            self._quoted = message.id
         await self._chains.remember(str(message.id), self._turn.thread)
         if self._answers is not None:
             await self._answers.remember(str(message.id), self._turn)
         return str(message.id)
+
+    async def offer(self, text: str, view: discord.ui.View, *, call: str) -> None:
+        """The buttons under the answer: quoting it where the answer quoted the question (in a
+        channel's reply chain, so a reply to them continues the conversation too)."""
+        reference = None
+        if self._quoted is not None:
+            reference = discord.MessageReference(
+                message_id=self._quoted, channel_id=self._channel_id, fail_if_not_exists=False
+            )
+        with platform_errors("offering Confirm / Cancel"):
+            message = await self._channel().send(
+                text,
+                view=view,
+                reference=reference,  # type: ignore[arg-type]  # discord.py's type leaves out None, its default
+                allowed_mentions=NO_MENTIONS,
+                nonce=f"offer.{call}",  # at most 25 characters; a retried post comes back as the same message
+            )
+        await self._chains.remember(str(message.id), self._turn.thread)
 
     async def edit(self, message_id: str, text: str) -> None:
         with platform_errors("editing an answer"):
@@ -177,3 +237,87 @@ class InteractionEditor:
     async def edit(self, message_id: str, text: str) -> None:
         with platform_errors("editing a command's answer"):
             await self._webhook().edit_message(int(message_id), content=text)
+
+    async def offer(self, text: str, view: discord.ui.View, *, call: str) -> None:
+        """The buttons as a follow-up of the command's answer."""
+        with platform_errors("offering Confirm / Cancel"):
+            message = await self._webhook().send(text, view=view, wait=True, allowed_mentions=NO_MENTIONS)
+        await self._chains.remember(str(message.id), self._turn.thread)
+
+
+class PressEditor(InteractionEditor):
+    """Answers a press of Confirm or Cancel (a `choice` turn) through the press's own interaction:
+    the answer as follow-ups, and `settle` edits the pressed message, which the deferred update
+    made the interaction's original (or tells a stranger, alone, that it is not theirs)."""
+
+    def __init__(
+        self, client: discord.Client | None, turn: Turn, chains: Chains, *, answers: AnswerIndex | None = None
+    ) -> None:
+        super().__init__(client, turn, chains, answers=answers)
+        self._pages = 1  # the original is the pressed message: every page of the answer is a follow-up
+
+    def _webhook(self) -> discord.Webhook:
+        client = live(self._client, "answering a button")
+        # An application webhook (type 3), as discord.py's `Interaction.followup` makes it: only
+        # such a webhook may send ephemeral messages.
+        return discord.Webhook.from_state(
+            data={"id": self._turn.handle["application_id"], "type": 3, "token": self._turn.handle[PRESS_TOKEN]},
+            state=client._connection,
+        )
+
+    async def settle(self, outcome: Settled) -> None:
+        """The pressed message's buttons give way to who decided what; a stranger's press is
+        answered with an ephemeral follow-up, which only they see."""
+        if outcome == "refused":
+            with platform_errors("answering a stranger's press"):
+                await self._webhook().send(messages.ACTION_NOT_YOURS, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        text = messages.action_settled(outcome, f"<@{self._turn.user}>")
+        with platform_errors("settling Confirm / Cancel"):
+            await self._webhook().edit_message(  # type: ignore[call-overload]  # discord.py types the id as int
+                "@original",  # the API's name for the message whose button was pressed
+                content=text,
+                view=None,
+                allowed_mentions=NO_MENTIONS,
+            )
+        log.info(
+            "discord buttons on message %s settled: %s",
+            self._turn.handle.get(PRESSED_MESSAGE),
+            outcome,
+            extra=turn_fields(self._turn),
+        )
+
+
+class DiscordSink:
+    """`EditingSink` through one of the editors above, with Confirm / Cancel buttons
+    (`bot.reply.Choices`). One instance per answer."""
+
+    def __init__(
+        self,
+        editor: ChoiceEditor,
+        turn: Turn,
+        *,
+        limit: int,
+        interval: float,
+        journal: ReplyJournal = NO_JOURNAL,
+    ) -> None:
+        self._editor = editor
+        self._turn = turn
+        self._limit = limit
+        self._editing = EditingSink(editor, limit=limit, interval=interval, journal=journal)
+
+    async def send(self, text: str) -> None:
+        await self._editing.send(text)
+
+    async def stream(self, chunks: AsyncIterable[str]) -> str:
+        return await self._editing.stream(chunks)
+
+    async def offer(self, offer: Offer) -> None:
+        buttons = choice_buttons(offer.call, self._turn.thread)
+        await self._editor.offer(offer_text(offer.what, self._limit), buttons, call=offer.call)
+
+    async def settle(self, outcome: Settled) -> None:
+        if isinstance(self._editor, PressEditor):
+            await self._editor.settle(outcome)
+        else:  # not a press: no buttons of its own to settle
+            log.warning("settle(%s) for a turn that pressed no button: ignored", outcome, extra=turn_fields(self._turn))

@@ -252,6 +252,8 @@ class SlackAdapter:
         app.command(ANY)(intake.command)
         if self._desk is not None:
             app.action(normalize.RESOLVE_ACTION)(intake.resolve)
+        for action_id in normalize.CHOICE_ACTIONS:
+            app.action(action_id)(intake.choice)
         return app
 
     async def _socket_mode(self, app: AsyncApp, app_token: str) -> None:

@@ -1,4 +1,4 @@
-"""Slack's events, slash commands and Resolve presses, turned into turns in the inbox.
+"""Slack's events, slash commands and button presses (Resolve, Confirm / Cancel), turned into turns in the inbox.
 
 This is the request path: it does only what must happen before Slack is acknowledged
 (turn the payload into a `Turn`, look up or remember the thread, put the turn into the
@@ -95,6 +95,21 @@ class SlackIntake:
             await desk.take_action(body, self._me, self._inbox, self._notices)
         else:
             log.warning("Resolve pressed while the support desk is off: ignored")
+        await ack()
+
+    async def choice(self, body: dict[str, Any], ack: Any) -> None:
+        """A press of a write action's Confirm or Cancel button: a `choice` turn of its conversation."""
+        turn = normalize.choice_of(body, self._me)
+        if turn is None:
+            log.warning("a Confirm/Cancel press without a call Parley made: ignored")
+        else:
+            try:
+                await self._inbox.put(turn)
+                log.info("slack %s pressed", turn.text, extra=turn_fields(turn))
+            except (InboxFull, InboxUnavailable) as exc:
+                # Slack never redelivers a press: the user is told to press again later.
+                log.warning("inbox %r; a button press was refused", exc, extra=turn_fields(turn))
+                self._notices.create_task(self._notify(turn, messages.BUSY, once=False))
         await ack()
 
     async def _vote(self, vote: normalize.Vote) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.slack import mrkdwn
-from bot.turns import ConversationKey, Turn
+from bot.turns import CHOICE, ConversationKey, Turn
 
 PLATFORM = "slack"
 MENTIONS = "mentions"  # the `Turn.handle` key of the mentions the answer may repeat (see `mrkdwn`)
@@ -276,4 +276,49 @@ def vote_of(body: dict[str, Any], me: Identity) -> Vote | None:
         user=user,
         vote=vote,
         event_id=body.get("event_id") or f"reaction:{item.get('channel')}:{item.get('ts')}:{user}:{vote}",
+    )
+
+
+# -- Confirm / Cancel of a write action (bot.reply.Choices) --------------------------------------
+
+# The action ids of the two buttons, and what each press means (`Turn.text` of a choice turn).
+CHOICE_ACTIONS = {"parley_confirm": "confirm", "parley_cancel": "cancel"}
+CHOICE_BLOCK = "parley_choice"
+OFFER_TS = "offer_ts"  # the `Turn.handle` key of the message whose buttons were pressed
+_CALL_ID = re.compile(r"[0-9a-f]{16}")
+_THREAD_TS = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,10})?")
+
+
+def choice_value(call: str, thread: str) -> str:
+    """A button's value: the pending call and the thread of its conversation (the button may sit
+    at a DM's top level, where the message's own thread says nothing of the conversation)."""
+    return f"{call}:{thread}"
+
+
+def choice_of(body: dict[str, Any], me: Identity) -> Turn | None:
+    """The `choice` turn for a press of a Confirm or Cancel button (a `block_actions` payload),
+    or None when the payload is not one or its value is not one Parley made."""
+    action = next((a for a in body.get("actions") or [] if a.get("action_id") in CHOICE_ACTIONS), None)
+    container = body.get("container") or {}
+    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
+    ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
+    user = (body.get("user") or {}).get("id", "")
+    if body.get("type") != "block_actions" or action is None or not (channel and ts and user):
+        return None
+    call, _, thread = str(action.get("value") or "").partition(":")
+    if not _CALL_ID.fullmatch(call) or (thread and not _THREAD_TS.fullmatch(thread)):
+        return None
+    tenant = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or me.team_id
+    return Turn(
+        platform=PLATFORM,
+        tenant=tenant,
+        channel=channel,
+        thread=thread,
+        user=user,
+        text=CHOICE_ACTIONS[action["action_id"]],
+        # Interactivity payloads are never retried by Slack; the trigger id is unique per press.
+        event_id="choice:" + (body.get("trigger_id") or f"{channel}:{ts}:{user}:{action.get('action_ts', '')}"),
+        command=CHOICE,
+        reply_to=call,
+        handle={OFFER_TS: ts},
     )

@@ -27,10 +27,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.slack import normalize
 from adapters.slack.mrkdwn import decode_ids, safe
 from adapters.slack.normalize import MENTIONS
+from bot import messages
 from bot.errors import PlatformError
-from bot.reply import CLOSE_RESERVE, FENCE, NO_JOURNAL, EditingSink, ReplyJournal, open_fence
+from bot.reply import CLOSE_RESERVE, FENCE, NO_JOURNAL, EditingSink, Offer, ReplyJournal, Settled, open_fence
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ async def call(method: str, request: Awaitable[AsyncSlackResponse]) -> AsyncSlac
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlatformError(f"{method} failed: {type(exc).__name__}", platform=PLATFORM) from exc
 
+
+SECTION_CHARS = 600  # of the call in words: even escaped whole (x5) it fits a section block's 3000
 
 # Told the ts of each message an answer posts, so that a reaction on it can be traced back
 # to the answer (`bot.ops.stats.AnswerIndex`).
@@ -287,6 +291,65 @@ class SlackSink:
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
+
+    async def offer(self, offer: Offer) -> None:
+        """Confirm / Cancel buttons under the question, in the answer's thread. (Slack shows every
+        button to everyone in the channel; the dialogue manager lets only the asker decide.)"""
+        value = normalize.choice_value(offer.call, self._turn.thread)
+        buttons = [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "text": {"type": "plain_text", "text": label},
+                "value": value,
+                "style": style,
+            }
+            for action_id, label, style in (
+                ("parley_confirm", messages.CONFIRM_BUTTON, "primary"),
+                ("parley_cancel", messages.CANCEL_BUTTON, "danger"),
+            )
+        ]
+        what = safe(offer.what[:SECTION_CHARS])
+        await call(
+            "chat.postMessage",
+            self._client.chat_postMessage(
+                channel=self._turn.channel,
+                thread_ts=self._turn.thread or None,
+                text=what,  # the notification's and screen readers' text
+                blocks=[
+                    {"type": "section", "text": {"type": "mrkdwn", "text": what}},
+                    {"type": "actions", "block_id": normalize.CHOICE_BLOCK, "elements": buttons},
+                ],
+            ),
+        )
+
+    async def settle(self, outcome: Settled) -> None:
+        """The pressed message's buttons give way to who decided what; a stranger's press is
+        answered with a message only they see."""
+        if outcome == "refused":
+            await call(
+                "chat.postEphemeral",
+                self._client.chat_postEphemeral(
+                    channel=self._turn.channel,
+                    user=self._turn.user,
+                    thread_ts=self._turn.thread or None,
+                    text=safe(messages.ACTION_NOT_YOURS),
+                ),
+            )
+            return
+        ts = self._turn.handle.get(normalize.OFFER_TS)
+        if not ts:
+            return
+        text = safe(messages.action_settled(outcome, f"<@{self._turn.user}>"), {self._turn.user})
+        await call(
+            "chat.update",
+            self._client.chat_update(
+                channel=self._turn.channel,
+                ts=ts,
+                text=text,
+                blocks=[{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}],
+            ),
+        )
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
         # Native streaming always answers in a thread; a DM's top level gets edits, and so does an

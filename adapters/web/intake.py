@@ -16,7 +16,7 @@ from aiohttp import WSMsgType
 from adapters.web import normalize
 from adapters.web.fanout import Connection, Fanout
 from adapters.web.limits import HandoffCaps, RateLimiter
-from adapters.web.normalize import BadFrame, Hello, Say, Vote
+from adapters.web.normalize import BadFrame, Hello, Press, Say, Vote
 from bot import messages
 from bot.config import WebSettings
 from bot.errors import InboxClosed, InboxFull, InboxUnavailable, InputRejected, StoreUnavailable
@@ -89,6 +89,8 @@ class Intake:
                     await self._take_message(conn, say, ip)
                 case Vote() as vote:
                     await self._take_vote(conn, vote)
+                case Press() as press:
+                    await self._take_press(conn, press)
                 case Hello():
                     raise BadFrame("hello_again", "hello was already said")
         except BadFrame as exc:
@@ -121,6 +123,14 @@ class Intake:
         if await self._put(conn, turn, id=None):
             conn.push(normalize.encode(normalize.voted(vote)))
             log.info("web feedback %s on %s taken", vote.vote, vote.answer, extra=turn_fields(turn))
+
+    async def _take_press(self, conn: Connection, press: Press) -> None:
+        """A Confirm or Cancel pressed: into the inbox like a vote. What it did comes back as
+        an answer to it, then a `settled` frame, to every tab (`WebSink.settle`); an error frame
+        names the press, so the widget offers the buttons again."""
+        turn = normalize.choice_turn(press, conversation=conn.visitor, site=self._settings.site)
+        if await self._put(conn, turn, id=press.id):
+            log.info("web choice %s on call %s taken", press.choice, press.call, extra=turn_fields(turn))
 
     async def _admit(self, conn: Connection, ip: str) -> bool:
         """Count a frame against the IP's and the visitor's limits; say so if over either. The

@@ -6,6 +6,7 @@ Every frame is one JSON object with a `type`. The browser sends:
     {"type": "hello", "token": "v1..." | null}            first, once: who the visitor is
     {"type": "message", "id": "<client id>", "text": "..."}  a user message
     {"type": "feedback", "answer": "<answer id>", "vote": "up" | "down", "id"?: "<client id>"}
+    {"type": "choice", "call": "<call id>", "choice": "confirm" | "cancel", "id": "<client id>"}
 
 Parley sends:
 
@@ -15,6 +16,8 @@ Parley sends:
     {"type": "done", "id", "text"}             answer `id` is complete; `text` is all of it
     {"type": "message", "id", "reply_to", "text"}  a complete message (notice, error, a human agent)
     {"type": "voted", "answer", "vote"}
+    {"type": "choice", "call", "what", "expires", "reply_to"}  Confirm / Cancel for a write action
+    {"type": "settled", "call", "outcome"}     the call is decided: "confirmed", "cancelled" or "expired"
     {"type": "error", "code", "text", "id"?, "retry_after"?}
 
 The client id is the browser's own random id for a message: a resend after a reconnect
@@ -22,6 +25,16 @@ carries the same id, and the turn's event id is `<conversation>:<client id>`, so
 manager's dedupe answers it once. The conversation (the hash of the visitor id in the token,
 `tokens.conversation_id`) is part of it so that one visitor can never claim (and so silence)
 another's message ids. That event id is also the answer's id.
+
+A write action waiting for the visitor's yes (`bot.reply.Choices`) comes as a `choice` frame
+after the answer that asks (`reply_to`): `call` names the pending call (16 lowercase hex
+digits), `what` says what it will do (the operator's wording with the model's arguments:
+untrusted text, shown as text only), `expires` is unix time. A pressed button comes back as a
+`choice` frame with its own client id: its turn (`choice_turn`) is a `command="choice"` turn
+whose event id is `<conversation>:<client id>` like a message's (a resend is a duplicate, and
+that id is the id of the answer to the press). Once the call is decided, every tab gets a
+`settled` frame, which replaces its buttons; a bad `choice` frame gets an `error` frame with
+the press's `id` (when that much could be read), so the widget can offer the buttons again.
 """
 
 from __future__ import annotations
@@ -36,12 +49,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.errors import ParleyError
+from bot.reply import Offer, Settled
 from bot.store.context import Message
-from bot.turns import VOTES, ConversationKey, Turn, check_size
+from bot.turns import CHOICE, CHOICES, VOTES, ConversationKey, Turn, check_size
 
 PLATFORM = "web"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _ANSWER_ID = re.compile(r"([A-Za-z0-9_-]{22}):([A-Za-z0-9_-]{8,64})")
+_CALL_ID = re.compile(r"[0-9a-f]{16}")  # a pending call's id (`bot.actions.confirm`: 8 random bytes, hex)
 
 
 class BadFrame(ParleyError):
@@ -73,7 +88,16 @@ class Vote:
     id: str | None = None  # the click's own id, so a resend of one click counts once
 
 
-ClientFrame = Hello | Say | Vote
+@dataclass(frozen=True, slots=True)
+class Press:
+    """A Confirm or Cancel button pressed: `choice` is "confirm" or "cancel" (`bot.turns.CHOICES`)."""
+
+    call: str
+    choice: str
+    id: str  # the press's own id: a resend of one press counts once
+
+
+ClientFrame = Hello | Say | Vote | Press
 
 
 def parse_frame(raw: str) -> ClientFrame:
@@ -108,10 +132,26 @@ def parse_frame(raw: str) -> ClientFrame:
             if id_ is not None and (not isinstance(id_, str) or not _CLIENT_ID.fullmatch(id_)):
                 raise BadFrame("bad_field", "id must be 8 to 64 letters, digits, - or _")
             return Vote(answer, vote, id_)
+        case "choice":
+            return _press(data)
         case str() as other:
             raise BadFrame("unknown_type", f"unknown frame type {other[:40]!r}")
         case _:
             raise BadFrame("unknown_type", "the frame has no string type")
+
+
+def _press(data: dict[str, Any]) -> Press:
+    # The id first, so that an error about the rest can name the press it refused.
+    id_ = data.get("id")
+    if not isinstance(id_, str) or not _CLIENT_ID.fullmatch(id_):
+        raise BadFrame("bad_field", "id must be 8 to 64 letters, digits, - or _")
+    call = data.get("call")
+    if not isinstance(call, str) or not _CALL_ID.fullmatch(call):
+        raise BadFrame("bad_call", "call must be a call id (16 lowercase hex digits)", id=id_)
+    choice = data.get("choice")
+    if not isinstance(choice, str) or choice not in CHOICES:
+        raise BadFrame("bad_choice", "choice must be confirm or cancel", id=id_)
+    return Press(call, choice, id_)
 
 
 def check_text(say: Say, limit: int) -> None:
@@ -163,6 +203,23 @@ def feedback_turn(vote: Vote, *, conversation: str, site: str) -> Turn:
     )
 
 
+def choice_turn(press: Press, *, conversation: str, site: str) -> Turn:
+    """The `choice` turn for a Confirm or Cancel pressed by the visitor, in their conversation
+    as their messages are (the core checks that the call is this visitor's own, and takes it
+    once). Its event id is a message's (`event_id`), so the answer to the press is an answer
+    like any other."""
+    return Turn(
+        platform=PLATFORM,
+        tenant=site,
+        channel=conversation,
+        user=conversation,
+        text=press.choice,
+        event_id=event_id(conversation, press.id),
+        command=CHOICE,
+        reply_to=press.call,
+    )
+
+
 # -- frames Parley sends ----------------------------------------------------------------------
 
 
@@ -197,6 +254,14 @@ def message(id_: str, text: str, *, reply_to: str) -> dict[str, Any]:
 
 def voted(vote: Vote) -> dict[str, Any]:
     return {"type": "voted", "answer": vote.answer, "vote": vote.vote}
+
+
+def choice(offer: Offer, *, reply_to: str) -> dict[str, Any]:
+    return {"type": "choice", "call": offer.call, "what": offer.what, "expires": offer.expires, "reply_to": reply_to}
+
+
+def settled(call: str, outcome: Settled) -> dict[str, Any]:
+    return {"type": "settled", "call": call, "outcome": outcome}
 
 
 def error(code: str, text: str, *, id: str | None = None, retry_after: float | None = None) -> dict[str, Any]:

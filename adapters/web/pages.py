@@ -21,6 +21,12 @@ DEMO_CSP = (
     "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+# The widget's words for a write action's buttons, from where every user-facing word is made.
+CHOICE_TEXT = {
+    "confirm": messages.CONFIRM_BUTTON,
+    "cancel": messages.CANCEL_BUTTON,
+    **{outcome: messages.action_settled(outcome, "you") for outcome in ("confirmed", "cancelled", "expired")},
+}
 
 
 class Pages:
@@ -40,7 +46,7 @@ class Pages:
             "greeting": s.greeting,
             "site": s.site,
             "maxChars": s.max_message_chars,
-            "text": messages.WEB_WIDGET_TEXT,
+            "text": {**messages.WEB_WIDGET_TEXT, **CHOICE_TEXT},
         }
         if CONFIG_SLOT not in source:
             raise RuntimeError(f"widget.js has no {CONFIG_SLOT} for its settings")

@@ -14,6 +14,10 @@ A person's reply from the support desk is a `message` frame of its own kind,
 
 which the widget shows as a person's bubble under their name: nothing the model writes can
 look like one (answers only ever come as `delta`/`done`, notices without a `kind`).
+
+A write action waiting for the visitor's yes gets Confirm / Cancel (`bot.reply.Choices`): a
+`choice` frame after the answer that asks, and, on the sink of the press's turn, a `settled`
+frame that takes the buttons away in every tab.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from adapters.web import normalize
 from adapters.web.fanout import Fanout
 from bot import messages
 from bot.ops.logs import turn_fields
+from bot.reply import Offer, Settled
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,8 @@ AGENT = "agent"  # the `kind` of a message frame that is a person's reply
 
 
 class WebSink:
-    """`ReplySink` for one turn: frames go to every socket of the turn's visitor (its channel)."""
+    """`ReplySink` (and `Choices`) for one turn: frames go to every socket of the turn's visitor
+    (its channel)."""
 
     def __init__(self, fanout: Fanout, turn: Turn) -> None:
         self._fanout = fanout
@@ -77,3 +83,17 @@ class WebSink:
             await self._publish(normalize.delta(answer, sent, text[sent:]))
         await self._publish(normalize.done(answer, text))
         return text
+
+    async def offer(self, offer: Offer) -> None:
+        """Confirm / Cancel for a write call, under the answer that asked (this turn's)."""
+        await self._publish(normalize.choice(offer, reply_to=self._turn.event_id))
+
+    async def settle(self, outcome: Settled) -> None:
+        """On the sink of a press's turn: the call it pressed a button of (`reply_to`) is decided."""
+        if not self._turn.reply_to:  # only a choice turn is settled; nothing names a call here
+            log.warning("web: settle on a turn that names no call", extra=turn_fields(self._turn))
+            return
+        if outcome == "refused":  # not the asker's offer (a visitor only sees their own): a notice
+            await self.send(messages.ACTION_NOT_YOURS)
+            return
+        await self._publish(normalize.settled(self._turn.reply_to, outcome))

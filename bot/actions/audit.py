@@ -2,7 +2,8 @@
 which arguments (personal data redacted), the outcome and how long it took.
 
 The record is a Redis stream (`{prefix}:actions:audit`), trimmed to `PARLEY_ACTIONS_AUDIT_DAYS`
-as it is written, and a log line; the counts go to Prometheus. Writing the record never fails
+as it is written, and a log line; the counts go to Prometheus and, per tenant and day, to the
+figures of `parley report`. Writing the record never fails
 a turn: a Redis outage is logged and the call's outcome stands.
 """
 
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from bot.moderation.pii import redact_pii
 from bot.ops.logs import turn_fields
 from bot.ops.metrics import Metrics
+from bot.ops.stats import Stats
 from bot.store.redis import as_text
 from bot.turns import Turn
 
@@ -42,9 +44,18 @@ def redacted(arguments: dict[str, Any]) -> str:
     return redact_pii(json.dumps(arguments, ensure_ascii=False, sort_keys=True))
 
 
+# Outcomes that are no call (yet): a write waiting for its yes, and one the user cancelled.
+NOT_RUN = frozenset({"pending", "cancelled"})
+
+
 class Audit:
-    def __init__(self, redis: Redis | None, *, prefix: str, days: int, metrics: Metrics) -> None:
+    """`stats` (when given) counts the calls per tenant and day for `parley report`."""
+
+    def __init__(
+        self, redis: Redis | None, *, prefix: str, days: int, metrics: Metrics, stats: Stats | None = None
+    ) -> None:
         self._redis, self._key, self._days, self._metrics = redis, f"{prefix}:actions:audit", days, metrics
+        self._stats = stats
 
     async def record(self, entry: Entry) -> None:
         turn = entry.turn
@@ -62,6 +73,8 @@ class Audit:
             arguments,
             extra=turn_fields(turn),
         )
+        if self._stats is not None and entry.outcome not in NOT_RUN:
+            await self._stats.acted(turn, entry.outcome == "ok")
         if self._redis is None:
             return
         fields = {

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -34,7 +33,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from bot.actions.spec import PLACEHOLDER, SECRET, ActionResult, ActionSpec, HttpCall
+from bot.actions.secrets import UnknownSecret, fill_secrets, scrub, scrub_data, scrubbed
+from bot.actions.spec import PLACEHOLDER, ActionResult, ActionSpec, HttpCall
 from bot.config import ActionsSettings
 from bot.errors import ActionError, FetchError
 from bot.knowledge.netguard import GuardedResolver, url_refusal
@@ -46,11 +46,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 CHUNK = 64 * 1024
 ERROR_PEEK = 2048  # bytes of an error answer read for its reason; the rest is never read
 ERROR_CHARS = 200  # characters of an error answer's body put in the reason
-MIN_SCRUBBED = 4  # shorter secret values are not replaced in answers: they would hit ordinary text
 # Characters of the operator's own URL text kept as written (everything reserved, and `%` so
 # an escape they wrote stays one); anything else (a space, non-ASCII) is percent-encoded.
 STATIC_SAFE = "!#$%&'()*+,/:;=?@[]~"
-SHOWN_SECRET = "[secret]"
 _MISSING = object()
 
 
@@ -131,9 +129,9 @@ class HttpRunner:
                 spec.name, f"no complete answer from {origin} within {call.timeout:g} s", kind="timeout"
             ) from None
         except FetchError as exc:  # from GuardedResolver: a name resolving to a refused address
-            raise ActionError(spec.name, f"refused: {_scrub(exc.reason, secrets)}", kind="refused") from None
+            raise ActionError(spec.name, f"refused: {scrub(exc.reason, secrets)}", kind="refused") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            reason = _scrub(f"cannot reach {origin}: {exc.__class__.__name__}: {exc}", secrets)
+            reason = scrub(f"cannot reach {origin}: {exc.__class__.__name__}: {exc}", secrets)
             raise ActionError(spec.name, _one_line(reason), kind="unavailable") from None
         log.debug(
             "action %s: %s %s answered %s (%s bytes) in %.3f s",
@@ -147,28 +145,18 @@ class HttpRunner:
         return result
 
     def _headers(self, action: str, call: HttpCall) -> tuple[CIMultiDict[str], list[str]]:
-        """The request's headers with `{secret:NAME}` filled, and the secret values used."""
+        """The request's headers with `{secret:NAME}` filled, and the secret values to scrub."""
         headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json", "User-Agent": USER_AGENT})
         used: list[str] = []
         for name, template in call.headers.items():
-            missing = [s for s in SECRET.findall(template) if s not in self._settings.secrets]
-            if missing:
-                raise ActionError(
-                    action,
-                    f"header {name} names the secret {missing[0]}, which is not set (PARLEY_ACTIONS_SECRETS)",
-                    kind="protocol",
-                )
-
-            def fill(match: re.Match[str]) -> str:
-                value = self._settings.secrets[match.group(1)].get_secret_value()
-                used.append(value)
-                return value
-
-            value = SECRET.sub(fill, template)
+            try:
+                value = fill_secrets(f"header {name}", template, self._settings.secrets, used)
+            except UnknownSecret as exc:
+                raise ActionError(action, str(exc), kind="protocol") from None
             if "\r" in value or "\n" in value:
                 raise ActionError(action, f"header {name} would hold a line break", kind="protocol")
             headers[name] = value  # replaces a default of the same name, in any case
-        return headers, sorted({s for s in used if len(s) >= MIN_SCRUBBED}, key=len, reverse=True)
+        return headers, scrubbed(used)
 
 
 def _text(value: Any) -> str:
@@ -237,7 +225,7 @@ async def _answer(action: str, call: HttpCall, response: aiohttp.ClientResponse,
     if status >= 400:
         peek = await _peek(response)
         response.close()
-        text = _one_line(_scrub(_decode(peek, response.charset), secrets))[:ERROR_CHARS]
+        text = _one_line(scrub(_decode(peek, response.charset), secrets))[:ERROR_CHARS]
         raise ActionError(action, f"HTTP {status}" + (f": {text}" if text else ""), kind="status", status=status)
     declared = response.content_length
     if declared is not None and declared > call.max_bytes:
@@ -264,7 +252,7 @@ async def _answer(action: str, call: HttpCall, response: aiohttp.ClientResponse,
     else:
         data = _decode(bytes(body), response.charset)
     if secrets:
-        data = _scrub_data(data, secrets)
+        data = scrub_data(data, secrets)
     return ActionResult(data=data, status=status, meta={"bytes": len(body)})
 
 
@@ -292,22 +280,6 @@ def _decode(body: bytes, charset: str | None) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:  # longest first, so one secret inside another leaves no tail
-        text = text.replace(secret, SHOWN_SECRET)
-    return text
-
-
-def _scrub_data(data: Any, secrets: Sequence[str]) -> Any:
-    if isinstance(data, str):
-        return _scrub(data, secrets)
-    if isinstance(data, list):
-        return [_scrub_data(v, secrets) for v in data]
-    if isinstance(data, dict):
-        return {_scrub(k, secrets): _scrub_data(v, secrets) for k, v in data.items()}
-    return data
 
 
 def select(data: Any, fields: Sequence[str]) -> Any:

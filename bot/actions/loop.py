@@ -1,13 +1,16 @@
 """The action loop of one turn: the model picks calls from the actions this conversation may
 use, Parley checks and runs them, the results go back, and the model answers.
 
-The decision is one constrained request: a JSON object `{"calls": [...]}` whose items are
-`{"action": NAME, "arguments": {...}}` for the allowed actions only, generated under vLLM's
-structured-output constraint (an `anyOf` over their argument schemas). That path works with
-any served model, the random-weight demo model included; vLLM's tool-call parsers depend on
-the model family (measured on the CPU engine, the demo model's named `tool_choice` returned
-`-Infinity` arguments). The catalogue of actions is part of the system prompt, sorted and
-serialised deterministically, so the prefix cache serves it from the second turn on.
+The decision is one request. By default (`PARLEY_ACTIONS_CALLING=structured`) it is a JSON
+object `{"calls": [...]}` whose items are `{"action": NAME, "arguments": {...}}` for the allowed
+actions only, generated under vLLM's structured-output constraint (an `anyOf` over their
+argument schemas): that works with any served model, the random-weight demo model included.
+With `native`, the allowed actions go as the request's `tools` and vLLM's tool-call parser
+reads the calls out of the answer: the model's own tool format, but only with the parser of
+its family (measured on the CPU engine with the demo model: `tool_choice` auto answers text,
+a named choice returns `Infinity` as arguments). Either way the arguments are checked here.
+The catalogue of actions is part of the system prompt, sorted and serialised
+deterministically, so the prefix cache serves it from the second turn on.
 
 Bounds: at most `max_calls` calls a turn, each runner's own deadline per call, `turn_timeout`
 for all of them, and every result cut to `result_chars` before the model reads it. Results are
@@ -98,6 +101,14 @@ def decision_schema(specs: Sequence[ActionSpec], most: int) -> dict[str, Any]:
     }
 
 
+def tools(specs: Sequence[ActionSpec]) -> list[dict[str, Any]]:
+    """The actions as a chat completion's `tools` (native calling), sorted like the catalogue."""
+    return [
+        {"type": "function", "function": {"name": s.name, "description": s.description, "parameters": s.parameters}}
+        for s in sorted(specs, key=lambda s: s.name)
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     spec: ActionSpec
@@ -171,16 +182,21 @@ class Actions:
     ) -> list[tuple[ActionSpec, Any]]:
         """The calls the model asks for (arguments not yet checked). Raises LLMError."""
         by_name = {s.name: s for s in specs}
-        asked = [*messages, {"role": "user", "content": DECIDE}]
-        schema = decision_schema(specs, most)
-        decision = await self._llm.structured(asked, schema, scope=scope, max_tokens=self.settings.decision_tokens)
-        calls = decision.get("calls") if isinstance(decision, dict) else None
-        out = []
-        for item in calls if isinstance(calls, list) else []:
-            name = item.get("action") if isinstance(item, dict) else None
-            if name in by_name:  # the constraint allows nothing else; an engine that ignored it is not obeyed
-                out.append((by_name[name], item.get("arguments")))
-        return out[:most]
+        tokens = self.settings.decision_tokens
+        if self.settings.calling == "native":
+            picked = await self._llm.tool_calls(messages, tools(specs), scope=scope, max_tokens=tokens)
+        else:
+            asked = [*messages, {"role": "user", "content": DECIDE}]
+            decision = await self._llm.structured(asked, decision_schema(specs, most), scope=scope, max_tokens=tokens)
+            calls = decision.get("calls") if isinstance(decision, dict) else None
+            picked = [
+                (str(item.get("action")), item.get("arguments"))
+                for item in (calls if isinstance(calls, list) else [])
+                if isinstance(item, dict)
+            ]
+        # Only allowed actions: a call of anything else (an engine that ignored the constraint,
+        # a model that made a name up) is not obeyed.
+        return [(by_name[name], arguments) for name, arguments in picked if name in by_name][:most]
 
     async def record(self, turn: Turn, call: Call, outcome: str, seconds: float = 0.0, detail: str = "") -> None:
         """One line of the audit for `call`."""

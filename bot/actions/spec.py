@@ -56,9 +56,21 @@ class McpTool(BaseModel):
     tool: str | None = None
 
 
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+# Anything that looks like a placeholder once the `{secret:NAME}` ones are taken out: a
+# misspelt secret (`{secret:bad-name}`, `{Secret:x}`) or an argument-style `{name}`, which
+# would otherwise reach the server as written.
+STRAY_PLACEHOLDER = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_-]*\s*(?::[^{}]*)?\}")
+
+
 class McpServer(BaseModel):
     """An MCP server: a command started over stdio, or a streamable-HTTP URL. Only the tools
-    listed in `tools` are offered (an allow-list), each under the action named after it."""
+    listed in `tools` are offered (an allow-list), each under the action named after it.
+
+    A stdio server's process gets the SDK's few safe variables (PATH, HOME, ...) and `env`;
+    a streamable-HTTP server's requests carry `headers`. Their values may hold
+    `{secret:NAME}`, filled from PARLEY_ACTIONS_SECRETS when the server is started."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,6 +79,8 @@ class McpServer(BaseModel):
     tools: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()  # those of `tools` that change something: the user confirms each call
     timeout: float = Field(10.0, gt=0, le=120)  # seconds for one tool call
+    env: dict[str, str] = Field(default_factory=dict)  # a stdio server's extra variables; values may hold {secret:NAME}
+    headers: dict[str, str] = Field(default_factory=dict)  # an HTTP server's; values may hold {secret:NAME}
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServer:
@@ -75,7 +89,29 @@ class McpServer(BaseModel):
         unlisted = [tool for tool in self.writes if tool not in self.tools]
         if unlisted:
             raise ValueError(f"writes names {unlisted[0]!r}, which is not among tools")
+        if self.env and not self.command:
+            raise ValueError("env is for a stdio server (command); an HTTP server takes headers")
+        if self.headers and not self.url:
+            raise ValueError("headers are for a streamable-HTTP server (url); a stdio server takes env")
+        for name, value in self.env.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"env: {name!r} is not a variable name (A-Z, 0-9 and _, not starting with a digit)")
+            self._check_template(f"env {name}", value)
+            if "\0" in value:
+                raise ValueError(f"env {name} holds a NUL character")
+        for name, value in self.headers.items():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"headers: {name!r} is not a header name")
+            self._check_template(f"header {name}", value)
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} holds a line break")
         return self
+
+    @staticmethod
+    def _check_template(where: str, value: str) -> None:
+        stray = STRAY_PLACEHOLDER.search(SECRET.sub("", value))
+        if stray:
+            raise ValueError(f"{where}: {stray.group(0)!r} is not a placeholder; the only one is {{secret:NAME}}")
 
 
 class ActionSpec(BaseModel):

@@ -1,10 +1,14 @@
 """The stage that answers a user's yes or no to a write action waiting for it (bot/actions).
 
-A turn whose whole text is a yes or a no (in the languages routing knows), right after the
-bot asked, from the user who has a write call waiting in this conversation, decides that call: yes runs it once (the
-pending call is taken atomically, so a second yes, a platform retry or another replica finds
-it done), no cancels it. Any other turn goes on as usual and leaves the call waiting until it
-expires. What the call returned is shown as data, through output moderation like an answer.
+A Confirm or Cancel button pressed (a `choice` turn that names the call, from a platform
+with buttons: `bot.reply.Choices`), or a turn whose whole text is a yes or a no (in the
+languages routing knows) right after the bot asked, decides the write call waiting for that
+user in this conversation: yes runs it once (the pending call is taken atomically, so a
+second yes or click, a platform retry or another replica finds it done), no cancels it; a
+stranger's click changes nothing. Any other turn goes on as usual and leaves the call waiting
+until it expires. What the call returned is shown as data, through output moderation like an
+answer. The stage runs before input moderation and the handoff gate: a click is not a
+message for people, and a whole-message yes or no holds nothing to moderate.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from bot.actions.confirm import Decision, PendingCalls
 from bot.actions.loop import Actions, Call
 from bot.dialogue.guard import moderated
 from bot.dialogue.stages import History, TurnState
+from bot.errors import PlatformError
 from bot.moderation.moderator import Moderator
 from bot.ops.logs import turn_fields
+from bot.reply import Choices, Settled
 from bot.routing.router import ACTION
 from bot.store.context import Message, estimate_tokens
-from bot.turns import Outcome, Reply
+from bot.turns import CHOICE, Outcome, Reply
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,10 @@ def yes_or_no(text: str) -> Decision | None:
     return None
 
 
+def _settled(decision: str) -> Settled:
+    return "confirmed" if decision == "confirmed" else "cancelled"
+
+
 def _asked(state: TurnState) -> bool:
     """Whether the bot's last message in this conversation asked for a yes: a bare "yes" to
     anything else (say, an offer of more detail) must not run a call asked about earlier."""
@@ -70,25 +80,49 @@ class ConfirmAction:
 
     async def __call__(self, state: TurnState) -> Reply | None:
         turn = state.turn
-        decision = yes_or_no(turn.text) if turn.command is None else None
-        if decision is None or not _asked(state):
-            return None
-        call_id = await self._pending.latest(turn.key, turn.user)
-        if call_id is None:
-            return None  # a plain "ok" or "no" with nothing waiting is an ordinary turn
-        taken = await self._pending.take(call_id, turn.key, turn.user, decision)
-        # (The id is this user's own, so the store's "someone else's" answer cannot come back here.)
-        if taken.found == "done":
-            text = messages.action_already(taken.before)
-        elif taken.pending is None:
-            text = messages.ACTION_EXPIRED
+        if turn.command == CHOICE:  # a Confirm or Cancel button: the call is named
+            call_id: str | None = turn.reply_to or ""
+            decision: Decision | None = "confirmed" if turn.text == "confirm" else "cancelled"
         else:
+            decision = yes_or_no(turn.text) if turn.command is None else None
+            if decision is None or not _asked(state):
+                return None
+            call_id = await self._pending.latest(turn.key, turn.user)
+            if call_id is None:
+                return None  # a plain "ok" or "no" with nothing waiting is an ordinary turn
+        assert decision is not None and call_id is not None
+        taken = await self._pending.take(call_id, turn.key, turn.user, decision)
+        if taken.found == "other":  # someone else pressed the asker's button (only a press can be)
+            log.info("a stranger pressed %s on call %s: refused", turn.text, call_id, extra=turn_fields(turn))
+            if isinstance(state.sink, Choices):
+                await state.sink.settle("refused")  # to the presser alone; nothing in the conversation
+            else:
+                await state.sink.send(messages.ACTION_NOT_YOURS)
+            return state.reply(Outcome.IGNORED, error="not the asker's press", intent=ACTION, route_step="confirm")
+        settled: Settled
+        if taken.found == "done":
+            text, settled = messages.action_already(taken.before), _settled(taken.before)
+        elif taken.pending is None:
+            text, settled = messages.ACTION_EXPIRED, "expired"
+        else:
+            settled = decision
             text = await self._decide(state, taken.pending.action, taken.pending.arguments, decision)
         shown = await self._show(state, text)
+        if turn.command == CHOICE and isinstance(state.sink, Choices):
+            try:
+                await state.sink.settle(settled)
+            except PlatformError as exc:  # the buttons stay; a later press is told the outcome
+                log.warning("could not take the buttons away: %r", exc, extra=turn_fields(turn))
+        # A press is kept as the button's label: what the user did, in the words they saw.
+        said = (
+            turn.text
+            if turn.command != CHOICE
+            else (messages.CONFIRM_BUTTON if decision == "confirmed" else messages.CANCEL_BUTTON)
+        )
         await self._history.save(
             state,
             [
-                Message("user", turn.text, estimate_tokens(turn.text)),
+                Message("user", said, estimate_tokens(said)),
                 Message("assistant", shown, estimate_tokens(shown)),
             ],
         )

@@ -2,11 +2,13 @@
 
 A turn goes through the stages of `bot.dialogue.stages` in order, each of which may end it:
 
-    claim → command → desk event → validate → moderate in → handoff gate → route → answer
+    claim → command → desk event → validate → confirm (a write action's yes or no)
+      → quota → moderate in → handoff gate → route → answer
 
-and then past the observers (the hand-off after failed answers, the report's figures,
-metrics). Every turn ends in exactly one logged `Outcome`; no error escapes without the user
-being told something. `serve` is the worker loop over an inbox (`bot.dialogue.worker`).
+and then past the observers (settling the turn's quota to its real usage, the hand-off after
+failed answers, the report's figures, the usage meter, metrics). Every turn ends in exactly one
+logged `Outcome`; no error escapes without the user being told something. `serve` is the
+worker loop over an inbox (`bot.dialogue.worker`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from bot.config import Settings
 from bot.dialogue import stages, worker
 from bot.dialogue.confirm import ConfirmAction
 from bot.dialogue.locks import KeyedLocks
+from bot.dialogue.quota import QuotaCharge, QuotaGate, Quotas
 from bot.dialogue.speculation import Speculation
 from bot.errors import ParleyError, PlatformError, StoreUnavailable
 from bot.feedback import Feedback
@@ -29,6 +32,7 @@ from bot.handoff.flow import Handoffs
 from bot.llm.client import LLM, CallScope
 from bot.moderation.moderator import Moderator
 from bot.ops.logs import turn_fields
+from bot.ops.meter import Meter
 from bot.ops.metrics import Metrics
 from bot.ops.stats import Stats
 from bot.reply import ReplySink, SinkFactory
@@ -62,6 +66,8 @@ class DialogueManager:
         stats: Stats,
         actions: Actions,
         pending: PendingCalls,
+        quotas: Quotas,
+        meter: Meter,
     ) -> None:
         self._settings = settings
         self._tenants = tenants
@@ -73,13 +79,19 @@ class DialogueManager:
             stages.Commands(store),
             stages.DeskEvents(handoffs, Feedback(stats), history),
             stages.Validate(settings.context.max_input_chars),
+            ConfirmAction(actions, pending, moderator, history),
+            QuotaGate(quotas, metrics),  # after what must never be refused, before any engine request
             stages.ModerateInput(moderator, handoffs, history),
             stages.HandoffGate(handoffs, history),
-            ConfirmAction(actions, pending, moderator, history),
             stages.RouteTurn(router, handlers, handoffs, Speculation(settings.routing, handlers), history),
             stages.AnswerTurn(handlers, moderator, llm, history),
         )
-        self._observers: tuple[stages.Observer, ...] = (stages.Escalation(handoffs, history), stages.Figures(stats))
+        self._observers: tuple[stages.Observer, ...] = (
+            QuotaCharge(quotas),
+            stages.Escalation(handoffs, history),
+            stages.Figures(stats),
+            stages.Metering(meter),
+        )
 
     async def handle(self, turn: Turn, sink: ReplySink) -> Reply:
         """Run one turn to its end. Never raises except for cancellation."""

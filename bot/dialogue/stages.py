@@ -3,7 +3,8 @@
 Each stage is a small object with one job, called with the turn's `TurnState`: it either
 ends the turn (returns its `Reply`) or fills in the state and lets the next stage go on
 (returns None). What runs after every turn, in the conversation's lock, is an observer
-(`Escalation`, `Figures`). A new capability is a new stage, observer or handler.
+(`Escalation`, `Figures`, `Metering`; `bot.dialogue.quota` adds a stage and an observer of its
+own). A new capability is a new stage, observer or handler.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 from bot import messages
 from bot.dialogue.guard import Answer, guarded, moderated
 from bot.dialogue.speculation import Ahead, Speculation
-from bot.errors import InputRejected, LLMError, StoreUnavailable
+from bot.errors import InputRejected, LLMError, PlatformError, StoreUnavailable
 from bot.feedback import Feedback
 from bot.handlers import Handler, Request
 from bot.handoff.desk import Ticket
@@ -27,11 +28,13 @@ from bot.handoff.flow import Handoffs, Step
 from bot.llm.client import LLM, CallScope
 from bot.moderation.moderator import Moderator
 from bot.ops.logs import turn_fields
+from bot.ops.meter import Meter, Spent
 from bot.ops.stats import Stats
-from bot.reply import ReplySink
+from bot.reply import Choices, ReplySink
 from bot.routing.router import ACTABLE, ACTION, HANDOFF, Route, Router
 from bot.store.context import Context, ContextStore, Message, estimate_tokens
 from bot.store.dedupe import Deduper
+from bot.store.quota import Reservation
 from bot.tenants import TenantConfig
 from bot.turns import AGENT, FEEDBACK, RESOLVE, Outcome, Reply, Turn, check_size
 
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failed save (~8 s in all)
 NO_ROUTE = Route("chat", "", "")  # until routing has run
+# Turns the usage meter leaves out: a retry already counted, or one that will run again.
+NOT_METERED = frozenset((Outcome.DUPLICATE, Outcome.DEFERRED))
 
 
 @dataclass(slots=True)
@@ -57,6 +62,7 @@ class TurnState:
     flags: tuple[str, ...] = ()  # moderation categories that fired on the input
     route: Route = NO_ROUTE
     ahead: Ahead | None = None  # a speculative chat answer, running beside routing
+    quota: Reservation | None = None  # what the quota gate took for this turn, settled after it
 
     def request(self, route: Route | None = None) -> Request:
         return Request(self.turn, self.context, route or self.route, self.tenant, self.llm)
@@ -312,10 +318,11 @@ class AnswerTurn:
         user_tokens = asyncio.create_task(self._tokens(turn.text, state.llm))
         try:
             answer = Answer()
+            request = state.request()
             if state.ahead is not None:
                 deltas, answer.engine_started = state.ahead.deltas(), state.ahead.started
             else:
-                deltas = self._handlers[route.intent].answer(state.request())
+                deltas = self._handlers[route.intent].answer(request)
             if state.tenant.moderation.check_output:
                 deltas = moderated(deltas, self._moderator, turn, state.tenant.moderation)
             # Closed here, whatever the sink did: a sink that fails mid-answer leaves the stream
@@ -327,6 +334,12 @@ class AnswerTurn:
                 # An engine that ends with nothing visible must not leave the user in silence.
                 shown = messages.EMPTY_ANSWER
                 await sink.send(shown)
+            elif answer.error is None and isinstance(sink, Choices):
+                for offer in request.offers:
+                    try:
+                        await sink.offer(offer)
+                    except PlatformError as exc:  # the question still ends with "reply yes or no"
+                        log.warning("could not show the buttons: %r", exc, extra=turn_fields(turn))
             new = [Message("user", turn.text, _tokens_now(user_tokens, turn.text))]
             if answer.text.strip():
                 tokens = state.llm.usage.completion_tokens or await self._tokens(answer.text, state.llm)
@@ -397,3 +410,27 @@ class Figures:
     async def observe(self, state: TurnState, reply: Reply) -> None:
         if reply.outcome is Outcome.ANSWERED and state.turn.command not in (AGENT, RESOLVE, FEEDBACK):
             await self._stats.answered(state.turn)
+
+
+class Metering:
+    """The usage meter (`bot.ops.meter`): every turn a user sent, with the tokens the engine
+    counted for all its requests and its duration, per user, channel and tenant and day; a turn
+    refused over quota counts as refused. Retries and desk events (people, votes) are not turns
+    of the user's."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    async def observe(self, state: TurnState, reply: Reply) -> None:
+        if reply.outcome in NOT_METERED or state.turn.command in (AGENT, RESOLVE, FEEDBACK):
+            return
+        usage = state.llm.usage
+        await self._meter.record(
+            state.turn,
+            Spent(
+                prompt=usage.prompt_tokens,
+                completion=usage.completion_tokens,
+                seconds=reply.total,
+                refused=reply.outcome is Outcome.OVER_QUOTA,
+            ),
+        )

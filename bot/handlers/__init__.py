@@ -10,11 +10,12 @@ decorated `@register("intent")`, imported in `build_handlers`; nothing else chan
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.config import Settings
 from bot.llm.client import LLM, CallScope
+from bot.reply import Offer
 from bot.routing.router import Route
 from bot.store.context import Context
 from bot.tenants import TenantConfig
@@ -37,6 +38,9 @@ class Request:
     route: Route
     tenant: TenantConfig
     scope: CallScope
+    # Buttons to show under the answer once it is streamed (a write action's Confirm / Cancel):
+    # a handler appends, the dialogue manager hands them to a sink that has buttons.
+    offers: list[Offer] = field(default_factory=list)
 
 
 class Handler(Protocol):

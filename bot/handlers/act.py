@@ -21,6 +21,7 @@ from bot.handlers.chat import ChatHandler
 from bot.handlers.qa import QAHandler
 from bot.llm.prompts import build_messages
 from bot.ops.logs import turn_fields
+from bot.reply import Offer
 from bot.routing.router import ACTION
 
 log = logging.getLogger(__name__)
@@ -99,4 +100,6 @@ class ActionHandler:
         """Keep the write call for the user's yes and say what it will do."""
         pending = await self._pending.create(request.turn, call.spec.name, call.arguments)
         await self._actions.record(request.turn, call, "pending", detail=pending.id)
-        return messages.confirm_action(described(call.spec, call.arguments), max(1, self._pending.ttl // 60))
+        what = described(call.spec, call.arguments)
+        request.offers.append(Offer(pending.id, what, pending.expires))  # buttons, where the platform has them
+        return messages.confirm_action(what, max(1, self._pending.ttl // 60))

@@ -20,6 +20,7 @@ frees its KV cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -75,6 +76,15 @@ class LLM(Protocol):
     async def structured(
         self, messages: ChatMessages, schema: dict[str, Any], *, scope: CallScope | None = None, max_tokens: int = 512
     ) -> Any: ...
+
+    async def tool_calls(
+        self,
+        messages: ChatMessages,
+        tools: Sequence[dict[str, Any]],
+        *,
+        scope: CallScope | None = None,
+        max_tokens: int = 512,
+    ) -> list[tuple[str, Any]]: ...
 
     async def count_tokens(self, text: str, *, scope: CallScope | None = None) -> int: ...
 
@@ -267,15 +277,42 @@ class LLMClient:
         except ValueError:
             raise EngineFailed("the engine's answer is not the JSON asked for", url=url, detail=answer[:100]) from None
 
+    async def tool_calls(
+        self,
+        messages: ChatMessages,
+        tools: Sequence[dict[str, Any]],
+        *,
+        scope: CallScope | None = None,
+        max_tokens: int = 512,
+    ) -> list[tuple[str, Any]]:
+        """The calls the model makes through vLLM's native tool calling (`tools`, `tool_choice`
+        auto: the engine's `--tool-call-parser` reads them out of the answer), as (name,
+        arguments); arguments that are not JSON are returned as the text, for the caller to refuse."""
+        message, _ = await self._complete(messages, max_tokens, scope, tools=list(tools), tool_choice="auto")
+        calls = []
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            arguments: Any = function.get("arguments")
+            if isinstance(arguments, str):
+                with contextlib.suppress(ValueError):
+                    arguments = json.loads(arguments)
+            calls.append((str(function.get("name") or ""), arguments))
+        return calls
+
     async def _constrained(
         self, messages: ChatMessages, constraint: dict[str, Any], max_tokens: int, scope: CallScope | None
     ) -> tuple[str, str]:
         """One non-streamed answer under `constraint` (vLLM's `structured_outputs`), and the engine's URL."""
-        # ignore_eos (from extra_body, used to get fixed-length answers) would run past the
+        message, url = await self._complete(messages, max_tokens, scope, structured_outputs=constraint)
+        return (message.get("content") or "").strip(), url
+
+    async def _complete(
+        self, messages: ChatMessages, max_tokens: int, scope: CallScope | None, **params: Any
+    ) -> tuple[dict[str, Any], str]:
+        """One non-streamed, greedy answer's message, and the engine's URL."""
+        # ignore_eos (from extra_body, used to get fixed-length answers) would run past a
         # constrained answer's end, so it always may stop.
-        body = self._body(
-            messages, max_tokens=max_tokens, temperature=0.0, ignore_eos=False, structured_outputs=constraint
-        )
+        body = self._body(messages, max_tokens=max_tokens, temperature=0.0, ignore_eos=False, **params)
         body["model"] = await self.model()
         affinity = scope.affinity if scope else None
         engine = (await self._pool.candidates(affinity))[0]
@@ -283,7 +320,7 @@ class LLMClient:
             result = await self._http.request(
                 engine, "POST", f"{engine.base_url}/chat/completions", json=body, headers=self._headers(affinity)
             )
-        return (result["choices"][0]["message"].get("content") or "").strip(), engine.base_url
+        return result["choices"][0]["message"], engine.base_url
 
     def _body(self, messages: ChatMessages, *, max_tokens: int | None, **params: Any) -> dict[str, Any]:
         body: dict[str, Any] = {

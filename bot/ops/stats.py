@@ -21,7 +21,6 @@ Per-conversation keys carry the conversation's hash tag and expire with its cont
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -35,16 +34,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from bot.errors import StoreUnavailable
+from bot.ops.writebehind import WriteBehind
 from bot.store.redis import as_text, store_errors
 from bot.turns import FEEDBACK, ConversationKey, Turn
 
 log = logging.getLogger(__name__)
 
 STATS_TTL = 400 * 24 * 3600  # a year of daily figures, and a month to spare
-COUNTERS = ("answers", "handoffs", "resolved", "up", "down")
-FLUSH_DELAY = 0.05  # seconds answers and handoffs are counted in memory before one write
-MAX_PENDING = 10_000  # counts kept while Redis fails; more are dropped with a warning
+COUNTERS = ("answers", "handoffs", "resolved", "up", "down", "actions", "action_failures")
+CONVERSATION_COUNTERS = ("answers", "handoffs")  # the turns that make a conversation count for its day
 
 
 def day_of(at: float | None = None) -> str:
@@ -66,6 +64,8 @@ class DayStats:
     down: int = 0
     conversations: int = 0
     handed_conversations: int = 0
+    actions: int = 0  # action calls that ran
+    action_failures: int = 0  # refused (invalid arguments), failed or timed out
 
     @property
     def without_human(self) -> int:
@@ -88,6 +88,8 @@ class DayStats:
             "without_human_percent": round(share * 100, 1) if share is not None else None,
             "up": self.up,
             "down": self.down,
+            "actions": self.actions,
+            "action_failures": self.action_failures,
         }
 
 
@@ -100,6 +102,10 @@ class Stats(Protocol):
 
     async def resolved(self, turn: Turn) -> None: ...
 
+    async def acted(self, turn: Turn, ok: bool) -> None:
+        """An action call ended: it ran (`ok`), or it was refused, failed or timed out."""
+        ...
+
     async def vote(self, turn: Turn, answer: str, vote: str) -> str:
         """Store `turn.user`'s vote on `answer` (an answered turn's event id). Returns "new",
         "changed", "same" (nothing to do) or "unknown" (no such answer in this conversation)."""
@@ -110,65 +116,49 @@ class Stats(Protocol):
         ...
 
 
-def _day_range(days: int, today: date | None) -> list[str]:
+def day_range(days: int, today: date | None) -> list[str]:
+    """The last `days` UTC days up to `today` (default: today), oldest first."""
     end = today or datetime.now(UTC).date()
     return [(end - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
 
 
 class RedisStats:
-    """Answers and handoffs are counted in a buffer that is written `FLUSH_DELAY` after its
-    first entry, in one pipeline. Turns that end together (under load they do: one engine
-    batch) share it, and it is written once their next turns' requests have left, instead
-    of competing with them for the event loop at the moment they end. Readers in this
-    process (`days`, `vote`) write the buffer first; `aclose` writes what is left. A vote
-    on an answer that another replica handled less than `FLUSH_DELAY` ago is not yet known
-    there: no person reacts that fast."""
+    """Answers, handoffs and action calls are counted behind the turns (`WriteBehind`: one
+    pipeline `FLUSH_DELAY` after the first). Readers in this process (`days`, `vote`) write the
+    buffer first; `aclose` writes what is left. A vote on an answer that another replica
+    handled less than `FLUSH_DELAY` ago is not yet known there: no person reacts that fast."""
 
     def __init__(self, redis: Redis, *, prefix: str, conversation_ttl: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = conversation_ttl
-        self._pending: list[tuple[Turn, str, str]] = []  # (turn, counter, day)
-        self._writer: asyncio.Task[None] | None = None
-        self._writing = asyncio.Lock()  # a reader that flushes waits for a write under way
+        self._counts: WriteBehind[tuple[Turn, str, str]] = WriteBehind(self._write, what="figures")
+
+    async def flush(self) -> None:
+        await self._counts.flush()
+
+    async def aclose(self) -> None:
+        await self._counts.aclose()
 
     def _day(self, tenant: str, day: str) -> str:
         return f"{self._prefix}:stats:{tenant}:{day}"
 
     def _count(self, turn: Turn, counter: str) -> None:
-        if len(self._pending) >= MAX_PENDING:  # Redis has been failing for a while
-            log.warning("figures buffer full: a count of %s is lost", counter)
-            return
-        self._pending.append((turn, counter, day_of()))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_later())
-
-    async def _write_later(self) -> None:
-        await asyncio.sleep(FLUSH_DELAY)
-        self._writer = None
-        try:
-            await self.flush()
-        except StoreUnavailable as exc:
-            log.warning("could not update the figures: %s", exc)
-
-    async def flush(self) -> None:
-        """Write the buffered counts now; on failure they are lost (figures, not turns)."""
-        async with self._writing:
-            pending, self._pending = self._pending, []
-            if pending:
-                await self._write(pending)
+        self._counts.add((turn, counter, day_of()))
 
     async def _write(self, pending: list[tuple[Turn, str, str]]) -> None:
+        """(turn, counter, day) counts, in one pipeline."""
         counts: Counter[tuple[str, str]] = Counter()
         conversations: defaultdict[str, set[str]] = defaultdict(set)
         answers: defaultdict[str, dict[FieldT, EncodableT]] = defaultdict(dict)
         for turn, counter, day in pending:
             key = self._day(turn.tenant, day)
             counts[key, counter] += 1
-            conversations[f"{key}:conversations"].add(str(turn.key))
+            if counter in CONVERSATION_COUNTERS:
+                conversations[f"{key}:conversations"].add(str(turn.key))
             if counter == "handoffs":
                 conversations[f"{key}:handed"].add(str(turn.key))
-            else:
+            elif counter == "answers":
                 answers[f"{self._prefix}:answers:{turn.key.hash_tag}"][turn.event_id] = day
         with store_errors(f"stats update failed ({len(pending)} counts lost)"):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -185,20 +175,14 @@ class RedisStats:
                     pipe.expire(key, self._ttl)
                 await pipe.execute()
 
-    async def aclose(self) -> None:
-        """Write what is buffered (the owner calls this before closing Redis)."""
-        if self._writer is not None:
-            await self._writer  # at most FLUSH_DELAY, and it never raises
-        try:
-            await self.flush()
-        except StoreUnavailable as exc:
-            log.warning("could not update the figures at shutdown: %s", exc)
-
     async def answered(self, turn: Turn) -> None:
         self._count(turn, "answers")
 
     async def handed_off(self, turn: Turn) -> None:
         self._count(turn, "handoffs")
+
+    async def acted(self, turn: Turn, ok: bool) -> None:
+        self._count(turn, "actions" if ok else "action_failures")
 
     async def resolved(self, turn: Turn) -> None:
         day = self._day(turn.tenant, day_of())
@@ -249,7 +233,7 @@ class RedisStats:
                 tenants = [tenant]
             else:
                 tenants = sorted(as_text(t) for t in await self._redis.smembers(f"{self._prefix}:stats:tenants"))
-            keys = [(t, d) for t in tenants for d in _day_range(days, today)]
+            keys = [(t, d) for t in tenants for d in day_range(days, today)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for t, d in keys:
                     key = self._day(t, d)
@@ -296,7 +280,7 @@ class MemoryStats:
     def _count(self, turn: Turn, counter: str) -> None:
         day = self._days.setdefault((turn.tenant, day_of()), _Day())
         day.counters[counter] = day.counters.get(counter, 0) + 1
-        if len(day.conversations) < self.MAX:
+        if counter in CONVERSATION_COUNTERS and len(day.conversations) < self.MAX:
             day.conversations.add(str(turn.key))
             if counter == "handoffs":
                 day.handed.add(str(turn.key))
@@ -309,6 +293,9 @@ class MemoryStats:
 
     async def handed_off(self, turn: Turn) -> None:
         self._count(turn, "handoffs")
+
+    async def acted(self, turn: Turn, ok: bool) -> None:
+        self._count(turn, "actions" if ok else "action_failures")
 
     async def resolved(self, turn: Turn) -> None:
         day = self._days.setdefault((turn.tenant, day_of()), _Day())
@@ -330,7 +317,7 @@ class MemoryStats:
         return "new" if previous is None else "changed"
 
     async def days(self, *, days: int, tenant: str | None = None, today: date | None = None) -> list[DayStats]:
-        wanted = _day_range(days, today)
+        wanted = day_range(days, today)
         tenants = sorted({t for t, _ in self._days} if tenant is None else {tenant})
         out = []
         for t in tenants:

@@ -382,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     kb_ranking.add_argument("--lexical-only", action="store_true", help="rank by BM25 alone (no embeddings)")
 
     add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
+    from bot.tools.loadtest import add_arguments as add_loadtest_arguments
+
+    add_loadtest_arguments(
+        sub.add_parser(
+            "loadtest",
+            help="web visitors over the real serving path: ack, Parley's own time per turn, CPU, capacity",
+            description="Start `parley serve` with the web chat as a process of its own and drive K visitors of T "
+            "turns over the chat's WebSocket, against an engine URL or the built-in stand-in; print ack times, "
+            "Parley's own share of each turn (with the stand-in), turns/s, Parley's CPU per turn and inbox depth. "
+            "--sweep then finds the offered rate at which Parley's added p99 stays under 10 ms, per setting.",
+        )
+    )
     sample = sub.add_parser(
         "sample-service",
         help="serve the demo order and ticket service the sample actions call (deploy/sample-actions.toml)",
@@ -398,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--tenant", metavar="T", help="only this tenant (Slack team, Discord guild or web site id)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument(
+        "--by",
+        choices=("tenant", "user", "channel"),
+        default="tenant",
+        help="tenant: the figures above (default); user or channel: the usage meter, one line per tenant, "
+        "user or channel and day, with turns, prompt and completion tokens, seconds and turns refused over a quota",
+    )
     return parser
 
 
@@ -422,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
-        if args.command in ("chat", "bench", "kb", "eval", "report") and logging.getLogger().level < logging.WARNING:
+        quiet = ("chat", "bench", "loadtest", "kb", "eval", "report")
+        if args.command in quiet and logging.getLogger().level < logging.WARNING:
             # The terminal shows the chat or the figures; keep routine log lines out of it.
             logging.getLogger().setLevel(logging.WARNING)
         match args.command:
@@ -436,6 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from bot.tools.bench import run_bench
 
                 return signals.run(run_bench(settings, args, say))
+            case "loadtest":
+                from bot.tools.loadtest import run_loadtest
+
+                return signals.run(run_loadtest(settings, args, say))
             case "kb":
                 return signals.run(_kb_ingest(settings, args.path, args.tenant))
             case "eval":
@@ -448,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "report":
                 from bot.tools.report import run_report
 
-                printed = run_report(settings, days=args.days, tenant=args.tenant, as_json=args.json, say=say)
+                printed = run_report(
+                    settings, days=args.days, tenant=args.tenant, as_json=args.json, by=args.by, say=say
+                )
                 return signals.run(_done(printed))
     except (ParleyError, BaseExceptionGroup) as exc:
         error = _first_parley_error(exc)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.actions.loop import check, decision_schema, with_actions
+from bot.actions.loop import check, decision_schema, tools, with_actions
 from bot.actions.spec import ActionSpec
+from bot.config import ActionsSettings
 from bot.llm.client import LLMClient
 from bot.tenants import load_tenants
 from tests.fakes.actions import deciding
@@ -61,3 +62,21 @@ async def test_decisions_from_the_engine_match_the_schema_whatever_the_model(eng
         ["open_ticket"],
         ["order_status"],
     ]
+
+
+async def test_native_tool_calling_is_served_by_the_engine(engine, make_settings):
+    """The engine runs with `--enable-auto-tool-choice --tool-call-parser hermes` (the launcher's
+    flags): a request with `tools` is accepted and what its parser finds is read as calls of
+    allowed actions only. (With random weights it finds none: `auto` answers text.)"""
+    specs = [bounded(spec) for spec in load_tenants(SAMPLE).actions.values()]
+    settings = make_settings(llm_url=engine)
+    async with LLMClient(settings.llm) as llm:
+        actions = deciding(llm, ActionsSettings(_env_file=None, calling="native", decision_tokens=64))
+        system = with_actions("You are a support assistant.", specs)
+        picks = await actions.decide(
+            [{"role": "system", "content": system}, {"role": "user", "content": ASKED[0]}], specs, 2, None
+        )
+        assert len(picks) <= 2 and all(spec in specs for spec, _ in picks)
+        # The client's own reading of the engine's answer, before the allow-list.
+        raw = await llm.tool_calls([{"role": "user", "content": ASKED[0]}], tools(specs), max_tokens=64)
+        assert isinstance(raw, list) and all(isinstance(name, str) for name, _ in raw)

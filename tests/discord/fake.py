@@ -3,12 +3,14 @@
 One aiohttp server: the REST API under /api/v10 and the WebSocket gateway at /.
 The gateway does HELLO, heartbeat ACK, IDENTIFY -> READY + GUILD_CREATE for the
 shard's guilds, RESUME (replaying what the session missed), RECONNECT on demand,
-and dispatches MESSAGE_CREATE (users' and the bot's own) and INTERACTION_CREATE.
+and dispatches MESSAGE_CREATE (users' and the bot's own) and INTERACTION_CREATE (slash
+commands, and presses of a message's buttons: `press`).
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
 global) the way Discord does, a 5xx, or an error of Discord's own (403 Missing
-Access), and to hold a call's answer back until the test lets it go.
+Access), and to hold a call's answer back until the test lets it go. Messages keep their
+components (buttons) as posted and edited; interaction callbacks of types 4-7 act as Discord's.
 
 What discord.py needs, measured: JSON only with Content-Type exactly
 `application/json`; a 429 is a rate limit only with a `Via` header and a JSON body
@@ -324,27 +326,43 @@ class FakeDiscord:
 
     async def slash(self, channel: Json, user: Json, name: str, **options: str) -> Json:
         """A user runs a slash command (INTERACTION_CREATE)."""
+        data = {
+            "id": str(self.snowflake()),
+            "name": name,
+            "type": 1,
+            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+        }
+        return await self._interact(channel, user, 2, data)
+
+    async def press(self, message: Json, user: Json, label: str | None = None, *, custom_id: str | None = None) -> Json:
+        """A user presses the button labelled `label` on `message` (or one with `custom_id`, which
+        need not be on it): INTERACTION_CREATE of type 3 (MESSAGE_COMPONENT) with the message as
+        Discord sends it now."""
+        if custom_id is None:
+            custom_id = next(b["custom_id"] for b in self.buttons(message) if b.get("label") == label)
+        channel = self.channels[int(message["channel_id"])]
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interact(channel, user, 3, data, message=dict(self.messages[int(message["id"])]))
+
+    async def _interact(self, channel: Json, user: Json, kind: int, data: Json, *, message: Json | None = None) -> Json:
         token = f"itoken-{uuid.uuid4().hex}"
         interaction: Json = {
             "id": str(self.snowflake()),
             "application_id": str(self.app_id),
-            "type": 2,
+            "type": kind,
             "token": token,
             "version": 1,
             "channel_id": channel["id"],
             "channel": dict(channel, permissions=ALL_PERMISSIONS),
-            "data": {
-                "id": str(self.snowflake()),
-                "name": name,
-                "type": 1,
-                "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
-            },
+            "data": data,
             "app_permissions": ALL_PERMISSIONS,
             "locale": "en-US",
             "entitlements": [],
             "authorizing_integration_owners": {},
             "attachment_size_limit": 8_000_000,
         }
+        if message is not None:
+            interaction["message"] = message
         if channel.get("guild_id"):
             interaction["guild_id"] = channel["guild_id"]
             interaction["guild_locale"] = "en-US"
@@ -377,6 +395,7 @@ class FakeDiscord:
         nonce: str | None = None,  # type: ignore[assignment]
         flags: int = 0,
         interaction: Json | None = None,
+        components: list[Json] | None = None,
     ) -> Json:
         message: Json = {
             "id": str(self.snowflake()),
@@ -394,6 +413,7 @@ class FakeDiscord:
             "pinned": False,
             "type": 0,
             "flags": flags,
+            "components": list(components or []),
         }
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
@@ -416,7 +436,7 @@ class FakeDiscord:
             message["type"] = 20
             message["interaction_metadata"] = {
                 "id": interaction["id"],
-                "type": 2,
+                "type": interaction["type"],
                 "user": self._invoker(interaction),
                 "authorizing_integration_owners": {},
             }
@@ -435,6 +455,15 @@ class FakeDiscord:
             for m in self.messages.values()
             if m["author"]["id"] == self.bot["id"] and (channel_id is None or m["channel_id"] == channel_id)
         ]
+
+    @staticmethod
+    def buttons(message: Json) -> list[Json]:
+        """The buttons on a message, in order, as it was last posted or edited."""
+        return [c for row in message.get("components", []) for c in row.get("components", []) if c["type"] == 2]
+
+    def interaction_responses(self) -> list[Call]:
+        """The answers to interactions (POST /interactions/{id}/{token}/callback), in order."""
+        return self.calls_to("POST", r"/interactions/\d+/itoken-\w+/callback")
 
     def replies_to(self, message: Json) -> list[Json]:
         return [m for m in self.bot_messages() if m.get("message_reference", {}).get("message_id") == message["id"]]
@@ -745,7 +774,14 @@ class FakeDiscord:
             return self._json(self.messages[self._nonces[(int(channel["id"]), nonce)]])
         ref = body.get("message_reference")
         reply_to = self.messages.get(int(ref["message_id"])) if ref else None
-        message = self._message(channel, self.bot, body.get("content", ""), reply_to=reply_to, nonce=nonce)
+        message = self._message(
+            channel,
+            self.bot,
+            body.get("content", ""),
+            reply_to=reply_to,
+            nonce=nonce,
+            components=body.get("components"),
+        )
         if nonce is not None:
             self._nonces[(int(channel["id"]), nonce)] = int(message["id"])
         await self.dispatch("MESSAGE_CREATE", message, shard=self.shard_of(channel))
@@ -762,6 +798,8 @@ class FakeDiscord:
     def _update(self, message: Json, body: Json) -> Json:
         if "content" in body:
             message["content"] = body["content"]
+        if "components" in body:
+            message["components"] = list(body["components"] or [])
         message["edited_timestamp"] = iso()
         message["flags"] = message.get("flags", 0) & ~128  # no longer "thinking"
         return message
@@ -798,27 +836,46 @@ class FakeDiscord:
         return self._json(thread, status=201)
 
     async def _interaction_callback(self, request: web.Request) -> web.Response:
+        """Type 5 (a deferred answer, "thinking…") and 4 (a message) create the response message;
+        type 6 (a deferred update of a pressed message) makes that message the original, and
+        type 7 edits it at once."""
         interaction = self.interactions.get(request.match_info["token"])
         if interaction is None or interaction["id"] != request.match_info["interaction"]:
             return self._error(404, 10062, "Unknown interaction")
         if "response" in interaction:
             return self._error(400, 40060, "Interaction has already been acknowledged.")
         body = await request.json()
+        kind, data = body["type"], body.get("data") or {}
+        if kind in (6, 7) and "message" not in interaction:
+            return self._error(400, 50035, "Invalid Form Body (type 6/7 answer only a component)")
         interaction["response"] = body
-        flags = body.get("data", {}).get("flags", 0)
+        flags = data.get("flags", 0)
         channel = self.channels[int(interaction["channel_id"])]
-        original = self._message(channel, self.bot, "", flags=flags | 128, interaction=interaction)
+        if kind in (6, 7):
+            original = self.messages[int(interaction["message"]["id"])]
+            if kind == 7:
+                self._update(original, data)
+        else:
+            thinking = 128 if kind == 5 else 0
+            original = self._message(
+                channel,
+                self.bot,
+                data.get("content", ""),
+                flags=flags | thinking,
+                interaction=interaction,
+                components=data.get("components"),
+            )
         interaction["original"] = original["id"]
         return self._json(
             {
                 "interaction": {
                     "id": interaction["id"],
-                    "type": 2,
+                    "type": interaction["type"],
                     "response_message_id": original["id"],
-                    "response_message_loading": True,
+                    "response_message_loading": kind == 5,
                     "response_message_ephemeral": bool(flags & 64),
                 },
-                "resource": {"type": body["type"], "message": original},
+                "resource": {"type": kind, "message": original},
             }
         )
 
@@ -837,7 +894,14 @@ class FakeDiscord:
             return self._error(404, 10015, "Unknown Webhook")
         body = await request.json()
         channel = self.channels[int(interaction["channel_id"])]
-        message = self._message(channel, self.bot, body.get("content", ""), interaction=interaction)
+        message = self._message(
+            channel,
+            self.bot,
+            body.get("content", ""),
+            interaction=interaction,
+            flags=body.get("flags", 0),
+            components=body.get("components"),
+        )
         return self._json(message)
 
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:

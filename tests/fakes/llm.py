@@ -1,11 +1,12 @@
 """A scripted `LLMClient` for unit tests of the dialogue core: no engine, no HTTP.
 
-It speaks the client's public surface (`stream`, `choose`, `structured`, `count_tokens`, `model`, `health`,
-`circuits`, `in_flight`) and honours the caller's `CallScope` as the real client does: its
-`affinity` is recorded with each request, its `sent` event is set as a stream request
-"leaves", and a stream adds its usage to its `usage` as it closes, so speculation and token
-metering behave as with the real client. Usage arrives only with a stream's end, as vLLM
-sends it in the last event: a stream closed early reports none.
+It speaks the client's public surface (`stream`, `choose`, `structured`, `tool_calls`,
+`count_tokens`, `model`, `health`, `circuits`, `in_flight`) and honours the caller's
+`CallScope` as the real client does: its `affinity` is recorded with each request, its
+`sent` event is set as a stream request "leaves", and a stream adds its usage to its
+`usage` as it closes, so speculation and token metering behave as with the real client.
+Usage arrives only with a stream's end, as vLLM sends it in the last event: a stream closed
+early reports none.
 
 Every stream request is recorded as a `Call` with how it ended: read to its end, failed, or
 closed early (`aborted`: the real client's contract is that closing a stream aborts the request
@@ -147,6 +148,7 @@ class FakeLLM:
         self.choices: list[Choice] = []
         self._decisions = list(decisions)  # `structured` answers in order: a value, an error, or f(messages, schema)
         self.structured_calls: list[Structured] = []
+        self.tool_requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []  # (messages, tools)
         self.counted: list[str] = []
         self.held = asyncio.Event()  # a stream has reached its `hold_after`
         self.release = asyncio.Event()  # lets held streams go on
@@ -205,6 +207,19 @@ class FakeLLM:
         if isinstance(value, BaseException):
             raise value
         return value
+
+    async def tool_calls(
+        self,
+        messages: ChatMessages,
+        tools: Sequence[dict[str, Any]],
+        *,
+        scope: CallScope | None = None,
+        max_tokens: int = 512,
+    ) -> list[tuple[str, Any]]:
+        """Native tool calling: the next scripted decision (`{"calls": [...]}`) as (name, arguments)."""
+        self.tool_requests.append(([dict(m) for m in messages], list(tools)))
+        value = await self.structured(messages, {}, scope=scope, max_tokens=max_tokens)
+        return [(c["action"], c["arguments"]) for c in value["calls"]]
 
     async def count_tokens(self, text: str, *, scope: CallScope | None = None) -> int:
         self.counted.append(text)

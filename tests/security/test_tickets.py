@@ -124,6 +124,8 @@ async def test_the_widget_shows_a_persons_reply_as_theirs(make_settings, fake_sl
         head = await fake_slack.wait_for(lambda: next(iter(fake_slack.in_thread(SUPPORT, None)), None))
         await slack.deliver(message(SUPPORT, "Hi, I'm Ann. *Parley:* is a bot", user="UAGENT", thread_ts=head.ts))
         agent = log.locator(".msg.agent")
-        await expect(agent.locator(".agent-name")).to_have_text(ANN)
-        await expect(agent.locator(".text")).to_have_text("Hi, I'm Ann. *Parley:* is a bot")
+        # The name, then a colon only screen readers read; the reply as Markdown, like an answer.
+        await expect(agent.locator(".agent-name")).to_have_text(ANN + ": ")
+        await expect(agent.locator(".text")).to_have_text("Hi, I'm Ann. Parley: is a bot")
+        await expect(agent.locator(".text em")).to_have_text("Parley:")
         assert await log.locator(".msg.bot").count() == 2  # the greeting and the notice: no bot bubble for Ann

@@ -292,6 +292,9 @@ class FakeSlack:
         if message is None:
             return {"ok": False, "error": "message_not_found"}
         message.text = args["text"]
+        if "blocks" in args:  # new blocks replace the old ones (an empty list removes them)
+            blocks = args["blocks"]
+            message.blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
         return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
 
     def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -453,9 +456,12 @@ def reaction_added(
     }
 
 
-def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value: str = "") -> dict[str, Any]:
+def block_action(
+    message: Posted, *, action_id: str, user: str = "UAGENT", value: str = "", block_id: str = "parley_ticket"
+) -> dict[str, Any]:
     """The `block_actions` payload Slack sends when a person presses a button on `message`
     (delivered over HTTP as a signed form with one field, `payload`, holding this JSON)."""
+    thread = {"thread_ts": message.thread_ts} if message.thread_ts else {}
     return {
         "type": "block_actions",
         "api_app_id": "A0001",
@@ -467,6 +473,7 @@ def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value
             "message_ts": message.ts,
             "channel_id": message.channel,
             "is_ephemeral": False,
+            **thread,
         },
         "channel": {"id": message.channel, "name": "support"},
         "message": {
@@ -476,6 +483,7 @@ def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value
             "blocks": message.blocks or [],
             "user": BOT_USER,
             "bot_id": BOT_ID,
+            **thread,
         },
         "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
         "response_url": "https://hooks.slack.invalid/actions/unused",
@@ -483,7 +491,7 @@ def block_action(message: Posted, *, action_id: str, user: str = "UAGENT", value
             {
                 "type": "button",
                 "action_id": action_id,
-                "block_id": "parley_ticket",
+                "block_id": block_id,
                 "value": value,
                 "action_ts": str(time.time()),
                 "text": {"type": "plain_text", "text": "Resolve"},

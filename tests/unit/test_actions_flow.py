@@ -21,10 +21,11 @@ from bot import messages
 from bot.actions.confirm import Confirmations
 from bot.config import ActionsSettings
 from bot.errors import EngineUnavailable
+from bot.reply import Offer, Settled
 from bot.runtime import connect_redis
 from bot.tenants import load_tenants
 from bot.tools.sample_service import DESK, make_app
-from bot.turns import Outcome
+from bot.turns import CHOICE, Outcome, Turn
 from tests.fakes.llm import URL, FakeLLM
 from tests.unit.test_dialogue_core import Core, RecordingSink, dialogue_core, make_turn, within
 
@@ -160,6 +161,14 @@ async def test_calls_stop_at_the_turns_limit(start):
     assert [e["outcome"] for e in await audit(core)] == ["ok", "ok"]
 
 
+async def test_the_report_counts_the_calls_that_ran_and_failed_per_tenant(start):
+    core = await start(FakeLLM(["Which order?", "It shipped."], decisions=[order("my order"), NOTHING, order("A1002")]))
+    await core.handle(make_turn(WHERE), RecordingSink())  # invalid arguments: a failed call
+    await core.handle(make_turn(WHERE), RecordingSink())  # a read that ran
+    [day] = await core.stats.days(days=1, tenant="T1")
+    assert (day.actions, day.action_failures, day.answers, day.conversations) == (1, 1, 2, 1)
+
+
 async def test_a_write_action_waits_for_the_askers_yes_and_runs_once(start, service):
     core = await start(FakeLLM(["unused"], decisions=[TICKET]))
     sink = RecordingSink()
@@ -229,3 +238,77 @@ async def test_a_yes_after_another_turn_is_not_taken_for_the_confirmation(start,
     await core.handle(make_turn(WHERE), RecordingSink())  # the bot's last word is no longer the question
     reply = await core.handle(make_turn("yes"), RecordingSink())
     assert reply.route_step != "confirm" and service[DESK].tickets == {}
+
+
+class ButtonSink(RecordingSink):
+    """A platform with buttons (`bot.reply.Choices`): keeps what it was asked to show and settle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offers: list[Offer] = []
+        self.settled: list[str] = []
+
+    async def offer(self, offer: Offer) -> None:
+        self.offers.append(offer)
+
+    async def settle(self, outcome: Settled) -> None:
+        self.settled.append(outcome)
+
+
+def press(call: str, choice: str = "confirm", *, user: str = "U1") -> Turn:
+    return replace(make_turn(choice, channel="C9"), user=user, command=CHOICE, reply_to=call)
+
+
+async def test_buttons_confirm_a_write_once_and_only_for_the_asker(start, service):
+    core = await start(FakeLLM(decisions=[TICKET]))
+    asked = ButtonSink()
+    await core.handle(make_turn(BROKEN, channel="C9"), asked)
+    [offer] = asked.offers
+    assert offer.what == 'open a support ticket titled "Broken keyboard"' and offer.expires > time.time() + 500
+    # A stranger's press: told alone (the sink's "refused"), the buttons stay, nothing is saved.
+    stranger = ButtonSink()
+    reply = await core.handle(press(offer.call, user="U2"), stranger)
+    assert (reply.outcome, reply.route_step, stranger.text, stranger.settled) == (
+        Outcome.IGNORED,
+        "confirm",
+        "",
+        ["refused"],
+    )
+    assert len(await core.saved(press(offer.call))) == 2  # the question only
+    assert service[DESK].tickets == {}
+    # The asker's press, on another replica: runs once, the buttons say so.
+    other = await start(FakeLLM())
+    pressed = ButtonSink()
+    await other.handle(press(offer.call), pressed)
+    assert pressed.text.startswith("Done: open_ticket.") and pressed.settled == ["confirmed"]
+    assert len(service[DESK].tickets) == 1
+    # A double click: "already", nothing run again; the other button says the same.
+    again = ButtonSink()
+    await core.handle(press(offer.call, "cancel"), again)
+    assert (again.text, again.settled) == (messages.action_already("confirmed"), ["confirmed"])
+    assert len(service[DESK].tickets) == 1
+    assert [e["outcome"] for e in await audit(core)] == ["pending", "ok"]
+
+
+async def test_a_press_on_an_unknown_or_expired_call_runs_nothing(start, service):
+    core = await start(FakeLLM(decisions=[TICKET]))
+    sink = ButtonSink()
+    await core.handle(press("0123456789abcdef"), sink)
+    assert (sink.text, sink.settled) == (messages.ACTION_EXPIRED, ["expired"])
+    cancelled = ButtonSink()
+    await core.handle(make_turn(BROKEN, channel="C9"), ButtonSink())
+    [call] = [e["detail"] for e in await audit(core) if e["outcome"] == "pending"]
+    await core.handle(press(call, "cancel"), cancelled)
+    assert (cancelled.text, cancelled.settled) == (messages.ACTION_CANCELLED, ["cancelled"])
+    assert service[DESK].tickets == {}
+
+
+async def test_native_tool_calling_runs_the_same_loop(start):
+    core = await start(FakeLLM(["It shipped with UPS."], decisions=[order("A1002"), NOTHING]), calling="native")
+    sink = RecordingSink()
+    reply = await core.handle(make_turn(WHERE), sink)
+    assert (reply.intent, sink.text) == ("action", "It shipped with UPS.")
+    (messages_, tools), _ = core.llm.tool_requests
+    assert [t["function"]["name"] for t in tools] == ["open_ticket", "order_status"]
+    assert messages_[-1]["content"] == WHERE  # the user's message, no "decide" instruction
+    assert [e["outcome"] for e in await audit(core)] == ["ok"]

@@ -25,6 +25,7 @@ from bot import messages
 from bot.actions.loop import Actions
 from bot.config import Settings
 from bot.dialogue.manager import DialogueManager
+from bot.dialogue.quota import Quotas
 from bot.engine.launcher import EnginePaths
 from bot.errors import EngineFailed, EngineOverloaded, EngineRejected, EngineUnavailable, LLMError, PlatformError
 from bot.handlers import Services, build_handlers
@@ -32,11 +33,12 @@ from bot.handoff.flow import Handoffs
 from bot.handoff.store import RedisHandoffStore
 from bot.knowledge.base import KnowledgeBase
 from bot.moderation.moderator import Moderator
+from bot.ops.meter import RedisMeter
 from bot.ops.metrics import Metrics
 from bot.ops.stats import RedisStats
 from bot.routing.embeddings import Embedder
 from bot.routing.router import Router
-from bot.runtime import connect_redis, open_actions
+from bot.runtime import connect_redis, open_actions, open_metering
 from bot.store.batching import RedisBatcher
 from bot.store.context import RedisContextStore
 from bot.store.dedupe import RedisDeduper
@@ -102,6 +104,8 @@ class Core:
     settings: Settings
     actions: Actions
     metrics: Metrics
+    stats: RedisStats
+    meter: RedisMeter
 
     async def handle(self, turn: Turn, sink: RecordingSink) -> Reply:
         """One turn, failing instead of hanging: a regression that reads on from a held stream
@@ -148,7 +152,12 @@ async def dialogue_core(
         )
         tenants = tenants or load_tenants(settings.tenants.file)
         metrics = Metrics()
-        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack)
+        actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack, stats)
+        meter, buckets = open_metering(settings, redis, stack)
+        assert isinstance(meter, RedisMeter)
+        quotas = Quotas(
+            settings.quota, buckets, max_tokens=settings.llm.max_tokens, system_prompt=settings.context.system_prompt
+        )
         manager = DialogueManager(
             settings=settings,
             store=store,
@@ -163,9 +172,11 @@ async def dialogue_core(
             stats=stats,
             actions=actions,
             pending=pending,
+            quotas=quotas,
+            meter=meter,
         )
         stack.push_async_callback(llm.aclose)
-        yield Core(manager, store, llm, watched, settings, actions, metrics)
+        yield Core(manager, store, llm, watched, settings, actions, metrics, stats, meter)
 
 
 @pytest_asyncio.fixture

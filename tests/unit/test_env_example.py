@@ -11,7 +11,11 @@ def setting_variables():
     for section in Settings.SECTIONS:
         cls = Settings.model_fields[section].default_factory
         prefix = cls.model_config["env_prefix"]
-        names |= {(prefix + field).upper() for field in cls.model_fields}
+        # A field with an alias is read under that name (HF_TOKEN, as huggingface_hub reads it).
+        names |= {
+            (info.validation_alias if isinstance(info.validation_alias, str) else prefix + field).upper()
+            for field, info in cls.model_fields.items()
+        }
     return names
 
 

@@ -8,19 +8,23 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest_asyncio
+from aiohttp import web
 
 import adapters.web
 from adapters.web.app import WebAdapter
 from adapters.web.tokens import conversation_id
-from bot.config import Settings, WebSettings
+from bot.config import ActionsSettings, Settings, TenantsSettings, WebSettings
 from bot.runtime import Runtime
 from bot.store.context import Context
+from bot.tools.sample_service import DESK, Desk, make_app
 from bot.turns import ConversationKey
 from tests.conftest import serve_one
+from tests.standin import ScriptedEngine
 
 SECRET = "a-test-secret-that-signs-visitor-tokens"
 SITE = "shop"
@@ -165,5 +169,45 @@ async def stack_for(make_settings: Callable[..., Settings]) -> Callable[..., Any
         if dialogue is not None:
             sections["dialogue"] = dialogue
         return serving(make_settings(llm_url=llm_url, **sections))
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def sample_service() -> AsyncIterator[tuple[Desk, int]]:
+    """The sample service (`parley sample-service`) on a free loopback port: its ticket desk, and the port."""
+    app = make_app()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield app[DESK], runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def web_with_actions(
+    tmp_path: Path, sample_service: tuple[Desk, int], make_settings: Callable[..., Settings]
+) -> Callable[..., Any]:
+    """`async with web_with_actions(ScriptedEngine(decisions=[...])) as stack:` Parley serving the
+    web chat with the scripted stand-in engine (its structured-output answers are the model's
+    action decisions), the shipped sample actions allowed and pointed at the sample service."""
+    text = (Path(__file__).parents[2] / "deploy" / "sample-actions.toml").read_text()
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(text.replace("http://127.0.0.1:8765", f"http://127.0.0.1:{sample_service[1]}"))
+
+    @asynccontextmanager
+    async def make(engine: ScriptedEngine, **web: Any) -> AsyncIterator[WebStack]:
+        async with engine.serving() as url:
+            settings = make_settings(
+                llm_url=url,
+                web=web_settings(**web),
+                tenants=TenantsSettings(_env_file=None, file=tenants),
+                actions=ActionsSettings(_env_file=None, fetch_allow=["127.0.0.0/8"]),
+            )
+            async with serving(settings) as stack:
+                yield stack
 
     return make

@@ -8,11 +8,13 @@ import json
 import pytest
 
 from adapters.web import normalize
-from adapters.web.normalize import BadFrame, Hello, Say, Vote
+from adapters.web.normalize import BadFrame, Hello, Press, Say, Vote
 from adapters.web.tokens import new_visitor
 from bot import messages
 from bot.errors import InputRejected
+from bot.reply import Choices, Offer
 from bot.store.context import Message
+from bot.turns import CHOICE, CHOICES, Turn
 
 
 def code_of(raw: str) -> str:
@@ -142,6 +144,101 @@ def test_frames_out_are_valid_json_even_for_text_that_is_not_valid_unicode():
     assert hist["history"] == [{"role": "user", "text": "q"}, {"role": "assistant", "text": "a"}]
     err = normalize.error("rate_limited", "wait", id="abcdefgh", retry_after=12.345)
     assert err == {"type": "error", "code": "rate_limited", "text": "wait", "id": "abcdefgh", "retry_after": 12.3}
+
+
+CALL = "0123456789abcdef"
+PRESS = {"type": "choice", "call": CALL, "choice": "confirm", "id": "press-0001"}
+
+
+def test_a_choice_frame_is_a_press():
+    assert normalize.parse_frame(json.dumps(PRESS)) == Press(CALL, "confirm", "press-0001")
+    cancel = {**PRESS, "choice": "cancel", "unknown": [1]}  # unknown fields are ignored, as elsewhere
+    assert normalize.parse_frame(json.dumps(cancel)) == Press(CALL, "cancel", "press-0001")
+
+
+@pytest.mark.parametrize(
+    "changes, code",
+    [
+        ({"call": "0123456789ABCDEF"}, "bad_call"),  # lowercase hex only
+        ({"call": "0123456789abcde"}, "bad_call"),  # 15
+        ({"call": "0123456789abcdef0"}, "bad_call"),  # 17
+        ({"call": "0123456789abcdeg"}, "bad_call"),
+        ({"call": "0123456789abcdef\n"}, "bad_call"),
+        ({"call": " 0123456789abcdef"}, "bad_call"),
+        ({"call": "../../0123456789"}, "bad_call"),
+        ({"call": 123456789012345678}, "bad_call"),
+        ({"call": ["0123456789abcdef"]}, "bad_call"),
+        ({"call": None}, "bad_call"),
+        ({"choice": "yes"}, "bad_choice"),
+        ({"choice": "Confirm"}, "bad_choice"),
+        ({"choice": "confirmed"}, "bad_choice"),
+        ({"choice": ""}, "bad_choice"),
+        ({"choice": ["confirm"]}, "bad_choice"),
+        ({"choice": {"confirm": 1}}, "bad_choice"),
+        ({"choice": True}, "bad_choice"),
+        ({"choice": None}, "bad_choice"),
+    ],
+)
+def test_malformed_choice_frames_name_the_press(changes, code):
+    frame = {**PRESS, **changes}
+    with pytest.raises(BadFrame) as caught:
+        normalize.parse_frame(json.dumps(frame))
+    assert (caught.value.code, caught.value.id) == (code, "press-0001")
+
+
+def test_a_choice_frame_without_a_good_id_is_refused():
+    for bad in (None, 5, "short", "has space!", "a" * 65, ["press-0001"]):
+        frame = {**PRESS, "id": bad} if bad is not None else {k: v for k, v in PRESS.items() if k != "id"}
+        with pytest.raises(BadFrame) as caught:
+            normalize.parse_frame(json.dumps(frame))
+        assert (caught.value.code, caught.value.id) == ("bad_field", None)
+
+
+def test_a_press_becomes_a_choice_turn_in_the_visitors_conversation():
+    visitor = new_visitor()
+    turn = normalize.choice_turn(Press(CALL, "cancel", "press-0001"), conversation=visitor, site="shop")
+    # Like a feedback turn: the visitor's conversation, a desk-only command no typed text can make.
+    feedback = normalize.feedback_turn(Vote(f"{visitor}:abcdefgh", "up"), conversation=visitor, site="shop")
+    assert (turn.platform, turn.tenant, turn.channel, turn.user, turn.thread) == (
+        feedback.platform,
+        feedback.tenant,
+        feedback.channel,
+        feedback.user,
+        feedback.thread,
+    )
+    assert (turn.command, turn.text, turn.reply_to) == (CHOICE, "cancel", CALL) and turn.text in CHOICES
+    assert turn.event_id == f"{visitor}:press-0001" == normalize.event_id(visitor, "press-0001")
+    resent = normalize.choice_turn(Press(CALL, "cancel", "press-0001"), conversation=visitor, site="shop")
+    again = normalize.choice_turn(Press(CALL, "cancel", "press-0002"), conversation=visitor, site="shop")
+    other = normalize.choice_turn(Press(CALL, "cancel", "press-0001"), conversation=new_visitor(), site="shop")
+    assert resent.event_id == turn.event_id != again.event_id  # a resend is one event, a new press another
+    assert other.event_id != turn.event_id and other.user != turn.user
+    assert Turn.from_dict(turn.to_dict()) == turn  # through the inbox unchanged
+    # A typed message is never a choice, whatever it says.
+    assert normalize.to_turn(Say("abcdefgh", "confirm"), conversation=visitor, site="shop").command is None
+
+
+def test_choice_and_settled_frames_out():
+    offer = Offer(CALL, 'open a ticket titled "<img src=x onerror=alert(1)>"', 1_700_000_000.5)
+    frame = normalize.encode(normalize.choice(offer, reply_to="v:abcdefgh"))
+    assert frame.isascii()  # the words go as they are: the widget shows them as text
+    assert json.loads(frame) == {
+        "type": "choice",
+        "call": CALL,
+        "what": offer.what,
+        "expires": 1_700_000_000.5,
+        "reply_to": "v:abcdefgh",
+    }
+    for outcome in ("confirmed", "cancelled", "expired"):
+        assert normalize.settled(CALL, outcome) == {"type": "settled", "call": CALL, "outcome": outcome}
+
+
+def test_the_web_sink_offers_buttons():
+    from adapters.web.fanout import LocalFanout
+    from adapters.web.sink import WebSink
+
+    turn = normalize.to_turn(Say("abcdefgh", "hi"), conversation=new_visitor(), site="shop")
+    assert isinstance(WebSink(LocalFanout(), turn), Choices)
 
 
 @pytest.mark.parametrize(

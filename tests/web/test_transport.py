@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 import adapters.web
-from adapters.web.pages import CONFIG_SLOT
+from adapters.web.pages import CHOICE_TEXT, CONFIG_SLOT
 from adapters.web.tokens import TokenSigner, new_visitor
 from bot import messages
 from bot.errors import EngineUnavailable, InputRejected
@@ -67,7 +67,12 @@ async def test_serves_the_demo_page_the_widget_with_its_settings_and_health(stac
                 "Hello from Acme!",
                 SITE,
             )
-            assert config["text"] == messages.WEB_WIDGET_TEXT and config["maxChars"] == 4000
+            assert config["text"] == {**messages.WEB_WIDGET_TEXT, **CHOICE_TEXT} and config["maxChars"] == 4000
+            assert (config["text"]["confirm"], config["text"]["cancel"], config["text"]["confirmed"]) == (
+                messages.CONFIRM_BUTTON,
+                messages.CANCEL_BUTTON,
+                messages.action_settled("confirmed", "you"),
+            )
         async with stack.session.get(stack.base + "/widget.css") as css:
             assert css.status == 200 and css.content_type == "text/css" and ".launcher" in await css.text()
         async with stack.session.get(stack.base + "/healthz") as health:

@@ -1,0 +1,120 @@
+"""`parley loadtest` end to end on a small load: `parley serve` as its own process with the web
+chat, visitors over the real WebSocket, the stand-in engine, and every figure printed.
+(The figures are measurements, read by people; these tests check they exist and add up.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.tools.cli import build_parser, main
+from bot.tools.loadtest import run_loadtest
+from bot.tools.standin import ScriptedEngine
+from tests.conftest import RedisServer
+
+NUMBER = r"([\d.]+)"
+
+
+def _ms(out: str, label: str) -> tuple[float, float]:
+    found = re.search(rf"{re.escape(label)}\s+p50 {NUMBER} ms\s+p99 {NUMBER} ms", out)
+    assert found, f"no {label!r} line in:\n{out}"
+    p50, p99 = float(found.group(1)), float(found.group(2))
+    assert 0 <= p50 <= p99
+    return p50, p99
+
+
+async def test_loadtest_drives_visitors_through_parley_serve_and_prints_every_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    args = build_parser().parse_args(
+        [
+            *("--env-file", str(tmp_path / "none.env"), "loadtest", "--standin", "-k", "3", "-t", "2"),
+            *("--history", "1", "--redis", redis_server.url),
+        ]
+    )
+    said: list[str] = []
+    status = await run_loadtest(make_settings_free(), args, said.append)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "3 visitors x 2 turns (history 1) over the web chat's WebSocket" in out
+    found = re.search(rf"turns\s+(\d+) answered, (\d+) errors, {NUMBER} turns/s", out)
+    assert found and found.groups()[:2] == ("6", "0") and float(found.group(3)) > 0, out
+    _ms(out, "ack")
+    _ms(out, "first delta after sending")
+    _, in_p99 = _ms(out, "Parley in  (sent -> engine)")
+    _, out_p99 = _ms(out, "Parley out (first token -> delta)")
+    _, added_p99 = _ms(out, "Parley added (in + out)")
+    assert added_p99 <= in_p99 + out_p99 + 1e-6  # each turn's sum is at most the sum of the worst
+    cpu = re.search(rf"Parley CPU per turn\s+{NUMBER} ms \({NUMBER} s of CPU\): event loop {NUMBER} ms", out)
+    assert cpu and float(cpu.group(1)) > 0 and float(cpu.group(3)) <= float(cpu.group(1)), out
+    assert re.search(r"inbox depth\s+max \d+, mean [\d.]+", out)
+    assert any("starting parley serve" in line for line in said)
+
+
+async def test_the_sweep_prints_a_row_per_setting_and_rate_and_the_capacity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    args = build_parser().parse_args(
+        [
+            *("--env-file", str(tmp_path / "none.env"), "loadtest", "--standin", "-k", "2", "-t", "1", "--sweep"),
+            *("--rates", "4,8", "--step-seconds", "0.5", "--redis", redis_server.url),
+        ]
+    )
+    assert await run_loadtest(make_settings_free(), args, lambda line: None) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(
+        r"^(base|history 20|routing off|moderation off|redis inbox)\s+(\d+)\s+(\d+)\s+([\d.]+)", out, re.M
+    )
+    assert {name for name, *_ in rows} == {"base", "history 20", "routing off", "moderation off", "redis inbox"}
+    assert all(history == ("20" if name == "history 20" else "0") for name, history, *_ in rows)
+    assert {rate for _, _, rate, _ in rows} <= {"4", "8"}
+    assert "capacity: the highest offered rate with Parley's added p99 under 10 ms" in out
+    for name in ("base", "history 20", "routing off", "moderation off", "redis inbox"):
+        assert re.search(rf"^  {name}\s+(\d+ turns/s|none of the rates tried)$", out, re.M), out
+
+
+def test_the_sweep_needs_the_standin_and_rates_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loadtest", "--rates", "10,-1"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loadtest", "--standin", "--engine-url", "http://x/v1"])
+    env = tmp_path / "none.env"
+    assert (
+        main(
+            [
+                "--env-file",
+                str(env),
+                "loadtest",
+                "--engine-url",
+                "http://127.0.0.1:1/v1",
+                "--sweep",
+                "-k",
+                "1",
+                "-t",
+                "1",
+            ]
+        )
+        != 0
+    )
+
+
+async def test_the_standin_stamps_each_streamed_answer() -> None:
+    import aiohttp
+
+    engine = ScriptedEngine("one two", keep_requests=False)
+    async with engine.serving() as url, aiohttp.ClientSession() as http:
+        body = {"model": "standin", "stream": True, "messages": [{"role": "user", "content": "zqabcdefghij hi"}]}
+        async with http.post(f"{url}/chat/completions", json=body) as response:
+            await response.read()
+    assert engine.requests == []
+    [stamp] = engine.streamed
+    assert stamp.last == "zqabcdefghij hi" and stamp.received <= stamp.first_token
+
+
+def make_settings_free():
+    """Settings as `parley loadtest` reads them, without this machine's .env or environment."""
+    from bot.config import LLMSettings, RedisSettings, Settings
+
+    return Settings(llm=LLMSettings(_env_file=None), redis=RedisSettings(_env_file=None))
