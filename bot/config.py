@@ -72,6 +72,9 @@ class LLMSettings(BaseSettings):
     model: str | None = None  # unset: the first model the engine lists
     api_key: SecretStr | None = None  # vLLM's --api-key, if the server has one
     max_concurrency: int = Field(64, ge=1)  # requests in flight to the engine at once
+    # Whose turn it is when requests wait for one of those slots (bot/llm/fairness.py):
+    # round-robin per user (of a tenant) or per tenant; none: first come, first served.
+    fair_share: str = Field("user", pattern=r"^(user|tenant|none)$")
     connect_timeout: float = Field(5.0, gt=0)  # seconds to connect to the engine
     read_timeout: float = Field(60.0, gt=0)  # longest silence between two streamed chunks
     total_timeout: float = Field(300.0, gt=0)  # longest a whole answer may take
@@ -120,7 +123,9 @@ class ContextSettings(BaseSettings):
 class DialogueSettings(BaseSettings):
     model_config = _section("PARLEY_DIALOGUE_")
 
-    max_in_flight: int = Field(64, ge=1)  # turns handled at once by this process
+    # Turns handled at once by this process: above PARLEY_LLM_MAX_CONCURRENCY, so that turns
+    # wait for the engine in its fair queue rather than first come, first served in the inbox.
+    max_in_flight: int = Field(256, ge=1)
     inbox_size: int = Field(
         1000, ge=1
     )  # turns waiting (per stream shard with the Redis inbox) before users are told to retry

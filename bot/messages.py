@@ -157,6 +157,8 @@ WEB_DEMO_INTRO = (
 )
 # The widget's own labels (buttons, screen-reader names, connection states), sent to the browser
 # with the widget's settings so that every word a visitor reads is made here.
+# What a visitor who pressed "Talk to a person" is shown as saying (and the desk's transcript too).
+ASK_FOR_PERSON = "I'd like to talk to a person, please."
 WEB_WIDGET_TEXT = {
     "open": "Open chat",
     "close": "Close chat",
@@ -178,6 +180,8 @@ WEB_WIDGET_TEXT = {
     "copy": "Copy",
     "copy_code": "Copy code",
     "copied": "Copied",
+    "person": "Talk to a person",
+    "asked_person": ASK_FOR_PERSON,
 }
 
 

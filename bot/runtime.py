@@ -254,6 +254,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
         metrics = Metrics()
         metrics.live.circuits = llm.circuits
         metrics.live.llm_in_flight = lambda: llm.in_flight
+        metrics.live.llm_waiting = llm.waiting
         handoff_store: HandoffStore
         stats: Stats
         answers: AnswerIndex

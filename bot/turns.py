@@ -36,6 +36,9 @@ AGENT, RESOLVE, FEEDBACK, CHOICE = "agent", "resolve", "feedback", "choice"
 DESK_COMMANDS = (AGENT, RESOLVE, FEEDBACK, CHOICE)
 VOTES = ("up", "down")  # the text of a feedback turn
 CHOICES = ("confirm", "cancel")  # the text of a choice turn: a Confirm or Cancel button pressed
+# A "Talk to a person" button pressed: a request for a person as explicit as a slash command
+# (routed to the handoff, never guessed from words); its text is what the customer is shown as saying.
+ASK_PERSON = "handoff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,8 @@ class Turn:
 
     `event_id` is the platform's id for the event (Slack `event_id`, Discord message or
     interaction id): retries of one event carry the same id. `command` is an explicit
-    request from a slash command (`help`, `reset`, `ask`, `translate`) or from the
+    request from a slash command (`help`, `reset`, `ask`, `translate`), a "Talk to a person"
+    button (`handoff`, `ASK_PERSON`), or from the
     support desk and feedback buttons (`agent`, `resolve`, `feedback`: see `bot.handoff.flow`;
     adapters must never let a customer's own text produce those), `reply_to` the
     platform id of the message the answer should answer. What an adapter needs to reply is

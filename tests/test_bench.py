@@ -1,5 +1,6 @@
-"""`parley bench` end to end on a small load: both paths run and every figure is printed.
-(Its figures themselves are measurements, read by people, not asserted by tests.)"""
+"""`parley bench` and `parley bench history` end to end on a small load: every run happens and every
+figure is printed.
+(The figures themselves are measurements, read by people, not asserted by tests.)"""
 
 import argparse
 import gc
@@ -8,6 +9,8 @@ import re
 import pytest
 
 from bot.tools.bench import add_arguments, run_bench
+from bot.tools.history import add_arguments as add_history_arguments
+from bot.tools.history import run_history
 
 pytestmark = pytest.mark.engine
 
@@ -38,3 +41,15 @@ def test_bench_arguments_must_be_positive():
     add_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--rounds", "0"])
+
+
+async def test_bench_history_runs_both_cuts_and_prints_their_hit_rates(make_settings, engine, capsys):
+    parser = argparse.ArgumentParser()
+    add_history_arguments(parser)
+    args = parser.parse_args(["-k", "2", "-t", "6", "--budget", "40", "--max-tokens", "8", "--rounds", "2"])
+    await run_history(make_settings(llm_url=engine), args, lambda line: None)
+    out = capsys.readouterr().out
+    for name in ("compaction", "sliding window"):
+        found = re.search(rf"^{name}\s+([\d.]+)%\s+([\d.]+)%\s+(\d+)% (\d+)%\s+(\d+)$", out, re.M)
+        assert found, out
+        assert all(0 <= float(found.group(n)) <= 100 for n in range(1, 5)) and int(found.group(5)) > 0

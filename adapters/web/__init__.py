@@ -76,6 +76,7 @@ def create(context: AdapterContext) -> WebAdapter | None:
         signer=TokenSigner(secret, site=settings.site, ttl=settings.token_ttl),
         fanout=fanout,
         handoffs=handoffs,
+        person=handoffs is not None and context.settings.handoff.on_request,
     )
 
 

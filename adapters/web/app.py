@@ -57,13 +57,20 @@ class WebAdapter:
         signer: TokenSigner,
         fanout: Fanout,
         handoffs: HandoffCaps | None = None,
+        person: bool = False,
     ) -> None:
         self._settings = settings
         self._fanout = fanout
         self._pages = Pages(settings)
         self._intake = Intake(settings=settings, limiter=limiter, fanout=fanout, handoffs=handoffs)
         self._sessions = Sessions(
-            settings=settings, store=store, limiter=limiter, signer=signer, fanout=fanout, intake=self._intake
+            settings=settings,
+            store=store,
+            limiter=limiter,
+            signer=signer,
+            fanout=fanout,
+            intake=self._intake,
+            person=person,
         )
         self._runner: web.AppRunner | None = None
         self._relay: asyncio.Task[None] | None = None  # the fan-out's subscription, from run() to aclose()

@@ -7,10 +7,11 @@ Every frame is one JSON object with a `type`. The browser sends:
     {"type": "message", "id": "<client id>", "text": "..."}  a user message
     {"type": "feedback", "answer": "<answer id>", "vote": "up" | "down", "id"?: "<client id>"}
     {"type": "choice", "call": "<call id>", "choice": "confirm" | "cancel", "id": "<client id>"}
+    {"type": "handoff", "id": "<client id>"}              "Talk to a person" pressed
 
 Parley sends:
 
-    {"type": "welcome", "token", "resumed", "history": [{"role", "text"}]}
+    {"type": "welcome", "token", "resumed", "history": [{"role", "text"}], "person": bool}
     {"type": "ack", "id", "answer", "text"}     the message is in; `answer` ids its answer
     {"type": "delta", "id", "at", "text"}      a piece of answer `id`, starting at character `at`
     {"type": "done", "id", "text"}             answer `id` is complete; `text` is all of it
@@ -19,6 +20,11 @@ Parley sends:
     {"type": "choice", "call", "what", "expires", "reply_to"}  Confirm / Cancel for a write action
     {"type": "settled", "call", "outcome"}     the call is decided: "confirmed", "cancelled" or "expired"
     {"type": "error", "code", "text", "id"?, "retry_after"?}
+
+`person` in the welcome says whether a person can be asked for here (a support desk is set up
+and takes requests): only then does the widget show "Talk to a person". Pressed, it is a message
+of its own (`Say` with the `handoff` command and the words of `bot.messages.ASK_FOR_PERSON`),
+acknowledged and answered like any other, which the dialogue manager routes to the handoff.
 
 The client id is the browser's own random id for a message: a resend after a reconnect
 carries the same id, and the turn's event id is `<conversation>:<client id>`, so the dialogue
@@ -49,9 +55,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.errors import ParleyError
+from bot.messages import ASK_FOR_PERSON
 from bot.reply import Offer, Settled
 from bot.store.context import Message
-from bot.turns import CHOICE, CHOICES, VOTES, ConversationKey, Turn, check_size
+from bot.turns import ASK_PERSON, CHOICE, CHOICES, VOTES, ConversationKey, Turn, check_size
 
 PLATFORM = "web"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -79,6 +86,7 @@ class Hello:
 class Say:
     id: str
     text: str
+    command: str | None = None  # ASK_PERSON for "Talk to a person"; else a message typed
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,11 @@ def parse_frame(raw: str) -> ClientFrame:
             if not isinstance(text, str):
                 raise BadFrame("bad_field", "text must be a string", id=id_)
             return Say(id_, text)
+        case "handoff":
+            id_ = data.get("id")
+            if not isinstance(id_, str) or not _CLIENT_ID.fullmatch(id_):
+                raise BadFrame("bad_field", "id must be 8 to 64 letters, digits, - or _")
+            return Say(id_, ASK_FOR_PERSON, command=ASK_PERSON)
         case "feedback":
             answer, vote = data.get("answer"), data.get("vote")
             if not isinstance(answer, str) or not _ANSWER_ID.fullmatch(answer):
@@ -178,6 +191,7 @@ def to_turn(say: Say, *, conversation: str, site: str) -> Turn:
         user=conversation,
         text=say.text,
         event_id=event_id(conversation, say.id),
+        command=say.command,
     )
 
 
@@ -232,8 +246,8 @@ def history(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "text": m.content} for m in messages if m.role in ("user", "assistant")]
 
 
-def welcome(token: str, *, resumed: bool, messages: Sequence[Message]) -> dict[str, Any]:
-    return {"type": "welcome", "token": token, "resumed": resumed, "history": history(messages)}
+def welcome(token: str, *, resumed: bool, messages: Sequence[Message], person: bool) -> dict[str, Any]:
+    return {"type": "welcome", "token": token, "resumed": resumed, "history": history(messages), "person": person}
 
 
 def ack(say: Say, answer: str) -> dict[str, Any]:

@@ -59,8 +59,10 @@ class Sessions:
         signer: TokenSigner,
         fanout: Fanout,
         intake: Intake,
+        person: bool,
     ) -> None:
         self._settings = settings
+        self._person = person  # whether the widget offers "Talk to a person" (a desk takes requests)
         self._store = store
         self._limiter = limiter
         self._signer = signer
@@ -91,7 +93,8 @@ class Sessions:
         try:
             await self._fanout.attach(conn)  # first, so no answer published while the history loads is lost
             history = await self._history(conn) if resumed else ()
-            conn.open(normalize.encode(normalize.welcome(token, resumed=resumed, messages=history)))
+            welcome = normalize.welcome(token, resumed=resumed, messages=history, person=self._person)
+            conn.open(normalize.encode(welcome))
             log.info(
                 "web: visitor %s connected (%s, %d tabs)",
                 conversation,

@@ -96,7 +96,7 @@ class DialogueManager:
     async def handle(self, turn: Turn, sink: ReplySink) -> Reply:
         """Run one turn to its end. Never raises except for cancellation."""
         # Every engine request of this turn goes to the conversation's engine (prefix cache).
-        scope = CallScope(affinity=str(turn.key) if self._settings.llm.sticky else None)
+        scope = CallScope(affinity=str(turn.key) if self._settings.llm.sticky else None, share=self._share(turn))
         state = stages.TurnState(turn, sink, scope, self._tenants.get(turn.tenant))
         async with self._locks.hold(turn.key):
             try:
@@ -119,6 +119,15 @@ class DialogueManager:
             extra=turn_fields(turn),
         )
         return reply
+
+    def _share(self, turn: Turn) -> str | None:
+        """Whose share of the engine this turn's requests wait in (`bot.llm.fairness`)."""
+        match self._settings.llm.fair_share:
+            case "user":
+                return f"{turn.tenant}/{turn.user}"
+            case "tenant":
+                return turn.tenant
+        return None
 
     async def _run(self, state: stages.TurnState) -> Reply:
         for stage in self._stages:

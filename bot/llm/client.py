@@ -38,6 +38,7 @@ from bot.errors import (
     LLMError,
 )
 from bot.llm.engines import CircuitBreaker, Engine, Engines
+from bot.llm.fairness import FairSlots
 from bot.llm.transport import ChatStream, EngineHTTP, Usage, engine_fault
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ class CallScope:
     doing any bookkeeping. `sent`, when given, is set once a streamed request has left (its
     bytes are written to the engine) or will not leave soon (it waits for a free slot, or
     failed): work of the caller's own can then start after the request instead of ahead of it.
+    `share` names whose turn it is when requests wait for a slot (`bot.llm.fairness`).
     """
 
     affinity: str | None = None
+    share: str | None = None
     usage: Usage = field(default_factory=Usage)
     sent: asyncio.Event | None = None
 
@@ -117,9 +120,13 @@ class LLMClient:
         self._model = settings.model
         # Counting tokens in process saves the engine (and this process) an HTTP request a turn.
         self._tokenizer = _load_tokenizer(settings.tokenizer) if settings.tokenizer else None
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._slots = FairSlots(settings.max_concurrency)
         self.in_flight = 0  # generation requests open right now (metrics, tests)
         self.peak_in_flight = 0
+
+    def waiting(self) -> int:
+        """Requests waiting for one of the `max_concurrency` slots (metrics)."""
+        return self._slots.waiting()
 
     @property
     def base_url(self) -> str:
@@ -217,7 +224,7 @@ class LLMClient:
         sent = scope.sent
         if sent is not None and self._slots.locked():
             sent.set()  # it queues behind other requests: nobody should wait for it
-        async with self._slots, self._counted():
+        async with self._slots.hold(scope.share), self._counted():
             deadline = asyncio.get_running_loop().time() + self._settings.total_timeout
             try:
                 body["model"] = await self.model()
@@ -316,7 +323,7 @@ class LLMClient:
         body["model"] = await self.model()
         affinity = scope.affinity if scope else None
         engine = (await self._pool.candidates(affinity))[0]
-        async with self._slots:
+        async with self._slots.hold(scope.share if scope else None):
             result = await self._http.request(
                 engine, "POST", f"{engine.base_url}/chat/completions", json=body, headers=self._headers(affinity)
             )

@@ -34,6 +34,7 @@ class _Live(Collector):
     def __init__(self) -> None:
         self.queue_depth: Callable[[], int] = lambda: 0
         self.llm_in_flight: Callable[[], int] = lambda: 0
+        self.llm_waiting: Callable[[], int] = lambda: 0
         self.circuits: Callable[[], Mapping[str, str]] = dict
         self.pending: Callable[[], int] = lambda: 0
 
@@ -47,6 +48,11 @@ class _Live(Collector):
         llm = GaugeMetricFamily("parley_llm_requests_in_flight", "Generation requests open to the engines")
         llm.add_metric([], self.llm_in_flight())
         yield llm
+        waiting = GaugeMetricFamily(
+            "parley_llm_requests_waiting", "Engine requests waiting for a slot, served round-robin per user"
+        )
+        waiting.add_metric([], self.llm_waiting())
+        yield waiting
         circuit = GaugeMetricFamily(
             "parley_engine_circuit", "1 for each engine's current circuit-breaker state", labels=["engine", "state"]
         )

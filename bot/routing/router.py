@@ -37,14 +37,15 @@ from bot.routing.classifier import Example, IntentModel, features, read_examples
 from bot.routing.embeddings import Embedder
 from bot.routing.languages import ALIASES, code_for
 from bot.tenants import DATA, INTENTS
+from bot.turns import ASK_PERSON
 
 log = logging.getLogger(__name__)
 
-COMMANDS = {"ask": "qa", "translate": "translate"}
 # What routing can answer: the tenants' handlers, and `handoff` (the user asks for a person),
 # which is no handler but the dialogue manager handing the conversation to the team
 # (`bot.handoff.flow`); whether it is allowed is PARLEY_HANDOFF_ON_REQUEST, not a tenant's list.
 HANDOFF = "handoff"
+COMMANDS = {"ask": "qa", "translate": "translate", ASK_PERSON: HANDOFF}
 LABELS = (*INTENTS, HANDOFF)
 # Not a label of the classifier: a chat or qa turn in a conversation that may use actions is
 # answered by the action handler, which falls back to that intent when no action is called.

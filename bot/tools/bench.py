@@ -20,7 +20,7 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,7 +43,7 @@ QUESTIONS = (
 )
 
 
-def _positive(value: str) -> int:
+def positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
@@ -51,13 +51,13 @@ def _positive(value: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--conversations", "-k", type=_positive, default=8, help="concurrent conversations (default 8)")
-    parser.add_argument("--turns", "-t", type=_positive, default=6, help="turns per conversation (default 6)")
-    parser.add_argument("--max-tokens", type=_positive, default=48, help="tokens per answer (default 48)")
+    parser.add_argument("--conversations", "-k", type=positive, default=8, help="concurrent conversations (default 8)")
+    parser.add_argument("--turns", "-t", type=positive, default=6, help="turns per conversation (default 6)")
+    parser.add_argument("--max-tokens", type=positive, default=48, help="tokens per answer (default 48)")
     parser.add_argument(
         "--rounds",
         "-r",
-        type=_positive,
+        type=positive,
         default=12,
         help="rounds of both runs, in alternating order; medians are reported (default 12: each order 6 times)",
     )
@@ -152,7 +152,7 @@ async def _phased(
     return elapsed, mid_reading - start_reading, end_reading - mid_reading
 
 
-async def _through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
+async def through_parley(runtime: Runtime, k: int, t: int) -> RunResult:
     run = f"P{uuid.uuid4().hex[:6]}"
     added: list[float] = []
 
@@ -207,9 +207,9 @@ async def _direct(
     return RunResult("direct", seconds, early, late, [])
 
 
-def _ms(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def _hit_rate(reading: CacheReading) -> str:
@@ -238,14 +238,14 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
         # Warm-up, one turn per conversation through each path: model discovery and the
         # connection pools (to vLLM and to Redis) are set up before anything is timed.
         await _direct(runtime, settings, http, k, 1, args.max_tokens)
-        await _through_parley(runtime, k, 1)
+        await through_parley(runtime, k, 1)
         for n in range(rounds):
             # The order alternates, so that neither path always runs on a warmer engine.
             for path in ("direct", "parley") if n % 2 == 0 else ("parley", "direct"):
                 if path == "direct":
                     directs.append(await _direct(runtime, settings, http, k, t, args.max_tokens))
                 else:
-                    parleys.append(await _through_parley(runtime, k, t))
+                    parleys.append(await through_parley(runtime, k, t))
     ratios = [p.throughput / d.throughput if d.throughput else 0.0 for d, p in zip(directs, parleys, strict=True)]
     added = [a for result in parleys for a in result.added]
 
@@ -262,8 +262,9 @@ async def run_bench(settings: Settings, args: argparse.Namespace, say: Callable[
         f"throughput ratio           median {statistics.median(ratios):8.3f}  "
         f"(Parley / direct in each round: {' '.join(f'{r:.3f}' for r in ratios)})"
     )
+    p50, p99 = (percentile(added, q) * 1000 for q in (0.5, 0.99))
     print(
-        f"Parley time per turn       p50 {_ms(added, 0.5):.2f} ms   p99 {_ms(added, 0.99):.2f} ms   "
+        f"Parley time per turn       p50 {p50:.2f} ms   p99 {p99:.2f} ms   "
         f"mean {statistics.fmean(added) * 1000:.2f} ms   ({len(added)} turns)"
     )
     for name, results in (("direct", directs), ("parley", parleys)):

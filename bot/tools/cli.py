@@ -381,7 +381,33 @@ def build_parser() -> argparse.ArgumentParser:
     kb_ranking.add_argument("--dense-only", action="store_true", help="rank by the embeddings alone (no BM25)")
     kb_ranking.add_argument("--lexical-only", action="store_true", help="rank by BM25 alone (no embeddings)")
 
-    add_bench_arguments(sub.add_parser("bench", help="measure Parley against the same requests sent straight to vLLM"))
+    bench = sub.add_parser(
+        "bench",
+        help="measure Parley against the same requests sent straight to vLLM (or: bench fairness)",
+    )
+    add_bench_arguments(bench)
+    from bot.tools.fairness import add_arguments as add_fairness_arguments
+    from bot.tools.history import add_arguments as add_history_arguments
+
+    benches = bench.add_subparsers(dest="bench", metavar="{fairness,history}")
+    add_history_arguments(
+        benches.add_parser(
+            "history",
+            help="long conversations over the history budget: prefix-cache hits with compaction vs a sliding window",
+            description="K conversations of T turns through the dialogue manager with a small history budget, "
+            "in alternating rounds with Parley's compaction and with a sliding window, against a vLLM server; "
+            "prints the prefix-cache hit rate of prompt tokens from the third turn on and over all turns.",
+        )
+    )
+    add_fairness_arguments(
+        benches.add_parser(
+            "fairness",
+            help="one heavy user against light ones on a saturated engine: first come first served vs the fair queue",
+            description="Light users at a steady rate and one heavy user at --heavy times that, through the dialogue "
+            "manager, with fewer engine slots than the load needs; prints the light users' first-token time p50/p95 "
+            "alone, with the heavy user first come first served, and with the fair queue.",
+        )
+    )
     from bot.tools.loadtest import add_arguments as add_loadtest_arguments
 
     add_loadtest_arguments(
@@ -452,6 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return signals.run(_chat_web(settings, signals) if args.web else _chat(settings, signals))
             case "engine":
                 return signals.run(_engine(settings, args.install_only, signals))
+            case "bench" if args.bench == "fairness":
+                from bot.tools.fairness import run_fairness
+
+                return signals.run(run_fairness(settings, args, say))
+            case "bench" if args.bench == "history":
+                from bot.tools.history import run_history
+
+                return signals.run(run_history(settings, args, say))
             case "bench":
                 from bot.tools.bench import run_bench
 

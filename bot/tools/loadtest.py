@@ -48,7 +48,7 @@ import aiohttp
 from bot.config import Settings
 from bot.engine.launcher import free_port
 from bot.errors import ConfigError, ParleyError
-from bot.tools.bench import QUESTIONS, prometheus_sum
+from bot.tools.bench import QUESTIONS, percentile, positive, prometheus_sum
 from bot.tools.standin import ScriptedEngine, Streamed
 
 TARGET_P99 = 0.010  # seconds: Parley's own share of a turn that the sweep looks for
@@ -57,13 +57,6 @@ _TAG = re.compile(r"zq[a-z]{10}")  # marks each turn's text, so the stand-in's s
 
 class LoadTestFailed(ParleyError):
     """Parley could not be started or driven; the log says why."""
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
 
 
 def _rates(value: str) -> list[float]:
@@ -77,8 +70,8 @@ def _rates(value: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--visitors", "-k", type=_positive, default=8, help="concurrent web visitors (default 8)")
-    parser.add_argument("--turns", "-t", type=_positive, default=6, help="turns per visitor (default 6)")
+    parser.add_argument("--visitors", "-k", type=positive, default=8, help="concurrent web visitors (default 8)")
+    parser.add_argument("--turns", "-t", type=positive, default=6, help="turns per visitor (default 6)")
     parser.add_argument(
         "--history",
         type=int,
@@ -91,11 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--standin", action="store_true", help="answer with the built-in stand-in (the default without an engine URL)"
     )
     engine.add_argument("--engine-url", metavar="URL", help="a running vLLM's /v1 URL (default: PARLEY_LLM_BASE_URL)")
-    parser.add_argument("--answer-words", type=_positive, default=16, help="the stand-in's answer length (default 16)")
+    parser.add_argument("--answer-words", type=positive, default=16, help="the stand-in's answer length (default 16)")
     parser.add_argument(
         "--token-delay", type=float, default=0.0, metavar="S", help="the stand-in's seconds per word (default 0)"
     )
-    parser.add_argument("--max-tokens", type=_positive, default=48, help="tokens per answer from a real engine")
+    parser.add_argument("--max-tokens", type=positive, default=48, help="tokens per answer from a real engine")
     parser.add_argument(
         "--redis", metavar="URL", help="Redis for Parley (default: PARLEY_REDIS_URL, else a private redis-server)"
     )
@@ -179,11 +172,6 @@ class Visitor:
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 @dataclass

@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 from bot.errors import StoreUnavailable
 from bot.store.quota import Limit, MemoryBuckets, RedisBuckets
 
-FAST = Limit("user", "turns", 4, 0.4, "user_turns_per_minute")  # 4 turns per 0.4 s: one back every 0.1 s
+# 4 turns per 2 s: one back every 0.5 s (a slower bucket would slow the tests; a faster one, on a
+# loaded machine, refills a second turn while the test oversleeps)
+FAST = Limit("user", "turns", 4, 2.0, "user_turns_per_minute")
 TOKENS = Limit("user", "tokens", 100, 1.0, "user_tokens_per_hour")
 
 
@@ -28,11 +30,11 @@ async def test_a_bucket_empties_and_refills_with_time(redis):
         assert await b.take([one], [1], [1]) is None
     refused = await b.take([one], [1], [1])
     assert refused is not None and refused.limit is FAST
-    assert 0 < refused.retry_after <= 0.1  # one turn comes back every 0.1 s
+    assert 0 < refused.retry_after <= 0.5  # one turn comes back every 0.5 s
     await asyncio.sleep(refused.retry_after + 0.05)
     assert await b.take([one], [1], [1]) is None  # refilled by the time it said
     assert await b.take([one], [1], [1]) is not None  # but only that one
-    await asyncio.sleep(0.5)  # a whole window: full again, and never more than full
+    await asyncio.sleep(2.0)  # a whole window: full again, and never more than full
     for _ in range(4):
         assert await b.take([one], [1], [1]) is None
     assert await b.take([one], [1], [1]) is not None
@@ -97,7 +99,7 @@ async def test_buckets_of_one_tenant_share_a_cluster_slot_and_expire_once_full(r
     # Redis Cluster hashes the first {...} of a key: the tenant's, with its own braces made safe.
     assert user.key.split("}")[0] == tenant.key.split("}")[0] == "qtag:quota:{T(1)"
     await b.take([user], [1], [1])
-    assert 0 < await redis.pttl(user.key) <= 0.1 * 1000 + 1000  # full again after 0.1 s, and a second to spare
+    assert 0 < await redis.pttl(user.key) <= 0.5 * 1000 + 1000  # full again after 0.5 s, and a second to spare
 
 
 async def test_memory_buckets_behave_the_same():
@@ -106,7 +108,7 @@ async def test_memory_buckets_behave_the_same():
     for _ in range(4):
         assert await b.take([one], [1], [1]) is None
     refused = await b.take([one], [1], [1])
-    assert refused is not None and 0 < refused.retry_after <= 0.1
+    assert refused is not None and 0 < refused.retry_after <= 0.5
     await asyncio.sleep(refused.retry_after + 0.05)
     assert await b.take([one], [1], [1]) is None
 

@@ -19,6 +19,8 @@ from bot.tenants import load_tenants
     [
         ("ask", "how do I reset my password", "qa", None, "how do I reset my password"),
         ("translate", "German: good morning", "translate", "de", "good morning"),
+        ("handoff", "I'd like to talk to a person, please.", "handoff", None, "I'd like to talk to a person, please."),
+        ("handoff", "translate: hola", "handoff", None, "translate: hola"),  # the button, whatever the words
         (None, "translate to German: see you tomorrow", "translate", "de", "see you tomorrow"),
         (None, "Übersetze bitte ins Englische: Vielen Dank", "translate", "en", "Vielen Dank"),
         (None, "traduis en espagnol : merci", "translate", "es", "merci"),

@@ -14,7 +14,7 @@ from bot import messages
 from bot.errors import InputRejected
 from bot.reply import Choices, Offer
 from bot.store.context import Message
-from bot.turns import CHOICE, CHOICES, Turn
+from bot.turns import ASK_PERSON, CHOICE, CHOICES, Turn
 
 
 def code_of(raw: str) -> str:
@@ -105,6 +105,16 @@ def test_a_message_becomes_a_web_turn_whose_event_id_is_scoped_to_the_visitor():
     assert other.event_id != turn.event_id
 
 
+def test_talk_to_a_person_is_a_message_with_the_handoff_command_and_fixed_words():
+    said = normalize.parse_frame(json.dumps({"type": "handoff", "id": "person-01", "text": "ignored words"}))
+    assert said == Say("person-01", messages.ASK_FOR_PERSON, command=ASK_PERSON)
+    visitor = new_visitor()
+    turn = normalize.to_turn(said, conversation=visitor, site="shop")
+    assert (turn.command, turn.text, turn.event_id) == ("handoff", messages.ASK_FOR_PERSON, f"{visitor}:person-01")
+    for bad in ({"type": "handoff"}, {"type": "handoff", "id": "x"}, {"type": "handoff", "id": 7}):
+        assert code_of(json.dumps(bad)) == "bad_field"
+
+
 def test_feedback_becomes_a_feedback_turn_about_one_of_the_visitors_own_answers():
     visitor = new_visitor()
     answer = f"{visitor}:abcdefgh"
@@ -140,8 +150,11 @@ def test_frames_out_are_valid_json_even_for_text_that_is_not_valid_unicode():
     frame = normalize.encode(normalize.done("v:abcdefgh", "bad \udcff byte, \u00e9"))
     assert frame.isascii()
     assert json.loads(frame) == {"type": "done", "id": "v:abcdefgh", "text": "bad \udcff byte, \u00e9"}
-    hist = normalize.welcome("tok", resumed=True, messages=[Message("user", "q", 1), Message("assistant", "a", 1)])
+    hist = normalize.welcome(
+        "tok", resumed=True, messages=[Message("user", "q", 1), Message("assistant", "a", 1)], person=True
+    )
     assert hist["history"] == [{"role": "user", "text": "q"}, {"role": "assistant", "text": "a"}]
+    assert hist["person"] is True
     err = normalize.error("rate_limited", "wait", id="abcdefgh", retry_after=12.345)
     assert err == {"type": "error", "code": "rate_limited", "text": "wait", "id": "abcdefgh", "retry_after": 12.3}
 

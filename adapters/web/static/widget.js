@@ -97,6 +97,10 @@
   }, [icon("M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2zm3 6v2h2v-2H7zm4 0v2h2v-2h-2zm4 0v2h2v-2h-2z")]);
 
   var closeButton = el("button", { type: "button", className: "close", "aria-label": T.close, text: "\u00d7" });
+  // Shown once the welcome says a person can be asked for here.
+  var personButton = el("button", { type: "button", className: "person", hidden: "" }, [
+    icon(PERSON), el("span", { text: T.person })
+  ]);
   var log = el("div", {
     className: "log", role: "log", "aria-live": "polite", "aria-label": T.conversation, tabindex: "0"
   });
@@ -116,7 +120,9 @@
   var panel = el("section", {
     id: "parley-panel", className: "panel", role: "dialog", "aria-labelledby": "parley-title", hidden: ""
   }, [
-    el("div", { className: "header" }, [el("h2", { id: "parley-title", text: CONFIG.title }), closeButton]),
+    el("div", { className: "header" }, [
+      el("h2", { id: "parley-title", text: CONFIG.title }), personButton, closeButton
+    ]),
     log, status, form
   ]);
   root.appendChild(launcher);
@@ -463,6 +469,7 @@
   var answers = {}; // answer id -> {node, textNode, text, gap, done}
   var userBubbles = {}; // client message id -> bubble
   var pending = {}; // client message id -> text: not yet acknowledged by the server
+  var askedPerson = {}; // the pending ids that are "Talk to a person" presses, not typed text
   var inflight = {}; // answer id -> the user's text: acknowledged, answer not complete
   var historyAnswer = null; // the last answer shown from history: {node, text}
 
@@ -711,6 +718,7 @@
   function markFailed(id) {
     var b = userBubbles[id];
     delete pending[id];
+    delete askedPerson[id];
     if (b && !b.node.classList.contains("failed")) {
       b.node.classList.add("failed");
       b.node.appendChild(el("span", { className: "state", text: T.not_sent }));
@@ -767,11 +775,13 @@
         if (!frame.resumed) { save("localStorage", "answers", null); save("localStorage", "offers", null); }
         save("localStorage", "token", frame.token);
         showHistory(frame.history || []);
-        Object.keys(pending).forEach(function (id) { send({ type: "message", id: id, text: pending[id] }); });
+        personButton.hidden = !frame.person;
+        Object.keys(pending).forEach(function (id) { send(outgoing(id)); });
         break;
       case "ack":
         if (!userBubbles[frame.id]) userBubbles[frame.id] = bubble("user", frame.text); // sent from another tab
         delete pending[frame.id];
+        delete askedPerson[frame.id];
         inflight[frame.answer] = frame.text;
         answerBubble(frame.answer);
         break;
@@ -891,16 +901,28 @@
       form.requestSubmit ? form.requestSubmit() : form.dispatchEvent(new Event("submit", { cancelable: true }));
     }
   });
+  // A message's frame, sent now or again after a reconnect (same id: answered once).
+  function outgoing(id) {
+    return askedPerson[id] ? { type: "handoff", id: id } : { type: "message", id: id, text: pending[id] };
+  }
+  function say(text, person) {
+    var id = randomId();
+    pending[id] = text;
+    if (person) askedPerson[id] = true;
+    userBubbles[id] = bubble("user", text);
+    send(outgoing(id)); // else sent on the next welcome
+  }
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value;
     if (!text.trim()) return;
-    var id = randomId();
-    pending[id] = text;
-    userBubbles[id] = bubble("user", text);
-    send({ type: "message", id: id, text: text }); // else sent on the next welcome
+    say(text, false);
     input.value = "";
     autosize();
+    input.focus();
+  });
+  personButton.addEventListener("click", function () {
+    say(T.asked_person, true);
     input.focus();
   });
 
