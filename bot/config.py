@@ -178,6 +178,22 @@ class EngineSettings(BaseSettings):
     hub_offline: bool = Field(False, validation_alias="HF_HUB_OFFLINE")
 
 
+# The bot scopes Parley uses (as deploy/slack/manifest.json asks for them).
+SLACK_BOT_SCOPES = (
+    "app_mentions:read",
+    "channels:history",
+    "channels:read",
+    "chat:write",
+    "commands",
+    "groups:history",
+    "groups:read",
+    "im:history",
+    "reactions:read",
+    "usergroups:read",
+    "users:read",
+)
+
+
 class SlackSettings(BaseSettings):
     model_config = _section("SLACK_")
 
@@ -195,10 +211,23 @@ class SlackSettings(BaseSettings):
     rate_limit_retries: int = Field(3, ge=0)  # retries of a call Slack answered 429, after its Retry-After
     request_timeout: float = Field(30.0, gt=0)  # seconds one Web API call may take
     thread_ttl: int = Field(7 * 24 * 3600, gt=0)  # seconds Parley keeps following a quiet thread
+    # "Add to Slack" for many workspaces (instead of SLACK_BOT_TOKEN; Events API over HTTP only):
+    client_id: str | None = None  # the app's Client ID; set to serve every workspace that installs Parley
+    client_secret: SecretStr | None = None  # the app's Client Secret
+    # Comma-separated Fernet keys: the first encrypts installed workspaces' tokens in Redis, all decrypt
+    install_keys: SecretStr | None = None
+    scopes: list[str] = Field(default_factory=lambda: list(SLACK_BOT_SCOPES))  # bot scopes asked for at install
+    authorize_url: str = "https://slack.com/oauth/v2/authorize"  # where /slack/install sends the installer
+    redirect_uri: str | None = None  # https://HOST/slack/oauth_redirect; unset: the app's only redirect URL
 
     @property
     def enabled(self) -> bool:
-        return self.bot_token is not None
+        return self.bot_token is not None or self.client_id is not None
+
+    @property
+    def distributed(self) -> bool:
+        """Installed by many workspaces through OAuth, not one bot token."""
+        return self.client_id is not None
 
 
 class DiscordSettings(BaseSettings):

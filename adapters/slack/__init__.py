@@ -22,19 +22,25 @@ __all__ = ["create"]
 
 
 def create(context: AdapterContext) -> SlackAdapter | None:
-    """The adapter, or None when SLACK_BOT_TOKEN is unset. Checks the settings now, so that
-    `parley serve` stops at once with a clear line instead of at the first event."""
+    """The adapter, or None when neither SLACK_BOT_TOKEN nor SLACK_CLIENT_ID is set. Checks the
+    settings now, so that `parley serve` stops at once with a clear line instead of at the first event."""
     settings = context.settings.slack
     if not settings.enabled:
         return None
-    if settings.app_token is None and settings.signing_secret is None:
+    if settings.distributed:
+        _check_distributed(context)
+    elif settings.app_token is None and settings.signing_secret is None:
         raise ConfigError(
             "SLACK_SIGNING_SECRET",
             "required for the Events API over HTTP (or set SLACK_APP_TOKEN to use Socket Mode)",
         )
-    with needs_extra("slack", setting="SLACK_BOT_TOKEN"):
-        from adapters.slack.app import SlackAdapter, web_client
+    with needs_extra("slack", setting="SLACK_CLIENT_ID" if settings.distributed else "SLACK_BOT_TOKEN"):
+        from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        from adapters.slack.app import SlackAdapter, client_options, web_client
         from adapters.slack.desk import SlackDesk
+        from adapters.slack.installs import Installations, OAuthStates, fernet
     threads: ThreadMemory
     if context.redis is not None:
         threads = RedisThreads(context.redis, prefix=context.settings.redis.prefix, ttl=settings.thread_ttl)
@@ -56,6 +62,22 @@ def create(context: AdapterContext) -> SlackAdapter | None:
             agent_groups=handoff.agent_groups,
             agent_refresh=handoff.agent_refresh,
         )
+    installations = states = None
+    if settings.distributed:
+        assert context.redis is not None and settings.install_keys is not None  # _check_distributed
+        prefix = context.settings.redis.prefix
+        installations = Installations(
+            context.redis, prefix=prefix, cipher=fernet(settings.install_keys.get_secret_value())
+        )
+        states = OAuthStates(context.redis, prefix=prefix, ttl=INSTALL_STATE_TTL)
+        assert settings.client_id is not None and settings.client_secret is not None
+        installations.rotate_with(
+            AsyncTokenRotator(
+                client_id=settings.client_id,
+                client_secret=settings.client_secret.get_secret_value(),
+                client=AsyncWebClient(**client_options(settings)),
+            )
+        )
     context.register_link(PLATFORM, conversation_link)
     return SlackAdapter(
         settings=settings,
@@ -66,4 +88,33 @@ def create(context: AdapterContext) -> SlackAdapter | None:
         desk=desk,
         register_desk=context.register_desk,
         answers=context.answers,
+        installations=installations,
+        states=states,
     )
+
+
+INSTALL_STATE_TTL = 600  # seconds an "Add to Slack" may take from /slack/install to the redirect back
+
+
+def _check_distributed(context: AdapterContext) -> None:
+    """What serving many workspaces needs, each missing piece named."""
+    settings = context.settings.slack
+    needed = {
+        "SLACK_CLIENT_SECRET": settings.client_secret is None,
+        "SLACK_SIGNING_SECRET": settings.signing_secret is None,
+        "SLACK_INSTALL_KEYS": settings.install_keys is None,
+    }
+    for name, missing in needed.items():
+        if missing:
+            raise ConfigError(name, "required with SLACK_CLIENT_ID (the install for many workspaces)")
+    if settings.bot_token is not None:
+        raise ConfigError("SLACK_BOT_TOKEN", "set it for one workspace or SLACK_CLIENT_ID for many, not both")
+    if settings.app_token is not None:
+        raise ConfigError("SLACK_APP_TOKEN", "Socket Mode serves one workspace; many are served over the Events API")
+    if context.redis is None:
+        raise ConfigError("PARLEY_REDIS_URL", "required with SLACK_CLIENT_ID: the installations are kept in Redis")
+    if context.settings.handoff.slack_channel is not None:
+        raise ConfigError(
+            "PARLEY_HANDOFF_SLACK_CHANNEL",
+            "the support desk is a channel of one workspace: it needs SLACK_BOT_TOKEN, not SLACK_CLIENT_ID",
+        )

@@ -3,6 +3,12 @@
 Bolt runs with `process_before_response=True`, so the ack goes out when the listener
 (`intake`) returns, after the turn is safely in the inbox, and no listener is started
 fire-and-forget. The answer is produced later by a dialogue worker, through `sink_for`.
+
+One workspace (SLACK_BOT_TOKEN) or many (SLACK_CLIENT_ID: the "Add to Slack" install). With
+many, bolt's OAuth flow serves `/slack/install` and `/slack/oauth_redirect` beside the events,
+every event is authorised by its workspace's installation (`installs.Installations`), Parley's
+identity (its bot user in that workspace) comes with it, answers go out with that workspace's
+token, and `app_uninstalled` / `tokens_revoked` delete the installation.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +37,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
+from adapters.slack.installs import Installations, InstalledClient, OAuthStates, oauth_flow
 from adapters.slack.intake import SlackIntake
 from adapters.slack.normalize import Identity
 from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSupport, call
@@ -70,21 +78,26 @@ class ServerErrorRetry(AsyncServerErrorRetryHandler):
         return await super()._can_retry_async(state=state, request=request, response=response, error=error)
 
 
-def web_client(settings: SlackSettings) -> AsyncWebClient:
-    """The one Web API client of the adapter. Slack's 429s are retried after their
+def client_options(settings: SlackSettings) -> dict[str, Any]:
+    """How every Web API client of the adapter calls Slack. Slack's 429s are retried after their
     Retry-After by slack_sdk's handler (it only does so when given one), its 500s and
     503s once after a short backoff (`ServerErrorRetry`)."""
-    assert settings.bot_token is not None
-    return AsyncWebClient(
-        token=settings.bot_token.get_secret_value(),
-        base_url=settings.api_base_url,
-        timeout=int(settings.request_timeout),
-        retry_handlers=[
+    return {
+        "base_url": settings.api_base_url,
+        "timeout": int(settings.request_timeout),
+        "retry_handlers": [
             AsyncConnectionErrorRetryHandler(),
             AsyncRateLimitErrorRetryHandler(max_retry_count=settings.rate_limit_retries),
             ServerErrorRetry(max_retry_count=1),
         ],
-    )
+    }
+
+
+def web_client(settings: SlackSettings) -> AsyncWebClient:
+    """The one Web API client of the adapter: with the bot token of the one workspace, or none
+    (many workspaces: each answer's client gets its workspace's token, `InstalledClient`)."""
+    token = settings.bot_token.get_secret_value() if settings.bot_token is not None else None
+    return AsyncWebClient(token=token, **client_options(settings))
 
 
 class SlackAdapter:
@@ -104,6 +117,8 @@ class SlackAdapter:
         desk: SlackDesk | None = None,
         register_desk: Callable[[SlackDesk], None],
         answers: AnswerIndex | None = None,
+        installations: Installations | None = None,
+        states: OAuthStates | None = None,
     ) -> None:
         self._settings = settings
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
@@ -115,7 +130,9 @@ class SlackAdapter:
         self._client = client or web_client(settings)
         self._metrics = metrics
         self._streaming = StreamingSupport(settings.native_streaming)
-        self.identity: Identity | None = None
+        self._installations = installations  # many workspaces: their bots, from "Add to Slack"
+        self._states = states
+        self.identity: Identity | None = None  # one workspace's: from auth.test at start-up
         self.ready = asyncio.Event()  # set once Slack can reach Parley (for tests and probes)
         self.port: int | None = None  # the HTTP port bound (Events API mode)
 
@@ -124,8 +141,13 @@ class SlackAdapter:
     def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
         if url := turn.handle.get("response_url"):
             return ResponseUrlSink(url)
+        client = self._client
+        if self._installations is not None:  # the workspace's own token, read when the answer starts
+            client = InstalledClient(
+                self._installations, turn.tenant, session=self._client.session, **client_options(self._settings)
+            )
         return SlackSink(
-            self._client,
+            client,
             turn,
             limit=self._settings.message_limit,
             interval=self._settings.edit_interval,
@@ -154,8 +176,7 @@ class SlackAdapter:
             # through it is seen by the trace that counts Slack's 429s and 5xx.
             traces = [self._metrics.platform_trace(self.platform)] if self._metrics is not None else None
             self._client.session = aiohttp.ClientSession(trace_configs=traces)
-        auth = await self._authorize()
-        assert self.identity is not None
+        auth = await self._authorize() if self._installations is None else None
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
             if self._desk is not None and not await self._check_desk(self._desk):
@@ -228,24 +249,32 @@ class SlackAdapter:
                 return
             pause = min(pause * 2, 300.0)
 
-    def _bolt_app(self, auth: AuthorizeResult, intake: SlackIntake) -> AsyncApp:
+    def _bolt_app(self, auth: AuthorizeResult | None, intake: SlackIntake) -> AsyncApp:
         socket_mode = self._settings.app_token is not None
         secret = self._settings.signing_secret
+        # Bolt builds a client per request from this one and the token authorisation gives;
+        # it carries no token itself, so bolt does not also try its own auth.test.
+        client = AsyncWebClient(base_url=self._settings.api_base_url, timeout=int(self._settings.request_timeout))
 
-        async def authorize() -> AuthorizeResult:
-            return auth
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult | None:
+            if auth is not None:
+                return auth
+            assert self._installations is not None
+            return await self._installations.authorize(enterprise_id, team_id)
 
         app = AsyncApp(
-            # Bolt builds a client per request from this one and the token `authorize` gives;
-            # it carries no token itself, so bolt does not also try its own auth.test.
-            client=AsyncWebClient(base_url=self._settings.api_base_url, timeout=int(self._settings.request_timeout)),
-            authorize=authorize,
+            client=client,
+            authorize=authorize,  # type: ignore[arg-type]  # bolt takes None as "not installed here"
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=not socket_mode,  # Socket Mode has no signatures
             process_before_response=True,  # ack after the listener: after the inbox has the turn
             ignoring_self_events_enabled=True,
             logger=logging.getLogger("slack_bolt"),
         )
+        if self._installations is not None:
+            # Before the catch-all: an uninstall or a revoked token ends the installation.
+            app.event("app_uninstalled")(self._installations.uninstalled)
+            app.event("tokens_revoked")(self._installations.uninstalled)
         # One listener for every event (bolt answers 404 to events nobody listens to, and
         # Slack would retry those); `normalize` decides what is Parley's to answer.
         app.event(ANY)(intake.event)
@@ -273,6 +302,20 @@ class SlackAdapter:
 
         server = web.Application()
         server.router.add_post(EVENTS_PATH, events)
+        if self._installations is not None:
+            assert self._states is not None
+            flow = oauth_flow(
+                self._settings, self._installations, self._states, AsyncWebClient(**client_options(self._settings))
+            )
+
+            async def install(request: web.Request) -> web.Response:
+                return await to_aiohttp_response(await flow.handle_installation(await to_bolt_request(request)))
+
+            async def redirected(request: web.Request) -> web.Response:
+                return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
+
+            server.router.add_get(flow.install_path, install)
+            server.router.add_get(flow.redirect_uri_path, redirected)
         runner = web.AppRunner(server, access_log=None)
         await runner.setup()
         try:

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from slack_bolt.context.async_context import AsyncBoltContext
+
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
 from adapters.slack.mrkdwn import escape
@@ -32,13 +34,14 @@ log = logging.getLogger(__name__)
 
 
 class SlackIntake:
-    """The listeners bolt dispatches to, for one run of the adapter (its inbox, its notice
-    tasks and the bot's identity are fixed for that run)."""
+    """The listeners bolt dispatches to, for one run of the adapter (its inbox and its notice
+    tasks are fixed for that run, and so is the bot's identity in one workspace; with many,
+    it is the one bolt's authorisation found for the event's workspace)."""
 
     def __init__(
         self,
         *,
-        identity: Identity,
+        identity: Identity | None,
         inbox: Inbox,
         notices: asyncio.TaskGroup,
         threads: ThreadMemory,
@@ -56,15 +59,26 @@ class SlackIntake:
         self._open_desk = open_desk  # the support desk while it is open, else None
         self._sink_for = sink_for  # for notices
 
-    async def event(self, body: dict[str, Any]) -> None:
+    def _identity(self, context: AsyncBoltContext) -> Identity:
+        if self._me is not None:
+            return self._me
+        return Identity(
+            user_id=context.bot_user_id or "",
+            bot_id=context.bot_id or "",
+            team_id=context.team_id or "",
+            enterprise_id=context.enterprise_id or "",
+        )
+
+    async def event(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
         """Every event: a ticket thread's, a 👍/👎 vote, or a message for Parley (`normalize` decides)."""
+        me = self._identity(context)
         desk = self._open_desk()
-        if desk is not None and await desk.take_event(body, self._me, self._inbox, self._notices):
+        if desk is not None and await desk.take_event(body, me, self._inbox, self._notices):
             return  # a person's reply or resolve in a ticket thread
-        if (vote := normalize.vote_of(body, self._me)) is not None:
+        if (vote := normalize.vote_of(body, me)) is not None:
             await self._vote(vote)
             return
-        incoming = normalize.from_event(body, self._me)
+        incoming = normalize.from_event(body, me)
         if incoming is not None:
             await self._take(incoming)
 
@@ -88,18 +102,18 @@ class SlackIntake:
             return
         await ack()
 
-    async def resolve(self, body: dict[str, Any], ack: Any) -> None:
+    async def resolve(self, body: dict[str, Any], ack: Any, context: AsyncBoltContext) -> None:
         """A press of a ticket's Resolve button."""
         desk = self._open_desk()
         if desk is not None:
-            await desk.take_action(body, self._me, self._inbox, self._notices)
+            await desk.take_action(body, self._identity(context), self._inbox, self._notices)
         else:
             log.warning("Resolve pressed while the support desk is off: ignored")
         await ack()
 
-    async def choice(self, body: dict[str, Any], ack: Any) -> None:
+    async def choice(self, body: dict[str, Any], ack: Any, context: AsyncBoltContext) -> None:
         """A press of a write action's Confirm or Cancel button: a `choice` turn of its conversation."""
-        turn = normalize.choice_of(body, self._me)
+        turn = normalize.choice_of(body, self._identity(context))
         if turn is None:
             log.warning("a Confirm/Cancel press without a call Parley made: ignored")
         else:

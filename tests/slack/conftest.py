@@ -65,12 +65,14 @@ class SlackStack:
     async def context(self, channel: str, thread: str = "", team: str = TEAM) -> Context:
         return await self.runtime.store.load(ConversationKey("slack", team, channel, thread))
 
-    async def answered(self, channel: str, thread: str = "", *, turns: int = 1, timeout: float = 180) -> Context:
+    async def answered(
+        self, channel: str, thread: str = "", *, turns: int = 1, timeout: float = 180, team: str = TEAM
+    ) -> Context:
         """Wait until the conversation's context holds `turns` answered turns (saved after the
         answer was streamed), and return it."""
         async with asyncio.timeout(timeout):
             while True:
-                context = await self.context(channel, thread)
+                context = await self.context(channel, thread, team)
                 if sum(m.role == "assistant" for m in context.messages) >= turns:
                     return context
                 await asyncio.sleep(0.1)

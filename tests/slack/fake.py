@@ -12,11 +12,18 @@
 - `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
   It says `hello`, pushes envelopes (`push`) and collects the acks.
 - `signed_request`: a signed Events API request as Slack sends one.
+- Installs ("Add to Slack"): `install(team)` is a person approving Parley in a workspace and
+  returns the `code` Slack redirects with; `oauth.v2.access` exchanges it (client id and secret
+  checked) for that workspace's bot token, rotating (expiring, with a refresh token) when asked,
+  and refreshes rotating tokens. Every token is a workspace's: calls are answered as that
+  workspace's bot, recorded with its team (`Call.team`). `revoke(team)` revokes its tokens,
+  as an uninstall does: a call with one is answered 401 `token_revoked`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -44,6 +51,8 @@ class Call:
     ended: float | None = None
     status: int = 200
     error: str = ""
+    team: str = ""  # the workspace whose token the call carried
+    token: str = ""  # that token
 
 
 @dataclass
@@ -67,10 +76,30 @@ class Ack:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Install:
+    """A workspace's bot, as its install made it."""
+
+    team: str
+    token: str
+    user_id: str
+    bot_id: str
+    refresh_token: str = ""
+
+
+CLIENT_ID = "1111.2222"
+CLIENT_SECRET = "fake-client-secret-4242"
+
+
 class FakeSlack:
     def __init__(self, *, token: str, app_token: str = "", streaming: bool = False) -> None:
         self.token = token
         self.app_token = app_token
+        # Every bot token the fake honours, by token: the single-workspace one, then installs'.
+        self.bots: dict[str, Install] = {token: Install(TEAM, token, BOT_USER, BOT_ID)}
+        self.revoked: set[str] = set()
+        self._codes: dict[str, tuple[str, int | None]] = {}  # code -> (team, expires_in when rotating)
+        self._caller = self.bots[token]
         self.streaming = streaming  # offer chat.startStream/appendStream/stopStream
         self.calls: list[Call] = []
         self.latency: dict[str, float] = {}  # seconds added to a method (or a response_url path)
@@ -164,9 +193,20 @@ class FakeSlack:
             return self._finish(
                 call, {"ok": False, "error": "internal_error"}, status=self.server_errors[method].pop(0)
             )
-        expected = self.app_token if method == "apps.connections.open" else self.token
-        if request.headers.get("Authorization") != f"Bearer {expected}":
+        if method == "oauth.v2.access":
+            return self._finish(call, self._oauth_v2_access(request, args))
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        bot = self.bots.get(bearer)
+        call.team, call.token = (bot.team if bot is not None else ""), bearer
+        if bearer in self.revoked:
+            return self._finish(call, {"ok": False, "error": "token_revoked"}, status=401)
+        if method == "apps.connections.open":
+            if bearer != self.app_token:
+                return self._finish(call, {"ok": False, "error": "invalid_auth"})
+        elif bot is None:
             return self._finish(call, {"ok": False, "error": "invalid_auth"})
+        else:
+            self._caller = bot  # for the handler below, which runs before anything else can
         if method.startswith("chat.") and args.get("channel") in self.gone_channels:
             return self._finish(call, {"ok": False, "error": "channel_not_found"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -182,15 +222,71 @@ class FakeSlack:
         return web.json_response(body, status=status, headers=headers)
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        bot = self._caller
         return {
             "ok": True,
             "url": "https://fake.slack.test/",
             "team": "Fake",
             "user": "parley",
-            "team_id": TEAM,
-            "user_id": BOT_USER,
-            "bot_id": BOT_ID,
+            "team_id": bot.team,
+            "user_id": bot.user_id,
+            "bot_id": bot.bot_id,
         }
+
+    # -- installs -----------------------------------------------------------------------------
+
+    def install(self, team: str, *, rotating_for: int | None = None) -> str:
+        """A person in workspace `team` approves Parley: the code Slack puts in the redirect.
+        `rotating_for`: the token expires after that many seconds (token rotation is on)."""
+        code = uuid.uuid4().hex
+        self._codes[code] = (team, rotating_for)
+        return code
+
+    def bot_of(self, team: str) -> Install | None:
+        """The workspace's current (newest) bot token."""
+        return next((b for b in reversed(self.bots.values()) if b.team == team and b.token not in self.revoked), None)
+
+    def revoke(self, team: str) -> None:
+        """Every token of the workspace stops working, as when Parley is uninstalled there."""
+        self.revoked |= {b.token for b in self.bots.values() if b.team == team}
+
+    def _oauth_v2_access(self, request: web.Request, args: dict[str, Any]) -> dict[str, Any]:
+        credentials = (args.get("client_id"), args.get("client_secret"))
+        if request.headers.get("Authorization", "").startswith("Basic "):
+            raw = base64.b64decode(request.headers["Authorization"][6:]).decode()
+            credentials = tuple(raw.split(":", 1))  # type: ignore[assignment]
+        if credentials != (CLIENT_ID, CLIENT_SECRET):
+            return {"ok": False, "error": "invalid_client_id"}
+        if args.get("grant_type") == "refresh_token":
+            old = next((b for b in self.bots.values() if b.refresh_token == args.get("refresh_token")), None)
+            if old is None or old.token in self.revoked:
+                return {"ok": False, "error": "invalid_refresh_token"}
+            return self._issue(old.team, rotating_for=3600, user_id=old.user_id, bot_id=old.bot_id)
+        found = self._codes.pop(args.get("code", ""), None)
+        if found is None:
+            return {"ok": False, "error": "invalid_code"}
+        team, rotating_for = found
+        return self._issue(team, rotating_for=rotating_for, user_id=f"UBOT{team}", bot_id=f"BBOT{team}")
+
+    def _issue(self, team: str, *, rotating_for: int | None, user_id: str, bot_id: str) -> dict[str, Any]:
+        token = f"{'xoxe.' if rotating_for else ''}xoxb-{team}-{uuid.uuid4().hex[:12]}"
+        refresh = f"xoxe-1-{uuid.uuid4().hex}" if rotating_for else ""
+        self.bots[token] = Install(team, token, user_id, bot_id, refresh)
+        body: dict[str, Any] = {
+            "ok": True,
+            "app_id": "A0001",
+            "access_token": token,
+            "token_type": "bot",
+            "scope": "app_mentions:read,chat:write",
+            "bot_user_id": user_id,
+            "team": {"id": team, "name": f"Team {team}"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "authed_user": {"id": "UINSTALLER"},
+        }
+        if rotating_for:
+            body |= {"refresh_token": refresh, "expires_in": rotating_for}
+        return body
 
     def add_user(
         self,

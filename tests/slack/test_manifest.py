@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bot.config import SLACK_BOT_SCOPES
+
 MANIFEST = Path(__file__).parents[2] / "deploy" / "slack" / "manifest.json"
 
 # Each event Parley listens to, and the scope Slack requires for it.
@@ -36,3 +38,24 @@ def test_manifest_asks_for_exactly_what_parley_uses():
     assert manifest["_metadata"]["major_version"] == 1
     # The Resolve button on handoff tickets; in Socket Mode its presses come over the socket (no URL).
     assert manifest["settings"]["interactivity"] == {"is_enabled": True}
+
+
+def test_an_install_asks_for_the_manifests_scopes():
+    manifest = json.loads(MANIFEST.read_text())
+    assert sorted(SLACK_BOT_SCOPES) == sorted(manifest["oauth_config"]["scopes"]["bot"])
+
+
+def test_the_distributed_manifest_is_the_same_app_over_http_with_installs():
+    """deploy/slack/manifest-distributed.json: "Add to Slack" for many workspaces (SLACK_CLIENT_ID)."""
+    one = json.loads(MANIFEST.read_text())
+    many = json.loads((MANIFEST.parent / "manifest-distributed.json").read_text())
+    assert many["oauth_config"]["scopes"] == one["oauth_config"]["scopes"]
+    events = many["settings"]["event_subscriptions"]
+    # An uninstall or a revoked token ends the workspace's installation (`SlackAdapter._uninstalled`).
+    assert sorted(events["bot_events"]) == sorted([*EVENT_SCOPES, "app_uninstalled", "tokens_revoked"])
+    host = "https://parley.example.com"
+    assert events["request_url"] == many["settings"]["interactivity"]["request_url"] == f"{host}/slack/events"
+    assert many["features"]["slash_commands"][0]["url"] == f"{host}/slack/events"
+    assert many["oauth_config"]["redirect_urls"] == [f"{host}/slack/oauth_redirect"]
+    assert many["settings"]["socket_mode_enabled"] is False  # the Events API: one Request URL, any replica
+    assert many["settings"]["token_rotation_enabled"] is True  # refreshed by `Installations.bot`

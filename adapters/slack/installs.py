@@ -1,0 +1,292 @@
+"""Many workspaces from one Parley: the "Add to Slack" installs, kept in Redis.
+
+`Installations` is slack_sdk's `AsyncInstallationStore` for bolt's OAuth flow (bot tokens only:
+Parley asks for no user token). Each workspace's bot is one Redis string, encrypted with
+`SLACK_INSTALL_KEYS` (Fernet: AES-128-CBC with HMAC-SHA256): a copy of Redis, or a backup of it,
+holds no usable token. The first key encrypts; every key decrypts, so a key is rotated by
+putting the new one first and keeping the old one until every installation has been saved
+again (a token refresh or a reinstall saves it).
+
+`bot_token` is the way back for answers: the workspace's bot token, read when an answer starts
+(an uninstall is in force for every replica at once: the next turn finds no token), refreshed
+first when Slack's token rotation says it is about to expire. `forget` removes a workspace
+whose token Slack refused as revoked: an `app_uninstalled` or `tokens_revoked` event, or a
+call answered `token_revoked`, `invalid_auth`, `account_inactive` or HTTP 401.
+
+`OAuthStates` keeps the `state` of each install in flight (one use, ten minutes), so a redirect
+that carries a state Parley did not issue, or one used before, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from datetime import datetime
+from logging import Logger
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_sdk.errors import SlackApiError, SlackTokenRotationError
+from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
+from slack_sdk.oauth.installation_store.models.bot import Bot
+from slack_sdk.oauth.installation_store.models.installation import Installation
+from slack_sdk.oauth.state_store.async_state_store import AsyncOAuthStateStore
+from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot.config import SlackSettings
+from bot.errors import ConfigError, PlatformError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# What Slack answers a call made with a token it no longer honours.
+REVOKED = frozenset({"token_revoked", "invalid_auth", "account_inactive", "not_authed", "token_expired"})
+ROTATE_BEFORE = 120  # minutes before a rotating token expires that it is refreshed (bolt's default)
+
+
+def fernet(keys: str) -> MultiFernet:
+    """The cipher for `SLACK_INSTALL_KEYS` (comma-separated, newest first)."""
+    try:
+        return MultiFernet([Fernet(k.strip().encode()) for k in keys.split(",") if k.strip()])
+    except ValueError:
+        raise ConfigError(
+            "SLACK_INSTALL_KEYS",
+            "each key must be 32 url-safe base64-encoded bytes "
+            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")',
+        ) from None
+
+
+def _plain(name: str, value: Any) -> Any:
+    """A Bot field as JSON: times as unix time (an expiry in whole seconds, as slack_sdk reads it back)."""
+    if isinstance(value, datetime):
+        value = value.timestamp()
+        return int(value) if name.endswith("expires_at") else value
+    return value
+
+
+class Installations(AsyncInstallationStore):
+    """The workspaces Parley is installed in, one encrypted bot record each."""
+
+    def __init__(self, redis: Redis, *, prefix: str, cipher: MultiFernet) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:slack:install"
+        self._cipher = cipher
+        self._rotator: AsyncTokenRotator | None = None
+
+    def rotate_with(self, rotator: AsyncTokenRotator) -> None:
+        """Refresh expiring tokens (Slack's token rotation) with this app's credentials."""
+        self._rotator = rotator
+
+    @property
+    def logger(self) -> Logger:
+        return log
+
+    def _key(self, enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None) -> str:
+        # An org-wide install (Enterprise Grid) is the organisation's; a workspace install, the team's.
+        if is_enterprise_install:
+            return f"{self._prefix}:org:{enterprise_id}"
+        return f"{self._prefix}:team:{team_id}"
+
+    async def async_save(self, installation: Installation) -> None:
+        await self.async_save_bot(installation.to_bot())
+
+    async def async_save_bot(self, bot: Bot) -> None:
+        record = json.dumps({k: _plain(k, v) for k, v in bot.to_dict_for_copying().items()})
+        key = self._key(bot.enterprise_id, bot.team_id, bot.is_enterprise_install)
+        try:
+            await self._redis.set(key, self._cipher.encrypt(record.encode()))
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot save the Slack installation: {exc!r}") from exc
+        log.info("slack: installed in team %s (enterprise %s)", bot.team_id, bot.enterprise_id or "-")
+
+    async def async_find_bot(
+        self, *, enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None = False
+    ) -> Bot | None:
+        try:
+            blob = await self._redis.get(self._key(enterprise_id, team_id, is_enterprise_install))
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot read the Slack installation: {exc!r}") from exc
+        if blob is None:
+            return None
+        try:
+            record = json.loads(self._cipher.decrypt(blob))
+        except InvalidToken:
+            log.error(
+                "slack: the installation of team %s cannot be decrypted with SLACK_INSTALL_KEYS "
+                "(a key was removed too soon?); the workspace must install Parley again",
+                team_id,
+            )
+            return None
+        return Bot(**record)
+
+    async def async_find_installation(
+        self,
+        *,
+        enterprise_id: str | None,
+        team_id: str | None,
+        user_id: str | None = None,
+        is_enterprise_install: bool | None = False,
+    ) -> Installation | None:
+        bot = await self.async_find_bot(
+            enterprise_id=enterprise_id, team_id=team_id, is_enterprise_install=is_enterprise_install
+        )
+        if bot is None:
+            return None
+        fields = {k: v for k, v in bot.to_dict_for_copying().items() if k != "custom_values"}
+        return Installation(user_id="", **fields)
+
+    async def async_delete_bot(self, *, enterprise_id: str | None, team_id: str | None) -> None:
+        await self.forget(enterprise_id, team_id)
+
+    async def async_delete_installation(
+        self, *, enterprise_id: str | None, team_id: str | None, user_id: str | None = None
+    ) -> None:
+        await self.forget(enterprise_id, team_id)
+
+    async def forget(self, enterprise_id: str | None, team_id: str | None) -> None:
+        """Parley is no longer installed there (uninstalled, or its token revoked)."""
+        keys = [self._key(enterprise_id, team_id, False)]
+        if enterprise_id:
+            keys.append(self._key(enterprise_id, team_id, True))
+        try:
+            removed = await self._redis.delete(*keys)
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot remove the Slack installation: {exc!r}") from exc
+        if removed:
+            log.warning("slack: Parley is no longer installed in team %s; its token is deleted", team_id)
+
+    async def uninstalled(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        """Bolt's listener for `app_uninstalled` and `tokens_revoked` (of the bot's token): the
+        workspace's installation goes, so no replica answers there with it again."""
+        event = body.get("event") or {}
+        if event.get("type") == "tokens_revoked" and not (event.get("tokens") or {}).get("bot"):
+            return  # only user tokens, which Parley never holds
+        log.warning("slack: %s in team %s", event.get("type"), context.team_id)
+        await self.forget(context.enterprise_id, context.team_id)
+
+    async def bot_token(self, team_id: str, enterprise_id: str | None = None) -> str:
+        """The workspace's bot token now; a `PlatformError` when Parley is not installed there (any more)."""
+        bot = await self.bot(team_id, enterprise_id)
+        if bot is None:
+            raise PlatformError(
+                f"Parley is not installed in team {team_id}", platform="slack", code="not_installed", permanent=True
+            )
+        return bot.bot_token
+
+    async def authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult | None:
+        """Bolt's authorisation of an event from the installation alone: bolt's own would call
+        auth.test for every event (a round trip to Slack before each ack)."""
+        bot = await self.bot(team_id or "", enterprise_id) if team_id or enterprise_id else None
+        if bot is None:
+            return None
+        return AuthorizeResult(
+            enterprise_id=bot.enterprise_id,
+            team_id=bot.team_id or team_id,
+            bot_user_id=bot.bot_user_id,
+            bot_id=bot.bot_id,
+            bot_token=bot.bot_token,
+            bot_scopes=bot.bot_scopes,
+        )
+
+    async def bot(self, team_id: str, enterprise_id: str | None = None) -> Bot | None:
+        """The workspace's bot (an org-wide install's, for a workspace of that organisation),
+        its token refreshed first if it is about to expire; None when Parley is not installed there."""
+        bot = await self.async_find_bot(enterprise_id=enterprise_id, team_id=team_id)
+        if bot is None and enterprise_id:
+            bot = await self.async_find_bot(enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True)
+        if bot is None:
+            return None
+        if self._rotator is not None:
+            try:
+                fresh = await self._rotator.perform_bot_token_rotation(bot=bot, minutes_before_expiration=ROTATE_BEFORE)
+            except SlackTokenRotationError as exc:
+                error = exc.api_error.response.get("error", "") if exc.api_error is not None else ""
+                if error in REVOKED or error == "invalid_refresh_token":
+                    await self.forget(bot.enterprise_id, bot.team_id)
+                raise PlatformError(
+                    f"the token of team {team_id} could not be refreshed ({error or 'error'})",
+                    platform="slack",
+                    code=error or "rotation_failed",
+                    permanent=True,
+                ) from None
+            if fresh is not None:
+                await self.async_save_bot(fresh)
+                log.info("slack: refreshed the bot token of team %s", team_id)
+                bot = fresh
+        return bot
+
+
+class OAuthStates(AsyncOAuthStateStore):
+    """One-use `state` values of installs in flight, shared by every replica."""
+
+    def __init__(self, redis: Redis, *, prefix: str, ttl: int) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:slack:oauth-state"
+        self._ttl = ttl
+
+    @property
+    def logger(self) -> Logger:
+        return log
+
+    async def async_issue(self, *args: Any, **kwargs: Any) -> str:
+        state = secrets.token_urlsafe(24)
+        await self._redis.set(f"{self._prefix}:{state}", b"1", ex=self._ttl)
+        return state
+
+    async def async_consume(self, state: str) -> bool:
+        if not state or len(state) > 128:
+            return False
+        return await self._redis.getdel(f"{self._prefix}:{state}") is not None
+
+
+def oauth_flow(
+    settings: SlackSettings, installations: Installations, states: OAuthStates, client: AsyncWebClient
+) -> AsyncOAuthFlow:
+    """Bolt's OAuth flow ("Add to Slack") over the installations and states in Redis; `client`
+    exchanges the code (`oauth.v2.access`)."""
+    assert settings.client_id is not None and settings.client_secret is not None
+    return AsyncOAuthFlow(
+        client=client,
+        settings=AsyncOAuthSettings(
+            client_id=settings.client_id,
+            client_secret=settings.client_secret.get_secret_value(),
+            scopes=settings.scopes,
+            redirect_uri=settings.redirect_uri,
+            authorization_url=settings.authorize_url,
+            installation_store=installations,
+            installation_store_bot_only=True,  # no user tokens: Parley acts as its bot only
+            token_rotation_expiration_minutes=ROTATE_BEFORE,
+            state_store=states,
+            logger=logging.getLogger("slack_bolt.oauth"),
+        ),
+    )
+
+
+class InstalledClient(AsyncWebClient):
+    """A Web API client for one workspace's answer: its token is read from the installations at
+    the first call (a revoked token is forgotten at once, so no replica uses it again)."""
+
+    def __init__(self, installations: Installations, team_id: str, **kwargs: Any) -> None:
+        super().__init__(token=None, **kwargs)
+        self._installations = installations
+        self._team = team_id
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        if self.token is None:
+            self.token = await self._installations.bot_token(self._team)
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            if exc.response.status_code == 401 or exc.response.get("error") in REVOKED:
+                log.warning("slack: %s refused the token of team %s as revoked", api_method, self._team)
+                await self._installations.forget(None, self._team)
+                self.token = None  # a later call of this answer finds no installation, and makes none
+            raise
