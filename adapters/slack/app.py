@@ -131,6 +131,7 @@ class SlackAdapter:
         self._metrics = metrics
         self._streaming = StreamingSupport(settings.native_streaming)
         self._installations = installations  # many workspaces: their bots, from "Add to Slack"
+        self._client_options = client_options(settings)  # made once: every answer's client shares them
         self._states = states
         self.identity: Identity | None = None  # one workspace's: from auth.test at start-up
         self.ready = asyncio.Event()  # set once Slack can reach Parley (for tests and probes)
@@ -144,7 +145,7 @@ class SlackAdapter:
         client = self._client
         if self._installations is not None:  # the workspace's own token, read when the answer starts
             client = InstalledClient(
-                self._installations, turn.tenant, session=self._client.session, **client_options(self._settings)
+                self._installations, turn.tenant, session=self._client.session, **self._client_options
             )
         return SlackSink(
             client,
