@@ -1,6 +1,7 @@
 """A loopback TCP forwarder for fault injection: put it between Parley and a real server,
-then stop it (connection refused), make it swallow traffic (a hung server), hold what the
-server sends after its first bytes (a stream that stalls mid-answer), or restart it."""
+then stop it (connection refused), make it swallow traffic (a hung server), close connections
+unanswered (a front end that idles them out), hold what the server sends after its first bytes
+(a stream that stalls mid-answer), or restart it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import asyncio
 import contextlib
 
 
+class _Dropped(Exception):
+    pass
+
+
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int, port: int, *, stall_after: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.port = port
         self.hang = False  # accept connections but never answer
+        # This many next chat completion requests (on new or kept-alive connections): the
+        # connection is closed on them unanswered.
+        self.drop = 0
         # Bytes the server may send (over all connections) before the rest is held until `flow()`.
         self._allowance = stall_after
         self._flowing = asyncio.Event()
@@ -42,11 +50,13 @@ class TcpProxy:
                 await asyncio.Event().wait()
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             try:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, metered=True))
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, requests=True), self._pipe(up_reader, writer, metered=True)
+                )
             finally:
                 up_writer.close()
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass  # cut by stop(), or the peer went away: either way this connection is over
+        except (_Dropped, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # dropped, cut by stop(), or the peer went away: either way this connection is over
         finally:
             writer.close()
             self._pipes.discard(task)
@@ -56,9 +66,19 @@ class TcpProxy:
         self._allowance = None
         self._flowing.set()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, metered: bool = False) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        metered: bool = False,
+        requests: bool = False,
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(1024 if metered else 65536):
+                if requests and self.drop > 0 and data.startswith(b"POST /v1/chat/completions "):
+                    self.drop -= 1
+                    raise _Dropped  # out of both pipes: `_accept` closes the connection
                 if metered and self._allowance is not None:
                     if self._allowance <= 0:
                         self._flowing.clear()

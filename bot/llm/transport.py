@@ -144,6 +144,7 @@ class EngineHTTP:
         (connect errors, 429/503, another engine) happen only here, before the first token."""
         payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", **headers}
+        error: LLMError
         for attempt in range(self._settings.retries + 1):
             candidates = await pool.candidates(affinity, rotate=attempt == 0)
             engine = candidates[attempt % len(candidates)]
@@ -160,8 +161,19 @@ class EngineHTTP:
                     engine.breaker.success()
                     return engine, response
             # aiohttp's connect and read timeouts are TimeoutErrors too: they must be caught first.
+            except aiohttp.ServerDisconnectedError as exc:
+                # The engine accepted the connection, then closed it without an answer: a
+                # keep-alive it timed out as we reused it, or a front end that stalled past its
+                # idle timer (a burst of these came at once on the busy CPU engine). It is up,
+                # so this is not held against it: the retry takes a fresh connection, and if
+                # the engine really is gone, that connect is refused and counts.
+                error = map_transport_error(exc, engine.base_url, self._settings)
+                if attempt >= self._settings.retries:
+                    raise error from exc
+                log.warning("engine %s: %s; retry %d now", engine.base_url, error, attempt + 1)
+                continue
             except aiohttp.ClientError as exc:
-                error: LLMError = map_transport_error(exc, engine.base_url, self._settings)
+                error = map_transport_error(exc, engine.base_url, self._settings)
             except TimeoutError:
                 engine.breaker.failure()
                 raise EngineTimeout(
