@@ -1,6 +1,8 @@
 """A scripted stand-in for the layer below the LLM client: an aiohttp server that speaks the
 OpenAI-compatible protocol vLLM serves (model list, streamed chat completions with usage,
-constrained choices and JSON, tool calls, /tokenize, /health) and answers from a script at once.
+constrained choices and JSON, tool calls, /tokenize, /health, and /metrics with vLLM's token
+counters: prompt tokens count as prefix-cache queries, never as hits, since it has no cache)
+and answers from a script at once.
 
 It lets tests of the layers above (adapters, inbox, dialogue) run without the CPU engine,
 and `parley loadtest --standin` measure Parley's own share of a turn; the LLM client keeps its
@@ -55,11 +57,14 @@ class ScriptedEngine:
         self.keep_requests = keep_requests  # off for long load tests: bodies with history add up
         self.requests: list[dict[str, Any]] = []  # chat completion bodies, in arrival order
         self.streamed: list[Streamed] = []  # streamed answers, in order of their first token
+        self.prompt_tokens = 0  # over every chat completion, for /metrics
+        self.generated_tokens = 0
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/chat/completions", self._complete)
         return app
@@ -83,6 +88,14 @@ class ScriptedEngine:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        label = f'{{model_name="{MODEL}"}}'
+        return web.Response(
+            text=f"vllm:generation_tokens_total{label} {self.generated_tokens}\n"
+            f"vllm:prefix_cache_queries_total{label} {self.prompt_tokens}\n"
+            f"vllm:prefix_cache_hits_total{label} 0\n"
+        )
+
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         return web.json_response({"count": len(body.get("prompt", "").split()) + 1})
@@ -97,6 +110,7 @@ class ScriptedEngine:
             "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
             "completion_tokens": len(words),
         }
+        self.prompt_tokens += usage["prompt_tokens"]
         constraint = body.get("structured_outputs") or {}
         if "choice" in constraint:
             message: dict[str, Any] = {"role": "assistant", "content": constraint["choice"][0]}
@@ -135,6 +149,7 @@ class ScriptedEngine:
                 last = str(body["messages"][-1].get("content", "")) if body["messages"] else ""
                 self.streamed.append(Streamed(last, received, time.monotonic()))
         await response.write(_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        self.generated_tokens += len(words)
         await response.write(_event({"choices": [], "usage": usage}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
