@@ -9,14 +9,14 @@
 #   bash deploy/gpu-report.sh --quick             # tiny sizes: checks the script, not the machine
 #   bash deploy/gpu-report.sh --no-install        # use .venv as it is (the tests do)
 #
-# With a 7-8B instruct model already downloaded it takes about 8 minutes: the engine's start,
-# then `parley bench` (Parley against the same prompts sent straight to vLLM, alternating) at
-# 32, 128 and 256 conversations, `parley loadtest` through the real server and web chat at
-# the same sizes (time to the first visible update), `parley bench history` (prefix-cache
-# hits of long conversations) and the capacity sweep of one Parley process with its plot.
-# Each step has a time limit; a step that fails or runs out of time is listed under "Not
-# measured" with its reason, and the others still run. A first download of the model is not
-# counted in those 8 minutes (about 15 GB for a 7B model).
+# Once the engine is up: `parley bench` (Parley against the same prompts sent straight to vLLM,
+# alternating) at 32, 128 and 256 conversations, `parley loadtest` through the real server and
+# web chat at the same sizes (throughput ratio, time to the first visible update), `parley bench
+# history` (prefix-cache hits of long conversations) and the capacity sweep of one Parley process
+# with its plot. Each step runs under a time limit (60 s; the sweep 150 s), at most 9.5 minutes
+# in all; a step that fails or runs out of time is listed under "Not measured" with its reason,
+# and the others still run. The engine's start comes first (a few
+# minutes; a first download of a 7B model, about 15 GB, takes longer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +37,8 @@ done
 if $quick; then
   sizes=(2 4); bench_rounds=1; turns=2; history_turns=4; rates=20; step=1; limit=120
 else
-  sizes=(32 128 256); bench_rounds=2; turns=4; history_turns=20; rates=10,25,50,100,150,200; step=5; limit=240
+  # Each step is cut at its limit: at most 9.5 minutes of steps once the engine is up.
+  sizes=(32 128 256); bench_rounds=2; turns=4; history_turns=20; rates=10,25,50,100,150,200; step=2; limit=60
 fi
 
 mkdir -p "$out"
@@ -129,7 +130,7 @@ for k in "${sizes[@]}"; do
 done
 step "Long conversations (parley bench history)" "$limit" \
   "$parley" bench history -k 8 -t "$history_turns" --rounds 1 --budget 1500
-step "Capacity of one Parley process (parley loadtest --sweep, stand-in engine)" "$((limit * 2))" \
+step "Capacity of one Parley process (parley loadtest --sweep, stand-in engine)" "$((limit * 5 / 2))" \
   "$parley" loadtest --standin -k 8 -t "$turns" --sweep --rates "$rates" --step-seconds "$step" \
   --plot "$out/sweep.png"
 [ -f "$out/sweep.png" ] && printf '\n![Parley own time against offered turns/s](sweep.png)\n' >> "$report"

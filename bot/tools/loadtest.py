@@ -10,7 +10,10 @@ a turn splits into Parley's part and the engine's:
 
     sent ─ Parley in ─> engine received ─ engine ─> first token ─ Parley out ─> first delta at the client
 
-and "Parley added" is in + out: what a turn waits for Parley itself. The clients and the
+and "Parley added" is in + out: what a turn waits for Parley itself. Against a real engine,
+which stamps nothing, `--rounds` alternates rounds of the same load through Parley and sent
+straight to the engine (the same questions, answer length and history growth) and prints the
+throughput ratio, each path's time to the first token, and vLLM's prefix-cache hits. The clients and the
 stand-in share this process's event loop, so a busy loop here makes Parley look slower,
 never faster. Parley's CPU is read from /proc for its process alone (Linux).
 
@@ -18,7 +21,8 @@ never faster. Parley's CPU is read from /proc for its process alone (Linux).
 visitor is free) for a few seconds each, over settings that change Parley's work per turn:
 history length, routing (the tenant's handlers: chat alone is never routed), moderation, and
 the Redis Stream inbox instead of the in-process queue; it prints one table and, for each
-setting, the highest rate at which Parley's added p99 stayed under 10 ms.
+setting, the highest rate at which Parley's added p99 stayed under 10 ms; `--plot` draws it
+(matplotlib, the `plot` extra).
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import string
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-tokens", type=positive, default=48, help="tokens per answer from a real engine")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="with an engine URL: rounds through Parley and straight to the engine, alternating, for "
+        "the throughput ratio (default 2; 0: none)",
+    )
+    parser.add_argument(
         "--redis", metavar="URL", help="Redis for Parley (default: PARLEY_REDIS_URL, else a private redis-server)"
     )
     parser.add_argument("--redis-inbox", action="store_true", help="the Redis Stream inbox instead of the queue")
@@ -101,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offered turns per second of the sweep (default 10,25,50,100,150,200)",
     )
     parser.add_argument("--step-seconds", type=float, default=5.0, help="seconds per rate in the sweep (default 5)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="with --sweep: also draw Parley's added p50 and p99 against the offered rate as a PNG "
+        "(needs matplotlib: pip install 'parley[plot]')",
+    )
 
 
 # -- one visitor: the widget's protocol ---------------------------------------------------------
@@ -264,6 +283,152 @@ def print_figures(figures: Figures, *, stamped: bool) -> None:
     depths = figures.depths
     if depths:
         print(f"inbox depth                max {max(depths):.0f}, mean {sum(depths) / len(depths):.1f}")
+
+
+# -- the same load straight to the engine -----------------------------------------------------------
+
+
+async def engine_model(http: aiohttp.ClientSession, engine_url: str) -> str:
+    """The engine's model; asked first, so that a load test against an engine that is down
+    says so at once instead of waiting for `parley serve` to become ready."""
+    try:
+        async with http.get(f"{engine_url}/models") as response:
+            response.raise_for_status()
+            return str((await response.json())["data"][0]["id"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError) as exc:
+        raise LoadTestFailed(f"the engine at {engine_url} does not answer /models: {exc!r}") from None
+
+
+@dataclass
+class EngineRound:
+    """One round's figures as the engine saw them."""
+
+    rate: float  # turns per second
+    first_tokens: list[float]  # seconds from sending to the first token (direct rounds only)
+    cache_hits: float
+    cache_queries: float
+    generated: float  # tokens the engine generated in the round (Parley's routing and dropped answers too)
+
+
+class Direct:
+    """K conversations of T turns sent straight to the engine, each turn once the last is read,
+    as visitors send them through Parley: the same questions, answer length and system prompt,
+    each conversation's history growing as Parley's would."""
+
+    def __init__(self, http: aiohttp.ClientSession, engine_url: str, model: str, system_prompt: str) -> None:
+        self._http, self._url, self._model, self._system = http, engine_url, model, system_prompt
+        self._root = engine_url.removesuffix("/v1")
+        self._long = aiohttp.ClientTimeout(total=None, sock_read=120)  # an answer on a busy engine
+
+    async def counters(self) -> tuple[float, float, float]:
+        """vLLM's prefix-cache hits and queries and its generated tokens so far."""
+        async with self._http.get(f"{self._root}/metrics") as response:
+            text = await response.text()
+        return (
+            prometheus_sum(text, "vllm:prefix_cache_hits_total"),
+            prometheus_sum(text, "vllm:prefix_cache_queries_total"),
+            prometheus_sum(text, "vllm:generation_tokens_total"),
+        )
+
+    async def counted(self, run: Awaitable[float]) -> EngineRound:
+        """`run` (a round, returning its turns per second) with the engine's counters around it."""
+        before = await self.counters()
+        rate = await run
+        after = await self.counters()
+        hits, queries, generated = (b - a for a, b in zip(before, after, strict=True))
+        return EngineRound(rate, [], hits, queries, generated)
+
+    async def round(self, conversations: int, turns: int, max_tokens: int) -> EngineRound:
+        first_tokens: list[float] = []
+        figures = await self.counted(self._round(conversations, turns, max_tokens, first_tokens))
+        figures.first_tokens = first_tokens
+        return figures
+
+    async def _round(self, conversations: int, turns: int, max_tokens: int, first_tokens: list[float]) -> float:
+        run = "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+
+        async def conversation(n: int) -> None:
+            messages = [{"role": "system", "content": self._system}]
+            for t in range(1, turns + 1):
+                text = f"zq{run}{n:04d} {QUESTIONS[(n + t) % len(QUESTIONS)]}"
+                messages.append({"role": "user", "content": text})
+                body = {
+                    "model": self._model,
+                    "messages": messages,
+                    "max_tokens": max_tokens,
+                    "stream": True,
+                    "ignore_eos": True,
+                }
+                sent, first, answer = time.monotonic(), None, list[str]()
+                async with self._http.post(f"{self._url}/chat/completions", json=body, timeout=self._long) as response:
+                    response.raise_for_status()
+                    async for line in response.content:
+                        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                            continue
+                        for choice in json.loads(line[5:]).get("choices", ()):
+                            if piece := (choice.get("delta") or {}).get("content"):
+                                first = first or time.monotonic()
+                                answer.append(piece)
+                if first is not None:
+                    first_tokens.append(first - sent)
+                messages.append({"role": "assistant", "content": "".join(answer)})
+
+        started = time.monotonic()
+        await asyncio.gather(*(conversation(n) for n in range(conversations)))
+        return conversations * turns / (time.monotonic() - started)
+
+
+async def compare_direct(
+    load: Load, direct: Direct, args: argparse.Namespace, say: Callable[[str], None]
+) -> tuple[list[EngineRound], list[EngineRound], list[float]]:
+    """`args.rounds` rounds each way, alternating which goes first; returns the direct rounds,
+    the rounds through Parley and Parley's times from sending to the first delta."""
+    directs: list[EngineRound] = []
+    parleys: list[EngineRound] = []
+    firsts: list[float] = []
+    for n in range(args.rounds):
+        for path in ("parley", "direct") if n % 2 == 0 else ("direct", "parley"):
+            say(f"round {n + 1} of {args.rounds}: {path}...")
+            if path == "direct":
+                directs.append(await direct.round(args.visitors, args.turns, args.max_tokens))
+                continue
+            visitors = await load.visitors(args.visitors, 0)  # new conversations, as the direct side's
+            measured: list[Figures] = []
+
+            async def through_parley(visitors: list[Visitor] = visitors, measured: list[Figures] = measured) -> float:
+                measured.append(await load.closed(visitors, args.turns))
+                return measured[0].rate
+
+            parleys.append(await direct.counted(through_parley()))
+            await asyncio.gather(*(v.aclose() for v in visitors))
+            if errors := measured[0].errors:
+                raise LoadTestFailed(f"a round through Parley had {len(errors)} errors: {errors[0]}")
+            firsts += measured[0].first_deltas()
+    return directs, parleys, firsts
+
+
+def print_comparison(
+    directs: list[EngineRound], parleys: list[EngineRound], firsts: list[float], *, turns: int
+) -> None:
+    """`turns`: the turns of all the rounds of one path."""
+    ratios = [p.rate / d.rate for p, d in zip(parleys, directs, strict=True)]
+    print(
+        f"throughput ratio           median {statistics.median(ratios):.3f} (Parley / direct turns/s in each round: "
+        f"{' '.join(f'{r:.3f}' for r in ratios)}); direct {statistics.median(d.rate for d in directs):.1f}, "
+        f"through Parley {statistics.median(p.rate for p in parleys):.1f} turns/s"
+    )
+    direct_firsts = [t for d in directs for t in d.first_tokens]
+    print(
+        f"first token, direct        p50 {_ms(direct_firsts, 0.5)}   p99 {_ms(direct_firsts, 0.99)}   "
+        f"(first delta through Parley p50 {_ms(firsts, 0.5)}   p99 {_ms(firsts, 0.99)})"
+    )
+    for name, rounds in (("direct", directs), ("through Parley", parleys)):
+        hits, queries = sum(r.cache_hits for r in rounds), sum(r.cache_queries for r in rounds)
+        rate = f"{hits / queries:.1%}" if queries else "- (no vLLM counters)"
+        print(
+            f"engine, {name:<15}    prefix-cache hits {rate} of prompt tokens, "
+            f"{sum(r.generated for r in rounds) / turns:.1f} tokens generated a turn"
+        )
 
 
 # -- Parley as a process of its own ---------------------------------------------------------------
@@ -540,6 +705,50 @@ def _within_target(row: Row) -> bool:
     )
 
 
+def _matplotlib() -> None:
+    """Fails before a sweep of minutes, not after it, when the plot cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401  # only `--plot` needs it: the bot itself does not
+    except ImportError:
+        raise ConfigError("--plot", "needs matplotlib: pip install 'parley[plot]'") from None
+
+
+def plot_sweep(rows: list[Row], path: Path) -> None:
+    """The sweep as a picture (the README's): Parley's added p50 and p99 against the offered
+    rate, a line per setting, with the 10 ms target, so replicas can be sized at a glance."""
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2, sharey=True)
+    names = list(dict.fromkeys(row.variant.name for row in rows))
+    for ax, q, label in ((axes[0], 0.5, "p50"), (axes[1], 0.99, "p99")):
+        for name in names:
+            points = [(r.rate, percentile(r.figures.added(), q) * 1000) for r in rows if r.variant.name == name]
+            points = [(x, y) for x, y in points if y > 0]  # not NaN: a step with no stamped turn has no figure
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.axhline(TARGET_P99 * 1000, color="grey", linestyle="--", label=f"{TARGET_P99 * 1000:.0f} ms target")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(FixedLocator([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]))
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # 20, not 2x10^1
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(sorted({row.rate for row in rows}))
+        ax.set_xlabel("offered turns/s")
+        ax.set_title(f"added {label}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("Parley's own time per turn (ms, log)")
+    axes[1].legend(loc="upper left", fontsize="small")
+    figure.suptitle(
+        f"parley loadtest --standin --sweep: Parley's added time against offered load, {os.cpu_count()} cores"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
 SWEEP = (
     Variant("base"),
     Variant("history 20", history=20),
@@ -553,8 +762,14 @@ async def run_loadtest(settings: Settings, args: argparse.Namespace, say: Callab
     engine_url = None if args.standin else (args.engine_url or settings.llm.base_url)
     if args.history < 0:
         raise ConfigError("--history", "must be 0 or more")
+    if args.rounds < 0:
+        raise ConfigError("--rounds", "must be 0 or more")
     if args.sweep and engine_url is not None:
         raise ConfigError("--sweep", "the capacity sweep runs against the stand-in: add --standin")
+    if args.plot is not None:
+        if not args.sweep:
+            raise ConfigError("--plot", "draws the sweep: add --sweep")
+        _matplotlib()
     extra: dict[str, str] = {}
     if engine_url is not None:
         # A real model: answers of a known length, as `parley bench` asks for.
@@ -577,6 +792,12 @@ async def run_loadtest(settings: Settings, args: argparse.Namespace, say: Callab
                     connector=aiohttp.TCPConnector(limit=0),  # a socket per visitor, however many
                 )
             )
+            direct = None
+            if standin is None and args.rounds:
+                model = await engine_model(http, engine_url)
+                direct = Direct(http, engine_url, model, settings.context.system_prompt)
+            elif standin is None:
+                await engine_model(http, engine_url)
             parley = ParleyProcess(env_file=args.env_file, engine_url=engine_url, redis_url=redis_url, workdir=workdir)
             load = Load(parley, http, standin)
             engine_name = (
@@ -591,15 +812,21 @@ async def run_loadtest(settings: Settings, args: argparse.Namespace, say: Callab
                 say(f"{args.visitors} visitors x {args.turns} turns over the web chat against {engine_name}...")
                 figures = await load.closed(visitors, args.turns)
                 await asyncio.gather(*(v.aclose() for v in visitors))
+                comparison = await compare_direct(load, direct, args, say) if direct is not None else None
             print(
                 f"loadtest: {args.visitors} visitors x {args.turns} turns (history {args.history}) over the web chat's "
                 f"WebSocket, engine {engine_name}, {'Redis' if args.redis_inbox else 'in-process'} inbox, "
                 f"Redis {'at ' + redis_url if redis_url else 'none'}"
             )
             print_figures(figures, stamped=standin is not None)
+            if comparison is not None:
+                print_comparison(*comparison, turns=args.rounds * args.visitors * args.turns)
             if args.sweep:
                 rows = await _sweep(load, parley, args, say, redis=redis_url is not None)
                 print_sweep(rows)
+                if args.plot is not None:
+                    plot_sweep(rows, args.plot)
+                    say(f"plot: {args.plot}")
     return 0 if not figures.errors else 1
 
 
@@ -625,7 +852,8 @@ async def _sweep(
                     try:
                         visitors = await load.visitors(int(rate * 0.5) + 8, each.history)
                     except (ConnectionError, aiohttp.ClientError, TimeoutError) as exc:
-                        # Seen here past ~100 sockets from one address: the step is not run, and said.
+                        # The step is not run, and said. (Once: redis-py's pool failing Parley's
+                        # 101st command at once closed visitors at hello; see bot/runtime.py.)
                         say(f"{each.name}: {rate:.0f} turns/s not run: visitors could not connect ({exc})")
                         break
                     await load.offered(visitors, rate, min(1.0, args.step_seconds))  # warm-up at this rate
@@ -633,6 +861,8 @@ async def _sweep(
                     row = Row(each, rate, await load.offered(visitors, rate, args.step_seconds))
                     await asyncio.gather(*(v.aclose() for v in visitors))
                     rows.append(row)
-                    if row.figures.rate < 0.8 * rate or percentile(row.figures.added(), 0.99) > 5 * TARGET_P99:
-                        break  # saturated: higher rates tell nothing more
+                    # Saturated: higher rates tell nothing more. By p50, not p99: on a shared
+                    # machine one stall at 10 turns/s (30 turns) is the p99, and ended a row there.
+                    if row.figures.rate < 0.8 * rate or percentile(row.figures.added(), 0.5) > 5 * TARGET_P99:
+                        break
     return rows

@@ -33,7 +33,7 @@ async def test_the_quick_report_has_every_section_and_the_plot(tmp_path: Path) -
         "Capacity of one Parley process",
     ):
         assert f"## {title}" in report
-    assert report.count("throughput ratio") == 2 and report.count("4 answered, 0 errors") == 1
+    assert report.count("throughput ratio") == 4 and report.count("4 answered, 0 errors") == 1
     assert "capacity: the highest offered rate" in report
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG") and "](sweep.png)" in report
     not_measured = report.split("## Not measured", 1)[1]
