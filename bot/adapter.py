@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # types only: what the runtime builds, never built here
     from bot.ops.health import Degraded
     from bot.ops.metrics import Metrics
     from bot.ops.stats import AnswerIndex
+    from bot.profiles import Profiles
     from bot.reply import ReplyJournal, ReplySink
     from bot.store.context import ContextStore
     from bot.store.dedupe import Deduper
@@ -75,6 +76,9 @@ class AdapterContext:
     answers: AnswerIndex  # the messages that show answers, for 👍/👎 on them
     tickets: HandoffStore  # the handed-off conversations, which a desk looks its threads up in
     degraded: Degraded  # optional steps that failed and are being retried, shown in /readyz
+    # Per-channel settings (`mention_rule`...) and the admin commands' API:
+    # `profiles.profile(tenant, channel)`, `await profiles.set(tenant, channel, field, value, by=user)`.
+    profiles: Profiles
     # The runtime's registries, filled only through the `register_*` methods.
     _desks: dict[str, Desk] = field(default_factory=dict, repr=False)
     _gates: dict[str, HandoffGate] = field(default_factory=dict, repr=False)

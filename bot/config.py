@@ -181,6 +181,7 @@ class EngineSettings(BaseSettings):
 # The bot scopes Parley uses (as deploy/slack/manifest.json asks for them).
 SLACK_BOT_SCOPES = (
     "app_mentions:read",
+    "assistant:write",
     "channels:history",
     "channels:read",
     "chat:write",
@@ -211,6 +212,10 @@ class SlackSettings(BaseSettings):
     rate_limit_retries: int = Field(3, ge=0)  # retries of a call Slack answered 429, after its Retry-After
     request_timeout: float = Field(30.0, gt=0)  # seconds one Web API call may take
     thread_ttl: int = Field(7 * 24 * 3600, gt=0)  # seconds Parley keeps following a quiet thread
+    feedback_buttons: bool = True  # 👍/👎 buttons under every answer (Block Kit feedback_buttons)
+    # JSON list of up to 4 prompts the assistant pane and App Home suggest (a tenant's `suggested_prompts`
+    # replace them); empty: Parley's own
+    suggested_prompts: list[str] = Field(default_factory=list, max_length=4)
     # "Add to Slack" for many workspaces (instead of SLACK_BOT_TOKEN; Events API over HTTP only):
     client_id: str | None = None  # the app's Client ID; set to serve every workspace that installs Parley
     client_secret: SecretStr | None = None  # the app's Client Secret
@@ -246,6 +251,8 @@ class DiscordSettings(BaseSettings):
         None  # answer direct messages; unset: yes, unless DISCORD_ALLOWED_GUILDS or _CHANNELS is set
     )
     open_threads: bool = False  # start a thread for each new conversation
+    thread_channels: list[int] = Field(default_factory=list)  # channels where each question opens a thread (JSON list)
+    user_install: bool = False  # slash commands also usable where users install Parley (their DMs, group DMs)
     edit_interval: float = Field(1.0, ge=0)  # seconds between edits of a streaming message
     message_limit: int = Field(2000, ge=100, le=2000)  # characters per message before the answer continues in a new one
     sync_commands: bool = True  # register slash commands at start-up; off on all but one replica
@@ -511,6 +518,9 @@ class TenantsSettings(BaseSettings):
     model_config = _section("PARLEY_TENANTS_")
 
     file: Path | None = None  # per-tenant settings (TOML); unset: bot/data/tenants.toml
+    # Seconds between two looks for profiles changed at run time (`parley profile set`): one GET per
+    # look, whatever the traffic; a change reaches every replica within this.
+    refresh: float = Field(2.0, gt=0, le=300)
 
 
 class Settings(BaseModel):

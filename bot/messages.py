@@ -18,6 +18,28 @@ HELP = (
 )
 RESET_DONE = "Done: I've forgotten this conversation. The next message starts afresh."
 DISCORD_DMS_OFF = "I don't answer direct messages here. Mention me in a server channel where I'm set up instead."
+# Slack's 👍/👎 feedback buttons under an answer: what screen readers say for each.
+FEEDBACK_UP_LABEL = "Good answer"
+FEEDBACK_DOWN_LABEL = "Bad answer"
+# Slack's assistant pane and App Home (adapters/slack/assistant.py).
+ASSISTANT_GREETING = "Hi! I'm Parley. Ask me anything, or pick one of the suggestions below."
+ASSISTANT_PROMPTS_TITLE = "Try asking"
+ASSISTANT_PROMPTS = ("What can you do?", "Translate “good morning” into Spanish", "Explain a KV cache in two sentences")
+ASSISTANT_STATUS = "is thinking…"
+ASSISTANT_LOADING = ("Reading your question…", "Thinking…", "Writing an answer…")
+HOME_TITLE = "Parley"
+HOME_HOW = "Message me in the assistant pane or a direct message, or mention me in a channel: I answer in the thread."
+HOME_COMMANDS = "Commands: `help` shows what I can do, `reset` makes me forget a conversation (`/parley help|reset`)."
+HOME_SKILLS = {
+    "chat": "answer questions and talk things through",
+    "qa": "answer from this workspace's knowledge base, citing its documents",
+    "translate": "translate text between languages",
+}
+
+
+def home_skills(handlers: list[str]) -> str:
+    """What the App Home says Parley can do in this workspace: one line per enabled handler."""
+    return "Here I can:\n" + "\n".join(f"• {HOME_SKILLS[h]}" for h in handlers if h in HOME_SKILLS)
 
 
 def discord_help(*, dms: bool) -> str:
@@ -287,6 +309,16 @@ ACTION_CANCELLED = "Cancelled: nothing was done."
 ACTION_EXPIRED = "That request has expired or was never made, so nothing was done. Ask again if you still want it."
 ACTION_UNAVAILABLE = "I can't do that right now: the action is not available. Nothing was done."
 ACTION_NOT_YOURS = "Only the person who asked for this can confirm or cancel it."
+# The buttons under a Discord answer, and what a press of them is answered with (only the presser sees it).
+REGENERATE_BUTTON, PERSON_BUTTON = "Regenerate", "Talk to a person"
+VOTE_THANKS = "Thanks for the feedback!"
+REGENERATE_NOT_YOURS = (
+    "Only the person who asked this can have it answered again. Ask me yourself if you'd like an answer."
+)
+REGENERATE_EXPIRED = "I no longer have that question, so I can't answer it again. Please ask it anew."
+BUTTON_STALE = "This button belongs to an answer I can no longer act on. Ask me again if you need to."
+MESSAGE_HAS_NO_TEXT = "That message has no text I can read, so there is nothing to ask or translate."
+FORUM_POST_EMPTY = "This post has no question in it. Write your question in the post (or reply here) and I'll answer."
 CONFIRM_BUTTON, CANCEL_BUTTON = "Confirm", "Cancel"
 
 

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bot.actions.audit import Audit
@@ -42,6 +42,7 @@ from bot.ops.health import Degraded
 from bot.ops.meter import MemoryMeter, Meter, RedisMeter
 from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex, MemoryAnswerIndex, MemoryStats, RedisAnswerIndex, RedisStats, Stats
+from bot.profiles import Profiles, open_profiles
 from bot.routing.embeddings import Embedder, LocalEmbedder, MultilingualEmbedder, OpenAIEmbedder
 from bot.routing.router import Router
 from bot.store.batching import RedisBatcher
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 
 # Tried when PARLEY_REDIS_URL is unset, so a newcomer with a local Redis keeps context.
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+# Connections to Redis one process holds at most (redis-py's own default). Commands past it
+# wait for a free one, up to PARLEY_REDIS_SOCKET_TIMEOUT: redis-py's default pool fails them at
+# once ("Too many connections"), which closed every web visitor past the 100th of a burst at
+# `hello` (found by `parley loadtest` with more than 100 visitors).
+REDIS_MAX_CONNECTIONS = 100
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Runtime:
     stats: Stats
     answers: AnswerIndex
     tickets: HandoffStore  # handed-off conversations (the flow is the manager's `Handoffs`)
+    profiles: Profiles  # the tenants file's settings per channel, with the run-time overrides
     # Registries that adapters fill through their `AdapterContext` (a desk once Slack has
     # confirmed its support channel, the web chat's cap on tickets, each platform's link to a
     # conversation); the handoff flow reads them at each use.
@@ -96,6 +103,7 @@ class Runtime:
             deduper=self.deduper,
             answers=self.answers,
             tickets=self.tickets,
+            profiles=self.profiles,
             degraded=self.degraded,
             _desks=self.desks,
             _gates=self.handoff_gates,
@@ -119,13 +127,16 @@ def redacted(url: str) -> str:
 
 
 async def _connect_redis(url: str, settings: Settings) -> Redis:
-    redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=settings.redis.socket_timeout,  # the wait for a free connection
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.socket_timeout,
         health_check_interval=30,
         password=settings.redis.password.get_secret_value() if settings.redis.password else None,
     )
+    redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     try:
         await redis.ping()
     except (RedisError, OSError):
@@ -275,6 +286,8 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
                 "users who ask for a person will be told no one is reachable"
             )
         actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack, stats)
+        profiles = open_profiles(tenants, redis, prefix=settings.redis.prefix, refresh=settings.tenants.refresh)
+        await stack.enter_async_context(profiles.watching())  # stopped before Redis closes
         manager = DialogueManager(
             settings=settings,
             store=store,
@@ -283,7 +296,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             handlers=build_handlers(Services(settings=settings, llm=llm, kb=kb, actions=actions, pending=pending)),
             router=router,
             moderator=Moderator(llm),
-            tenants=tenants,
+            tenants=profiles,
             metrics=metrics,
             handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, gates=gates),
             stats=stats,
@@ -309,6 +322,7 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             stats=stats,
             answers=answers,
             tickets=handoff_store,
+            profiles=profiles,
             desks=desks,
             handoff_gates=gates,
         )

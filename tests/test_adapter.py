@@ -25,15 +25,17 @@ from bot.handoff.store import MemoryHandoffStore
 from bot.ops.health import Degraded
 from bot.ops.metrics import Metrics
 from bot.ops.stats import MemoryAnswerIndex
+from bot.profiles import Profiles
 from bot.store.context import MemoryContextStore
 from bot.store.dedupe import MemoryDeduper
+from bot.tenants import load_tenants
 
 settings = load_settings(None)
 context = AdapterContext(
     settings=settings, redis=None, metrics=Metrics(),
     store=MemoryContextStore(redis_settings=settings.redis, settings=settings.context),
     deduper=MemoryDeduper(settings.redis), answers=MemoryAnswerIndex(), tickets=MemoryHandoffStore(),
-    degraded=Degraded(),
+    degraded=Degraded(), profiles=Profiles(load_tenants(None), None, refresh=2.0),
 )
 try:
     print(sorted(adapter.platform for adapter in configured_adapters(context)), "adapters.slack.app" in sys.modules)

@@ -33,4 +33,6 @@ def create(context: AdapterContext) -> DiscordAdapter | None:
         degraded=context.degraded,
         metrics=context.metrics,
         answers=context.answers,
+        person=settings.handoff.enabled and settings.handoff.on_request,
+        profiles=context.profiles,
     )

@@ -27,8 +27,10 @@ import yarl
 from discord import app_commands
 
 from adapters.discord.chains import Chains
+from adapters.discord.components import AnswerButton, is_answer_button, shows_button
 from adapters.discord.intake import Delivery, Intake
-from adapters.discord.normalize import PRESS_TOKEN
+from adapters.discord.normalize import PRESS_TOKEN, custom_id_of
+from adapters.discord.presses import Presses
 from adapters.discord.sink import ChannelEditor, ChoiceEditor, DiscordSink, InteractionEditor, PressEditor
 from bot.config import DiscordSettings
 from bot.errors import ConfigError, ParleyError
@@ -38,6 +40,7 @@ from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex
 from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.inbox import Inbox
+from bot.tenants import ProfileSource
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,9 @@ INTENTS = discord.Intents(
     guilds=True, guild_messages=True, dm_messages=True, message_content=True, guild_reactions=True, dm_reactions=True
 )
 # The bot permissions the code uses (see deploy/discord/SETUP.md): read channels and
-# their history (a reply quotes a message), post, post in threads, and with
-# open_threads create public threads.
+# their history (a reply quotes a message), post, post in threads (forum posts too), and
+# where Parley opens threads (open_threads, thread_channels) create public threads. Buttons
+# and message commands need no permission.
 PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
 )
@@ -89,6 +93,7 @@ class ParleyClient(discord.AutoShardedClient):
         self,
         *,
         intake: Intake,
+        presses: Presses,
         settings: DiscordSettings,
         intents: discord.Intents,
         http_trace: aiohttp.TraceConfig | None = None,
@@ -105,8 +110,14 @@ class ParleyClient(discord.AutoShardedClient):
             http_trace=http_trace,  # type: ignore[arg-type]  # sees every REST attempt: counts 429s and 5xx
         )
         self._intake = intake
+        self._presses = presses
         self.tree = app_commands.CommandTree(self)
-        add_commands(self.tree, intake)
+        add_commands(self.tree, intake, user_install=settings.user_install)
+        self.add_dynamic_items(AnswerButton)  # the buttons under answers, read back from their custom ids
+
+    @property
+    def presses(self) -> Presses:
+        return self._presses
 
     async def on_message(self, message: discord.Message) -> None:
         await self._intake.on_message(message, me=self.user)
@@ -115,8 +126,14 @@ class ParleyClient(discord.AutoShardedClient):
         # Slash commands go through the command tree. Discord sends a component's press only to
         # the application that posted it, so every press is of a button of Parley's: it is read
         # by its custom id (never by a view kept in memory), on any replica, after a restart.
+        # The buttons under answers are discord.py's to dispatch (`AnswerButton`), unless the
+        # pressed message no longer shows the button: discord.py would drop that press in silence.
         if interaction.type is discord.InteractionType.component:
-            await self._intake.on_press(interaction)
+            custom_id = custom_id_of(interaction)
+            if not is_answer_button(custom_id):
+                await self._presses.on_press(interaction)
+            elif not shows_button(interaction.message, custom_id):
+                await self._presses.on_stale_press(interaction)
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self._intake.on_reaction(payload, me=self.user)
@@ -132,7 +149,14 @@ class ParleyClient(discord.AutoShardedClient):
         log.exception("error while handling discord event %s", event_method)
 
 
-def add_commands(tree: app_commands.CommandTree, intake: Intake) -> None:
+# With `user_install`, the commands may also be used where a user (not a server) installed
+# Parley: in any server, their DMs with others and group DMs (the answers go through the
+# interaction, which needs no bot in the channel).
+USER_INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+USER_CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+
+
+def add_commands(tree: app_commands.CommandTree, intake: Intake, *, user_install: bool = False) -> None:
     @tree.command(name="ask", description="Ask Parley a question")
     @app_commands.describe(question="What you want to know")
     async def ask(interaction: discord.Interaction, question: str) -> None:
@@ -151,6 +175,19 @@ def add_commands(tree: app_commands.CommandTree, intake: Intake) -> None:
     async def help_(interaction: discord.Interaction) -> None:
         await intake.on_command(interaction, "help")
 
+    # Message commands (right-click a message, Apps): its text asked, or translated into English.
+    @tree.context_menu(name="Ask Parley")
+    async def ask_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        await intake.on_message_command(interaction, "ask", message)
+
+    @tree.context_menu(name="Translate")
+    async def translate_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        await intake.on_message_command(interaction, "translate", message)
+
+    if user_install:
+        for command in tree.get_commands():
+            command.allowed_installs, command.allowed_contexts = USER_INSTALLS, USER_CONTEXTS
+
 
 class DiscordAdapter:
     """This replica's Discord connection (login, gateway shards, slash-command registration)
@@ -166,15 +203,29 @@ class DiscordAdapter:
         degraded: Degraded,
         metrics: Metrics | None = None,
         answers: AnswerIndex | None = None,
+        person: bool = False,
+        profiles: ProfileSource | None = None,
     ) -> None:
         self._settings = settings
         self._chains = chains
+        self._person = person  # a support desk takes requests for a person: "Talk to a person" under answers
         self._degraded = degraded  # optional steps that failed (the command registration), for /readyz
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._trace = metrics.platform_trace(self.platform) if metrics is not None else None
         self._delivery = Delivery(tell=self._tell, size=settings.retry_buffer)
         self._intake = Intake(
-            settings=settings, chains=chains, answers=answers, delivery=self._delivery, tell=self._tell
+            settings=settings,
+            chains=chains,
+            answers=answers,
+            delivery=self._delivery,
+            tell=self._tell,
+            # A channel's mention rule (its profile); without profiles, mentions as always.
+            rule=(lambda tenant, channel: profiles.profile(tenant, channel).mention_rule)
+            if profiles is not None
+            else (lambda tenant, channel: "mention"),
+        )
+        self._presses = Presses(
+            settings=settings, chains=chains, delivery=self._delivery, tracked=self._intake.taking_in
         )
         self._client: ParleyClient | None = None
         self.content_intent = True  # False once Discord has said the text of messages is withheld
@@ -198,7 +249,11 @@ class DiscordAdapter:
         try:
             while True:
                 client = self._client = ParleyClient(
-                    intake=self._intake, settings=self._settings, intents=intents, http_trace=self._trace
+                    intake=self._intake,
+                    presses=self._presses,
+                    settings=self._settings,
+                    intents=intents,
+                    http_trace=self._trace,
                 )
                 try:
                     await client.login(self._settings.token.get_secret_value())
@@ -291,7 +346,13 @@ class DiscordAdapter:
                 answers=self._answers,
             )
         return DiscordSink(
-            editor, turn, limit=self._settings.message_limit, interval=self._settings.edit_interval, journal=journal
+            editor,
+            turn,
+            limit=self._settings.message_limit,
+            interval=self._settings.edit_interval,
+            journal=journal,
+            chains=self._chains,
+            person=self._person,
         )
 
     async def _tell(self, turn: Turn, text: str) -> None:

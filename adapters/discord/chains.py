@@ -7,6 +7,9 @@ message Parley posts (and each thread it talks in) is remembered with its
 conversation id: in Redis, under the bot's prefix and with the context's expiry
 (a conversation whose context has expired has nothing to continue), or, without
 Redis, in a bounded in-process map.
+
+Beside them, the question each answer answered (by the answered turn's event id), so that
+its Regenerate button can ask it again on any replica and after a restart; kept as long.
 """
 
 from __future__ import annotations
@@ -29,24 +32,43 @@ class Chains(Protocol):
         """The conversation `message_id` belongs to, if Parley remembers it."""
         ...
 
+    async def remember_question(self, event_id: str, question: str) -> None: ...
+
+    async def question_of(self, event_id: str) -> str | None:
+        """The question (JSON, `sink.question_json`) the turn `event_id` asked, if Parley remembers it."""
+        ...
+
 
 class RedisChains:
     def __init__(self, redis: Redis, settings: RedisSettings) -> None:
         self._redis = redis
         self._prefix = f"{settings.prefix}:discord:conv:"
+        self._asked = f"{settings.prefix}:discord:asked:"
         self._ttl = settings.context_ttl
 
     async def remember(self, message_id: str, conversation: str) -> None:
-        try:
-            await self._redis.set(self._prefix + message_id, conversation, ex=self._ttl)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot save a Discord reply chain: {exc}") from exc
+        await self._set(self._prefix + message_id, conversation, "a Discord reply chain")
 
     async def conversation_of(self, message_id: str) -> str | None:
+        return await self._get(self._prefix + message_id, "a Discord reply chain")
+
+    async def remember_question(self, event_id: str, question: str) -> None:
+        await self._set(self._asked + event_id, question, "an answered question")
+
+    async def question_of(self, event_id: str) -> str | None:
+        return await self._get(self._asked + event_id, "an answered question")
+
+    async def _set(self, key: str, value: str, what: str) -> None:
         try:
-            value = await self._redis.get(self._prefix + message_id)
+            await self._redis.set(key, value, ex=self._ttl)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot read a Discord reply chain: {exc}") from exc
+            raise StoreUnavailable(f"cannot save {what}: {exc}") from exc
+
+    async def _get(self, key: str, what: str) -> str | None:
+        try:
+            value = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read {what}: {exc}") from exc
         return as_text(value) if value is not None else None
 
 
@@ -65,3 +87,9 @@ class MemoryChains:
 
     async def conversation_of(self, message_id: str) -> str | None:
         return self._map.get(message_id)
+
+    async def remember_question(self, event_id: str, question: str) -> None:
+        await self.remember("asked:" + event_id, question)  # message ids are digits: no clash
+
+    async def question_of(self, event_id: str) -> str | None:
+        return self._map.get("asked:" + event_id)

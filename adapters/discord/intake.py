@@ -1,11 +1,9 @@
-"""Discord's intake: gateway messages, slash commands, 👍/👎 reactions and Confirm / Cancel
-presses made turns for the inbox.
+"""Discord's intake: gateway messages (forum posts among them), slash and message commands and
+👍/👎 reactions made turns for the inbox (button presses: `adapters.discord.presses`).
 
 `Intake` decides what is for Parley and makes it a `Turn`; `Delivery` puts each turn into
 the inbox. Each slash command is deferred at once (Discord wants an answer within 3
-seconds) and answered later through the interaction's webhook; so is each press of a write
-action's Confirm or Cancel, with a deferred update (its buttons stay until the dialogue manager
-has decided, then `DiscordSink.settle` replaces them).
+seconds) and answered later through the interaction's webhook.
 
 When the inbox cannot take a turn because Redis is unreachable, the turn waits in a
 bounded in-memory `RetryBuffer` that puts it again with backoff (Discord does not
@@ -31,20 +29,18 @@ from adapters.discord.buffer import RetryBuffer
 from adapters.discord.chains import Chains
 from adapters.discord.normalize import (
     PLATFORM,
-    PRESSED_MESSAGE,
     Place,
     chain_root_guess,
     channel_ids,
-    choice_turn,
-    custom_id_of,
+    forum_post,
     guild_id_of,
     interaction_turn,
     is_from_bot,
     mentions_bot,
     message_turn,
-    parse_choice,
     place_of,
     replied_to,
+    strip_mention,
     tenant_of,
 )
 from bot import messages
@@ -62,6 +58,14 @@ PRIVATE_COMMANDS = ("help", "reset")  # answered to the caller only
 INTAKE_GRACE = 10.0  # seconds shutdown waits for the event handlers already running to put their turns
 
 Tell = Callable[[Turn, str], Awaitable[None]]  # one line to the user of a turn, outside the dialogue
+
+
+async def note(interaction: discord.Interaction, text: str) -> None:
+    """A line to the one who pressed or called, as the interaction's response (ephemeral)."""
+    try:
+        await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer an interaction (%s %s)", exc.status, exc.code)
 
 
 class Delivery:
@@ -140,8 +144,10 @@ class Intake:
         answers: AnswerIndex | None,
         delivery: Delivery,
         tell: Tell,
+        rule: Callable[[str, str], str],
     ) -> None:
         self._settings = settings
+        self._rule = rule  # (tenant, channel) -> the channel's mention rule: mention, always or threads
         self._chains = chains
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._delivery = delivery
@@ -149,7 +155,7 @@ class Intake:
         self._taking: set[asyncio.Task[Any]] = set()  # event handlers on their way to the inbox
 
     @contextlib.contextmanager
-    def _taking_in(self) -> Iterator[None]:
+    def taking_in(self) -> Iterator[None]:
         """Marks the event handler running now as on its way to the inbox: shutdown waits for it."""
         task = asyncio.current_task()
         assert task is not None  # discord.py runs each event handler in a task of its own
@@ -173,7 +179,7 @@ class Intake:
     # -- messages --------------------------------------------------------------------------
 
     async def on_message(self, message: discord.Message, *, me: discord.ClientUser | None) -> None:
-        with self._taking_in():
+        with self.taking_in():
             await self._take_message(message, me)
 
     async def _take_message(self, message: discord.Message, me: discord.ClientUser | None) -> None:
@@ -188,18 +194,22 @@ class Intake:
         bot_id = me.id
         roles = self._bot_roles(message.guild)
         conversation = None
-        if not place.dm and not mentions_bot(message, bot_id=bot_id, bot_role_ids=roles):
+        post = forum_post(message)
+        # "always": every message there is for Parley; "threads": each question gets a thread.
+        rule = "mention" if place.dm else self._rule(tenant_of(guild_id), place.channel)
+        if not place.dm and not post and not mentions_bot(message, bot_id=bot_id, bot_role_ids=roles):
             conversation = await self._continued(message, place, bot_id)
-            if conversation is None:
+            if conversation is None and rule != "always":
                 return
-        turn = message_turn(
-            message,
-            bot_id=bot_id,
-            bot_role_ids=roles,
-            conversation=conversation,
-            open_thread=self._settings.open_threads,
+        threads = (
+            self._settings.open_threads or rule == "threads" or message.channel.id in self._settings.thread_channels
         )
+        turn = message_turn(message, bot_id=bot_id, bot_role_ids=roles, conversation=conversation, open_thread=threads)
         if not turn.text.strip():
+            if post:
+                log.info("a new forum post with no text Parley can read: told its author", extra=turn_fields(turn))
+                await self._tell(turn, messages.FORUM_POST_EMPTY)
+                return
             if message.attachments or message.stickers:
                 await self._tell(turn, messages.NO_TEXT)
                 return
@@ -232,7 +242,7 @@ class Intake:
     async def on_command(
         self, interaction: discord.Interaction, command: str, text: str = "", *, target_language: str | None = None
     ) -> None:
-        with self._taking_in():
+        with self.taking_in():
             await self._take_command(interaction, command, text, target_language=target_language)
 
     async def _take_command(
@@ -268,68 +278,27 @@ class Intake:
         else:
             await self._delivery.put(turn)
 
+    async def on_message_command(
+        self, interaction: discord.Interaction, command: str, message: discord.Message
+    ) -> None:
+        """ "Ask Parley" or "Translate" on a message: its text, as /ask or /translate would take it."""
+        me = interaction.client.user
+        text = strip_mention(message.content, bot_id=me.id) if me is not None else message.content.strip()
+        if text:
+            await self.on_command(interaction, command, text)
+            return
+        log.info("%s on message %s, which has no text Parley can read: told the caller", command, message.id)
+        await note(interaction, messages.MESSAGE_HAS_NO_TEXT)
+
     async def _refuse_dm(self, turn: Turn) -> None:
         log.info("direct message refused: DMs are off (DISCORD_ALLOW_DMS)", extra=turn_fields(turn))
         await self._tell(turn, messages.DISCORD_DMS_OFF)
-
-    # -- Confirm / Cancel -------------------------------------------------------------------
-
-    async def on_press(self, interaction: discord.Interaction) -> None:
-        """A button pressed on one of Parley's messages: a write action's Confirm or Cancel
-        becomes a `choice` turn of the conversation the buttons were offered in."""
-        with self._taking_in():
-            await self._take_press(interaction)
-
-    async def _take_press(self, interaction: discord.Interaction) -> None:
-        custom_id = custom_id_of(interaction)
-        press = parse_choice(custom_id)
-        turn = choice_turn(interaction, press) if press is not None else None
-        if turn is None:
-            log.warning(
-                "a press of a button Parley cannot read (custom id %r, channel %s): told the presser",
-                custom_id[:100],
-                interaction.channel_id,
-            )
-            await self._note(interaction, messages.ACTION_EXPIRED)
-            return
-        place = place_of(interaction.channel, interaction.guild_id)
-        if not place.allowed(
-            self._settings, guild_id=interaction.guild_id, channel_ids=channel_ids(interaction.channel)
-        ):
-            log.info(
-                "a %s press where Parley does not answer (allow-lists, DMs): refused",
-                turn.text,
-                extra=turn_fields(turn),
-            )
-            await self._note(interaction, messages.DISCORD_DMS_OFF if place.dm else messages.ACTION_UNAVAILABLE)
-            return
-        try:
-            await interaction.response.defer()  # a deferred update (type 6), within Discord's 3 seconds
-        except discord.HTTPException as exc:
-            log.warning(
-                "could not acknowledge a %s press (%s %s); Discord shows it as failed",
-                turn.text,
-                exc.status,
-                exc.code,
-                extra=turn_fields(turn),
-            )
-            return
-        log.info("discord %s pressed on message %s", turn.text, turn.handle[PRESSED_MESSAGE], extra=turn_fields(turn))
-        await self._delivery.put(turn)
-
-    @staticmethod
-    async def _note(interaction: discord.Interaction, text: str) -> None:
-        """A line to the presser alone, as the press's response; the buttons stay as they are."""
-        try:
-            await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException as exc:
-            log.warning("could not answer a button press (%s %s)", exc.status, exc.code)
 
     # -- votes -----------------------------------------------------------------------------
 
     async def on_reaction(self, payload: discord.RawReactionActionEvent, *, me: discord.ClientUser | None) -> None:
         """A 👍/👎 on one of Parley's answers: a `feedback` turn of the answer's conversation."""
-        with self._taking_in():
+        with self.taking_in():
             await self._take_reaction(payload, me)
 
     async def _take_reaction(self, payload: discord.RawReactionActionEvent, me: discord.ClientUser | None) -> None:

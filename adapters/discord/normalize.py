@@ -21,6 +21,11 @@ understood on any replica and after a restart (no view kept in memory). The thre
 conversation's, as the offering turn named it: in a channel's reply chain nothing else says
 which conversation the buttons belong to. `choice_turn` makes a press a `choice` turn of
 that conversation.
+
+The buttons under every final answer (👍, 👎, "Talk to a person", "Regenerate") are persistent
+too: `parley:answer:<up|down|person|again>:<answered turn's event id>:<thread>:<asker>`
+(`AnswerPress`), at most 83 characters. `answer_press_turn` makes a press a turn of the
+answer's conversation, as `choice_turn` does for Confirm / Cancel.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ _MENTION = re.compile(r"<@[!&]?(\d++)>")
 # Confirm / Cancel of a write action: the custom id of each button (at most 100 characters).
 CHOICE_PREFIX = "parley:choice:"
 _CHOICE_ID = re.compile(r"parley:choice:(confirm|cancel):([0-9a-f]{16}):([0-9]{0,20})")
+# The buttons under an answer (`AnswerPress`); discord.py's `DynamicItem` dispatches by this template.
+ANSWER_TEMPLATE = (
+    r"parley:answer:(?P<kind>up|down|person|again):"
+    r"(?P<answer>[0-9]{1,20}):(?P<thread>[0-9]{0,20}):(?P<asker>[0-9]{1,20})"
+)
+ANSWER_KINDS = ("up", "down", "person", "again")
 # `Turn.handle` of a press: what answering it and settling its buttons need (the press's own
 # interaction token, valid 15 minutes, edits the pressed message and posts follow-ups).
 PRESS_TOKEN, PRESSED_MESSAGE = "press_token", "pressed_message"
@@ -109,6 +120,17 @@ def mentions_bot(message: discord.Message, *, bot_id: int, bot_role_ids: frozens
 def strip_mention(text: str, *, bot_id: int, bot_role_ids: frozenset[int] = frozenset()) -> str:
     ids = {str(i) for i in (bot_id, *bot_role_ids)}
     return _MENTION.sub(lambda m: "" if m[1] in ids else m[0], text).strip()
+
+
+def forum_post(message: discord.Message) -> bool:
+    """The opening message of a new post in a forum channel: a question for Parley, mention or
+    not (a post's first message has the post's id)."""
+    channel = message.channel
+    return (
+        isinstance(channel, discord.Thread)
+        and message.id == channel.id
+        and isinstance(channel.parent, discord.ForumChannel)
+    )
 
 
 def replied_to(message: discord.Message) -> int | None:
@@ -281,4 +303,62 @@ def choice_turn(interaction: discord.Interaction, press: Press) -> Turn | None:
             PRESS_TOKEN: interaction.token,
             PRESSED_MESSAGE: str(message.id),
         },
+    )
+
+
+# -- the buttons under an answer -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPress:
+    """What a button under an answer says: which button, the answered turn's event id (what a
+    vote is on), the conversation's thread (as the answered turn named it) and who asked."""
+
+    kind: str  # `ANSWER_KINDS`: a vote, a request for a person, or the question asked again
+    answer: str
+    thread: str
+    asker: str
+
+    @property
+    def custom_id(self) -> str:
+        assert self.kind in ANSWER_KINDS
+        return f"parley:answer:{self.kind}:{self.answer}:{self.thread}:{self.asker}"
+
+
+def parse_answer_press(custom_id: str) -> AnswerPress | None:
+    match = re.fullmatch(ANSWER_TEMPLATE, custom_id)
+    return AnswerPress(match["kind"], match["answer"], match["thread"], match["asker"]) if match else None
+
+
+def answer_press_turn(
+    interaction: discord.Interaction,
+    press: AnswerPress,
+    *,
+    text: str,
+    command: str | None,
+    reply_to: str | None = None,
+    handle: dict[str, str] | None = None,
+    target_language: str = "",
+) -> Turn | None:
+    """The turn a press of a button under an answer makes, in the answer's conversation; None
+    when the press's place disagrees with the thread the button names (a thread or DM names
+    its conversation itself), or Discord did not say where it was pressed."""
+    place = place_of(interaction.channel, interaction.guild_id)
+    named = place.channel if place.dm else place.thread_id
+    if interaction.message is None or not place.channel or (named is not None and press.thread != named):
+        return None
+    return Turn(
+        platform=PLATFORM,
+        tenant=place.tenant,
+        channel=place.channel,
+        thread=press.thread,
+        user=str(interaction.user.id),
+        text=text,
+        event_id=str(interaction.id),  # one per press: a vote changed back and forth counts each time
+        at=interaction.created_at.timestamp(),
+        command=command,
+        reply_to=reply_to,
+        address={"post_channel": str(interaction.channel_id)},
+        handle=handle or {},
+        target_language=target_language,
     )

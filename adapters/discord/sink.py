@@ -17,11 +17,16 @@ posts them where the answer went, under it; a press comes back as a `choice` tur
 (`normalize.choice_turn`) whose sink answers through the press's own interaction
 (`PressEditor`: follow-ups, and `settle` edits the pressed message). The buttons are
 rendered from a stopped `discord.ui.View`, which discord.py does not keep: presses are
-understood by their custom id alone (`Intake.on_press`), on any replica, after a restart.
+understood by their custom id alone (`Presses.on_press`), on any replica, after a restart.
+
+Every answer streamed to its end gets the buttons of `components` under its last page (`attach`):
+👍 / 👎, "Talk to a person" where a support desk takes requests, and "Regenerate" under an answer
+to a question, whose words (and command) are kept with the chains so it can be asked again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterable, Iterator
 from contextlib import contextmanager
@@ -30,9 +35,10 @@ from typing import Protocol
 import discord
 
 from adapters.discord.chains import Chains
+from adapters.discord.components import answer_buttons
 from adapters.discord.normalize import PLATFORM, PRESS_TOKEN, PRESSED_MESSAGE, choice_id, thread_name
 from bot import messages
-from bot.errors import PlatformError
+from bot.errors import PlatformError, StoreUnavailable
 from bot.ops.logs import turn_fields
 from bot.ops.stats import AnswerIndex
 from bot.reply import NO_JOURNAL, EditingSink, MessageEditor, Offer, ReplyJournal, Settled
@@ -46,6 +52,12 @@ ANSWER_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=Fal
 THREAD_ALREADY_CREATED = 160004  # Discord's code: this message already has a thread
 NO_MENTIONS = discord.AllowedMentions.none()
 CONTENT_LIMIT = 2000  # Discord's limit on a message's text
+ASKED = (None, "ask", "translate")  # the commands of turns that ask a question, which Regenerate asks again
+
+
+def question_json(turn: Turn) -> str:
+    """What Regenerate needs to ask `turn`'s question again (`Chains.remember_question`)."""
+    return json.dumps({"text": turn.text, "command": turn.command, "target_language": turn.target_language})
 
 
 @contextmanager
@@ -100,6 +112,10 @@ class ChoiceEditor(MessageEditor, Protocol):
         """Post the buttons where the answer went."""
         ...
 
+    async def attach(self, view: discord.ui.View) -> bool:
+        """Put `view` under the last page posted; False when this editor posted none."""
+        ...
+
 
 class ChannelEditor:
     """Posts and edits an answer in a channel, thread or DM."""
@@ -122,6 +138,7 @@ class ChannelEditor:
         self._guild_id = int(turn.tenant) if turn.tenant.isdigit() else None
         self._pages = 0
         self._quoted: int | None = None  # the last page, when the answer quotes the question
+        self._last: int | None = None  # the last page posted
 
     def _channel(self) -> discord.PartialMessageable:
         return live(self._client, "answering").get_partial_messageable(self._channel_id, guild_id=self._guild_id)
@@ -144,6 +161,7 @@ class ChannelEditor:
                 nonce=f"{self._turn.event_id}.{self._pages}",
             )
         self._pages += 1
+        self._last = message.id
         if reference is not None or self._quoted is not None:
             self._quoted = message.id
         await self._chains.remember(str(message.id), self._turn.thread)
@@ -172,6 +190,13 @@ class ChannelEditor:
     async def edit(self, message_id: str, text: str) -> None:
         with platform_errors("editing an answer"):
             await self._channel().get_partial_message(int(message_id)).edit(content=text)
+
+    async def attach(self, view: discord.ui.View) -> bool:
+        if self._last is None:
+            return False
+        with platform_errors("adding the buttons under an answer"):
+            await self._channel().get_partial_message(self._last).edit(view=view, allowed_mentions=NO_MENTIONS)
+        return True
 
     async def _open_thread(self) -> bool:
         """Open a thread from the question and answer there; False (reply in the channel)
@@ -210,6 +235,7 @@ class InteractionEditor:
         self._turn = turn
         self._chains = chains
         self._pages = 0
+        self._last: str | None = None  # the last page posted: its id, or "@original"
 
     def _webhook(self) -> discord.Webhook:
         client = live(self._client, "answering a command")
@@ -226,23 +252,40 @@ class InteractionEditor:
                     content=text,
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
+                # A pressed message is the original of its press, not one of the webhook's own:
+                # it is edited as "@original", never by its id.
+                shown = original if not original.isdigit() else str(message.id)
             else:
                 message = await self._webhook().send(text, wait=True, allowed_mentions=discord.AllowedMentions.none())
+                shown = str(message.id)
         self._pages += 1
+        self._last = shown
         await self._chains.remember(str(message.id), self._turn.thread)
         if self._answers is not None:
             await self._answers.remember(str(message.id), self._turn)
-        return str(message.id)
+        return shown
 
     async def edit(self, message_id: str, text: str) -> None:
         with platform_errors("editing a command's answer"):
-            await self._webhook().edit_message(int(message_id), content=text)
+            await self._webhook().edit_message(_webhook_message_id(message_id), content=text)
+
+    async def attach(self, view: discord.ui.View) -> bool:
+        if self._last is None:
+            return False
+        with platform_errors("adding the buttons under an answer"):
+            await self._webhook().edit_message(_webhook_message_id(self._last), view=view, allowed_mentions=NO_MENTIONS)
+        return True
 
     async def offer(self, text: str, view: discord.ui.View, *, call: str) -> None:
         """The buttons as a follow-up of the command's answer."""
         with platform_errors("offering Confirm / Cancel"):
             message = await self._webhook().send(text, view=view, wait=True, allowed_mentions=NO_MENTIONS)
         await self._chains.remember(str(message.id), self._turn.thread)
+
+
+def _webhook_message_id(message_id: str) -> int:
+    # "@original" is the API's name for an interaction's first response; discord.py types the id as int.
+    return int(message_id) if message_id.isdigit() else message_id  # type: ignore[return-value]
 
 
 class PressEditor(InteractionEditor):
@@ -300,17 +343,40 @@ class DiscordSink:
         limit: int,
         interval: float,
         journal: ReplyJournal = NO_JOURNAL,
+        chains: Chains | None = None,
+        person: bool = False,
     ) -> None:
         self._editor = editor
         self._turn = turn
         self._limit = limit
+        self._chains = chains  # keeps the question for Regenerate; None: no buttons under answers
+        self._person = person  # a support desk takes requests: offer "Talk to a person"
         self._editing = EditingSink(editor, limit=limit, interval=interval, journal=journal)
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
-        return await self._editing.stream(chunks)
+        text = await self._editing.stream(chunks)
+        if text.strip() and self._chains is not None:
+            await self._add_buttons(self._chains)
+        return text
+
+    async def _add_buttons(self, chains: Chains) -> None:
+        """The buttons under the answer's last page. The answer itself is shown already: a failure
+        here is logged, and the answer stands without them."""
+        turn = self._turn
+        if not turn.event_id.isdigit():
+            return
+        again = turn.command in ASKED and bool(turn.text.strip())
+        view = answer_buttons(turn.event_id, turn.thread, turn.user, person=self._person, regenerate=again)
+        try:
+            if again:
+                await chains.remember_question(turn.event_id, question_json(turn))
+            if not await self._editor.attach(view):
+                log.info("no page of this answer was posted here: no buttons under it", extra=turn_fields(turn))
+        except (PlatformError, StoreUnavailable) as exc:
+            log.warning("the answer stands without its buttons: %s", exc, extra=turn_fields(turn))
 
     async def offer(self, offer: Offer) -> None:
         buttons = choice_buttons(offer.call, self._turn.thread)

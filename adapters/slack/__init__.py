@@ -90,6 +90,7 @@ def create(context: AdapterContext) -> SlackAdapter | None:
         answers=context.answers,
         installations=installations,
         states=states,
+        profiles=context.profiles,  # the pane's suggested prompts and the Home tab's handlers
     )
 
 

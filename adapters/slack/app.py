@@ -25,6 +25,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -36,6 +37,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
+from adapters.slack.assistant import AssistantPane
 from adapters.slack.desk import SlackDesk
 from adapters.slack.installs import Installations, InstalledClient, OAuthStates, oauth_flow
 from adapters.slack.intake import SlackIntake
@@ -49,6 +51,7 @@ from bot.ops.stats import AnswerIndex
 from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.dedupe import Deduper
 from bot.store.inbox import Inbox
+from bot.tenants import ProfileSource
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -119,8 +122,10 @@ class SlackAdapter:
         answers: AnswerIndex | None = None,
         installations: Installations | None = None,
         states: OAuthStates | None = None,
+        profiles: ProfileSource,
     ) -> None:
         self._settings = settings
+        self._profiles = profiles  # mention rules, the pane's suggested prompts, the Home tab's handlers
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
         self._register_desk = register_desk  # offers the desk for new tickets, once verified
         self.desk_open = False  # the support channel passed `SlackDesk.verify`: tickets go there
@@ -142,26 +147,27 @@ class SlackAdapter:
     def sink_for(self, turn: Turn, journal: ReplyJournal = NO_JOURNAL) -> ReplySink:
         if url := turn.handle.get("response_url"):
             return ResponseUrlSink(url)
-        client = self._client
-        if self._installations is not None:  # the workspace's own token, read when the answer starts
-            client = InstalledClient(
-                self._installations, turn.tenant, session=self._client.session, **self._client_options
-            )
         return SlackSink(
-            client,
+            self._client_for(turn.tenant),
             turn,
             limit=self._settings.message_limit,
             interval=self._settings.edit_interval,
             streaming=self._streaming,
             on_post=self._remembering(turn),
             journal=journal,
+            feedback=self._settings.feedback_buttons and self._answers is not None,
         )
+
+    def _client_for(self, tenant: str) -> AsyncWebClient:
+        if self._installations is None:
+            return self._client
+        # The workspace's own token, read at the first call.
+        return InstalledClient(self._installations, tenant, session=self._client.session, **self._client_options)
 
     def _remembering(self, turn: Turn) -> OnPost | None:
         """Remembers each message of the answer to `turn`, so a 👍/👎 on it finds the answer."""
-        if self._answers is None:
+        if (answers := self._answers) is None:
             return None
-        answers = self._answers
 
         async def remember(ts: str) -> None:
             await answers.remember(normalize.desk_thread(turn.channel, ts), turn)
@@ -191,8 +197,18 @@ class SlackAdapter:
                 answers=self._answers,
                 open_desk=lambda: self._desk if self.desk_open else None,
                 sink_for=self.sink_for,
+                profiles=self._profiles,
             )
-            app = self._bolt_app(auth, intake)
+            pane = AssistantPane(
+                threads=self._threads,
+                deduper=self._deduper,
+                profiles=self._profiles,
+                default_prompts=self._settings.suggested_prompts,
+                notices=notices,
+                client_for=self._client_for,
+                sink_for=self.sink_for,
+            )
+            app = self._bolt_app(auth, intake, pane)
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
@@ -250,7 +266,7 @@ class SlackAdapter:
                 return
             pause = min(pause * 2, 300.0)
 
-    def _bolt_app(self, auth: AuthorizeResult | None, intake: SlackIntake) -> AsyncApp:
+    def _bolt_app(self, auth: AuthorizeResult | None, intake: SlackIntake, pane: AssistantPane) -> AsyncApp:
         socket_mode = self._settings.app_token is not None
         secret = self._settings.signing_secret
         # Bolt builds a client per request from this one and the token authorisation gives;
@@ -276,6 +292,13 @@ class SlackAdapter:
             # Before the catch-all: an uninstall or a revoked token ends the installation.
             app.event("app_uninstalled")(self._installations.uninstalled)
             app.event("tokens_revoked")(self._installations.uninstalled)
+        # The assistant pane's own events; its messages go on to the catch-all like any DM's.
+        assistant = AsyncAssistant(logger=logging.getLogger("slack_bolt"))
+        assistant.thread_started(pane.started)
+        assistant.thread_context_changed(pane.context_changed)
+        app.middleware(pane.screen)
+        app.use(assistant)
+        app.event("app_home_opened")(pane.home)
         # One listener for every event (bolt answers 404 to events nobody listens to, and
         # Slack would retry those); `normalize` decides what is Parley's to answer.
         app.event(ANY)(intake.event)
@@ -284,6 +307,7 @@ class SlackAdapter:
             app.action(normalize.RESOLVE_ACTION)(intake.resolve)
         for action_id in normalize.CHOICE_ACTIONS:
             app.action(action_id)(intake.choice)
+        app.action(normalize.FEEDBACK_ACTION)(intake.feedback)
         return app
 
     async def _socket_mode(self, app: AsyncApp, app_token: str) -> None:

@@ -1,4 +1,4 @@
-"""Slack's events, slash commands and button presses (Resolve, Confirm / Cancel), turned into turns in the inbox.
+"""Slack's events, slash commands and button presses (Resolve, Confirm / Cancel, 👍/👎), turned into turns in the inbox.
 
 This is the request path: it does only what must happen before Slack is acknowledged
 (turn the payload into a `Turn`, look up or remember the thread, put the turn into the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -20,14 +21,15 @@ from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
 from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import Addressed, Identity, Incoming
-from adapters.slack.threads import ThreadMemory
+from adapters.slack.threads import Pane, ThreadMemory
 from bot import messages
-from bot.errors import InboxFull, InboxUnavailable, ParleyError
+from bot.errors import InboxFull, InboxUnavailable, ParleyError, StoreUnavailable
 from bot.ops.logs import turn_fields
 from bot.ops.stats import AnswerIndex
 from bot.reply import ReplySink
 from bot.store.dedupe import Deduper
 from bot.store.inbox import Inbox
+from bot.tenants import ProfileSource
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ class SlackIntake:
         answers: AnswerIndex | None,
         open_desk: Callable[[], SlackDesk | None],
         sink_for: Callable[[Turn], ReplySink],
+        profiles: ProfileSource,
     ) -> None:
         self._me = identity
+        self._profiles = profiles  # a channel's mention rule
         self._inbox = inbox
         self._notices = notices
         self._threads = threads
@@ -78,9 +82,12 @@ class SlackIntake:
         if (vote := normalize.vote_of(body, me)) is not None:
             await self._vote(vote)
             return
-        incoming = normalize.from_event(body, me)
+        incoming = normalize.from_event(body, me, answers_all=self._answers_all)
         if incoming is not None:
             await self._take(incoming)
+
+    def _answers_all(self, tenant: str, channel: str) -> bool:
+        return self._profiles.profile(tenant, channel).mention_rule == "always"
 
     async def command(self, body: dict[str, Any], ack: Any) -> None:
         if (body.get("text") or "").strip().lower() == "resolve":
@@ -126,11 +133,24 @@ class SlackIntake:
                 self._notices.create_task(self._notify(turn, messages.BUSY, once=False))
         await ack()
 
+    async def feedback(self, body: dict[str, Any], ack: Any, context: AsyncBoltContext) -> None:
+        """A press of an answer's 👍/👎 buttons: the same vote as a reaction on that message."""
+        vote = normalize.feedback_of(body, self._identity(context))
+        try:
+            if vote is None:
+                log.warning("a feedback press without a vote Parley made: ignored")
+            else:
+                await self._vote(vote)
+        except (InboxUnavailable, StoreUnavailable) as exc:
+            # Slack never redelivers a press (an error status would only show the user a warning sign).
+            log.warning("Redis unreachable (%r); a feedback press was dropped", exc)
+        await ack()
+
     async def _vote(self, vote: normalize.Vote) -> None:
-        """A 👍/👎 reaction: a `feedback` turn of the conversation the answer belongs to."""
+        """A 👍/👎 reaction or button: a `feedback` turn of the conversation the answer belongs to."""
         answered = await self._answers.find("slack", vote.team, vote.message) if self._answers is not None else None
         if answered is None:
-            log.info("%s reaction on %s, which is no answer Parley remembers: ignored", vote.vote, vote.message)
+            log.info("%s %s on %s, which is no answer Parley remembers: ignored", vote.vote, vote.via, vote.message)
             return
         turn = answered.vote(user=vote.user, vote=vote.vote, event_id=vote.event_id)
         try:
@@ -144,6 +164,8 @@ class SlackIntake:
             return
         if incoming.route is not Addressed.DIRECT:
             await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
+        elif turn.thread and (pane := await self._threads.pane(turn.key, asking=_asks(turn))) is not None:
+            turn = _in_pane(turn, pane)
         if incoming.no_text:
             self._notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))
             return
@@ -166,3 +188,16 @@ class SlackIntake:
             await self._sink_for(turn).send(text)
         except ParleyError as exc:
             log.error("could not post a notice: %r", exc, extra=turn_fields(turn))
+
+
+def _in_pane(turn: Turn, pane: Pane) -> Turn:
+    """A question in an assistant-pane thread: its sink shows a status until the answer starts,
+    and titles the thread with the first question (a command word is no title)."""
+    handle = {**turn.handle, normalize.PANE: "1", normalize.VIEWING: pane.viewing}
+    if pane.first:
+        handle[normalize.TITLE] = turn.text[: normalize.TITLE_CHARS]
+    return replace(turn, handle=handle)
+
+
+def _asks(turn: Turn) -> bool:
+    return turn.command is None and bool(turn.text)

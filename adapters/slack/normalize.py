@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import re
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +95,12 @@ def is_dm(channel: str, channel_type: str | None = None) -> bool:
     return channel_type == "im" or (channel_type is None and channel.startswith("D"))
 
 
-def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
+def from_event(
+    body: dict[str, Any], me: Identity, *, answers_all: Callable[[str, str], bool] = lambda tenant, channel: False
+) -> Incoming | None:
     """The `Incoming` for an Events API callback (or a Socket Mode `events_api` payload), or
-    None when Parley must not answer it."""
+    None when Parley must not answer it. `answers_all(tenant, channel)`: the channel's profile
+    has Parley answer every message there (mention rule "always"), not only those addressed to it."""
     event = body.get("event") or {}
     kind = event.get("type")
     if kind not in ("app_mention", "message") or _not_a_person(event, me):
@@ -105,6 +109,7 @@ def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
     ts = event.get("ts", "")
     thread_ts = event.get("thread_ts") or ""
     raw = event.get("text") or ""
+    tenant = body.get("team_id") or event.get("team") or me.team_id
     if kind == "app_mention":
         if is_dm(channel):
             return None  # a DM arrives as a `message` event too; that one is answered
@@ -113,13 +118,14 @@ def from_event(body: dict[str, Any], me: Identity) -> Incoming | None:
         route, thread = Addressed.DIRECT, thread_ts
     elif mentions(raw, me.user_id):
         return None  # the `app_mention` event for this same message is answered
+    elif answers_all(tenant, channel):
+        route, thread = Addressed.MENTION, thread_ts or ts  # answered as if mentioned, in its thread
     elif thread_ts and thread_ts != ts:
         route, thread = Addressed.THREAD, thread_ts
     else:
         return None  # a channel message not addressed to Parley
     text = clean_text(raw, me.user_id)
     user = event.get("user", "")
-    tenant = body.get("team_id") or event.get("team") or me.team_id
     turn = Turn(
         platform=PLATFORM,
         tenant=tenant,
@@ -249,13 +255,14 @@ def resolve_action(body: dict[str, Any]) -> DeskMessage | None:
 
 @dataclass(frozen=True, slots=True)
 class Vote:
-    """A 👍/👎 reaction on one of Parley's messages."""
+    """A 👍/👎 on one of Parley's messages: a reaction, or a press of its feedback buttons."""
 
     team: str
     message: str  # desk_thread-style "{channel}:{ts}": a ts is unique within its channel only
     user: str
     vote: str  # up | down
     event_id: str
+    via: str = "reaction"  # reaction | button
 
 
 def vote_of(body: dict[str, Any], me: Identity) -> Vote | None:
@@ -279,6 +286,88 @@ def vote_of(body: dict[str, Any], me: Identity) -> Vote | None:
     )
 
 
+# The feedback buttons under every answer (`sink.feedback_block`): the element's action id, and
+# each button's value, which is the vote it casts.
+FEEDBACK_ACTION = "parley_feedback"
+FEEDBACK_VALUES = ("up", "down")
+
+
+def _pressed(body: dict[str, Any], action_ids: Collection[str]) -> tuple[dict[str, Any], str, str, str] | None:
+    """A `block_actions` press of one of `action_ids`: the action, and the channel, message ts and
+    user it came from; None when the payload is not one or lacks any of them."""
+    action = next((a for a in body.get("actions") or [] if a.get("action_id") in action_ids), None)
+    container = body.get("container") or {}
+    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
+    ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
+    user = (body.get("user") or {}).get("id", "")
+    if body.get("type") != "block_actions" or action is None or not (channel and ts and user):
+        return None
+    return action, channel, ts, user
+
+
+def feedback_of(body: dict[str, Any], me: Identity) -> Vote | None:
+    """The vote in a press of an answer's feedback buttons (a `block_actions` payload), or None
+    when the payload is not one or carries a value Parley never put on a button. Whose answer it
+    is, and whether it is one, is the answer index's to say, as for a reaction."""
+    if (pressed := _pressed(body, (FEEDBACK_ACTION,))) is None:
+        return None
+    action, channel, ts, user = pressed
+    vote = action.get("value")
+    if vote not in FEEDBACK_VALUES:
+        return None
+    team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or me.team_id
+    return Vote(
+        team=team,
+        message=desk_thread(channel, ts),
+        user=user,
+        vote=vote,
+        # Interactivity payloads are never retried by Slack; the trigger id is unique per press.
+        event_id="feedback:" + (body.get("trigger_id") or f"{channel}:{ts}:{user}:{action.get('action_ts', '')}"),
+        via="button",
+    )
+
+
+# -- the assistant pane (see adapters.slack.assistant) -------------------------------------------
+
+PANE = "pane"  # `Turn.handle`: "1" for a question in an assistant-pane thread
+TITLE = "title"  # `Turn.handle`: the thread's first question, which becomes its title
+VIEWING = "viewing"  # `Turn.handle`: the channel the user is looking at beside the pane
+TITLE_CHARS = 80  # of the first question in the title (Slack cuts a long title itself)
+
+
+@dataclass(frozen=True, slots=True)
+class PaneThread:
+    """An assistant-pane thread, from an `assistant_thread_*` event."""
+
+    tenant: str
+    channel: str  # the DM between the user and Parley
+    thread_ts: str
+    user: str
+    viewing: str  # the channel the user is looking at ("" when none)
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey(PLATFORM, self.tenant, self.channel, self.thread_ts)
+
+
+def pane_thread(body: dict[str, Any], team_id: str) -> PaneThread | None:
+    """The thread of an `assistant_thread_started` / `_context_changed` event, or None when the
+    payload lacks one."""
+    thread = (body.get("event") or {}).get("assistant_thread") or {}
+    context = thread.get("context") or {}
+    channel, thread_ts = thread.get("channel_id") or "", thread.get("thread_ts") or ""
+    if not (isinstance(channel, str) and isinstance(thread_ts, str) and channel and thread_ts):
+        return None
+    viewing = context.get("channel_id") if isinstance(context, dict) else None
+    return PaneThread(
+        tenant=body.get("team_id") or team_id,
+        channel=channel,
+        thread_ts=thread_ts,
+        user=str(thread.get("user_id") or ""),
+        viewing=viewing if isinstance(viewing, str) else "",
+    )
+
+
 # -- Confirm / Cancel of a write action (bot.reply.Choices) --------------------------------------
 
 # The action ids of the two buttons, and what each press means (`Turn.text` of a choice turn).
@@ -298,13 +387,9 @@ def choice_value(call: str, thread: str) -> str:
 def choice_of(body: dict[str, Any], me: Identity) -> Turn | None:
     """The `choice` turn for a press of a Confirm or Cancel button (a `block_actions` payload),
     or None when the payload is not one or its value is not one Parley made."""
-    action = next((a for a in body.get("actions") or [] if a.get("action_id") in CHOICE_ACTIONS), None)
-    container = body.get("container") or {}
-    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
-    ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
-    user = (body.get("user") or {}).get("id", "")
-    if body.get("type") != "block_actions" or action is None or not (channel and ts and user):
+    if (pressed := _pressed(body, CHOICE_ACTIONS)) is None:
         return None
+    action, channel, ts, user = pressed
     call, _, thread = str(action.get("value") or "").partition(":")
     if not _CALL_ID.fullmatch(call) or (thread and not _THREAD_TS.fullmatch(thread)):
         return None

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -104,6 +105,45 @@ async def call(method: str, request: Awaitable[AsyncSlackResponse]) -> AsyncSlac
 
 
 SECTION_CHARS = 600  # of the call in words: even escaped whole (x5) it fits a section block's 3000
+SECTION_LIMIT = 3000  # characters of a section block's text
+MAX_BLOCKS = 50  # blocks in one message
+
+Block = dict[str, Any]
+
+
+def feedback_block() -> Block:
+    """Slack's native 👍/👎 under an answer. A press comes back as a `block_actions` payload whose
+    value is the vote (`normalize.feedback_of`), traced to the answer by the message it is on."""
+
+    def button(vote: str, emoji: str, label: str) -> Block:
+        return {"text": {"type": "plain_text", "text": emoji}, "accessibility_label": label, "value": vote}
+
+    return {
+        "type": "context_actions",
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": normalize.FEEDBACK_ACTION,
+                "positive_button": button("up", "👍", messages.FEEDBACK_UP_LABEL),
+                "negative_button": button("down", "👎", messages.FEEDBACK_DOWN_LABEL),
+            }
+        ],
+    }
+
+
+def sections(text: str) -> list[Block]:
+    """Already escaped `text` as mrkdwn section blocks of at most `SECTION_LIMIT` characters,
+    cut as native streaming cuts pages (at a line break, a code block closed and reopened)."""
+    blocks: list[Block] = []
+    while text:
+        head, text = _cut(text, SECTION_LIMIT - CLOSE_RESERVE) if len(text) > SECTION_LIMIT else (text, "")
+        fence = open_fence(head)
+        if fence is not None and text:
+            head, text = head.rstrip("\n") + "\n" + FENCE, fence + "\n" + text
+        if head.strip():
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": head}})
+    return blocks
+
 
 # Told the ts of each message an answer posts, so that a reaction on it can be traced back
 # to the answer (`bot.ops.stats.AnswerIndex`).
@@ -128,6 +168,9 @@ class SlackEditor:
         self._thread_ts = thread_ts or None  # None: top level (a DM that is not threaded)
         self._on_post = on_post
         self._allowed = allowed
+        # What each message of the answer shows (escaped), in page order: the last one gets the
+        # feedback buttons once the answer is complete (`add_blocks`).
+        self._shown: dict[str, str] = {}
 
     async def post(self, text: str) -> str:
         text = safe(text, self._allowed)
@@ -135,15 +178,29 @@ class SlackEditor:
             "chat.postMessage",
             self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
         )
+        ts = str(response["ts"])
+        self._shown[ts] = text
         if self._on_post is not None:
-            await self._on_post(str(response["ts"]))
-        return str(response["ts"])
+            await self._on_post(ts)
+        return ts
 
     async def edit(self, message_id: str, text: str) -> None:
-        await call(
-            "chat.update",
-            self._client.chat_update(channel=self._channel, ts=message_id, text=safe(text, self._allowed)),
-        )
+        text = safe(text, self._allowed)
+        await call("chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=text))
+        self._shown[message_id] = text
+
+    async def add_blocks(self, extra: list[Block]) -> None:
+        """Put `extra` under the answer's last message. A message with blocks shows its blocks, not
+        its text (which stays, for notifications), so the text goes in as sections above them.
+        One more edit per answer, after the last: `EditingSink` knows no blocks."""
+        if not self._shown:
+            return
+        ts, text = next(reversed(self._shown.items()))
+        blocks = [*sections(text), *extra]
+        if len(blocks) > MAX_BLOCKS:
+            log.info("answer message %s too long for blocks: no feedback buttons under it", ts)
+            return
+        await call("chat.update", self._client.chat_update(channel=self._channel, ts=ts, text=text, blocks=blocks))
 
 
 class StreamingSupport:
@@ -208,10 +265,19 @@ class NativeStream:
                 await self._append(head)
             await self.stop()
 
-    async def stop(self) -> None:
-        if self._ts is not None:
-            ts, self._ts, self._page = self._ts, None, ""
-            await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts))
+    async def stop(self, blocks: list[Block] | None = None) -> None:
+        """End the message streaming now; `blocks` (the feedback buttons) go under its text."""
+        if self._ts is None:
+            return
+        ts, self._ts, self._page = self._ts, None, ""
+        if blocks:
+            try:
+                await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts, blocks=blocks))
+                return
+            except PlatformError as exc:
+                # The answer is whole already: it must not stay "streaming" for want of buttons.
+                log.warning("chat.stopStream refused the answer's blocks (%s); stopped without them", exc.code)
+        await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts))
 
     async def _append(self, text: str) -> None:
         if self._ts is None:
@@ -273,6 +339,7 @@ class SlackSink:
         streaming: StreamingSupport,
         on_post: OnPost | None = None,
         journal: ReplyJournal = NO_JOURNAL,
+        feedback: bool = False,
     ) -> None:
         self._client = client
         self._turn = turn
@@ -281,13 +348,13 @@ class SlackSink:
         self._interval = interval
         self._streaming = streaming
         self._allowed = decode_ids(turn.handle.get(MENTIONS))
-        self._editing = EditingSink(
-            SlackEditor(client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post, allowed=self._allowed),
-            limit=limit,
-            interval=interval,
-            journal=journal,
+        self._editor = SlackEditor(
+            client, channel=turn.channel, thread_ts=turn.thread, on_post=on_post, allowed=self._allowed
         )
+        self._editing = EditingSink(self._editor, limit=limit, interval=interval, journal=journal)
         self._journal = journal
+        # The 👍/👎 buttons under a complete answer (only where a press can be traced back to it).
+        self._closing: list[Block] = [feedback_block()] if feedback else []
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
@@ -352,10 +419,12 @@ class SlackSink:
         )
 
     async def stream(self, chunks: AsyncIterable[str]) -> str:
+        if self._turn.handle.get(normalize.PANE) and self._turn.thread:
+            chunks = self._in_pane(chunks)
         # Native streaming always answers in a thread; a DM's top level gets edits, and so does an
         # answer taken over from a stopped worker (it edits the message that worker had posted).
         if not (self._streaming.available and self._turn.thread) or self._editing.resuming:
-            return await self._editing.stream(chunks)
+            return await self._edited(chunks)
         turn = self._turn
         native = NativeStream(
             self._client,
@@ -376,7 +445,60 @@ class SlackSink:
             if code in STREAMING_ABSENT:
                 self._streaming.available = False
             log.info("native streaming refused (%s); answering with edits", code)
-            return await self._editing.stream(_resume(text, source))
+            return await self._edited(_resume(text, source))
+
+    async def _in_pane(self, chunks: AsyncIterable[str]) -> AsyncIterator[str]:
+        """An assistant-pane question: the thread's title (its first question) and a status are
+        set beside the engine's first token (never in its way), the status cleared once the
+        answer starts."""
+        opening: asyncio.Task[None] | None = asyncio.create_task(self._open_pane())
+        try:
+            async for chunk in chunks:
+                if opening is not None and chunk.strip():
+                    await opening
+                    opening = None
+                    await self._pane_call("assistant.threads.setStatus", status="")
+                yield chunk
+        finally:
+            if opening is not None:
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+
+    async def _open_pane(self) -> None:
+        if title := self._turn.handle.get(normalize.TITLE):
+            await self._pane_call("assistant.threads.setTitle", title=title)
+        await self._pane_call(
+            "assistant.threads.setStatus",
+            status=messages.ASSISTANT_STATUS,
+            loading_messages=list(messages.ASSISTANT_LOADING),
+        )
+
+    async def _pane_call(self, method: str, **args: Any) -> None:
+        """One call about the pane thread; a refusal costs the title or status, not the answer."""
+        turn = self._turn
+        try:
+            await call(
+                method,
+                self._client.api_call(method, json={"channel_id": turn.channel, "thread_ts": turn.thread, **args}),
+            )
+        except PlatformError as exc:
+            log.warning(
+                "%s refused in assistant thread %s:%s (%s): answering without it",
+                method,
+                turn.channel,
+                turn.thread,
+                exc.code,
+            )
+
+    async def _edited(self, chunks: AsyncIterable[str]) -> str:
+        text = await self._editing.stream(chunks)
+        if self._closing:
+            try:
+                await self._editor.add_blocks(self._closing)
+            except PlatformError as exc:
+                # The answer is shown whole already; only its buttons are missing.
+                log.warning("could not add the feedback buttons under an answer: %s", exc)
+        return text
 
     async def _stream_native(self, native: NativeStream, source: AsyncIterator[str]) -> str:
         """Read the engine's stream and append what arrived at most once per interval (a
@@ -399,7 +521,7 @@ class SlackSink:
                     await native.write(text[sent:upto])
                     sent = upto
                 if done and not dirty.is_set():
-                    await native.stop()
+                    await native.stop(self._closing)
                     return
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 

@@ -2,9 +2,10 @@
 
 A turn goes through the stages of `bot.dialogue.stages` in order, each of which may end it:
 
-    claim → command → desk event → validate → confirm (a write action's yes or no)
+    profile → claim → command → desk event → validate → confirm (a write action's yes or no)
       → quota → moderate in → handoff gate → route → answer
 
+(the profile: the tenant's settings for the turn's channel, `bot.tenants`, `bot.profiles`),
 and then past the observers (settling the turn's quota to its real usage, the hand-off after
 failed answers, the report's figures, the usage meter, metrics). Every turn ends in exactly one
 logged `Outcome`; no error escapes without the user being told something. `serve` is the
@@ -40,7 +41,7 @@ from bot.routing.router import Router
 from bot.store.context import ContextStore
 from bot.store.dedupe import Deduper
 from bot.store.inbox import Inbox
-from bot.tenants import Tenants
+from bot.tenants import ProfileSource
 from bot.turns import Outcome, Reply, Turn
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class DialogueManager:
         handlers: Mapping[str, Handler],
         router: Router,
         moderator: Moderator,
-        tenants: Tenants,
+        tenants: ProfileSource,
         metrics: Metrics,
         handoffs: Handoffs,
         stats: Stats,
@@ -95,9 +96,14 @@ class DialogueManager:
 
     async def handle(self, turn: Turn, sink: ReplySink) -> Reply:
         """Run one turn to its end. Never raises except for cancellation."""
+        # The channel's profile, resolved in memory (no round trip): every conversation of the
+        # channel shares its system prompt, so the engine's prefix cache serves them all.
+        profile = self._tenants.profile(turn.tenant, turn.channel)
         # Every engine request of this turn goes to the conversation's engine (prefix cache).
-        scope = CallScope(affinity=str(turn.key) if self._settings.llm.sticky else None, share=self._share(turn))
-        state = stages.TurnState(turn, sink, scope, self._tenants.get(turn.tenant))
+        scope = CallScope(
+            affinity=str(turn.key) if self._settings.llm.sticky else None, share=self._share(turn), model=profile.model
+        )
+        state = stages.TurnState(turn, sink, scope, profile)
         async with self._locks.hold(turn.key):
             try:
                 reply = await self._run(state)

@@ -50,7 +50,8 @@ NOT_METERED = frozenset((Outcome.DUPLICATE, Outcome.DEFERRED))
 class TurnState:
     """One turn on its way through the stages: what earlier stages found out for later ones.
     `turn` becomes the moderated turn once input moderation has run (redacted text is all the
-    LLM and the store see); `llm` is the scope every engine call of the turn passes."""
+    LLM and the store see); `llm` is the scope every engine call of the turn passes; `tenant` is
+    the tenant's settings for the turn's channel (its profile, `bot.profiles`)."""
 
     turn: Turn
     sink: ReplySink

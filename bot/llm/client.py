@@ -57,10 +57,13 @@ class CallScope:
     bytes are written to the engine) or will not leave soon (it waits for a free slot, or
     failed): work of the caller's own can then start after the request instead of ahead of it.
     `share` names whose turn it is when requests wait for a slot (`bot.llm.fairness`).
+    `model` is the served model (or LoRA adapter) the turn's profile names, for its generation
+    requests; None: the client's own (counting tokens always uses the client's: one tokenizer).
     """
 
     affinity: str | None = None
     share: str | None = None
+    model: str | None = None
     usage: Usage = field(default_factory=Usage)
     sent: asyncio.Event | None = None
 
@@ -227,7 +230,7 @@ class LLMClient:
         async with self._slots.hold(scope.share), self._counted():
             deadline = asyncio.get_running_loop().time() + self._settings.total_timeout
             try:
-                body["model"] = await self.model()
+                body["model"] = scope.model or await self.model()
                 engine, response = await self._http.open_stream(
                     self._pool,
                     body,
@@ -320,7 +323,7 @@ class LLMClient:
         # ignore_eos (from extra_body, used to get fixed-length answers) would run past a
         # constrained answer's end, so it always may stop.
         body = self._body(messages, max_tokens=max_tokens, temperature=0.0, ignore_eos=False, **params)
-        body["model"] = await self.model()
+        body["model"] = (scope.model if scope else None) or await self.model()
         affinity = scope.affinity if scope else None
         engine = (await self._pool.candidates(affinity))[0]
         async with self._slots.hold(scope.share if scope else None):

@@ -180,14 +180,16 @@ async def _engine(settings: Settings, install_only: bool, signals: StopSignals) 
             await stop.wait()
 
 
-async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None:
+async def _kb_ingest(settings: Settings, path: Path, tenant: str | None, channel: str | None = None) -> None:
     from bot.errors import KnowledgeBaseError
     from bot.knowledge.base import KnowledgeBase, read_documents
+    from bot.profiles import open_profiles
     from bot.runtime import connect_redis, open_embedder
     from bot.tenants import load_tenants
 
     tenants = load_tenants(settings.tenants.file)
-    config = tenants.get(tenant) if tenant else tenants.default
+    if channel and not tenant:
+        raise KnowledgeBaseError("--channel names a channel of a tenant: give --tenant too")
     if tenant and tenant not in tenants.listed:
         say(f"tenant {tenant} is not listed in {tenants.path}: it uses the default knowledge base")
     loaded = await read_documents(path, settings=settings.kb, progress=say)  # a line per skipped URL, with why
@@ -199,6 +201,9 @@ async def _kb_ingest(settings: Settings, path: Path, tenant: str | None) -> None
         )
     embedder = await open_embedder(settings, say)
     try:
+        profiles = open_profiles(tenants, redis, prefix=settings.redis.prefix, refresh=settings.tenants.refresh)
+        await profiles.load()  # a channel's knowledge base may have been set at run time
+        config = profiles.profile(tenant, channel or "") if tenant else tenants.default
         kb = KnowledgeBase(redis=redis, embedder=embedder, settings=settings.kb, prefix=settings.redis.prefix)
         stats = await kb.ingest(config.knowledge_base, documents, keep={s.source for s in loaded.skipped}, progress=say)
     finally:
@@ -333,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("path", type=Path, metavar="PATH", help="a folder, a document, or a URL-list file")
     ingest.add_argument("--tenant", help="the tenant whose knowledge base to fill (default: the [default] one)")
+    ingest.add_argument("--channel", help="the tenant's channel whose profile's knowledge base to fill")
     evals = sub.add_parser("eval", help="measure routing or knowledge-base retrieval on labelled JSONL")
     targets = evals.add_subparsers(dest="target", required=True, metavar="WHAT")
     routing = targets.add_parser(
@@ -443,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tenant: the figures above (default); user or channel: the usage meter, one line per tenant, "
         "user or channel and day, with turns, prompt and completion tokens, seconds and turns refused over a quota",
     )
+    from bot.tools.profiles import add_arguments as add_profile_arguments
+
+    add_profile_arguments(sub)
     return parser
 
 
@@ -467,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings.log)
-        quiet = ("chat", "bench", "loadtest", "kb", "eval", "report")
+        quiet = ("chat", "bench", "loadtest", "kb", "eval", "report", "profile")
         if args.command in quiet and logging.getLogger().level < logging.WARNING:
             # The terminal shows the chat or the figures; keep routine log lines out of it.
             logging.getLogger().setLevel(logging.WARNING)
@@ -495,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return signals.run(run_loadtest(settings, args, say))
             case "kb":
-                return signals.run(_kb_ingest(settings, args.path, args.tenant))
+                return signals.run(_kb_ingest(settings, args.path, args.tenant, args.channel))
             case "eval":
                 return signals.run(_eval(settings, args))
             case "sample-service":
@@ -510,6 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     settings, days=args.days, tenant=args.tenant, as_json=args.json, by=args.by, say=say
                 )
                 return signals.run(_done(printed))
+            case "profile":
+                from bot.tools.profiles import run_profile
+
+                return signals.run(run_profile(settings, args, say))
     except (ParleyError, BaseExceptionGroup) as exc:
         error = _first_parley_error(exc)
         if error is None:

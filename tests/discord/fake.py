@@ -3,8 +3,9 @@
 One aiohttp server: the REST API under /api/v10 and the WebSocket gateway at /.
 The gateway does HELLO, heartbeat ACK, IDENTIFY -> READY + GUILD_CREATE for the
 shard's guilds, RESUME (replaying what the session missed), RECONNECT on demand,
-and dispatches MESSAGE_CREATE (users' and the bot's own) and INTERACTION_CREATE (slash
-commands, and presses of a message's buttons: `press`).
+and dispatches MESSAGE_CREATE (users' and the bot's own), THREAD_CREATE (a forum post:
+`post`) and INTERACTION_CREATE (slash commands, message commands on a message: `message_command`,
+and presses of a message's buttons: `press`).
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
@@ -254,6 +255,29 @@ class FakeDiscord:
         self.guilds[gid] = guild
         return guild
 
+    def add_forum(self, guild: Json, name: str = "questions") -> Json:
+        """A forum channel (type 15) in `guild` (before Parley connects: it reads channels at IDENTIFY)."""
+        forum = {
+            "id": str(self.snowflake()),
+            "type": 15,
+            "guild_id": guild["id"],
+            "name": name,
+            "position": len(guild["channels"]),
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+            "topic": None,
+            "flags": 0,
+            "available_tags": [],
+            "default_reaction_emoji": None,
+            "default_thread_rate_limit_per_user": 0,
+            "default_sort_order": None,
+            "default_forum_layout": 0,
+        }
+        guild["channels"].append(forum)
+        self.channels[int(forum["id"])] = forum
+        return forum
+
     def dm_channel(self, user: Json) -> Json:
         for channel in self.channels.values():
             if channel["type"] == 1 and channel["recipients"][0]["id"] == user["id"]:
@@ -305,6 +329,39 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", message, shard=self.shard_of(channel))
         return message
 
+    async def post(self, forum: Json, author: Json, title: str, content: str) -> Json:
+        """A user opens a post in a forum: THREAD_CREATE of the post (a public thread whose owner
+        is the author), then MESSAGE_CREATE of its first message, which has the post's id."""
+        thread_id = self.snowflake()
+        thread = {
+            "id": str(thread_id),
+            "type": 11,
+            "guild_id": forum["guild_id"],
+            "parent_id": forum["id"],
+            "name": title,
+            "owner_id": author["id"],
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "applied_tags": [],
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": iso(),
+                "locked": False,
+            },
+        }
+        self.channels[thread_id] = thread
+        shard = self.shard_of(forum)
+        await self.dispatch("THREAD_CREATE", dict(thread, newly_created=True), shard=shard)
+        message = self._message(thread, author, content)
+        del self.messages[int(message["id"])]
+        message["id"] = str(thread_id)
+        self.messages[thread_id] = message
+        await self.dispatch("MESSAGE_CREATE", message, shard=shard)
+        return thread
+
     async def react(self, message: Json, user: Json, emoji: str) -> Json:
         """A user adds a (unicode) reaction to a message (MESSAGE_REACTION_ADD, as Discord sends it)."""
         channel = self.channels[int(message["channel_id"])]
@@ -331,6 +388,18 @@ class FakeDiscord:
             "name": name,
             "type": 1,
             "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+        }
+        return await self._interact(channel, user, 2, data)
+
+    async def message_command(self, channel: Json, user: Json, name: str, message: Json) -> Json:
+        """A user runs the message command `name` on `message` (right-click, Apps): INTERACTION_CREATE
+        of an APPLICATION_COMMAND whose data is of type 3, with the message resolved."""
+        data = {
+            "id": str(self.snowflake()),
+            "name": name,
+            "type": 3,
+            "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: message}},
         }
         return await self._interact(channel, user, 2, data)
 
@@ -755,6 +824,7 @@ class FakeDiscord:
                 version="1",
                 default_member_permissions=None,
                 type=c.get("type", 1),
+                description=c.get("description", ""),  # message commands have none; Discord says ""
             )
             for c in await request.json()
         ]

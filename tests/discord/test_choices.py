@@ -137,7 +137,8 @@ async def said(text: str) -> AsyncIterator[str]:
 
 
 def with_buttons(fake: FakeDiscord) -> list[Json]:
-    return [m for m in fake.bot_messages() if fake.buttons(m)]
+    """Parley's messages with Confirm / Cancel (answers have buttons of their own: 👍, 👎, …)."""
+    return [m for m in fake.bot_messages() if any(b["custom_id"].startswith("parley:choice:") for b in fake.buttons(m))]
 
 
 async def offered(intake: Intake, turn: Turn, what: str = 'open a support ticket titled "Broken"') -> Json:

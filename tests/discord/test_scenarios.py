@@ -28,6 +28,7 @@ from tests.discord.fake import FakeDiscord, Json
 
 MESSAGES = r"/channels/\d+/messages"
 EDITS = r"/channels/\d+/messages/\d+"
+REGISTERED = {"ask", "translate", "reset", "help", "Ask Parley", "Translate"}  # slash and message commands
 
 
 def counted(stack: DiscordStack, name: str, **labels: str) -> float:
@@ -204,7 +205,7 @@ async def test_slash_ask_is_deferred_then_answered_by_edits(
     assert not original["flags"] & 64, "an answer to /ask is public"
     reset = next(i for i in fake.interactions.values() if i["data"]["name"] == "reset")
     assert reset["response"]["data"]["flags"] & 64, "/reset answers only the caller"
-    assert {c["name"] for c in fake.commands["global"]} == {"ask", "translate", "reset", "help"}
+    assert {c["name"] for c in fake.commands["global"]} == REGISTERED
 
 
 async def test_slash_commands_register_in_the_test_guild(fake: FakeDiscord, make_settings) -> None:
@@ -214,7 +215,7 @@ async def test_slash_commands_register_in_the_test_guild(fake: FakeDiscord, make
     async with serving(fake, settings):
         helped = await fake.slash(guild["channels"][0], alice, "help")
         await poll(lambda: fake.messages[int(helped["original"])]["content"] if "original" in helped else None)
-    assert {c["name"] for c in fake.commands[guild["id"]]} == {"ask", "translate", "reset", "help"}
+    assert {c["name"] for c in fake.commands[guild["id"]]} == REGISTERED
     assert "global" not in fake.commands
     assert fake.messages[int(helped["original"])]["content"].startswith("I'm Parley")
 

@@ -11,7 +11,10 @@
 - `POST /response/{id}`: slash commands' response_url.
 - `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
   It says `hello`, pushes envelopes (`push`) and collects the acks.
-- `signed_request`: a signed Events API request as Slack sends one.
+- `signed_request`: a signed Events API request as Slack sends one; `block_action` and
+  `feedback_press` the interactivity payloads of button presses (sent as a signed form).
+- The assistant pane and App Home: `assistant.threads.setSuggestedPrompts`, `.setStatus`
+  (`statuses`), `.setTitle` (`titles`) and `views.publish` (`homes`) check their arguments.
 - Installs ("Add to Slack"): `install(team)` is a person approving Parley in a workspace and
   returns the `code` Slack redirects with; `oauth.v2.access` exchanges it (client id and secret
   checked) for that workspace's bot token, rotating (expiring, with a refresh token) when asked,
@@ -107,6 +110,7 @@ class FakeSlack:
         self.retry_after = 1
         self.server_errors: dict[str, list[int]] = {}  # method -> the statuses (500, 503) its next calls get
         self.gone_channels: set[str] = set()  # chat.* calls into these answer channel_not_found
+        self.blocks_refused: set[str] = set()  # methods that answer invalid_blocks to any call with blocks
         self.messages: list[Posted] = []
         self.users: dict[str, dict[str, Any]] = {}  # users.info answers, by user id (add_user)
         self.channels: dict[str, dict[str, Any]] = {}  # conversations.info answers, by channel id (add_channel)
@@ -114,6 +118,9 @@ class FakeSlack:
         self.ephemeral: list[Posted] = []  # chat.postEphemeral: `thread_ts` and the one user who sees it (`user`)
         self.responses: list[dict[str, Any]] = []  # what arrived at response_urls
         self.acks: list[Ack] = []
+        self.statuses: list[tuple[str, str, str]] = []  # assistant.threads.setStatus: (channel, thread, status)
+        self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle: (channel, thread) -> title
+        self.homes: dict[str, dict[str, Any]] = {}  # views.publish: user -> their Home tab's view
         self.url = ""
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -209,6 +216,8 @@ class FakeSlack:
             self._caller = bot  # for the handler below, which runs before anything else can
         if method.startswith("chat.") and args.get("channel") in self.gone_channels:
             return self._finish(call, {"ok": False, "error": "channel_not_found"})
+        if method in self.blocks_refused and args.get("blocks"):
+            return self._finish(call, {"ok": False, "error": "invalid_blocks"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         body = handler(args) if handler else {"ok": True}
         return self._finish(call, body)
@@ -362,6 +371,39 @@ class FakeSlack:
         user = self.users.get(args.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
 
+    # -- the assistant pane and App Home: checked as Slack checks them, and kept ---------------
+
+    def _assistant_threads_setSuggestedPrompts(self, args: dict[str, Any]) -> dict[str, Any]:
+        prompts = args.get("prompts")
+        if not args.get("channel_id") or not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+            return {"ok": False, "error": "invalid_arguments"}
+        if not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True}
+
+    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("channel_id") or not args.get("thread_ts") or "status" not in args:
+            return {"ok": False, "error": "invalid_arguments"}
+        self.statuses.append((args["channel_id"], args["thread_ts"], args["status"]))
+        return {"ok": True}
+
+    def _assistant_threads_setTitle(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("channel_id") or not args.get("thread_ts") or not args.get("title"):
+            return {"ok": False, "error": "invalid_arguments"}
+        self.titles[(args["channel_id"], args["thread_ts"])] = args["title"]
+        return {"ok": True}
+
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not args.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if len(view.get("blocks") or []) > 100:
+            return {"ok": False, "error": "invalid_blocks"}
+        self.homes[args["user_id"]] = view
+        return {"ok": True, "view": {"id": "V0001", **view}}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
 
@@ -412,7 +454,11 @@ class FakeSlack:
     def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
         response = self._chat_appendStream(args)
         if response["ok"]:
-            self._find(args).stopped = True  # type: ignore[union-attr]
+            message = self._find(args)
+            assert message is not None
+            message.stopped = True
+            if args.get("blocks"):  # shown under the streamed text (the feedback buttons)
+                message.blocks = args["blocks"]
         return response
 
     # -- response_url -----------------------------------------------------------------------
@@ -552,6 +598,23 @@ def reaction_added(
     }
 
 
+def assistant_thread(
+    kind: str, channel: str, thread_ts: str, *, user: str = "UALICE", viewing: str | None = None
+) -> dict[str, Any]:
+    """An `assistant_thread_started` or `assistant_thread_context_changed` event: `user` opened
+    the assistant pane (a thread of their DM with Parley) beside channel `viewing`."""
+    context: dict[str, Any] = {"channel_id": viewing, "team_id": TEAM, "enterprise_id": None} if viewing else {}
+    return {
+        "type": f"assistant_thread_{kind}",
+        "assistant_thread": {"user_id": user, "context": context, "channel_id": channel, "thread_ts": thread_ts},
+        "event_ts": new_ts(),
+    }
+
+
+def app_home_opened(user: str = "UALICE", *, tab: str = "home") -> dict[str, Any]:
+    return {"type": "app_home_opened", "user": user, "channel": "D0042", "tab": tab, "event_ts": new_ts()}
+
+
 def block_action(
     message: Posted, *, action_id: str, user: str = "UAGENT", value: str = "", block_id: str = "parley_ticket"
 ) -> dict[str, Any]:
@@ -594,6 +657,23 @@ def block_action(
             }
         ],
     }
+
+
+def feedback_press(message: Posted, *, positive: bool, user: str = "UALICE") -> dict[str, Any]:
+    """The `block_actions` payload Slack sends when `user` presses the 👍 (`positive`) or 👎 of
+    the `feedback_buttons` element on `message`: the pressed button's value, as the message gave it."""
+    [block] = [b for b in message.blocks or [] if b["type"] == "context_actions"]
+    [element] = [e for e in block["elements"] if e["type"] == "feedback_buttons"]
+    button = element["positive_button" if positive else "negative_button"]
+    payload = block_action(
+        message,
+        action_id=element["action_id"],
+        user=user,
+        value=button["value"],
+        block_id=block.get("block_id") or uuid.uuid4().hex[:5],  # Slack makes one up when the block has none
+    )
+    payload["actions"][0] |= {"type": "feedback_buttons", "text": button["text"]}
+    return payload
 
 
 def sign(secret: str, timestamp: str, body: str) -> str:

@@ -78,8 +78,11 @@ async def ask_for_a_ticket(stack: SlackStack) -> tuple[str, Posted]:
     await stack.deliver(event)
     thread = event["ts"]
 
-    def buttons() -> Posted | None:
-        return next((m for m in stack.fake.in_thread(CHANNEL, thread) if m.blocks), None)
+    def buttons() -> Posted | None:  # (the question above it carries the feedback buttons)
+        return next(
+            (m for m in stack.fake.in_thread(CHANNEL, thread) if any(b["type"] == "actions" for b in m.blocks or [])),
+            None,
+        )
 
     return thread, await stack.fake.wait_for(buttons)
 

@@ -96,6 +96,8 @@ async def answered_in(stack: SlackStack, team: str, turns: int = 1) -> None:
         lambda: len([c for c in stack.fake.calls_to("chat.postMessage", ok=True) if c.team == team]) >= turns,
         timeout=30,
     )
+    # ... and finished: the answer is saved once its last call (the feedback buttons) is made.
+    await stack.answered(f"D{team}", team=team, turns=turns, timeout=30)
 
 
 def installations(stack: SlackStack) -> Installations:

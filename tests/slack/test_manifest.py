@@ -16,7 +16,11 @@ EVENT_SCOPES = {
     "message.groups": "groups:history",  # ... and in private channels
     "message.im": "im:history",  # DMs
     "reaction_added": "reactions:read",  # 👍/👎 on answers
+    "assistant_thread_started": "assistant:write",  # the assistant pane opened: greet, suggest prompts
+    "assistant_thread_context_changed": "assistant:write",  # ... and the channel its user looks at
 }
+# Events that need no scope: the Home tab opened (views.publish needs none either).
+UNSCOPED_EVENTS = {"app_home_opened"}
 # chat.postMessage/update/*Stream/postEphemeral; /parley; users.info (the names and workspaces of people
 # answering handed-off customers); conversations.info (that the support channel is private: channels:read
 # for a public one, groups:read for a private one); usergroups.users.list (PARLEY_HANDOFF_AGENT_GROUPS)
@@ -27,7 +31,7 @@ def test_manifest_asks_for_exactly_what_parley_uses():
     manifest = json.loads(MANIFEST.read_text())
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     scopes = manifest["oauth_config"]["scopes"]["bot"]
-    assert sorted(events) == sorted(EVENT_SCOPES)
+    assert sorted(events) == sorted([*EVENT_SCOPES, *UNSCOPED_EVENTS])
     assert sorted(scopes) == sorted(set(EVENT_SCOPES.values()) | CALL_SCOPES)
     assert "user" not in manifest["oauth_config"]["scopes"]  # no user token
     assert manifest["settings"]["socket_mode_enabled"] is True
@@ -38,6 +42,20 @@ def test_manifest_asks_for_exactly_what_parley_uses():
     assert manifest["_metadata"]["major_version"] == 1
     # The Resolve button on handoff tickets; in Socket Mode its presses come over the socket (no URL).
     assert manifest["settings"]["interactivity"] == {"is_enabled": True}
+
+
+def test_the_manifest_turns_on_the_assistant_pane_and_the_home_tab():
+    """The pane (assistant_view: its events and assistant.threads.* need assistant:write) and the
+    Home tab (`views.publish` on app_home_opened); the feedback buttons need interactivity only."""
+    for path in (MANIFEST, MANIFEST.parent / "manifest-distributed.json"):
+        manifest = json.loads(path.read_text())
+        features = manifest["features"]
+        assert features["app_home"]["home_tab_enabled"] is True
+        assert 0 < len(features["assistant_view"]["assistant_description"]) <= 200
+        # Parley sets the prompts per tenant in each new thread; none fixed in the app.
+        assert features["assistant_view"]["suggested_prompts"] == []
+        assert "assistant:write" in manifest["oauth_config"]["scopes"]["bot"]
+        assert manifest["settings"]["interactivity"]["is_enabled"] is True
 
 
 def test_an_install_asks_for_the_manifests_scopes():
@@ -52,7 +70,9 @@ def test_the_distributed_manifest_is_the_same_app_over_http_with_installs():
     assert many["oauth_config"]["scopes"] == one["oauth_config"]["scopes"]
     events = many["settings"]["event_subscriptions"]
     # An uninstall or a revoked token ends the workspace's installation (`SlackAdapter._uninstalled`).
-    assert sorted(events["bot_events"]) == sorted([*EVENT_SCOPES, "app_uninstalled", "tokens_revoked"])
+    assert sorted(events["bot_events"]) == sorted(
+        [*EVENT_SCOPES, *UNSCOPED_EVENTS, "app_uninstalled", "tokens_revoked"]
+    )
     host = "https://parley.example.com"
     assert events["request_url"] == many["settings"]["interactivity"]["request_url"] == f"{host}/slack/events"
     assert many["features"]["slash_commands"][0]["url"] == f"{host}/slack/events"

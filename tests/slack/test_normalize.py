@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.slack.normalize import Addressed, Identity, clean_text, conversation_link, from_command, from_event
+from adapters.slack.normalize import (
+    Addressed,
+    Identity,
+    PaneThread,
+    clean_text,
+    conversation_link,
+    feedback_of,
+    from_command,
+    from_event,
+    pane_thread,
+)
+from adapters.slack.sink import feedback_block
 from bot.turns import ConversationKey
+from tests.slack.fake import Posted, feedback_press
 
 ME = Identity(user_id="U0PARLEY", bot_id="B0PARLEY", team_id="T0TEAM")
 
@@ -213,3 +225,46 @@ def test_a_ticket_links_to_the_conversation_and_its_thread():
         == "https://app.slack.com/client/T1/C1/thread/C1-1.2"
     )
     assert conversation_link(ConversationKey("slack", "T1", "D1")) == "https://app.slack.com/client/T1/D1"
+
+
+def test_a_feedback_press_is_a_vote_on_the_message_it_is_on():
+    answer = Posted("C0001", "1718000001.000200", "1718000000.123456", "An answer.", blocks=[feedback_block()])
+    vote = feedback_of(feedback_press(answer, positive=False, user="U0BOB"), ME)
+    assert vote is not None
+    assert (vote.team, vote.message, vote.user, vote.vote, vote.via) == (
+        "T0001",
+        "C0001:1718000001.000200",
+        "U0BOB",
+        "down",
+        "button",
+    )
+    assert vote.event_id.startswith("feedback:")
+    forged = feedback_press(answer, positive=True)
+    forged["actions"][0]["value"] = "ten"
+    other = feedback_press(answer, positive=True)
+    other["actions"][0]["action_id"] = "someone_elses"
+    assert feedback_of(forged, ME) is None and feedback_of(other, ME) is None
+    assert feedback_of({"type": "block_actions"}, ME) is None
+
+
+@pytest.mark.parametrize(
+    "thread",
+    [
+        {},
+        {"channel_id": "D0042"},
+        {"channel_id": 42, "thread_ts": "1.2"},
+        {"channel_id": "D0042", "thread_ts": ["1.2"]},
+    ],
+)
+def test_a_pane_event_without_its_thread_is_none(thread):
+    body = callback({"type": "assistant_thread_started", "assistant_thread": thread})
+    assert pane_thread(body, ME.team_id) is None
+
+
+def test_a_pane_event_names_its_thread_and_the_channel_in_view():
+    thread = {"user_id": "U0ALICE", "channel_id": "D0042", "thread_ts": "1.2", "context": {"channel_id": "C0GEN"}}
+    found = pane_thread(callback({"type": "assistant_thread_started", "assistant_thread": thread}), ME.team_id)
+    assert found == PaneThread(tenant="T0TEAM", channel="D0042", thread_ts="1.2", user="U0ALICE", viewing="C0GEN")
+    thread["context"] = {}  # not looking at any channel
+    changed = pane_thread(callback({"type": "assistant_thread_context_changed", "assistant_thread": thread}), "")
+    assert changed is not None and changed.viewing == ""
