@@ -29,7 +29,10 @@ ASSISTANT_STATUS = "is thinking…"
 ASSISTANT_LOADING = ("Reading your question…", "Thinking…", "Writing an answer…")
 HOME_TITLE = "Parley"
 HOME_HOW = "Message me in the assistant pane or a direct message, or mention me in a channel: I answer in the thread."
-HOME_COMMANDS = "Commands: `help` shows what I can do, `reset` makes me forget a conversation (`/parley help|reset`)."
+HOME_COMMANDS = (
+    "Commands: `help` shows what I can do, `reset` makes me forget a conversation (`/parley help|reset`). "
+    "Workspace admins change a channel's settings with `/parley config` in that channel."
+)
 HOME_SKILLS = {
     "chat": "answer questions and talk things through",
     "qa": "answer from this workspace's knowledge base, citing its documents",
@@ -42,8 +45,9 @@ def home_skills(handlers: list[str]) -> str:
     return "Here I can:\n" + "\n".join(f"• {HOME_SKILLS[h]}" for h in handlers if h in HOME_SKILLS)
 
 
-def discord_help(*, dms: bool) -> str:
-    """/help on Discord: where Parley answers (DMs may be off, DISCORD_ALLOW_DMS) and its commands."""
+def discord_help(*, dms: bool, config: bool = False) -> str:
+    """/help on Discord: where Parley answers (DMs may be off, DISCORD_ALLOW_DMS) and its commands
+    (`config`: the admins' /config is there, which it is wherever run-time profiles are)."""
     where = (
         "Mention me in a channel or message me directly; reply to my answers to go on."
         if dms
@@ -53,6 +57,50 @@ def discord_help(*, dms: bool) -> str:
         f"I'm Parley, a chat assistant. {where}\n"
         "Commands: `/ask` asks me a question, `/translate` translates a text (`to:` names the language), "
         "`/reset` makes me forget this conversation, `/help` shows this."
+        + (" Server admins (Manage Server): `/config` shows or changes my settings for a channel." if config else "")
+    )
+
+
+# -- /config on Discord: a channel's profile changed by a server admin (adapters/discord/admin.py) --
+# Values and reasons are passed in already escaped for Discord's markdown.
+
+DISCORD_CONFIG_ADMINS_ONLY = "Only members with the Manage Server permission can use `/config`. Nothing was changed."
+DISCORD_CONFIG_SERVERS_ONLY = "`/config` works in a server's channels only: settings belong to a channel."
+DISCORD_CONFIG_NOT_HERE = "I don't answer in this channel, so it has no settings of mine to show or change."
+DISCORD_CONFIG_STORE_DOWN = (
+    "I couldn't change the settings: where I keep them can't be reached right now. Nothing was changed; "
+    "please try again in a minute (if it keeps failing, tell whoever runs Parley)."
+)
+DISCORD_CONFIG_NOTHING_TO_CLEAR = "This channel has no settings changed with `/config`: nothing to clear."
+
+
+def discord_config_shown(lines: list[str], *, thread: bool) -> str:
+    """`/config show`: each field in force in the channel, and where it comes from."""
+    where = "this thread's channel" if thread else "this channel"
+    return (
+        f"Settings in force in {where} (run-time: changed with `/config`; file: the tenants file; "
+        "built-in: Parley's default):\n" + "\n".join(lines)
+    )
+
+
+def discord_config_refused(reason: str) -> str:
+    return f"Not changed: {reason}"
+
+
+def discord_config_set(field: str, value: str, *, seconds: float) -> str:
+    return f"`{field}` is now {value} in this channel. Every replica of Parley picks it up within {seconds:g} s."
+
+
+def discord_config_unchanged(field: str, value: str) -> str:
+    return f"`{field}` is already {value} in this channel: nothing changed."
+
+
+def discord_config_cleared(fields: list[str], *, seconds: float) -> str:
+    """Run-time changes dropped: the tenants file's values (or the built-in ones) apply again."""
+    names = ", ".join(f"`{name}`" for name in fields)
+    return (
+        f"Cleared {names} in this channel: the tenants file's (or built-in) settings apply again. "
+        f"Every replica of Parley picks it up within {seconds:g} s."
     )
 
 
@@ -263,6 +311,49 @@ RESOLVE_IN_THREAD = (
     "To hand a conversation back to Parley, type `resolve` in its ticket thread or press the thread's "
     "Resolve button. (A slash command can't tell which thread it was typed in.)"
 )
+# `/parley config` (adapters/slack/admin.py): a workspace admin changes the channel's profile.
+SLACK_CONFIG_TITLE = "Channel settings"  # a modal's title: at most 24 characters
+SLACK_CONFIG_SAVE = "Save"
+SLACK_CONFIG_CANCEL = "Cancel"
+SLACK_CONFIG_IN_FORCE = "Settings in force in this channel, and where each comes from:"
+SLACK_CONFIG_FIELD = "Setting to change"
+SLACK_CONFIG_VALUE = "New value"
+SLACK_CONFIG_VALUE_HINT = 'Text as typed (de, a system prompt), or TOML: ["chat", "qa"], true, 5.'
+SLACK_CONFIG_CLEAR_HOW = (
+    "To undo a change made here: `/parley config clear SETTING` (the tenants file's value applies again)."
+)
+SLACK_CONFIG_ADMINS_ONLY = (
+    "Only workspace admins and owners can change Parley's settings for a channel. Nothing was changed."
+)
+SLACK_CONFIG_UNCHECKED = (
+    "Parley couldn't check with Slack that you are a workspace admin, so nothing was changed. Try again in a minute."
+)
+SLACK_CONFIG_NOT_OPENED = "Parley couldn't open the settings form just now. Try `/parley config` again in a minute."
+SLACK_CONFIG_STALE = "This settings form is not valid here. Run `/parley config` again in the channel to change."
+SLACK_CONFIG_UNSAVED = (
+    "Not saved: Parley couldn't store the change (its Redis is unreachable or not set up). Try again in a minute."
+)
+SLACK_CONFIG_CLEAR_USAGE = (
+    "Say which setting to clear: `/parley config clear SETTING`, e.g. `/parley config clear language`."
+)
+
+
+def slack_config_saved(field: str, value: str) -> str:
+    return f"Saved: `{field}` is now `{value}` in this channel. Every Parley replica picks it up within seconds."
+
+
+def slack_config_unchanged(field: str) -> str:
+    return f"Nothing changed: `{field}` already has that value in this channel."
+
+
+def slack_config_cleared(field: str, done: bool) -> str:
+    if not done:
+        return f"Nothing to clear: `{field}` was not changed at run time in this channel."
+    return (
+        f"Cleared: `{field}` is back to the tenants file's value here. Every Parley replica picks it up within seconds."
+    )
+
+
 # To a person whose desk action was refused (only they see it):
 AGENT_NOT_OURS = (
     "Not delivered: only members of the workspace Parley belongs to can answer customers or resolve tickets here."

@@ -67,6 +67,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def format_value(value: Any) -> str:
+    """A value as `parse_value` reads it back (JSON is TOML for these: text, lists, numbers,
+    booleans), for whoever shows a profile or a change: the CLI, an adapter's admin command."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
+
+
 class ProfileStore:
     """The overrides in Redis (the key layout above)."""
 
@@ -296,6 +304,18 @@ class Profiles:
                 source = "built-in"
             rows.append((name, value, source))
         return rows
+
+    def page_profile(self, tenant: str, path: str) -> str:
+        """The profile of a web page: the longest profile key of `tenant` that is `path` or a
+        folder of it (`/pricing` serves `/pricing` and `/pricing/teams`, not `/pricingx`); ""
+        (the tenant's settings) when none is. Keys that are not paths are channels: never matched."""
+        best = ""
+        for key in self.channels(tenant):
+            folder = key.rstrip("/")  # "/pricing/" and "/pricing" both mean the folder; "/" the site
+            within = path.rstrip("/") == folder or path.startswith(folder + "/")
+            if key.startswith("/") and within and len(folder) >= len(best.rstrip("/")):
+                best = key
+        return best
 
     def channels(self, tenant: str) -> list[str]:
         """The channels of `tenant` that have a profile (in the file or set at run time)."""

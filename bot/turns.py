@@ -62,6 +62,8 @@ class Turn:
     `uid` names this one delivery of the turn (given by the inbox: a platform retry gets
     another), which is what "already answered" is decided by. `target_language` is the
     language an explicit translate command asked for (a name or code; "" for the default).
+    `profile` names the profile its settings come from when that is not its channel's (the web
+    chat: the page the visitor wrote from, `Profiles.page_profile`).
     """
 
     platform: str
@@ -82,6 +84,7 @@ class Turn:
     desk: str = ""
     desk_thread: str = ""
     agent: str = ""
+    profile: str = ""
 
     @classmethod
     def of(cls, key: ConversationKey, **fields: Any) -> Turn:

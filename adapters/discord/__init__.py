@@ -35,4 +35,5 @@ def create(context: AdapterContext) -> DiscordAdapter | None:
         answers=context.answers,
         person=settings.handoff.enabled and settings.handoff.on_request,
         profiles=context.profiles,
+        refresh=settings.tenants.refresh,  # how soon every replica has a /config change
     )

@@ -26,6 +26,7 @@ import discord
 import yarl
 from discord import app_commands
 
+from adapters.discord.admin import Admin, config_group
 from adapters.discord.chains import Chains
 from adapters.discord.components import AnswerButton, is_answer_button, shows_button
 from adapters.discord.intake import Delivery, Intake
@@ -38,9 +39,9 @@ from bot.ops.health import Degraded
 from bot.ops.logs import turn_fields
 from bot.ops.metrics import Metrics
 from bot.ops.stats import AnswerIndex
+from bot.profiles import Profiles
 from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.inbox import Inbox
-from bot.tenants import ProfileSource
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class ParleyClient(discord.AutoShardedClient):
         presses: Presses,
         settings: DiscordSettings,
         intents: discord.Intents,
+        admin: Admin | None = None,
         http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
         super().__init__(
@@ -112,7 +114,7 @@ class ParleyClient(discord.AutoShardedClient):
         self._intake = intake
         self._presses = presses
         self.tree = app_commands.CommandTree(self)
-        add_commands(self.tree, intake, user_install=settings.user_install)
+        add_commands(self.tree, intake, user_install=settings.user_install, admin=admin)
         self.add_dynamic_items(AnswerButton)  # the buttons under answers, read back from their custom ids
 
     @property
@@ -156,7 +158,9 @@ USER_INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
 USER_CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
 
 
-def add_commands(tree: app_commands.CommandTree, intake: Intake, *, user_install: bool = False) -> None:
+def add_commands(
+    tree: app_commands.CommandTree, intake: Intake, *, user_install: bool = False, admin: Admin | None = None
+) -> None:
     @tree.command(name="ask", description="Ask Parley a question")
     @app_commands.describe(question="What you want to know")
     async def ask(interaction: discord.Interaction, question: str) -> None:
@@ -187,6 +191,9 @@ def add_commands(tree: app_commands.CommandTree, intake: Intake, *, user_install
     if user_install:
         for command in tree.get_commands():
             command.allowed_installs, command.allowed_contexts = USER_INSTALLS, USER_CONTEXTS
+    # /config: a server's own setting, so for its admins (Manage Server) and in servers only, however installed.
+    if admin is not None:
+        tree.add_command(config_group(admin))
 
 
 class DiscordAdapter:
@@ -204,7 +211,8 @@ class DiscordAdapter:
         metrics: Metrics | None = None,
         answers: AnswerIndex | None = None,
         person: bool = False,
-        profiles: ProfileSource | None = None,
+        profiles: Profiles | None = None,
+        refresh: float = 2.0,
     ) -> None:
         self._settings = settings
         self._chains = chains
@@ -223,7 +231,10 @@ class DiscordAdapter:
             rule=(lambda tenant, channel: profiles.profile(tenant, channel).mention_rule)
             if profiles is not None
             else (lambda tenant, channel: "mention"),
+            config=profiles is not None,
         )
+        # /config, for server admins: only where there are run-time profiles to change.
+        self._admin = Admin(settings=settings, profiles=profiles, refresh=refresh) if profiles is not None else None
         self._presses = Presses(
             settings=settings, chains=chains, delivery=self._delivery, tracked=self._intake.taking_in
         )
@@ -253,6 +264,7 @@ class DiscordAdapter:
                     presses=self._presses,
                     settings=self._settings,
                     intents=intents,
+                    admin=self._admin,
                     http_trace=self._trace,
                 )
                 try:

@@ -145,8 +145,10 @@ class Intake:
         delivery: Delivery,
         tell: Tell,
         rule: Callable[[str, str], str],
+        config: bool = False,
     ) -> None:
         self._settings = settings
+        self._config = config  # /config is registered: /help mentions it
         self._rule = rule  # (tenant, channel) -> the channel's mention rule: mention, always or threads
         self._chains = chains
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
@@ -274,7 +276,7 @@ class Intake:
             await self._refuse_dm(turn)
         elif command == "help":
             # Answered here: only the adapter knows what its settings allow (DMs).
-            await self._tell(turn, messages.discord_help(dms=self._settings.dms_allowed))
+            await self._tell(turn, messages.discord_help(dms=self._settings.dms_allowed, config=self._config))
         else:
             await self._delivery.put(turn)
 

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +37,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
+from adapters.slack.admin import ChannelConfig
 from adapters.slack.assistant import AssistantPane
 from adapters.slack.desk import SlackDesk
 from adapters.slack.installs import Installations, InstalledClient, OAuthStates, oauth_flow
@@ -51,8 +52,10 @@ from bot.ops.stats import AnswerIndex
 from bot.reply import NO_JOURNAL, ReplyJournal, ReplySink
 from bot.store.dedupe import Deduper
 from bot.store.inbox import Inbox
-from bot.tenants import ProfileSource
 from bot.turns import Turn
+
+if TYPE_CHECKING:
+    from bot.profiles import Profiles
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +125,10 @@ class SlackAdapter:
         answers: AnswerIndex | None = None,
         installations: Installations | None = None,
         states: OAuthStates | None = None,
-        profiles: ProfileSource,
+        profiles: Profiles,
     ) -> None:
         self._settings = settings
-        self._profiles = profiles  # mention rules, the pane's suggested prompts, the Home tab's handlers
+        self._profiles = profiles  # mention rules, the pane's prompts, the Home tab, `/parley config`
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
         self._register_desk = register_desk  # offers the desk for new tickets, once verified
         self.desk_open = False  # the support channel passed `SlackDesk.verify`: tickets go there
@@ -208,7 +211,10 @@ class SlackAdapter:
                 client_for=self._client_for,
                 sink_for=self.sink_for,
             )
-            app = self._bolt_app(auth, intake, pane)
+            admin = ChannelConfig(
+                profiles=self._profiles, client_for=self._client_for, notices=notices, settings=self._settings
+            )
+            app = self._bolt_app(auth, intake, pane, admin)
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
@@ -266,7 +272,9 @@ class SlackAdapter:
                 return
             pause = min(pause * 2, 300.0)
 
-    def _bolt_app(self, auth: AuthorizeResult | None, intake: SlackIntake, pane: AssistantPane) -> AsyncApp:
+    def _bolt_app(
+        self, auth: AuthorizeResult | None, intake: SlackIntake, pane: AssistantPane, admin: ChannelConfig
+    ) -> AsyncApp:
         socket_mode = self._settings.app_token is not None
         secret = self._settings.signing_secret
         # Bolt builds a client per request from this one and the token authorisation gives;
@@ -302,6 +310,7 @@ class SlackAdapter:
         # One listener for every event (bolt answers 404 to events nobody listens to, and
         # Slack would retry those); `normalize` decides what is Parley's to answer.
         app.event(ANY)(intake.event)
+        admin.register(app)  # `/parley config`, before every other /parley
         app.command(ANY)(intake.command)
         if self._desk is not None:
             app.action(normalize.RESOLVE_ACTION)(intake.resolve)
@@ -329,18 +338,7 @@ class SlackAdapter:
         server.router.add_post(EVENTS_PATH, events)
         if self._installations is not None:
             assert self._states is not None
-            flow = oauth_flow(
-                self._settings, self._installations, self._states, AsyncWebClient(**client_options(self._settings))
-            )
-
-            async def install(request: web.Request) -> web.Response:
-                return await to_aiohttp_response(await flow.handle_installation(await to_bolt_request(request)))
-
-            async def redirected(request: web.Request) -> web.Response:
-                return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
-
-            server.router.add_get(flow.install_path, install)
-            server.router.add_get(flow.redirect_uri_path, redirected)
+            _serve_installs(server, self._settings, self._installations, self._states)
         runner = web.AppRunner(server, access_log=None)
         await runner.setup()
         try:
@@ -353,3 +351,19 @@ class SlackAdapter:
         finally:
             self.ready.clear()
             await runner.cleanup()
+
+
+def _serve_installs(
+    server: web.Application, settings: SlackSettings, installs: Installations, states: OAuthStates
+) -> None:
+    """The "Add to Slack" pages: bolt's OAuth flow at `/slack/install` and `/slack/oauth_redirect`."""
+    flow = oauth_flow(settings, installs, states, AsyncWebClient(**client_options(settings)))
+
+    async def install(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await flow.handle_installation(await to_bolt_request(request)))
+
+    async def redirected(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
+
+    server.router.add_get(flow.install_path, install)
+    server.router.add_get(flow.redirect_uri_path, redirected)

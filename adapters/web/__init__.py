@@ -77,6 +77,7 @@ def create(context: AdapterContext) -> WebAdapter | None:
         fanout=fanout,
         handoffs=handoffs,
         person=handoffs is not None and context.settings.handoff.on_request,
+        page_profile=context.profiles.page_profile,
     )
 
 

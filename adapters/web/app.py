@@ -56,13 +56,16 @@ class WebAdapter:
         limiter: RateLimiter,
         signer: TokenSigner,
         fanout: Fanout,
+        page_profile: Callable[[str, str], str],
         handoffs: HandoffCaps | None = None,
         person: bool = False,
     ) -> None:
         self._settings = settings
         self._fanout = fanout
         self._pages = Pages(settings)
-        self._intake = Intake(settings=settings, limiter=limiter, fanout=fanout, handoffs=handoffs)
+        self._intake = Intake(
+            settings=settings, limiter=limiter, fanout=fanout, handoffs=handoffs, page_profile=page_profile
+        )
         self._sessions = Sessions(
             settings=settings,
             store=store,

@@ -9,6 +9,7 @@ frame gets an error frame and a log line, and the socket stays open.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -44,9 +45,16 @@ class Intake:
     is stopping): closed, a message is answered that the server is restarting, to be resent."""
 
     def __init__(
-        self, *, settings: WebSettings, limiter: RateLimiter, fanout: Fanout, handoffs: HandoffCaps | None
+        self,
+        *,
+        settings: WebSettings,
+        limiter: RateLimiter,
+        fanout: Fanout,
+        handoffs: HandoffCaps | None,
+        page_profile: Callable[[str, str], str],
     ) -> None:
         self._settings = settings
+        self._page_profile = page_profile  # (site, page path) -> the page's profile, "" for none
         self._limiter = limiter
         self._fanout = fanout
         self._handoffs = handoffs  # registered as the web chat's handoff gate; notes where messages come from
@@ -110,7 +118,9 @@ class Intake:
             log.info("web: message refused: %s", exc, extra=self._fields(conn.visitor))
             conn.push(normalize.encode(normalize.error("rejected", messages.for_user(exc), id=say.id)))
             return
-        turn = normalize.to_turn(say, conversation=conn.visitor, site=self._settings.site)
+        site = self._settings.site
+        profile = self._page_profile(site, say.page) if say.page else ""
+        turn = normalize.to_turn(say, conversation=conn.visitor, site=site, profile=profile)
         if self._handoffs is not None:
             await self._handoffs.note(conn.visitor, ip)  # for the handoff caps, wherever the turn is handled
         if await self._put(conn, turn, id=say.id):

@@ -4,7 +4,7 @@ Pure functions, no I/O (the wire-format third of the adapter).
 Every frame is one JSON object with a `type`. The browser sends:
 
     {"type": "hello", "token": "v1..." | null}            first, once: who the visitor is
-    {"type": "message", "id": "<client id>", "text": "..."}  a user message
+    {"type": "message", "id": "<client id>", "text": "...", "page"?: "/path"}  a user message
     {"type": "feedback", "answer": "<answer id>", "vote": "up" | "down", "id"?: "<client id>"}
     {"type": "choice", "call": "<call id>", "choice": "confirm" | "cancel", "id": "<client id>"}
     {"type": "handoff", "id": "<client id>"}              "Talk to a person" pressed
@@ -25,6 +25,11 @@ Parley sends:
 and takes requests): only then does the widget show "Talk to a person". Pressed, it is a message
 of its own (`Say` with the `handoff` command and the words of `bot.messages.ASK_FOR_PERSON`),
 acknowledged and answered like any other, which the dialogue manager routes to the handoff.
+
+`page` is the path of the page the visitor wrote from (the widget sends `location.pathname`):
+its turn takes the settings of the site's profile for that page or a folder of it, if the
+tenants file or `parley profile set` has one (`Profiles.page_profile`). Any visitor can open any
+page of the site, so a page's profile must give nothing a public page should not.
 
 The client id is the browser's own random id for a message: a resend after a reconnect
 carries the same id, and the turn's event id is `<conversation>:<client id>`, so the dialogue
@@ -62,6 +67,7 @@ from bot.turns import ASK_PERSON, CHOICE, CHOICES, VOTES, ConversationKey, Turn,
 
 PLATFORM = "web"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_PAGE = re.compile(r"/[!-~]{0,200}")  # a URL path as location.pathname gives it (printable ASCII)
 _ANSWER_ID = re.compile(r"([A-Za-z0-9_-]{22}):([A-Za-z0-9_-]{8,64})")
 _CALL_ID = re.compile(r"[0-9a-f]{16}")  # a pending call's id (`bot.actions.confirm`: 8 random bytes, hex)
 
@@ -87,6 +93,7 @@ class Say:
     id: str
     text: str
     command: str | None = None  # ASK_PERSON for "Talk to a person"; else a message typed
+    page: str = ""  # the path of the page it was written on ("": not said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,10 @@ def parse_frame(raw: str) -> ClientFrame:
             text = data.get("text")
             if not isinstance(text, str):
                 raise BadFrame("bad_field", "text must be a string", id=id_)
-            return Say(id_, text)
+            page = data.get("page", "")
+            if not isinstance(page, str) or (page and not _PAGE.fullmatch(page)):
+                raise BadFrame("bad_field", "page must be a path: / and up to 200 visible characters", id=id_)
+            return Say(id_, text, page=page)
         case "handoff":
             id_ = data.get("id")
             if not isinstance(id_, str) or not _CLIENT_ID.fullmatch(id_):
@@ -181,9 +191,10 @@ def conversation_key(conversation: str, *, site: str) -> ConversationKey:
     return ConversationKey(PLATFORM, site, conversation)
 
 
-def to_turn(say: Say, *, conversation: str, site: str) -> Turn:
+def to_turn(say: Say, *, conversation: str, site: str, profile: str = "") -> Turn:
     """The turn for a visitor's message: one conversation per visitor (channel = user =
-    `conversation`, the hash of the visitor id: never the id inside the token)."""
+    `conversation`, the hash of the visitor id: never the id inside the token), with the
+    settings of `profile` (its page's, if the site has one)."""
     return Turn(
         platform=PLATFORM,
         tenant=site,
@@ -192,6 +203,7 @@ def to_turn(say: Say, *, conversation: str, site: str) -> Turn:
         text=say.text,
         event_id=event_id(conversation, say.id),
         command=say.command,
+        profile=profile,
     )
 
 

@@ -98,7 +98,7 @@ class DialogueManager:
         """Run one turn to its end. Never raises except for cancellation."""
         # The channel's profile, resolved in memory (no round trip): every conversation of the
         # channel shares its system prompt, so the engine's prefix cache serves them all.
-        profile = self._tenants.profile(turn.tenant, turn.channel)
+        profile = self._tenants.profile(turn.tenant, turn.profile or turn.channel)
         # Every engine request of this turn goes to the conversation's engine (prefix cache).
         scope = CallScope(
             affinity=str(turn.key) if self._settings.llm.sticky else None, share=self._share(turn), model=profile.model

@@ -8,7 +8,6 @@ person is this machine's user name), and in force on every replica within
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from datetime import UTC, datetime
 
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.profiles import Change, Profiles, open_profiles, parse_value
+from bot.profiles import Change, Profiles, format_value, open_profiles, parse_value
 from bot.tenants import FIELD_NAMES, load_tenants
 
 
@@ -86,7 +85,7 @@ async def _show(profiles: Profiles, tenant: str, channel: str) -> None:
     where = f"tenant {tenant}" + ("" if listed else " (not listed: [default])")
     print(f"{where}, channel {channel}" if channel else where)
     for name, value, source in profiles.show(tenant, channel):
-        print(f"  {name} = {_value(value)}  # {source}")
+        print(f"  {name} = {format_value(value)}  # {source}")
     if not channel:
         print(f"channels with a profile: {', '.join(profiles.channels(tenant)) or 'none'}")
     recent = [c for c in await profiles.history(200) if c.tenant == tenant and (not channel or c.channel == channel)]
@@ -96,14 +95,8 @@ async def _show(profiles: Profiles, tenant: str, channel: str) -> None:
             print("  " + _described(change))
 
 
-def _value(value: object) -> str:
-    if hasattr(value, "model_dump"):
-        value = value.model_dump()
-    return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
-
-
 def _described(change: Change) -> str:
     at = datetime.fromtimestamp(change.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    new = "cleared" if change.new is None else f"= {_value(change.new)}"
-    old = "unset" if change.old is None else _value(change.old)
+    new = "cleared" if change.new is None else f"= {format_value(change.new)}"
+    old = "unset" if change.old is None else format_value(change.old)
     return f"{change.tenant}/{change.channel}: {change.field} {new} (was {old}) by {change.by} at {at}"

@@ -4,8 +4,9 @@ One aiohttp server: the REST API under /api/v10 and the WebSocket gateway at /.
 The gateway does HELLO, heartbeat ACK, IDENTIFY -> READY + GUILD_CREATE for the
 shard's guilds, RESUME (replaying what the session missed), RECONNECT on demand,
 and dispatches MESSAGE_CREATE (users' and the bot's own), THREAD_CREATE (a forum post:
-`post`) and INTERACTION_CREATE (slash commands, message commands on a message: `message_command`,
-and presses of a message's buttons: `press`).
+`post`) and INTERACTION_CREATE (slash commands and their subcommands, with the member's
+permissions; message commands on a message: `message_command`, and presses of a message's
+buttons: `press`).
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
@@ -381,15 +382,23 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_REACTION_ADD", data, shard=self.shard_of(channel))
         return data
 
-    async def slash(self, channel: Json, user: Json, name: str, **options: str) -> Json:
-        """A user runs a slash command (INTERACTION_CREATE)."""
-        data = {
-            "id": str(self.snowflake()),
-            "name": name,
-            "type": 1,
-            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
-        }
-        return await self._interact(channel, user, 2, data)
+    async def slash(
+        self,
+        channel: Json,
+        user: Json,
+        name: str,
+        *,
+        subcommand: str | None = None,
+        permissions: int | None = None,
+        **options: str,
+    ) -> Json:
+        """A user runs a slash command (INTERACTION_CREATE), or one of its `subcommand`s, with
+        string options; `permissions`: the member's in the channel (a bitfield; default: all)."""
+        given = [{"name": k, "type": 3, "value": v} for k, v in options.items()]
+        if subcommand is not None:
+            given = [{"name": subcommand, "type": 1, "options": given}]
+        data = {"id": str(self.snowflake()), "name": name, "type": 1, "options": given}
+        return await self._interact(channel, user, 2, data, permissions=permissions)
 
     async def message_command(self, channel: Json, user: Json, name: str, message: Json) -> Json:
         """A user runs the message command `name` on `message` (right-click, Apps): INTERACTION_CREATE
@@ -413,8 +422,19 @@ class FakeDiscord:
         data = {"custom_id": custom_id, "component_type": 2}
         return await self._interact(channel, user, 3, data, message=dict(self.messages[int(message["id"])]))
 
-    async def _interact(self, channel: Json, user: Json, kind: int, data: Json, *, message: Json | None = None) -> Json:
+    async def _interact(
+        self,
+        channel: Json,
+        user: Json,
+        kind: int,
+        data: Json,
+        *,
+        message: Json | None = None,
+        permissions: int | None = None,
+    ) -> Json:
         token = f"itoken-{uuid.uuid4().hex}"
+        # The member's permissions in the channel, overwrites applied, as Discord computes them.
+        granted = ALL_PERMISSIONS if permissions is None else str(permissions)
         interaction: Json = {
             "id": str(self.snowflake()),
             "application_id": str(self.app_id),
@@ -422,7 +442,7 @@ class FakeDiscord:
             "token": token,
             "version": 1,
             "channel_id": channel["id"],
-            "channel": dict(channel, permissions=ALL_PERMISSIONS),
+            "channel": dict(channel, permissions=granted),
             "data": data,
             "app_permissions": ALL_PERMISSIONS,
             "locale": "en-US",
@@ -439,7 +459,7 @@ class FakeDiscord:
             interaction["member"] = {
                 "user": user,
                 "roles": [],
-                "permissions": ALL_PERMISSIONS,
+                "permissions": granted,
                 "joined_at": iso(),
                 "deaf": False,
                 "mute": False,
@@ -822,7 +842,10 @@ class FakeDiscord:
                 id=str(self.snowflake()),
                 application_id=str(self.app_id),
                 version="1",
-                default_member_permissions=None,
+                # Discord answers with the bitfield as a string, or null for "everyone".
+                default_member_permissions=None
+                if c.get("default_member_permissions") is None
+                else str(c["default_member_permissions"]),
                 type=c.get("type", 1),
                 description=c.get("description", ""),  # message commands have none; Discord says ""
             )

@@ -15,6 +15,9 @@
   `feedback_press` the interactivity payloads of button presses (sent as a signed form).
 - The assistant pane and App Home: `assistant.threads.setSuggestedPrompts`, `.setStatus`
   (`statuses`), `.setTitle` (`titles`) and `views.publish` (`homes`) check their arguments.
+- Modals: `views.open` takes a trigger id Slack issued in the last 3 seconds (a slash command's,
+  a press's), once, and keeps the view (`views`); `view_submission` is the payload Slack sends
+  when a person submits it. `add_user(..., admin=True)` is a workspace admin (users.info).
 - Installs ("Add to Slack"): `install(team)` is a person approving Parley in a workspace and
   returns the `code` Slack redirects with; `oauth.v2.access` exchanges it (client id and secret
   checked) for that workspace's bot token, rotating (expiring, with a refresh token) when asked,
@@ -121,6 +124,7 @@ class FakeSlack:
         self.statuses: list[tuple[str, str, str]] = []  # assistant.threads.setStatus: (channel, thread, status)
         self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle: (channel, thread) -> title
         self.homes: dict[str, dict[str, Any]] = {}  # views.publish: user -> their Home tab's view
+        self.views: list[dict[str, Any]] = []  # views.open: each modal opened, with its "id"
         self.url = ""
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -306,6 +310,7 @@ class FakeSlack:
         real_name: str = "",
         team: str = TEAM,
         stranger: bool = False,
+        admin: bool = False,
     ) -> None:
         """A person, as users.info describes them: of the workspace, or (another `team`) a Slack
         Connect member from elsewhere; `stranger` one who shares no channel with the workspace."""
@@ -316,6 +321,9 @@ class FakeSlack:
             "deleted": False,
             "real_name": real_name or name,
             "is_bot": False,
+            "is_admin": admin,
+            "is_owner": False,
+            "is_primary_owner": False,
             "profile": {"display_name": display_name, "real_name": real_name or name, "team": team},
         }
         if stranger:
@@ -403,6 +411,27 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_blocks"}
         self.homes[args["user_id"]] = view
         return {"ok": True, "view": {"id": "V0001", **view}}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        issued = _triggers.pop(args.get("trigger_id") or "", None)
+        if issued is None:
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if time.monotonic() - issued > TRIGGER_SECONDS:
+            return {"ok": False, "error": "expired_trigger_id"}
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not isinstance(view, dict) or view.get("type") != "modal" or not 0 < len(view["title"]["text"]) <= 24:
+            return {"ok": False, "error": "invalid_arguments"}
+        blocks = view.get("blocks") or []
+        options = [len(b["element"].get("options") or []) for b in blocks if b["type"] == "input"]
+        if not blocks or len(blocks) > 100 or any(n > 100 for n in options):
+            return {"ok": False, "error": "invalid_blocks"}
+        if len(view.get("private_metadata") or "") > 3000:
+            return {"ok": False, "error": "invalid_arguments"}
+        opened = {"id": f"V{len(self.views) + 1:04d}", "team_id": self._caller.team, **view}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
@@ -521,6 +550,14 @@ class FakeSlack:
 
 _event_ids = itertools.count(1)
 _message_ts = itertools.count(1)
+TRIGGER_SECONDS = 3.0  # how long a trigger id opens a modal
+_triggers: dict[str, float] = {}  # trigger ids issued (by the payloads below) -> when
+
+
+def new_trigger() -> str:
+    trigger = f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}"
+    _triggers[trigger] = time.monotonic()
+    return trigger
 
 
 def new_ts() -> str:
@@ -644,7 +681,7 @@ def block_action(
             "bot_id": BOT_ID,
             **thread,
         },
-        "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
+        "trigger_id": new_trigger(),
         "response_url": "https://hooks.slack.invalid/actions/unused",
         "actions": [
             {
@@ -728,5 +765,24 @@ def command(text: str, *, channel: str = "D0001", response_url: str, user: str =
         "text": text,
         "api_app_id": "A0001",
         "response_url": response_url,
-        "trigger_id": f"{next(_event_ids)}.{uuid.uuid4().hex[:8]}",
+        "trigger_id": new_trigger(),
+    }
+
+
+def view_submission(view: dict[str, Any], values: dict[str, dict[str, Any]], *, user: str = "UALICE") -> dict[str, Any]:
+    """The `view_submission` payload Slack sends when `user` submits modal `view` (as views.open
+    kept it): `values` by block id, then action id, as `view.state.values` holds them
+    (`{"type": "plain_text_input", "value": ...}`, `{"type": "static_select", "selected_option": ...}`)."""
+    team = view.get("team_id") or TEAM
+    return {
+        "type": "view_submission",
+        "team": {"id": team, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team},
+        "api_app_id": "A0001",
+        "token": "unused",
+        "trigger_id": new_trigger(),
+        "view": {**view, "state": {"values": values}, "hash": uuid.uuid4().hex, "app_id": "A0001", "bot_id": BOT_ID},
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
     }

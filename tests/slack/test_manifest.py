@@ -22,8 +22,9 @@ EVENT_SCOPES = {
 # Events that need no scope: the Home tab opened (views.publish needs none either).
 UNSCOPED_EVENTS = {"app_home_opened"}
 # chat.postMessage/update/*Stream/postEphemeral; /parley; users.info (the names and workspaces of people
-# answering handed-off customers); conversations.info (that the support channel is private: channels:read
-# for a public one, groups:read for a private one); usergroups.users.list (PARLEY_HANDOFF_AGENT_GROUPS)
+# answering handed-off customers; who is an admin, for /parley config); conversations.info (that the support
+# channel is private: channels:read for a public one, groups:read for a private one); usergroups.users.list
+# (PARLEY_HANDOFF_AGENT_GROUPS)
 CALL_SCOPES = {"chat:write", "commands", "users:read", "channels:read", "groups:read", "usergroups:read"}
 
 

@@ -160,6 +160,33 @@ def test_profiles_without_redis_are_the_files_and_say_where_each_value_comes_fro
     assert profiles.tenants.knowledge_bases() == {"default", "acme"}
 
 
+def test_a_web_page_takes_the_profile_of_its_path_or_nearest_folder(tmp_path):
+    pages = """
+[tenants."shop".channels."/pricing"]
+language = "de"
+[tenants."shop".channels."/pricing/teams/"]
+language = "fr"
+[tenants."shop".channels."C0PRICING"]
+language = "it"
+"""
+    profiles = Profiles(load_tenants(write(tmp_path, pages)), None, refresh=2.0)
+    chosen = {
+        path: profiles.page_profile("shop", path)
+        for path in ("/pricing", "/pricing/", "/pricing/x", "/pricing/teams", "/pricing/teams/a", "/pricingx", "/")
+    }
+    assert chosen == {
+        "/pricing": "/pricing",
+        "/pricing/": "/pricing",
+        "/pricing/x": "/pricing",
+        "/pricing/teams": "/pricing/teams/",
+        "/pricing/teams/a": "/pricing/teams/",
+        "/pricingx": "",  # not a folder of /pricing
+        "/": "",
+    }
+    assert profiles.page_profile("other", "/pricing") == ""  # another site's pages are its own
+    assert profiles.profile("shop", chosen["/pricing/x"]).language == "de"
+
+
 @pytest.mark.parametrize(
     ("typed", "value"),
     [

@@ -903,7 +903,9 @@
   });
   // A message's frame, sent now or again after a reconnect (same id: answered once).
   function outgoing(id) {
-    return askedPerson[id] ? { type: "handoff", id: id } : { type: "message", id: id, text: pending[id] };
+    // The page's path picks the site's settings for that page, if it has its own (a profile).
+    var page = window.location.pathname.slice(0, 201);
+    return askedPerson[id] ? { type: "handoff", id: id } : { type: "message", id: id, text: pending[id], page: page };
   }
   function say(text, person) {
     var id = randomId();
