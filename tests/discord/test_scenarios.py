@@ -28,7 +28,7 @@ from tests.discord.fake import FakeDiscord, Json
 
 MESSAGES = r"/channels/\d+/messages"
 EDITS = r"/channels/\d+/messages/\d+"
-REGISTERED = {"ask", "translate", "reset", "help", "Ask Parley", "Translate"}  # slash and message commands
+REGISTERED = {"ask", "translate", "reset", "help", "config", "Ask Parley", "Translate"}  # slash and message commands
 
 
 def counted(stack: DiscordStack, name: str, **labels: str) -> float:
