@@ -34,6 +34,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import escape
+from adapters.slack.normalize import tenant_of
 from adapters.slack.sink import call
 from bot import messages
 from bot.config import SlackSettings
@@ -83,7 +84,8 @@ class ChannelConfig:
     # -- /parley config [clear FIELD] ------------------------------------------------------------
 
     async def command(self, body: dict[str, Any], ack: Any) -> None:
-        tenant, channel, user = body.get("team_id") or "", body.get("channel_id") or "", body.get("user_id") or ""
+        channel, user = body.get("channel_id") or "", body.get("user_id") or ""
+        tenant = tenant_of(body, body.get("team_id") or "")
         words = (body.get("text") or "").split()[1:]
         if not (tenant and channel and user and body.get("trigger_id")):
             log.warning("slack: /parley config without its team, channel, user or trigger: refused")

@@ -6,9 +6,10 @@ fire-and-forget. The answer is produced later by a dialogue worker, through `sin
 
 One workspace (SLACK_BOT_TOKEN) or many (SLACK_CLIENT_ID: the "Add to Slack" install). With
 many, bolt's OAuth flow serves `/slack/install` and `/slack/oauth_redirect` beside the events,
-every event is authorised by its workspace's installation (`installs.Installations`), Parley's
-identity (its bot user in that workspace) comes with it, answers go out with that workspace's
-token, and `app_uninstalled` / `tokens_revoked` delete the installation.
+every event is authorised by its workspace's installation (`installs.Installations`), or its
+Enterprise Grid org's when Parley is installed org-wide, Parley's identity (its bot user there)
+comes with it, answers go out with that installation's token, and `app_uninstalled` /
+`tokens_revoked` delete the installation.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class SlackAdapter:
     def _client_for(self, tenant: str) -> AsyncWebClient:
         if self._installations is None:
             return self._client
-        # The workspace's own token, read at the first call.
+        # The tenant's own token (a workspace's, or its org's when installed org-wide), read at the first call.
         return InstalledClient(self._installations, tenant, session=self._client.session, **self._client_options)
 
     def _remembering(self, turn: Turn) -> OnPost | None:
@@ -215,6 +216,7 @@ class SlackAdapter:
                 profiles=self._profiles, client_for=self._client_for, notices=notices, settings=self._settings
             )
             app = self._bolt_app(auth, intake, pane, admin)
+            intake.shortcuts(self._client_for).register(app)  # the "⋯" menu's Ask and Summarise
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
@@ -281,11 +283,14 @@ class SlackAdapter:
         # it carries no token itself, so bolt does not also try its own auth.test.
         client = AsyncWebClient(base_url=self._settings.api_base_url, timeout=int(self._settings.request_timeout))
 
-        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult | None:
+        async def authorize(
+            enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None
+        ) -> AuthorizeResult | None:
             if auth is not None:
                 return auth
             assert self._installations is not None
-            return await self._installations.authorize(enterprise_id, team_id)
+            # The installation Slack says the event is for: a workspace's, or its org's (org-wide).
+            return await self._installations.authorize(enterprise_id, team_id, is_enterprise_install)
 
         app = AsyncApp(
             client=client,

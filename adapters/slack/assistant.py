@@ -26,7 +26,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import escape
-from adapters.slack.normalize import PLATFORM, PaneThread, pane_thread
+from adapters.slack.normalize import PLATFORM, PaneThread, pane_thread, tenant_of
 from adapters.slack.sink import call
 from adapters.slack.threads import ThreadMemory
 from bot import messages
@@ -102,7 +102,8 @@ class AssistantPane:
         user = event.get("user")
         if event.get("tab") != "home" or not isinstance(user, str) or not user:
             return
-        self._notices.create_task(self._publish_home(body.get("team_id") or context.team_id or "", user))
+        tenant = tenant_of(body, body.get("team_id") or context.team_id or "")
+        self._notices.create_task(self._publish_home(tenant, user))
 
     async def _greet(self, thread: PaneThread) -> None:
         turn = Turn(

@@ -7,9 +7,18 @@ holds no usable token. The first key encrypts; every key decrypts, so a key is r
 putting the new one first and keeping the old one until every installation has been saved
 again (a token refresh or a reinstall saves it).
 
-`bot_token` is the way back for answers: the workspace's bot token, read when an answer starts
+An installation is a workspace's (`{prefix}:slack:install:team:{team_id}`) or, installed
+org-wide on Enterprise Grid, an organisation's (`...:org:{enterprise_id}`): one bot token that
+serves every workspace of the org. Either way the installation is the tenant (`normalize.tenant_of`):
+a turn from a workspace of an org-wide install belongs to the org, so the org's settings, quotas
+and knowledge apply in all its workspaces, one uninstall ends it everywhere, and the tenant alone
+finds the token that answers it. Which installation an event is for is Slack's to say
+(`authorizations[0].is_enterprise_install`), never guessed: a workspace installed on its own
+inside an org that also has Parley org-wide keeps its own token, and each is removed alone.
+
+`bot_token(tenant)` is the way back for answers: the tenant's bot token, read when an answer starts
 (an uninstall is in force for every replica at once: the next turn finds no token), refreshed
-first when Slack's token rotation says it is about to expire. `forget` removes a workspace
+first when Slack's token rotation says it is about to expire. `forget` removes an installation
 whose token Slack refused as revoked: an `app_uninstalled` or `tokens_revoked` event, or a
 call answered `token_revoked`, `invalid_auth`, `account_inactive` or HTTP 401.
 
@@ -73,7 +82,7 @@ def _plain(name: str, value: Any) -> Any:
 
 
 class Installations(AsyncInstallationStore):
-    """The workspaces Parley is installed in, one encrypted bot record each."""
+    """The workspaces and Grid organisations Parley is installed in, one encrypted bot record each."""
 
     def __init__(self, redis: Redis, *, prefix: str, cipher: MultiFernet) -> None:
         self._redis = redis
@@ -105,7 +114,10 @@ class Installations(AsyncInstallationStore):
             await self._redis.set(key, self._cipher.encrypt(record.encode()))
         except RedisError as exc:
             raise StoreUnavailable(f"cannot save the Slack installation: {exc!r}") from exc
-        log.info("slack: installed in team %s (enterprise %s)", bot.team_id, bot.enterprise_id or "-")
+        if bot.is_enterprise_install:
+            log.info("slack: installed org-wide in enterprise %s", bot.enterprise_id)
+        else:
+            log.info("slack: installed in team %s (enterprise %s)", bot.team_id, bot.enterprise_id or "-")
 
     async def async_find_bot(
         self, *, enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None = False
@@ -120,9 +132,9 @@ class Installations(AsyncInstallationStore):
             record = json.loads(self._cipher.decrypt(blob))
         except InvalidToken:
             log.error(
-                "slack: the installation of team %s cannot be decrypted with SLACK_INSTALL_KEYS "
-                "(a key was removed too soon?); the workspace must install Parley again",
-                team_id,
+                "slack: the installation of %s cannot be decrypted with SLACK_INSTALL_KEYS "
+                "(a key was removed too soon?); it must install Parley again",
+                enterprise_id if is_enterprise_install else team_id,
             )
             return None
         return Bot(**record)
@@ -144,24 +156,34 @@ class Installations(AsyncInstallationStore):
         return Installation(user_id="", **fields)
 
     async def async_delete_bot(self, *, enterprise_id: str | None, team_id: str | None) -> None:
-        await self.forget(enterprise_id, team_id)
+        # slack_sdk names an org-wide installation by its enterprise alone.
+        await self.forget(enterprise_id, team_id, is_enterprise_install=not team_id)
 
     async def async_delete_installation(
         self, *, enterprise_id: str | None, team_id: str | None, user_id: str | None = None
     ) -> None:
-        await self.forget(enterprise_id, team_id)
+        await self.forget(enterprise_id, team_id, is_enterprise_install=not team_id)
 
-    async def forget(self, enterprise_id: str | None, team_id: str | None) -> None:
-        """Parley is no longer installed there (uninstalled, or its token revoked)."""
-        keys = [self._key(enterprise_id, team_id, False)]
-        if enterprise_id:
-            keys.append(self._key(enterprise_id, team_id, True))
+    async def forget(
+        self, enterprise_id: str | None, team_id: str | None, *, is_enterprise_install: bool | None = False
+    ) -> None:
+        """Parley is no longer installed there (uninstalled, or its token revoked): that one
+        installation goes, never its neighbour (a workspace's own install inside an org that also
+        has Parley org-wide, or the other way round: each has its own token)."""
+        where = enterprise_id if is_enterprise_install else team_id
+        await self._delete(str(where), self._key(enterprise_id, team_id, is_enterprise_install))
+
+    async def forget_tenant(self, tenant: str) -> None:
+        """The tenant's installation goes (its token was refused as revoked)."""
+        await self._delete(tenant, self._key(None, tenant, False), self._key(tenant, None, True))
+
+    async def _delete(self, where: str, *keys: str) -> None:
         try:
             removed = await self._redis.delete(*keys)
         except RedisError as exc:
             raise StoreUnavailable(f"cannot remove the Slack installation: {exc!r}") from exc
         if removed:
-            log.warning("slack: Parley is no longer installed in team %s; its token is deleted", team_id)
+            log.warning("slack: Parley is no longer installed in %s; its token is deleted", where)
 
     async def uninstalled(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
         """Bolt's listener for `app_uninstalled` and `tokens_revoked` (of the bot's token): the
@@ -169,22 +191,33 @@ class Installations(AsyncInstallationStore):
         event = body.get("event") or {}
         if event.get("type") == "tokens_revoked" and not (event.get("tokens") or {}).get("bot"):
             return  # only user tokens, which Parley never holds
-        log.warning("slack: %s in team %s", event.get("type"), context.team_id)
-        await self.forget(context.enterprise_id, context.team_id)
+        org_wide = bool(context.is_enterprise_install)
+        log.warning("slack: %s in %s", event.get("type"), context.enterprise_id if org_wide else context.team_id)
+        await self.forget(context.enterprise_id, context.team_id, is_enterprise_install=org_wide)
 
-    async def bot_token(self, team_id: str, enterprise_id: str | None = None) -> str:
-        """The workspace's bot token now; a `PlatformError` when Parley is not installed there (any more)."""
-        bot = await self.bot(team_id, enterprise_id)
+    async def bot_token(self, tenant: str) -> str:
+        """The tenant's bot token now (a workspace's, or an org-wide install's: the tenant is the
+        installation, `normalize.tenant_of`); a `PlatformError` when Parley is not installed there (any more)."""
+        bot = await self.async_find_bot(enterprise_id=None, team_id=tenant)
+        if bot is None:
+            bot = await self.async_find_bot(enterprise_id=tenant, team_id=None, is_enterprise_install=True)
         if bot is None:
             raise PlatformError(
-                f"Parley is not installed in team {team_id}", platform="slack", code="not_installed", permanent=True
+                f"Parley is not installed in {tenant}", platform="slack", code="not_installed", permanent=True
             )
-        return bot.bot_token
+        return (await self._fresh(bot)).bot_token
 
-    async def authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult | None:
+    async def authorize(
+        self, enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None = False
+    ) -> AuthorizeResult | None:
         """Bolt's authorisation of an event from the installation alone: bolt's own would call
-        auth.test for every event (a round trip to Slack before each ack)."""
-        bot = await self.bot(team_id or "", enterprise_id) if team_id or enterprise_id else None
+        auth.test for every event (a round trip to Slack before each ack). The installation is the
+        one Slack names (`is_enterprise_install`), the one the turn's tenant names too, so the
+        answer goes out with the token the event came for."""
+        if is_enterprise_install:
+            bot = await self.bot(None, enterprise_id, is_enterprise_install=True) if enterprise_id else None
+        else:
+            bot = await self.bot(team_id, enterprise_id) if team_id else None
         if bot is None:
             return None
         return AuthorizeResult(
@@ -196,30 +229,35 @@ class Installations(AsyncInstallationStore):
             bot_scopes=bot.bot_scopes,
         )
 
-    async def bot(self, team_id: str, enterprise_id: str | None = None) -> Bot | None:
-        """The workspace's bot (an org-wide install's, for a workspace of that organisation),
-        its token refreshed first if it is about to expire; None when Parley is not installed there."""
-        bot = await self.async_find_bot(enterprise_id=enterprise_id, team_id=team_id)
-        if bot is None and enterprise_id:
-            bot = await self.async_find_bot(enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True)
-        if bot is None:
-            return None
+    async def bot(
+        self, team_id: str | None, enterprise_id: str | None = None, *, is_enterprise_install: bool = False
+    ) -> Bot | None:
+        """The workspace's bot (or, `is_enterprise_install`, the org-wide install's), its token
+        refreshed first if it is about to expire; None when Parley is not installed there."""
+        bot = await self.async_find_bot(
+            enterprise_id=enterprise_id, team_id=team_id, is_enterprise_install=is_enterprise_install
+        )
+        return None if bot is None else await self._fresh(bot)
+
+    async def _fresh(self, bot: Bot) -> Bot:
+        """`bot`, its token refreshed first (and the new one kept) if it is about to expire."""
+        where = bot.enterprise_id if bot.is_enterprise_install else bot.team_id
         if self._rotator is not None:
             try:
                 fresh = await self._rotator.perform_bot_token_rotation(bot=bot, minutes_before_expiration=ROTATE_BEFORE)
             except SlackTokenRotationError as exc:
                 error = exc.api_error.response.get("error", "") if exc.api_error is not None else ""
                 if error in REVOKED or error == "invalid_refresh_token":
-                    await self.forget(bot.enterprise_id, bot.team_id)
+                    await self.forget(bot.enterprise_id, bot.team_id, is_enterprise_install=bot.is_enterprise_install)
                 raise PlatformError(
-                    f"the token of team {team_id} could not be refreshed ({error or 'error'})",
+                    f"the token of {where} could not be refreshed ({error or 'error'})",
                     platform="slack",
                     code=error or "rotation_failed",
                     permanent=True,
                 ) from None
             if fresh is not None:
                 await self.async_save_bot(fresh)
-                log.info("slack: refreshed the bot token of team %s", team_id)
+                log.info("slack: refreshed the bot token of %s", where)
                 bot = fresh
         return bot
 
@@ -271,13 +309,14 @@ def oauth_flow(
 
 
 class InstalledClient(AsyncWebClient):
-    """A Web API client for one workspace's answer: its token is read from the installations at
-    the first call (a revoked token is forgotten at once, so no replica uses it again)."""
+    """A Web API client for one tenant's answer (a workspace's, or an org-wide install's): its
+    token is read from the installations at the first call (a revoked token is forgotten at once,
+    so no replica uses it again)."""
 
-    def __init__(self, installations: Installations, team_id: str, **kwargs: Any) -> None:
+    def __init__(self, installations: Installations, tenant: str, **kwargs: Any) -> None:
         super().__init__(token=None, **kwargs)
         self._installations = installations
-        self._team = team_id
+        self._team = tenant
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
         if self.token is None:
@@ -286,7 +325,7 @@ class InstalledClient(AsyncWebClient):
             return await super().api_call(api_method, **kwargs)
         except SlackApiError as exc:
             if exc.response.status_code == 401 or exc.response.get("error") in REVOKED:
-                log.warning("slack: %s refused the token of team %s as revoked", api_method, self._team)
-                await self._installations.forget(None, self._team)
+                log.warning("slack: %s refused the token of %s as revoked", api_method, self._team)
+                await self._installations.forget_tenant(self._team)
                 self.token = None  # a later call of this answer finds no installation, and makes none
             raise

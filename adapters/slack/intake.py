@@ -16,11 +16,13 @@ from dataclasses import replace
 from typing import Any
 
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
 from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import Addressed, Identity, Incoming
+from adapters.slack.shortcuts import Shortcuts
 from adapters.slack.threads import Pane, ThreadMemory
 from bot import messages
 from bot.errors import InboxFull, InboxUnavailable, ParleyError, StoreUnavailable
@@ -71,6 +73,16 @@ class SlackIntake:
             bot_id=context.bot_id or "",
             team_id=context.team_id or "",
             enterprise_id=context.enterprise_id or "",
+        )
+
+    def shortcuts(self, client_for: Callable[[str], AsyncWebClient]) -> Shortcuts:
+        """The message shortcuts' listeners, which take their turns into this run's inbox."""
+        return Shortcuts(
+            identity=self._identity,
+            inbox=self._inbox,
+            threads=self._threads,
+            notices=self._notices,
+            client_for=client_for,
         )
 
     async def event(self, body: dict[str, Any], context: AsyncBoltContext) -> None:

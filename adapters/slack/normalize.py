@@ -15,6 +15,14 @@ Everything else is ignored: Parley's own messages and other bots', edits,
 deletions, joins and the other subtypes, and the `message` copy of a channel
 message that mentions Parley (Slack sends both it and the `app_mention`, with
 different event ids; answering both would answer twice).
+
+The tenant of a turn (`tenant_of`) is the installation that answers it: the workspace, or the
+Enterprise Grid organisation when Parley is installed org-wide there. An org-wide install is one
+token, one install and one uninstall for every workspace of the org, so the org is one tenant:
+its settings, quotas and knowledge apply in all its workspaces, and the tenant alone finds the
+token of the answer (`app._client_for`). Conversation keys stay apart without the workspace: Grid
+channel ids are unique across the org. A workspace installed on its own (Grid or not) stays its
+own tenant, as before.
 """
 
 from __future__ import annotations
@@ -95,6 +103,23 @@ def is_dm(channel: str, channel_type: str | None = None) -> bool:
     return channel_type == "im" or (channel_type is None and channel.startswith("D"))
 
 
+def tenant_of(body: dict[str, Any], team: str) -> str:
+    """The tenant of a payload (events, slash commands, interactivity): its Grid org's id when
+    Slack says it came for an org-wide install, else `team`, the workspace it names. Read as bolt
+    reads it for authorisation (`authorizations[0]` first), so the turn's tenant and the token that
+    authorised the event are the same installation's."""
+    authorizations = body.get("authorizations")
+    source = authorizations[0] if isinstance(authorizations, list) and authorizations else body
+    org_wide = source.get("is_enterprise_install") if isinstance(source, dict) else None
+    if org_wide is not True and org_wide != "true":  # slash commands send it as a string
+        return team
+    enterprise = body.get("enterprise")
+    if isinstance(enterprise, dict):
+        enterprise = enterprise.get("id")
+    org = enterprise or (source.get("enterprise_id") if isinstance(source, dict) else None) or body.get("enterprise_id")
+    return org if isinstance(org, str) and org else team
+
+
 def from_event(
     body: dict[str, Any], me: Identity, *, answers_all: Callable[[str, str], bool] = lambda tenant, channel: False
 ) -> Incoming | None:
@@ -109,7 +134,7 @@ def from_event(
     ts = event.get("ts", "")
     thread_ts = event.get("thread_ts") or ""
     raw = event.get("text") or ""
-    tenant = body.get("team_id") or event.get("team") or me.team_id
+    tenant = tenant_of(body, body.get("team_id") or event.get("team") or me.team_id)
     if kind == "app_mention":
         if is_dm(channel):
             return None  # a DM arrives as a `message` event too; that one is answered
@@ -153,7 +178,7 @@ def from_command(body: dict[str, Any]) -> Turn:
     channel = body.get("channel_id", "")
     return Turn(
         platform=PLATFORM,
-        tenant=body.get("team_id", ""),
+        tenant=tenant_of(body, body.get("team_id", "")),
         channel=channel,
         user=body.get("user_id", ""),
         text=(body.get("text") or "").strip(),
@@ -278,7 +303,7 @@ def vote_of(body: dict[str, Any], me: Identity) -> Vote | None:
     if event.get("item_user") not in (None, me.user_id):
         return None  # someone else's message
     return Vote(
-        team=body.get("team_id") or me.team_id,
+        team=tenant_of(body, body.get("team_id") or me.team_id),
         message=desk_thread(item.get("channel", ""), item.get("ts", "")),
         user=user,
         vote=vote,
@@ -316,6 +341,7 @@ def feedback_of(body: dict[str, Any], me: Identity) -> Vote | None:
     if vote not in FEEDBACK_VALUES:
         return None
     team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or me.team_id
+    team = tenant_of(body, team)
     return Vote(
         team=team,
         message=desk_thread(channel, ts),
@@ -360,7 +386,7 @@ def pane_thread(body: dict[str, Any], team_id: str) -> PaneThread | None:
         return None
     viewing = context.get("channel_id") if isinstance(context, dict) else None
     return PaneThread(
-        tenant=body.get("team_id") or team_id,
+        tenant=tenant_of(body, body.get("team_id") or team_id),
         channel=channel,
         thread_ts=thread_ts,
         user=str(thread.get("user_id") or ""),
@@ -394,6 +420,7 @@ def choice_of(body: dict[str, Any], me: Identity) -> Turn | None:
     if not _CALL_ID.fullmatch(call) or (thread and not _THREAD_TS.fullmatch(thread)):
         return None
     tenant = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or me.team_id
+    tenant = tenant_of(body, tenant)
     return Turn(
         platform=PLATFORM,
         tenant=tenant,

@@ -12,7 +12,10 @@
 - `GET /socket`: a Socket Mode WebSocket (`apps.connections.open` returns its ws:// URL).
   It says `hello`, pushes envelopes (`push`) and collects the acks.
 - `signed_request`: a signed Events API request as Slack sends one; `block_action` and
-  `feedback_press` the interactivity payloads of button presses (sent as a signed form).
+  `feedback_press` the interactivity payloads of button presses, `message_action` a message
+  shortcut's (sent as a signed form).
+- Threads others wrote (`add_thread`): `conversations.replies` serves them in pages of
+  `replies_page`, with Slack's cursor; channels in `not_in` answer not_in_channel.
 - The assistant pane and App Home: `assistant.threads.setSuggestedPrompts`, `.setStatus`
   (`statuses`), `.setTitle` (`titles`) and `views.publish` (`homes`) check their arguments.
 - Modals: `views.open` takes a trigger id Slack issued in the last 3 seconds (a slash command's,
@@ -23,7 +26,12 @@
   checked) for that workspace's bot token, rotating (expiring, with a refresh token) when asked,
   and refreshes rotating tokens. Every token is a workspace's: calls are answered as that
   workspace's bot, recorded with its team (`Call.team`). `revoke(team)` revokes its tokens,
-  as an uninstall does: a call with one is answered 401 `token_revoked`.
+  as an uninstall does: a call with one is answered 401 `token_revoked`. Enterprise Grid:
+  `install(org, org_wide=True)` is an org admin installing Parley for the whole org: the
+  exchange answers as Slack does (`is_enterprise_install`, `enterprise`, `team: null`) with one
+  bot token for the org, and calls with it are recorded with the org's id as `Call.team`;
+  `install(team, enterprise=org)` is a workspace of that org installing Parley on its own.
+  `event_callback(..., enterprise=org, org_wide=True)` is an event from a workspace of the org.
 """
 
 from __future__ import annotations
@@ -86,11 +94,13 @@ class Ack:
 class Install:
     """A workspace's bot, as its install made it."""
 
-    team: str
+    team: str  # the workspace, or the Grid org of an org-wide install
     token: str
     user_id: str
     bot_id: str
     refresh_token: str = ""
+    enterprise: str = ""  # the Grid org the workspace is in (the org itself, org-wide)
+    org_wide: bool = False
 
 
 CLIENT_ID = "1111.2222"
@@ -104,7 +114,8 @@ class FakeSlack:
         # Every bot token the fake honours, by token: the single-workspace one, then installs'.
         self.bots: dict[str, Install] = {token: Install(TEAM, token, BOT_USER, BOT_ID)}
         self.revoked: set[str] = set()
-        self._codes: dict[str, tuple[str, int | None]] = {}  # code -> (team, expires_in when rotating)
+        self._codes: dict[str, Install] = {}  # code -> the install it grants (its token not issued yet)
+        self._rotating: dict[str, int | None] = {}  # code -> expires_in when rotating
         self._caller = self.bots[token]
         self.streaming = streaming  # offer chat.startStream/appendStream/stopStream
         self.calls: list[Call] = []
@@ -125,6 +136,9 @@ class FakeSlack:
         self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle: (channel, thread) -> title
         self.homes: dict[str, dict[str, Any]] = {}  # views.publish: user -> their Home tab's view
         self.views: list[dict[str, Any]] = []  # views.open: each modal opened, with its "id"
+        self.threads: dict[tuple[str, str], list[dict[str, Any]]] = {}  # conversations.replies (add_thread)
+        self.replies_page = 100  # the most messages one conversations.replies page holds, whatever `limit` asks
+        self.not_in: set[str] = set()  # channels whose conversations.replies answers not_in_channel
         self.url = ""
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -248,11 +262,17 @@ class FakeSlack:
 
     # -- installs -----------------------------------------------------------------------------
 
-    def install(self, team: str, *, rotating_for: int | None = None) -> str:
+    def install(
+        self, team: str, *, rotating_for: int | None = None, enterprise: str = "", org_wide: bool = False
+    ) -> str:
         """A person in workspace `team` approves Parley: the code Slack puts in the redirect.
-        `rotating_for`: the token expires after that many seconds (token rotation is on)."""
+        `rotating_for`: the token expires after that many seconds (token rotation is on).
+        `enterprise`: the Grid org the workspace is in; `org_wide`: `team` is a Grid org, and an
+        org admin installs Parley for all of it."""
         code = uuid.uuid4().hex
-        self._codes[code] = (team, rotating_for)
+        org = team if org_wide else enterprise
+        self._codes[code] = Install(team, "", f"UBOT{team}", f"BBOT{team}", enterprise=org, org_wide=org_wide)
+        self._rotating[code] = rotating_for
         return code
 
     def bot_of(self, team: str) -> Install | None:
@@ -274,27 +294,32 @@ class FakeSlack:
             old = next((b for b in self.bots.values() if b.refresh_token == args.get("refresh_token")), None)
             if old is None or old.token in self.revoked:
                 return {"ok": False, "error": "invalid_refresh_token"}
-            return self._issue(old.team, rotating_for=3600, user_id=old.user_id, bot_id=old.bot_id)
-        found = self._codes.pop(args.get("code", ""), None)
+            return self._issue(old, rotating_for=3600)
+        code = args.get("code", "")
+        found = self._codes.pop(code, None)
         if found is None:
             return {"ok": False, "error": "invalid_code"}
-        team, rotating_for = found
-        return self._issue(team, rotating_for=rotating_for, user_id=f"UBOT{team}", bot_id=f"BBOT{team}")
+        return self._issue(found, rotating_for=self._rotating.pop(code, None))
 
-    def _issue(self, team: str, *, rotating_for: int | None, user_id: str, bot_id: str) -> dict[str, Any]:
+    def _issue(self, grant: Install, *, rotating_for: int | None) -> dict[str, Any]:
+        team = grant.team
         token = f"{'xoxe.' if rotating_for else ''}xoxb-{team}-{uuid.uuid4().hex[:12]}"
         refresh = f"xoxe-1-{uuid.uuid4().hex}" if rotating_for else ""
-        self.bots[token] = Install(team, token, user_id, bot_id, refresh)
+        self.bots[token] = Install(
+            team, token, grant.user_id, grant.bot_id, refresh, enterprise=grant.enterprise, org_wide=grant.org_wide
+        )
+        enterprise = {"id": grant.enterprise, "name": f"Org {grant.enterprise}"} if grant.enterprise else None
         body: dict[str, Any] = {
             "ok": True,
             "app_id": "A0001",
             "access_token": token,
             "token_type": "bot",
             "scope": "app_mentions:read,chat:write",
-            "bot_user_id": user_id,
-            "team": {"id": team, "name": f"Team {team}"},
-            "enterprise": None,
-            "is_enterprise_install": False,
+            "bot_user_id": grant.user_id,
+            # An org-wide install is no workspace's: Slack answers `team: null` and the org.
+            "team": None if grant.org_wide else {"id": team, "name": f"Team {team}"},
+            "enterprise": enterprise,
+            "is_enterprise_install": grant.org_wide,
             "authed_user": {"id": "UINSTALLER"},
         }
         if rotating_for:
@@ -374,6 +399,31 @@ class FakeSlack:
             Posted(args["channel"], ts, args.get("thread_ts") or None, args.get("text", ""), user=args["user"])
         )
         return {"ok": True, "message_ts": ts}
+
+    def add_thread(self, channel: str, messages: list[dict[str, Any]]) -> str:
+        """A thread someone else wrote (`message` events, oldest first, the first its parent), as
+        conversations.replies serves it; returns its ts."""
+        parent = messages[0]["ts"]
+        self.threads[(channel, parent)] = [{**m, "thread_ts": parent} for m in messages]
+        return parent
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One page of a thread, paged by an opaque cursor as Slack does (`has_more`, `next_cursor`)."""
+        if args.get("channel") in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
+        found = self.threads.get((args.get("channel", ""), args.get("ts", "")))
+        if found is None:
+            return {"ok": False, "error": "thread_not_found"}
+        start = int(base64.b64decode(args["cursor"]).decode().removeprefix("offset:")) if args.get("cursor") else 0
+        size = min(int(args.get("limit") or 1000), self.replies_page)
+        more = start + size < len(found)
+        cursor = base64.b64encode(f"offset:{start + size}".encode()).decode() if more else ""
+        return {
+            "ok": True,
+            "messages": found[start : start + size],
+            "has_more": more,
+            "response_metadata": {"next_cursor": cursor},
+        }
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = self.users.get(args.get("user", ""))
@@ -564,8 +614,18 @@ def new_ts() -> str:
     return f"{1700000000 + next(_message_ts)}.000200"
 
 
-def event_callback(event: dict[str, Any], *, team: str = TEAM, event_id: str | None = None) -> dict[str, Any]:
-    return {
+def event_callback(
+    event: dict[str, Any],
+    *,
+    team: str = TEAM,
+    event_id: str | None = None,
+    enterprise: str | None = None,
+    org_wide: bool = False,
+) -> dict[str, Any]:
+    """The Events API envelope of `event` in workspace `team`; `enterprise`: the Grid org the
+    workspace is in, `org_wide`: the installation it is sent for is the org's (Slack then names
+    the org, not the workspace, in `authorizations`)."""
+    body: dict[str, Any] = {
         "token": "unused-verification-token",
         "team_id": team,
         "api_app_id": "A0001",
@@ -575,6 +635,19 @@ def event_callback(event: dict[str, Any], *, team: str = TEAM, event_id: str | N
         "event_time": int(time.time()),
         "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
     }
+    if enterprise is not None:
+        body["enterprise_id"] = enterprise
+        body["is_ext_shared_channel"] = False
+        body["authorizations"] = [
+            {
+                "enterprise_id": enterprise,
+                "team_id": None if org_wide else team,
+                "user_id": f"UBOT{enterprise}" if org_wide else f"UBOT{team}",
+                "is_bot": True,
+                "is_enterprise_install": org_wide,
+            }
+        ]
+    return body
 
 
 def mention(
@@ -711,6 +784,27 @@ def feedback_press(message: Posted, *, positive: bool, user: str = "UALICE") -> 
     )
     payload["actions"][0] |= {"type": "feedback_buttons", "text": button["text"]}
     return payload
+
+
+def message_action(callback_id: str, channel: str, message: dict[str, Any], *, user: str = "UALICE") -> dict[str, Any]:
+    """The `message_action` payload Slack sends when `user` picks a message shortcut on `message`
+    (a `message` event's fields; delivered as a signed form, like a button press)."""
+    kept = ("type", "user", "text", "ts", "thread_ts", "files", "bot_id")
+    return {
+        "type": "message_action",
+        "token": "unused",
+        "action_ts": str(time.time()),
+        "team": {"id": TEAM, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "channel": {"id": channel, "name": "general"},
+        "is_enterprise_install": False,
+        "enterprise": None,
+        "callback_id": callback_id,
+        "trigger_id": new_trigger(),
+        "response_url": "https://hooks.slack.invalid/actions/unused",
+        "message_ts": message["ts"],
+        "message": {k: v for k, v in message.items() if k in kept},
+    }
 
 
 def sign(secret: str, timestamp: str, body: str) -> str:

@@ -1,7 +1,7 @@
 """ "Add to Slack": one Parley serving many workspaces, through slack-bolt's OAuth flow against
-the fake Slack (`oauth.v2.access`, per-workspace tokens, revocation, token rotation), with the
-installations encrypted in a real Redis. The engine is the scripted stand-in: what is checked
-is whose token each answer went out with, never the words."""
+the fake Slack (`oauth.v2.access`, per-workspace tokens, revocation, token rotation, Enterprise
+Grid org-wide installs), with the installations encrypted in a real Redis. The engine is the
+scripted stand-in: what is checked is whose token each answer went out with, never the words."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
+from slack_sdk.oauth.installation_store.models.bot import Bot
 
 import adapters.slack
 from adapters.slack.installs import Installations, fernet
@@ -24,7 +25,7 @@ from bot.errors import ConfigError
 from bot.runtime import open_runtime
 from bot.tools.standin import ScriptedEngine
 from tests.slack.conftest import DEAD_LLM, SlackStack, serving, slack_settings
-from tests.slack.fake import CLIENT_ID, CLIENT_SECRET, FakeSlack, message
+from tests.slack.fake import CLIENT_ID, CLIENT_SECRET, Call, Delivery, FakeSlack, event_callback, message
 
 KEY = Fernet.generate_key().decode()
 ANSWER = "Here is what I found."
@@ -211,8 +212,6 @@ async def test_an_expiring_token_is_refreshed_and_the_new_one_kept(distributed):
 
 
 async def test_an_old_key_still_decrypts_after_a_new_one_is_put_first(redis: Redis):
-    from slack_sdk.oauth.installation_store.models.bot import Bot
-
     old = Installations(redis, prefix="rot", cipher=fernet(KEY))
     await old.async_save_bot(Bot(team_id="TK", bot_token="xoxb-TK-1", bot_id="B1", bot_user_id="U1", installed_at=1.0))
     newer = Installations(redis, prefix="rot", cipher=fernet(f"{Fernet.generate_key().decode()},{KEY}"))
@@ -241,3 +240,118 @@ async def test_what_many_workspaces_need_is_named_at_start(fake_slack, make_sett
         with pytest.raises(ConfigError) as refused:
             adapters.slack.create(runtime.adapter_context())
     assert refused.value.setting == setting
+
+
+# -- Enterprise Grid: one install for every workspace of an org ------------------------------------
+
+ORG = "EGRID"
+
+
+async def add_org_wide(stack: SlackStack, *, rotating_for: int | None = None) -> None:
+    """An admin of the Grid org installs Parley for the whole org, all the way."""
+    state, cookie = await start_install(stack)
+    code = stack.fake.install(ORG, org_wide=True, rotating_for=rotating_for)
+    status, page = await redirect(stack, code, state, cookie)
+    assert status == 200, page
+
+
+async def in_org(stack: SlackStack, event: dict[str, Any], team: str, *, org_wide: bool = True) -> Delivery:
+    """`event` from workspace `team` of the org, sent for the org-wide install (or, not
+    `org_wide`, for the workspace's own)."""
+    return await stack.send(event_callback(event, team=team, enterprise=ORG, org_wide=org_wide))
+
+
+async def org_install(stack: SlackStack) -> Bot | None:
+    return await installations(stack).async_find_bot(enterprise_id=ORG, team_id=None, is_enterprise_install=True)
+
+
+async def first_said(stack: SlackStack, channel: str, tenant: str) -> str:
+    """What the person first said in `channel`, once it is answered, as kept under `tenant`."""
+    return (await stack.answered(channel, team=tenant, timeout=30)).messages[0].content
+
+
+def posts_to(stack: SlackStack, channel: str) -> list[Call]:
+    return [c for c in stack.fake.calls_to("chat.postMessage", ok=True) if c.args["channel"] == channel]
+
+
+async def test_an_org_wide_install_answers_every_workspace_of_the_org_with_the_org_token(distributed):
+    async with distributed() as stack:
+        await add_org_wide(stack, rotating_for=60)  # its token expires soon: refreshed, as a workspace's is
+        kept = await org_install(stack)
+        assert kept is not None and kept.is_enterprise_install and kept.team_id is None
+        redis = stack.runtime.redis
+        assert redis is not None
+        prefix = f"{stack.runtime.settings.redis.prefix}:slack:install"
+        assert [k async for k in redis.scan_iter(match=f"{prefix}:*")] == [f"{prefix}:org:{ORG}".encode()]
+
+        for team in ("T1", "T2"):
+            delivered = await in_org(stack, dm(team, f"Opening hours in {team}?"), team)
+            assert delivered.status == 200
+        for team in ("T1", "T2"):
+            # One tenant, the org: the conversation is kept under it (Grid channel ids are unique in the org).
+            context = await stack.answered(f"D{team}", team=ORG, timeout=30)
+            assert [m.content for m in context.messages] == [f"Opening hours in {team}?", ANSWER]
+        for team in ("T1", "T2"):
+            posts = posts_to(stack, f"D{team}")
+            # The org's token, refreshed before use (never the one first issued, now expiring).
+            assert posts and all(stack.fake.bots[c.token].org_wide and c.token != kept.bot_token for c in posts)
+        newest = await org_install(stack)
+        assert newest is not None and newest.bot_token == stack.fake.bot_of(ORG).token  # type: ignore[union-attr]
+        assert not [c for c in stack.fake.calls if c.team in ("T1", "T2")]  # no workspace token exists
+        assert not (await stack.context("DT1", team="T1")).messages  # nothing under the workspace
+
+
+@pytest.mark.parametrize("kind", ["app_uninstalled", "tokens_revoked"])
+async def test_removing_the_org_wide_install_ends_it_in_every_workspace_of_the_org(distributed, kind):
+    async with distributed() as stack:
+        await add_org_wide(stack)
+        await add_to_slack(stack, "TA")  # a workspace outside the org
+        await in_org(stack, dm("T1", "first question"), "T1")
+        await stack.answered("DT1", team=ORG, timeout=30)
+        gone = stack.fake.bot_of(ORG).token  # type: ignore[union-attr]
+
+        stack.fake.revoke(ORG)
+        event: dict[str, Any] = {"type": kind, "event_ts": "1.2"}
+        if kind == "tokens_revoked":
+            event["tokens"] = {"bot": [f"UBOT{ORG}"]}
+        delivered = await in_org(stack, event, "T1")
+        assert delivered.status == 200
+        assert await org_install(stack) is None
+        calls_before = len(stack.fake.calls)
+
+        for team in ("T1", "T2"):
+            assert (await in_org(stack, dm(team, "are you still there?"), team)).status == 200
+        await stack.deliver(dm("TA", "a question outside the org"), team="TA")
+        await answered_in(stack, "TA")
+        later = stack.fake.calls[calls_before:]
+        assert not [c for c in later if c.team == ORG or c.token == gone], "a call for the removed org install"
+        context = await stack.context("DT1", team=ORG)
+        assert [m.content for m in context.messages] == ["first question", ANSWER]
+
+
+async def test_a_workspace_install_and_the_org_wide_install_beside_it_keep_their_own_tokens(distributed):
+    async with distributed() as stack:
+        # Workspace TW of the org installed Parley on its own; the org then installed it org-wide.
+        state, cookie = await start_install(stack)
+        status, page = await redirect(stack, stack.fake.install("TW", enterprise=ORG), state, cookie)
+        assert status == 200, page
+        await add_org_wide(stack)
+        own, org = stack.fake.bot_of("TW"), stack.fake.bot_of(ORG)
+        assert own is not None and org is not None
+
+        await in_org(stack, dm("TW", "for my workspace"), "TW", org_wide=False)
+        await in_org(stack, dm("T1", "for the org"), "T1")
+        assert await first_said(stack, "DTW", "TW") == "for my workspace"
+        assert await first_said(stack, "DT1", ORG) == "for the org"
+        assert {c.token for c in posts_to(stack, "DTW")} == {own.token}
+        assert {c.token for c in posts_to(stack, "DT1")} == {org.token}
+
+        # The workspace removes its own install: the org's stays, and serves the org.
+        stack.fake.revoke("TW")
+        assert (await in_org(stack, {"type": "app_uninstalled", "event_ts": "1.3"}, "TW", org_wide=False)).status == 200
+        store = installations(stack)
+        assert await store.async_find_bot(enterprise_id=ORG, team_id="TW") is None
+        assert await store.bot_token(ORG) == org.token
+        await in_org(stack, dm("T2", "still here?"), "T2")
+        await stack.answered("DT2", team=ORG, timeout=30)
+        assert {c.token for c in posts_to(stack, "DT2")} == {org.token}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adapters.slack.shortcuts import ASK, SUMMARISE
 from bot.config import SLACK_BOT_SCOPES
 
 MANIFEST = Path(__file__).parents[2] / "deploy" / "slack" / "manifest.json"
@@ -80,3 +81,16 @@ def test_the_distributed_manifest_is_the_same_app_over_http_with_installs():
     assert many["oauth_config"]["redirect_urls"] == [f"{host}/slack/oauth_redirect"]
     assert many["settings"]["socket_mode_enabled"] is False  # the Events API: one Request URL, any replica
     assert many["settings"]["token_rotation_enabled"] is True  # refreshed by `Installations.bot`
+
+
+def test_the_manifests_offer_the_message_shortcuts_parley_listens_to():
+    """ "Ask Parley about this" and "Summarise this thread" in a message's ⋯ menu; they need the
+    `commands` scope and interactivity, and conversations.replies the *:history scopes asked above."""
+    for path in (MANIFEST, MANIFEST.parent / "manifest-distributed.json"):
+        manifest = json.loads(path.read_text())
+        shortcuts = manifest["features"]["shortcuts"]
+        assert sorted(s["callback_id"] for s in shortcuts) == sorted((ASK, SUMMARISE))
+        assert all(s["type"] == "message" and s["name"] and s["description"] for s in shortcuts)
+        assert {"commands", "channels:history", "groups:history", "im:history"} <= set(
+            manifest["oauth_config"]["scopes"]["bot"]
+        )
