@@ -1,5 +1,5 @@
 """Per-tenant settings, and per channel: system prompt, enabled handlers, knowledge base,
-language, moderation, actions, quotas, mention rule, handoff channel, model.
+language, moderation, actions, quotas, mention rule, model.
 
 They come from one TOML file the operator edits (`PARLEY_TENANTS_FILE`, default
 `bot/data/tenants.toml`), read and validated once at start-up: an invalid file stops
@@ -42,7 +42,7 @@ A server that goes down is reconnected in the background (1 s, doubling to 60 s)
 its actions fail at once with a clear error.
 
 A channel's profile (`channels."ID"`: a Slack channel id, a Discord channel id, for a thread
-its parent's; the web chat has one conversation per visitor, so its site is the tenant) is
+its parent's; or a path of the web site, which is the tenant: `Profiles.page_profile`) is
 merged over its tenant's table as the tenant's is over `[default]`, and validated the same
 way. `channel_actions."ID" = [...]` is a shorthand for that channel's `actions` (narrowed to the
 tenant's own). An operator overrides profile fields at run time (`parley profile set`,

@@ -316,16 +316,16 @@ class InstalledClient(AsyncWebClient):
     def __init__(self, installations: Installations, tenant: str, **kwargs: Any) -> None:
         super().__init__(token=None, **kwargs)
         self._installations = installations
-        self._team = tenant
+        self._tenant = tenant
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
         if self.token is None:
-            self.token = await self._installations.bot_token(self._team)
+            self.token = await self._installations.bot_token(self._tenant)
         try:
             return await super().api_call(api_method, **kwargs)
         except SlackApiError as exc:
             if exc.response.status_code == 401 or exc.response.get("error") in REVOKED:
-                log.warning("slack: %s refused the token of %s as revoked", api_method, self._team)
-                await self._installations.forget_tenant(self._team)
+                log.warning("slack: %s refused the token of %s as revoked", api_method, self._tenant)
+                await self._installations.forget_tenant(self._tenant)
                 self.token = None  # a later call of this answer finds no installation, and makes none
             raise

@@ -205,7 +205,7 @@ class SlackIntake:
 def _in_pane(turn: Turn, pane: Pane) -> Turn:
     """A question in an assistant-pane thread: its sink shows a status until the answer starts,
     and titles the thread with the first question (a command word is no title)."""
-    handle = {**turn.handle, normalize.PANE: "1", normalize.VIEWING: pane.viewing}
+    handle = {**turn.handle, normalize.PANE: "1"}
     if pane.first:
         handle[normalize.TITLE] = turn.text[: normalize.TITLE_CHARS]
     return replace(turn, handle=handle)

@@ -357,7 +357,6 @@ def feedback_of(body: dict[str, Any], me: Identity) -> Vote | None:
 
 PANE = "pane"  # `Turn.handle`: "1" for a question in an assistant-pane thread
 TITLE = "title"  # `Turn.handle`: the thread's first question, which becomes its title
-VIEWING = "viewing"  # `Turn.handle`: the channel the user is looking at beside the pane
 TITLE_CHARS = 80  # of the first question in the title (Slack cuts a long title itself)
 
 

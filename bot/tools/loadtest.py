@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
@@ -57,6 +58,7 @@ from bot.tools.bench import QUESTIONS, percentile, positive, prometheus_sum
 from bot.tools.standin import ScriptedEngine, Streamed
 
 TARGET_P99 = 0.010  # seconds: Parley's own share of a turn that the sweep looks for
+T = TypeVar("T")
 _TAG = re.compile(r"zq[a-z]{10}")  # marks each turn's text, so the stand-in's stamps find their turn
 
 
@@ -330,19 +332,17 @@ class Direct:
             prometheus_sum(text, "vllm:generation_tokens_total"),
         )
 
-    async def counted(self, run: Awaitable[float]) -> EngineRound:
-        """`run` (a round, returning its turns per second) with the engine's counters around it."""
+    async def counted(self, run: Awaitable[T]) -> tuple[T, tuple[float, float, float]]:
+        """What `run` returns, and how far the engine's counters (`counters`) moved meanwhile."""
         before = await self.counters()
-        rate = await run
+        result = await run
         after = await self.counters()
-        hits, queries, generated = (b - a for a, b in zip(before, after, strict=True))
-        return EngineRound(rate, [], hits, queries, generated)
+        return result, (after[0] - before[0], after[1] - before[1], after[2] - before[2])
 
     async def round(self, conversations: int, turns: int, max_tokens: int) -> EngineRound:
         first_tokens: list[float] = []
-        figures = await self.counted(self._round(conversations, turns, max_tokens, first_tokens))
-        figures.first_tokens = first_tokens
-        return figures
+        rate, counts = await self.counted(self._round(conversations, turns, max_tokens, first_tokens))
+        return EngineRound(rate, first_tokens, *counts)
 
     async def _round(self, conversations: int, turns: int, max_tokens: int, first_tokens: list[float]) -> float:
         run = "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
@@ -393,17 +393,12 @@ async def compare_direct(
                 directs.append(await direct.round(args.visitors, args.turns, args.max_tokens))
                 continue
             visitors = await load.visitors(args.visitors, 0)  # new conversations, as the direct side's
-            measured: list[Figures] = []
-
-            async def through_parley(visitors: list[Visitor] = visitors, measured: list[Figures] = measured) -> float:
-                measured.append(await load.closed(visitors, args.turns))
-                return measured[0].rate
-
-            parleys.append(await direct.counted(through_parley()))
+            figures, counts = await direct.counted(load.closed(visitors, args.turns))
             await asyncio.gather(*(v.aclose() for v in visitors))
-            if errors := measured[0].errors:
+            if errors := figures.errors:
                 raise LoadTestFailed(f"a round through Parley had {len(errors)} errors: {errors[0]}")
-            firsts += measured[0].first_deltas()
+            parleys.append(EngineRound(figures.rate, [], *counts))
+            firsts += figures.first_deltas()
     return directs, parleys, firsts
 
 
