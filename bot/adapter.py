@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from bot.errors import ConfigError
+from bot.handoff.desk import desk_for
 from bot.turns import ConversationKey, Turn
 
 if TYPE_CHECKING:  # types only: what the runtime builds, never built here
@@ -89,6 +90,11 @@ class AdapterContext:
         """Every platform's conversation link by platform, as registered so far and later (a
         live, read-only view: the adapter that registers one may be created after its reader)."""
         return MappingProxyType(self._links)
+
+    def offers_person(self, turn: Turn) -> bool:
+        """Whether "Talk to a person" belongs under answers in `turn`'s conversation: requests for
+        a person are handed off, and a desk registered by now takes its tickets (`desk_for`)."""
+        return self.settings.handoff.on_request and desk_for(self._desks, self.profiles, turn) is not None
 
     def register_desk(self, desk: Desk) -> None:
         """New tickets may go to `desk` from now on (`bot.handoff.desk.Desk`)."""

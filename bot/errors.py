@@ -19,6 +19,17 @@ class ConfigError(ParleyError):
         self.reason = reason
 
 
+class DeskRefused(ConfigError):
+    """A support desk's channel is not fit for tickets (public, shared with another organisation,
+    or not shown to Parley): no ticket goes there. `channel` names it; `setting` where it was set
+    (the deployment's PARLEY_HANDOFF_SLACK_CHANNEL, or a profile's `handoff_channel`); `reason`
+    says why, with the fix."""
+
+    def __init__(self, setting: str, reason: str, *, channel: str) -> None:
+        super().__init__(setting, reason)
+        self.channel = channel
+
+
 class InputRejected(ParleyError):
     """A turn's text cannot be handled as it is (`reason`: empty, too_long, invalid_utf8)."""
 

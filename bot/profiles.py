@@ -1,6 +1,10 @@
 """Per-channel profiles as every replica sees them: the tenants file's, with the overrides an
 operator made at run time (`parley profile set`, or an adapter's admin command).
 
+A profile's key is usually a channel; an adapter may name another (`Turn.profile`): a web page's
+path (`page_profile`), or a Discord category or thread, the most specific that has a profile
+(`first_profile`).
+
 An override is validated as the file is (`Tenants.resolve`): an invalid value is refused with
 a `TenantConfigError` and the profile in force stays. Every change is audited: who, when, which
 field, the old and the new value, in a Redis stream and a log line.
@@ -24,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -185,9 +189,21 @@ class Profiles:
         self.overrides: Overrides = {}
         self._resolved: dict[tuple[str, str], TenantConfig] = dict(tenants.channels)
 
+    @property
+    def editable(self) -> bool:
+        """Whether a profile can be changed at run time (`set`, `clear`): changes are kept in Redis."""
+        return self._store is not None
+
     def profile(self, tenant: str, channel: str) -> TenantConfig:
         """The settings of a turn in `channel` of `tenant`."""
         return self._resolved.get((tenant, channel)) or self.tenants.get(tenant)
+
+    def first_profile(self, tenant: str, keys: Iterable[str]) -> str:
+        """The first of `keys` (most specific first: a Discord thread, its channel, the channel's
+        category) that has a profile of `tenant`'s in force, in the file or set at run time; ""
+        when none has (the tenant's settings apply). A dict look-up per key, on the turn's path.
+        Profiles do not stack: the one found applies whole, over the tenant's settings alone."""
+        return next((key for key in keys if key and (tenant, key) in self._resolved), "")
 
     # -- keeping up with other replicas ----------------------------------------------------------
 

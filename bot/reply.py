@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from bot import messages
 from bot.turns import Turn
 
 
@@ -61,6 +63,47 @@ class Choices(Protocol):
         (on every screen that shows them), or, when `refused`, tell the presser alone
         (`messages.ACTION_NOT_YOURS`) and leave the buttons to the asker."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A passage of the knowledge base an answer drew on, cited under it as `[n]`."""
+
+    title: str  # the document's title, with the section's heading when it has its own
+    url: str  # a link to the document ("" when it has none)
+    origin: str  # where it was ingested from (a path or URL): named when there is no link
+
+    @property
+    def text(self) -> str:
+        return f"{self.title} ({self.url or self.origin})"
+
+
+@runtime_checkable
+class Citing(Protocol):
+    """Optional beside `ReplySink`: a platform that shows an answer's sources as an element of
+    its own (Slack's context block of links). A sink without it gets them as text after the
+    answer (`messages.sources`)."""
+
+    async def cite(self, sources: Sequence[Source]) -> None:
+        """Called once the answer's text has streamed, before the sink finishes the message."""
+        ...
+
+
+async def cited(
+    chunks: AsyncGenerator[str, None], sources: Sequence[Source], sink: ReplySink
+) -> AsyncGenerator[str, None]:
+    """`chunks`, then the sources the handler put in `sources` while producing them: handed to a
+    `Citing` sink (before it finishes the message), else as text after the answer. Closing this
+    stream early closes `chunks`, and nothing is cited under an answer that did not finish."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            yield chunk
+    if not sources:
+        return
+    if isinstance(sink, Citing):
+        await sink.cite(sources)
+    else:
+        yield messages.sources([f"[{n}] {source.text}" for n, source in enumerate(sources, 1)])
 
 
 class MessageEditor(Protocol):

@@ -298,7 +298,9 @@ async def open_runtime(settings: Settings, say: Callable[[str], None] = log.info
             moderator=Moderator(llm),
             tenants=profiles,
             metrics=metrics,
-            handoffs=Handoffs(settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, gates=gates),
+            handoffs=Handoffs(
+                settings=settings.handoff, store=handoff_store, stats=stats, desks=desks, profiles=profiles, gates=gates
+            ),
             stats=stats,
             actions=actions,
             pending=pending,

@@ -1,5 +1,5 @@
 """Per-tenant settings, and per channel: system prompt, enabled handlers, knowledge base,
-language, moderation, actions, quotas, mention rule, model.
+language, moderation, actions, quotas, mention rule, model, support desk channel.
 
 They come from one TOML file the operator edits (`PARLEY_TENANTS_FILE`, default
 `bot/data/tenants.toml`), read and validated once at start-up: an invalid file stops
@@ -24,6 +24,7 @@ does not set from `[default]` (the `moderation` table too, key by key).
     [tenants."T0123ABCD".channels."C0SUPPORT"]  # a channel's profile: any field above but
     system_prompt = "You answer Acme's customers."  # `channels` and `channel_actions`; the rest
     mention_rule = "always"                          # is the tenant's
+    handoff_channel = "C0ACMEDESK"                   # its tickets go there; unset: PARLEY_HANDOFF_SLACK_CHANNEL
 
     [actions.order_status]         # an action: see bot/actions/spec.py
     description = "Look up an order"
@@ -53,6 +54,7 @@ its system prompt is its conversations' shared stable prefix (vLLM's prefix cach
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ INTENTS = ("chat", "qa", "translate")
 Action = Literal["refuse", "redact", "flag", "off"]
 CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence", "illegal", "prompt-injection")
 DEFAULT_KB = "default"
+SLACK_CHANNEL = re.compile(r"[CG][A-Z0-9]{2,30}")  # a channel's id (a private one's older ids: G...)
 TABLES = ("moderation", "quota")  # inherited (and overridden at run time) key by key
 T = TypeVar("T")
 
@@ -130,6 +133,10 @@ class TenantConfig(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=200, pattern=r"^\S+$")
     # Up to 4 prompts Slack's assistant pane and App Home suggest; empty: SLACK_SUGGESTED_PROMPTS.
     suggested_prompts: tuple[str, ...] = Field((), max_length=4)
+    # The Slack channel its tickets open in (bot.handoff: the support desk); empty:
+    # PARLEY_HANDOFF_SLACK_CHANNEL. With many workspaces (SLACK_CLIENT_ID), a channel of the
+    # tenant's own workspace: each workspace names its own desk.
+    handoff_channel: str = ""
 
     def allowed_actions(self, channel: str) -> tuple[str, ...]:
         """The actions a conversation in `channel` may use (a channel's list narrows the tenant's)."""
@@ -145,6 +152,13 @@ class TenantConfig(BaseModel):
             raise ValueError(f"unknown handler {unknown[0]!r}; known: {', '.join(INTENTS)}")
         if "chat" not in v:
             raise ValueError("must include 'chat' (the fallback for every turn)")
+        return v
+
+    @field_validator("handoff_channel")
+    @classmethod
+    def _slack_channel(cls, v: str) -> str:
+        if v and not SLACK_CHANNEL.fullmatch(v):
+            raise ValueError("must be a Slack channel id (C or G, then capitals and digits), or empty")
         return v
 
     @field_validator("knowledge_base")

@@ -63,7 +63,11 @@ class Turn:
     another), which is what "already answered" is decided by. `target_language` is the
     language an explicit translate command asked for (a name or code; "" for the default).
     `profile` names the profile its settings come from when that is not its channel's (the web
-    chat: the page the visitor wrote from, `Profiles.page_profile`).
+    chat: the page the visitor wrote from, `Profiles.page_profile`; Discord: a thread's, its
+    channel's or the channel's category's, `Profiles.first_profile`). `regenerates` is the `uid`
+    of the turn whose answer this one asks for again (a Regenerate button): when that turn is
+    still the conversation's last exchange, this one replaces it in the history
+    (`bot.dialogue.regenerate`).
     """
 
     platform: str
@@ -85,6 +89,7 @@ class Turn:
     desk_thread: str = ""
     agent: str = ""
     profile: str = ""
+    regenerates: str = ""
 
     @classmethod
     def of(cls, key: ConversationKey, **fields: Any) -> Turn:

@@ -10,20 +10,24 @@ interaction.
 
 Which profile: the tenant is the guild (`tenant_of`), the channel the one the command was run in
 or, in a thread, its parent, as a turn there names it (`place_of`): the profile applies to every
-conversation of the channel. Every answer is ephemeral: only the admin sees it, and a change
-waits on Redis, so it is deferred first (Discord wants an answer within 3 seconds).
+conversation of the channel. With `scope: category`, the profile is that channel's category's,
+which every channel in it without a profile of its own takes (`scopes`); `show` says which
+profile is in force, and a `set` that gives a channel its own (so that its category's no longer
+applies there) says so. Every answer is ephemeral: only the admin sees it, and a change waits
+on Redis, so it is deferred first (Discord wants an answer within 3 seconds).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import discord
 from discord import app_commands
 
 from adapters.discord.intake import note
-from adapters.discord.normalize import Place, channel_ids, place_of
+from adapters.discord.normalize import category_of, channel_ids, place_of
 from bot import messages
 from bot.config import DiscordSettings
 from bot.errors import StoreUnavailable, TenantConfigError
@@ -36,6 +40,9 @@ ADMIN = discord.Permissions(manage_guild=True)  # Manage Server (0x20): who may 
 # Every field is a choice, which Discord checks before Parley sees the command. Discord allows 25
 # choices per option (there are 23 fields; tests/discord/test_config.py keeps the count in view).
 FIELD_CHOICES = [app_commands.Choice(name=name, value=name) for name in FIELD_NAMES]
+SCOPES = ("channel", "category")  # whose profile: the channel's own, or its category's
+SCOPE_CHOICES = [app_commands.Choice(name=name, value=name) for name in SCOPES]
+SCOPE_HELP = "This channel's own settings (default), or its category's: for its channels without their own"
 CONTENT_LIMIT = 2000  # characters of a Discord message
 VALUE_LIMIT = 150  # characters of one value that `/config show` shows (a system prompt may be long)
 
@@ -63,6 +70,31 @@ def fitted(text: str) -> str:
     return text[:end] + "\n…" if end > 0 else text[: CONTENT_LIMIT - 1] + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The profile a /config command is about: `key` is the channel's id (a thread's parent's) or,
+    with the category scope, its category's; `category` the channel's category (None: in none)."""
+
+    tenant: str
+    channel: str
+    category: str | None
+    scope: str
+    thread: bool
+
+    @property
+    def key(self) -> str:
+        return self.category if self.scope == "category" and self.category else self.channel
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys the channel's settings may come from, most specific first."""
+        return (self.channel, self.category) if self.category else (self.channel,)
+
+    def inherits(self, key: str) -> bool:
+        """Whether `key`, the profile in force in the channel, is its category's."""
+        return self.category is not None and key == self.category
+
+
 class Admin:
     """What `/config show|set|clear` does, once Discord has routed it here (`config_group`)."""
 
@@ -71,55 +103,84 @@ class Admin:
         self._profiles = profiles
         self._refresh = refresh  # PARLEY_TENANTS_REFRESH: how soon the other replicas follow
 
-    async def show(self, interaction: discord.Interaction) -> None:
-        place = await self._place(interaction, "show")
-        if place is None:
+    async def show(self, interaction: discord.Interaction, scope: str = "channel") -> None:
+        target = await self._target(interaction, "show", scope)
+        if target is None:
             return
-        rows = self._profiles.show(place.tenant, place.channel)
-        lines = [f"`{name}`: {shown(value)} ({source})" for name, value, source in rows]
-        log.info("/config show in %s/%s by %s", place.tenant, place.channel, interaction.user.id)
-        await note(interaction, fitted(messages.discord_config_shown(lines, thread=place.thread_id is not None)))
+        # The profile in force: for a channel, its own or else its category's; none, the server's settings.
+        keys = (target.key,) if target.scope == "category" else target.keys
+        in_force = self._profiles.first_profile(target.tenant, keys)
+        source = self._source(target, in_force)
+        rows = self._profiles.show(target.tenant, in_force or target.key)
+        lines = [f"`{name}`: {shown(value)} ({source_})" for name, value, source_ in rows]
+        log.info("/config show (%s) in %s/%s by %s", target.scope, target.tenant, target.key, interaction.user.id)
+        text = messages.discord_config_shown(lines, scope=target.scope, thread=target.thread, source=source)
+        await note(interaction, fitted(text))
 
-    async def set(self, interaction: discord.Interaction, field: str, value: str) -> None:
-        place = await self._place(interaction, "set")
-        if place is None or not await self._deferred(interaction):
+    async def set(self, interaction: discord.Interaction, field: str, value: str, scope: str = "channel") -> None:
+        target = await self._target(interaction, "set", scope)
+        if target is None or not await self._deferred(interaction):
             return
+        # A channel that took its category's settings until now takes none of them once it has its own.
+        before = self._profiles.first_profile(target.tenant, target.keys)
         try:
-            change = await self._profiles.set(
-                place.tenant, place.channel, field, parse_value(value), by=by(interaction)
-            )
+            change = await self._profiles.set(target.tenant, target.key, field, parse_value(value), by=by(interaction))
         except TenantConfigError as exc:  # logged by `Profiles`; the profile in force stays
             text = messages.discord_config_refused(f"`{exc.field}`: {escaped(exc.reason)}")
         except StoreUnavailable as exc:
-            log.warning("/config set %s in %s/%s: %s; told the admin", field, place.tenant, place.channel, exc)
+            log.warning("/config set %s in %s/%s: %s; told the admin", field, target.tenant, target.key, exc)
             text = messages.DISCORD_CONFIG_STORE_DOWN
         else:
             if change is None:
-                text = messages.discord_config_unchanged(field, shown(parse_value(value)))
+                text = messages.discord_config_unchanged(
+                    field, shown(parse_value(value)), scope=target.scope, thread=target.thread
+                )
             else:
-                text = messages.discord_config_set(field, shown(change.new), seconds=self._refresh)
+                text = messages.discord_config_set(
+                    field,
+                    shown(change.new),
+                    seconds=self._refresh,
+                    scope=target.scope,
+                    thread=target.thread,
+                    shadows=target.scope == "channel" and target.inherits(before),
+                )
         await answer(interaction, fitted(text))
 
-    async def clear(self, interaction: discord.Interaction, field: str | None) -> None:
-        place = await self._place(interaction, "clear")
-        if place is None or not await self._deferred(interaction):
+    async def clear(self, interaction: discord.Interaction, field: str | None, scope: str = "channel") -> None:
+        target = await self._target(interaction, "clear", scope)
+        if target is None or not await self._deferred(interaction):
             return
         try:
-            changes: list[Change] = await self._profiles.clear(place.tenant, place.channel, field, by=by(interaction))
+            changes: list[Change] = await self._profiles.clear(target.tenant, target.key, field, by=by(interaction))
         except StoreUnavailable as exc:
-            log.warning("/config clear in %s/%s: %s; told the admin", place.tenant, place.channel, exc)
+            log.warning("/config clear in %s/%s: %s; told the admin", target.tenant, target.key, exc)
             text = messages.DISCORD_CONFIG_STORE_DOWN
         else:
             if changes:
-                text = messages.discord_config_cleared([c.field for c in changes], seconds=self._refresh)
+                now = self._profiles.first_profile(target.tenant, target.keys)
+                text = messages.discord_config_cleared(
+                    [c.field for c in changes],
+                    seconds=self._refresh,
+                    scope=target.scope,
+                    thread=target.thread,
+                    category=target.scope == "channel" and target.inherits(now),
+                )
             else:
-                log.info("/config clear %s in %s/%s: nothing to clear", field or "(all)", place.tenant, place.channel)
-                text = messages.DISCORD_CONFIG_NOTHING_TO_CLEAR
+                log.info("/config clear %s in %s/%s: nothing to clear", field or "(all)", target.tenant, target.key)
+                text = messages.discord_config_nothing_to_clear(target.scope, thread=target.thread)
         await answer(interaction, fitted(text))
 
-    async def _place(self, interaction: discord.Interaction, action: str) -> Place | None:
-        """The channel whose profile this is, or None when the caller was told why not: outside a
-        server, without Manage Server, or where Parley does not answer (the allow-lists)."""
+    @staticmethod
+    def _source(target: Target, key: str) -> str:
+        """Which profile `key` is, in `messages.discord_config_shown`'s words: channel, category or none."""
+        if not key:
+            return ""
+        return "category" if target.inherits(key) else "channel"
+
+    async def _target(self, interaction: discord.Interaction, action: str, scope: str) -> Target | None:
+        """The profile this is about, or None when the caller was told why there is none: outside a
+        server, without Manage Server, where Parley does not answer (the allow-lists), or the
+        category of a channel in none."""
         user = interaction.user.id
         if interaction.guild_id is None:
             log.info("/config %s by %s outside a server: refused", action, user)
@@ -145,7 +206,12 @@ class Admin:
             )
             await note(interaction, messages.DISCORD_CONFIG_NOT_HERE)
             return None
-        return place
+        category = category_of(interaction.channel)
+        if scope == "category" and category is None:
+            log.info("/config %s by %s for the category of %s/%s, in none", action, user, place.tenant, place.channel)
+            await note(interaction, messages.DISCORD_CONFIG_NO_CATEGORY)
+            return None
+        return Target(place.tenant, place.channel, category, scope, thread=place.thread_id is not None)
 
     @staticmethod
     async def _deferred(interaction: discord.Interaction) -> bool:
@@ -185,19 +251,23 @@ def config_group(admin: Admin) -> app_commands.Group:
     )
 
     @group.command(name="show", description="The settings in force in this channel, and where each comes from")
-    async def show(interaction: discord.Interaction) -> None:
-        await admin.show(interaction)
+    @app_commands.describe(scope=SCOPE_HELP)
+    @app_commands.choices(scope=SCOPE_CHOICES)
+    async def show(interaction: discord.Interaction, scope: str = "channel") -> None:
+        await admin.show(interaction, scope)
 
-    @group.command(name="set", description="Change one setting of this channel")
-    @app_commands.describe(field="The setting", value='Its new value: text, or TOML: ["chat", "qa"], true, 5')
-    @app_commands.choices(field=FIELD_CHOICES)
-    async def set_(interaction: discord.Interaction, field: str, value: str) -> None:
-        await admin.set(interaction, field, value)
+    @group.command(name="set", description="Change one setting of this channel or its category")
+    @app_commands.describe(
+        field="The setting", value='Its new value: text, or TOML: ["chat", "qa"], true, 5', scope=SCOPE_HELP
+    )
+    @app_commands.choices(field=FIELD_CHOICES, scope=SCOPE_CHOICES)
+    async def set_(interaction: discord.Interaction, field: str, value: str, scope: str = "channel") -> None:
+        await admin.set(interaction, field, value, scope)
 
     @group.command(name="clear", description="Undo /config changes here: the tenants file's settings apply again")
-    @app_commands.describe(field="The setting (default: every one changed with /config here)")
-    @app_commands.choices(field=FIELD_CHOICES)
-    async def clear(interaction: discord.Interaction, field: str | None = None) -> None:
-        await admin.clear(interaction, field)
+    @app_commands.describe(field="The setting (default: every one changed with /config here)", scope=SCOPE_HELP)
+    @app_commands.choices(field=FIELD_CHOICES, scope=SCOPE_CHOICES)
+    async def clear(interaction: discord.Interaction, field: str | None = None, scope: str = "channel") -> None:
+        await admin.clear(interaction, field, scope)
 
     return group

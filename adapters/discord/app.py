@@ -29,9 +29,11 @@ from discord import app_commands
 from adapters.discord.admin import Admin, config_group
 from adapters.discord.chains import Chains
 from adapters.discord.components import AnswerButton, is_answer_button, shows_button
+from adapters.discord.guide import Guide
 from adapters.discord.intake import Delivery, Intake
 from adapters.discord.normalize import PRESS_TOKEN, custom_id_of
 from adapters.discord.presses import Presses
+from adapters.discord.scopes import PlaceProfiles
 from adapters.discord.sink import ChannelEditor, ChoiceEditor, DiscordSink, InteractionEditor, PressEditor
 from bot.config import DiscordSettings
 from bot.errors import ConfigError, ParleyError
@@ -221,22 +223,22 @@ class DiscordAdapter:
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._trace = metrics.platform_trace(self.platform) if metrics is not None else None
         self._delivery = Delivery(tell=self._tell, size=settings.retry_buffer)
+        # The profile each place takes its settings from (its own, its channel's, its category's);
+        # without profiles, none (mentions as always).
+        places = PlaceProfiles(profiles)
         self._intake = Intake(
             settings=settings,
             chains=chains,
             answers=answers,
             delivery=self._delivery,
             tell=self._tell,
-            # A channel's mention rule (its profile); without profiles, mentions as always.
-            rule=(lambda tenant, channel: profiles.profile(tenant, channel).mention_rule)
-            if profiles is not None
-            else (lambda tenant, channel: "mention"),
-            config=profiles is not None,
+            places=places,
+            guide=Guide(settings=settings, places=places, person=person),
         )
         # /config, for server admins: only where there are run-time profiles to change.
         self._admin = Admin(settings=settings, profiles=profiles, refresh=refresh) if profiles is not None else None
         self._presses = Presses(
-            settings=settings, chains=chains, delivery=self._delivery, tracked=self._intake.taking_in
+            settings=settings, chains=chains, delivery=self._delivery, tracked=self._intake.taking_in, places=places
         )
         self._client: ParleyClient | None = None
         self.content_intent = True  # False once Discord has said the text of messages is withheld

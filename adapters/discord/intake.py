@@ -2,8 +2,10 @@
 👍/👎 reactions made turns for the inbox (button presses: `adapters.discord.presses`).
 
 `Intake` decides what is for Parley and makes it a `Turn`; `Delivery` puts each turn into
-the inbox. Each slash command is deferred at once (Discord wants an answer within 3
-seconds) and answered later through the interaction's webhook.
+the inbox. What is for Parley in a channel follows the mention rule of the profile in force
+there, its own or its category's (`scopes`), which each turn names (`Turn.profile`).
+Each slash command is deferred at once (Discord wants an answer within 3 seconds) and
+answered later through the interaction's webhook.
 
 When the inbox cannot take a turn because Redis is unreachable, the turn waits in a
 bounded in-memory `RetryBuffer` that puts it again with backoff (Discord does not
@@ -27,6 +29,7 @@ import discord
 
 from adapters.discord.buffer import RetryBuffer
 from adapters.discord.chains import Chains
+from adapters.discord.guide import Guide
 from adapters.discord.normalize import (
     PLATFORM,
     Place,
@@ -43,6 +46,7 @@ from adapters.discord.normalize import (
     strip_mention,
     tenant_of,
 )
+from adapters.discord.scopes import PlaceProfiles
 from bot import messages
 from bot.config import DiscordSettings
 from bot.errors import InboxClosed, InboxFull, InboxUnavailable
@@ -144,12 +148,12 @@ class Intake:
         answers: AnswerIndex | None,
         delivery: Delivery,
         tell: Tell,
-        rule: Callable[[str, str], str],
-        config: bool = False,
+        places: PlaceProfiles,
+        guide: Guide,
     ) -> None:
         self._settings = settings
-        self._config = config  # /config is registered: /help mentions it
-        self._rule = rule  # (tenant, channel) -> the channel's mention rule: mention, always or threads
+        self._places = places  # the profile each place takes its settings from (its mention rule)
+        self._guide = guide  # /help's text
         self._chains = chains
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._delivery = delivery
@@ -198,7 +202,7 @@ class Intake:
         conversation = None
         post = forum_post(message)
         # "always": every message there is for Parley; "threads": each question gets a thread.
-        rule = "mention" if place.dm else self._rule(tenant_of(guild_id), place.channel)
+        rule = "mention" if place.dm else self._places.mention_rule(place.tenant, message.channel)
         if not place.dm and not post and not mentions_bot(message, bot_id=bot_id, bot_role_ids=roles):
             conversation = await self._continued(message, place, bot_id)
             if conversation is None and rule != "always":
@@ -206,7 +210,14 @@ class Intake:
         threads = (
             self._settings.open_threads or rule == "threads" or message.channel.id in self._settings.thread_channels
         )
-        turn = message_turn(message, bot_id=bot_id, bot_role_ids=roles, conversation=conversation, open_thread=threads)
+        turn = message_turn(
+            message,
+            bot_id=bot_id,
+            bot_role_ids=roles,
+            conversation=conversation,
+            open_thread=threads,
+            profile=self._places.key(place.tenant, message.channel),
+        )
         if not turn.text.strip():
             if post:
                 log.info("a new forum post with no text Parley can read: told its author", extra=turn_fields(turn))
@@ -271,12 +282,13 @@ class Intake:
             text=text,
             target_language=target_language,
             original_message_id=response.message_id if response is not None else None,
+            profile=self._places.key(place.tenant, interaction.channel),
         )
         if not allowed:
             await self._refuse_dm(turn)
         elif command == "help":
-            # Answered here: only the adapter knows what its settings allow (DMs).
-            await self._tell(turn, messages.discord_help(dms=self._settings.dms_allowed, config=self._config))
+            # Answered here: only the adapter knows what it registered and its settings allow.
+            await self._tell(turn, self._guide.text(interaction))
         else:
             await self._delivery.put(turn)
 

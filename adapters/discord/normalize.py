@@ -15,6 +15,10 @@ How a Discord conversation is named (`Turn.key`):
 - a slash command outside a thread or DM belongs to the channel's own
   conversation (thread ""), so `/ask` follow-ups and `/reset` there agree.
 
+Where a turn's settings come from is another matter (`profile_keys`, `Turn.profile`): a thread's
+own profile, else its channel's, else the channel's category's. A category shares its settings,
+never its conversations.
+
 A write action's Confirm / Cancel buttons (`bot.reply.Choices`) carry everything a press
 needs in their custom id, `parley:choice:<confirm|cancel>:<call>:<thread>`, so a press is
 understood on any replica and after a restart (no view kept in memory). The thread is the
@@ -97,6 +101,27 @@ def place_of(channel: object, guild_id: int | None) -> Place:
     return Place(tenant_of(guild_id), channel_id, None, dm=False)
 
 
+def category_of(channel: object) -> str | None:
+    """The id of the category a guild channel is in, or a thread's channel is in (None when it is
+    in none, or discord.py's cache does not have the thread's channel)."""
+    if isinstance(channel, discord.Thread):
+        channel = channel.parent
+    category = getattr(channel, "category_id", None)
+    return str(category) if category is not None else None
+
+
+def profile_keys(channel: object) -> tuple[str, ...]:
+    """The keys a place's settings may come from, most specific first: a thread's own id, its
+    channel's, that channel's category's; a channel's, then its category's; a DM's channel."""
+    keys = [str(getattr(channel, "id", ""))]
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        keys.append(str(channel.parent_id))
+    category = category_of(channel)
+    if category is not None:
+        keys.append(category)
+    return tuple(key for key in keys if key)
+
+
 def channel_ids(channel: object) -> tuple[int, ...]:
     """The channel and, for a thread, its parent: either may be in `allowed_channels`."""
     ids = [getattr(channel, "id", 0)]
@@ -158,10 +183,12 @@ def message_turn(
     bot_role_ids: frozenset[int] = frozenset(),
     conversation: str | None,
     open_thread: bool = False,
+    profile: str = "",
 ) -> Turn:
     """The turn for a message Parley answers. `conversation` is the known conversation
     it continues (a reply chain's root) or None for a new one, which the message starts.
-    With `open_thread`, a new conversation in a channel is answered in a new thread."""
+    With `open_thread`, a new conversation in a channel is answered in a new thread. `profile`:
+    the key its settings come from (`profile_keys`, the first with a profile)."""
     place = place_of(message.channel, guild_id_of(message))
     handle: dict[str, str] = {}
     if place.dm:
@@ -186,6 +213,7 @@ def message_turn(
         reply_to=reply_to,
         address={"post_channel": str(message.channel.id)},  # the thread itself, when in one
         handle=handle,
+        profile=profile,
     )
 
 
@@ -196,6 +224,7 @@ def interaction_turn(
     text: str = "",
     target_language: str | None = None,
     original_message_id: int | None = None,
+    profile: str = "",
 ) -> Turn:
     """The turn for a slash command. `handle` carries what this answer needs — the
     application id and the interaction token (valid 15 minutes), never the bot token;
@@ -222,6 +251,7 @@ def interaction_turn(
         address={"post_channel": str(interaction.channel_id)},
         handle=handle,
         target_language=(target_language or "").strip(),
+        profile=profile,
     )
 
 
@@ -273,7 +303,7 @@ def parse_choice(custom_id: str) -> Press | None:
     return Press(match[1], match[2], match[3])
 
 
-def choice_turn(interaction: discord.Interaction, press: Press) -> Turn | None:
+def choice_turn(interaction: discord.Interaction, press: Press, *, profile: str = "") -> Turn | None:
     """The `choice` turn of a button pressed, in the conversation the buttons were offered in:
     the place of the pressed message (guild, channel, thread or DM) and the conversation's
     thread from the custom id. None when the two disagree (in a thread or DM the place alone
@@ -303,6 +333,7 @@ def choice_turn(interaction: discord.Interaction, press: Press) -> Turn | None:
             PRESS_TOKEN: interaction.token,
             PRESSED_MESSAGE: str(message.id),
         },
+        profile=profile,
     )
 
 
@@ -339,6 +370,8 @@ def answer_press_turn(
     reply_to: str | None = None,
     handle: dict[str, str] | None = None,
     target_language: str = "",
+    profile: str = "",
+    regenerates: str = "",
 ) -> Turn | None:
     """The turn a press of a button under an answer makes, in the answer's conversation; None
     when the press's place disagrees with the thread the button names (a thread or DM names
@@ -361,4 +394,6 @@ def answer_press_turn(
         address={"post_channel": str(interaction.channel_id)},
         handle=handle or {},
         target_language=target_language,
+        profile=profile,
+        regenerates=regenerates,
     )

@@ -7,8 +7,10 @@ Every press is read from its custom id alone, on any replica and after a restart
 Cancel are acknowledged with a deferred update (their buttons stay until the dialogue manager
 has decided, then `DiscordSink.settle` replaces them); a vote with an ephemeral thanks at once;
 "Talk to a person" and "Regenerate" with a deferred update, their answer following through the
-press. Regenerate is a new turn with the same question (kept by `Chains.remember_question`): the
-dialogue's history keeps the earlier answer, and the new one is shown in the pressed message.
+press. Regenerate is a new turn with the same question (kept by `Chains.remember_question`, with
+the delivery of the turn that asked it): it names that turn (`Turn.regenerates`), so the dialogue
+replaces the earlier exchange in the history while it is still the conversation's last
+(`bot.dialogue.regenerate`), and the new answer is shown in the pressed message.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from adapters.discord.normalize import (
     custom_id_of,
     parse_choice,
     place_of,
+    tenant_of,
 )
+from adapters.discord.scopes import PlaceProfiles
 from bot import messages
 from bot.config import DiscordSettings
 from bot.errors import StoreUnavailable
@@ -53,8 +57,10 @@ class Presses:
         chains: Chains,
         delivery: Delivery,
         tracked: Callable[[], AbstractContextManager[None]],
+        places: PlaceProfiles,
     ) -> None:
         self._settings = settings
+        self._places = places  # the profile each place takes its settings from (`Turn.profile`)
         self._chains = chains
         self._delivery = delivery
         self._tracked = tracked
@@ -70,7 +76,8 @@ class Presses:
     async def _take_press(self, interaction: discord.Interaction) -> None:
         custom_id = custom_id_of(interaction)
         press = parse_choice(custom_id)
-        turn = choice_turn(interaction, press) if press is not None else None
+        profile = self._places.key(tenant_of(interaction.guild_id), interaction.channel)
+        turn = choice_turn(interaction, press, profile=profile) if press is not None else None
         if turn is None:
             log.warning(
                 "a press of a button Parley cannot read (custom id %r, channel %s): told the presser",
@@ -156,12 +163,15 @@ class Presses:
         """The press's turn, or None when the presser was told why there is none."""
         app = str(interaction.application_id)
         message = str(interaction.message.id) if interaction.message is not None else ""
+        profile = self._places.key(tenant_of(interaction.guild_id), interaction.channel)
         if press.kind in VOTES:
-            turn = answer_press_turn(interaction, press, text=press.kind, command=FEEDBACK, reply_to=press.answer)
+            turn = answer_press_turn(
+                interaction, press, text=press.kind, command=FEEDBACK, reply_to=press.answer, profile=profile
+            )
         elif press.kind == "person":
             handle = {"application_id": app, PRESS_TOKEN: interaction.token, PRESSED_MESSAGE: message}
             text = messages.ASK_FOR_PERSON  # what the customer is shown as saying, as from the web chat
-            turn = answer_press_turn(interaction, press, text=text, command=ASK_PERSON, handle=handle)
+            turn = answer_press_turn(interaction, press, text=text, command=ASK_PERSON, handle=handle, profile=profile)
         elif str(interaction.user.id) != press.asker:
             log.info(
                 "Regenerate under answer %s pressed by %s, who did not ask: refused",
@@ -191,6 +201,9 @@ class Presses:
                 command=asked["command"],
                 handle=handle,
                 target_language=asked["target_language"],
+                profile=profile,
+                # The turn that asked (kept since this version): its exchange is the one replaced.
+                regenerates=asked.get("uid", ""),
             )
         if turn is None:
             log.info(

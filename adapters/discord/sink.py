@@ -56,8 +56,11 @@ ASKED = (None, "ask", "translate")  # the commands of turns that ask a question,
 
 
 def question_json(turn: Turn) -> str:
-    """What Regenerate needs to ask `turn`'s question again (`Chains.remember_question`)."""
-    return json.dumps({"text": turn.text, "command": turn.command, "target_language": turn.target_language})
+    """What Regenerate needs to ask `turn`'s question again (`Chains.remember_question`), and the
+    delivery that asked it (`Turn.regenerates`: its exchange in the history is the one replaced)."""
+    return json.dumps(
+        {"text": turn.text, "command": turn.command, "target_language": turn.target_language, "uid": turn.uid}
+    )
 
 
 @contextmanager

@@ -8,15 +8,21 @@ deployment without Slack needs none of them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from adapters.slack.normalize import PLATFORM, conversation_link
+from adapters.slack.recents import MemoryRecents, Recents, RedisRecents
 from adapters.slack.threads import MemoryThreads, RedisThreads, ThreadMemory
 from bot.adapter import AdapterContext, needs_extra
 from bot.errors import ConfigError
+from bot.handoff.desk import NamedChannels
 
 if TYPE_CHECKING:
+    from slack_sdk.web.async_client import AsyncWebClient
+
     from adapters.slack.app import SlackAdapter
+    from adapters.slack.installs import Installations
 
 __all__ = ["create"]
 
@@ -42,27 +48,18 @@ def create(context: AdapterContext) -> SlackAdapter | None:
         from adapters.slack.desk import SlackDesk
         from adapters.slack.installs import Installations, OAuthStates, fernet
     threads: ThreadMemory
+    recents: Recents
     if context.redis is not None:
-        threads = RedisThreads(context.redis, prefix=context.settings.redis.prefix, ttl=settings.thread_ttl)
+        prefix = context.settings.redis.prefix
+        threads = RedisThreads(context.redis, prefix=prefix, ttl=settings.thread_ttl)
+        recents = RedisRecents(context.redis, prefix=prefix, ttl=settings.thread_ttl)
     else:
         threads = MemoryThreads(ttl=settings.thread_ttl)
+        recents = MemoryRecents(ttl=settings.thread_ttl)
     client = web_client(settings)
-    desk = None
     handoff = context.settings.handoff
-    if handoff.slack_channel is not None:
-        # The support desk: the adapter registers it for the dialogue manager, which opens tickets
-        # through it, once Slack has confirmed the channel is private (`SlackDesk.verify`).
-        desk = SlackDesk(
-            client,
-            channel=handoff.slack_channel,
-            store=context.tickets,
-            links=context.links,
-            limit=settings.message_limit,
-            allow_public=handoff.allow_public_channel,
-            agent_groups=handoff.agent_groups,
-            agent_refresh=handoff.agent_refresh,
-        )
     installations = states = None
+    client_for = None
     if settings.distributed:
         assert context.redis is not None and settings.install_keys is not None  # _check_distributed
         prefix = context.settings.redis.prefix
@@ -78,6 +75,24 @@ def create(context: AdapterContext) -> SlackAdapter | None:
                 client=AsyncWebClient(**client_options(settings)),
             )
         )
+        client_for = _installed(installations, client, client_options(settings))
+    # The support desk, in the default channel (PARLEY_HANDOFF_SLACK_CHANNEL, one workspace) and
+    # in those the profiles name (`handoff_channel`, which any profile may set at run time: so
+    # the desk is there even without a default). The adapter offers it to the dialogue manager
+    # once Slack has confirmed the default is private (`SlackDesk.verify`); the others are
+    # checked before their first ticket.
+    desk = SlackDesk(
+        client,
+        channel=handoff.slack_channel,
+        store=context.tickets,
+        links=context.links,
+        limit=settings.message_limit,
+        allow_public=handoff.allow_public_channel,
+        agent_groups=handoff.agent_groups,
+        agent_refresh=handoff.agent_refresh,
+        client_for=client_for,
+        named=NamedChannels(context.profiles),
+    )
     context.register_link(PLATFORM, conversation_link)
     return SlackAdapter(
         settings=settings,
@@ -91,6 +106,8 @@ def create(context: AdapterContext) -> SlackAdapter | None:
         installations=installations,
         states=states,
         profiles=context.profiles,  # the pane's suggested prompts and the Home tab's handlers
+        recents=recents,  # the Home tab's recent conversations
+        person=context.offers_person,
     )
 
 
@@ -114,8 +131,30 @@ def _check_distributed(context: AdapterContext) -> None:
         raise ConfigError("SLACK_APP_TOKEN", "Socket Mode serves one workspace; many are served over the Events API")
     if context.redis is None:
         raise ConfigError("PARLEY_REDIS_URL", "required with SLACK_CLIENT_ID: the installations are kept in Redis")
+    # A channel id, a user group id is one workspace's: with many, each workspace names its own
+    # desk channel (`handoff_channel` in its profiles: the tenants file or /parley config).
     if context.settings.handoff.slack_channel is not None:
         raise ConfigError(
             "PARLEY_HANDOFF_SLACK_CHANNEL",
-            "the support desk is a channel of one workspace: it needs SLACK_BOT_TOKEN, not SLACK_CLIENT_ID",
+            "a channel of one workspace; with SLACK_CLIENT_ID each workspace names its own support channel: "
+            "handoff_channel in its section of the tenants file, or /parley config",
         )
+    if context.settings.handoff.agent_groups:
+        raise ConfigError(
+            "PARLEY_HANDOFF_AGENT_GROUPS",
+            "user groups of one workspace; with SLACK_CLIENT_ID the agents are each workspace's people "
+            "in its support channel",
+        )
+
+
+def _installed(
+    installations: Installations, client: AsyncWebClient, options: dict[str, Any]
+) -> Callable[[str], AsyncWebClient]:
+    """Each workspace's client, for its support desk: its installation's token, read when a call
+    starts, over the adapter's one session (`client.session`, opened when the adapter runs)."""
+    from adapters.slack.installs import InstalledClient
+
+    def client_for(tenant: str) -> AsyncWebClient:
+        return InstalledClient(installations, tenant, session=client.session, **options)
+
+    return client_for

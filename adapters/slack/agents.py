@@ -8,6 +8,12 @@ organisation can post in a shared channel, but must never speak to customers as
 their members are agents; membership comes from `usergroups.users.list`, kept for
 `PARLEY_HANDOFF_AGENT_REFRESH` seconds. What cannot be checked (Slack unreachable) is refused:
 the person is told to try again, and nothing reaches the customer unchecked.
+
+An `Agents` is one workspace's: its people and its groups, asked with its token. With many
+workspaces (SLACK_CLIENT_ID) the desk keeps one per workspace, and "Parley's own workspace" is
+the one the event came to (`Identity` from that workspace's installation). User groups are a
+workspace's own, so PARLEY_HANDOFF_AGENT_GROUPS is for one workspace only (`adapters.slack`
+refuses it with many).
 """
 
 from __future__ import annotations
@@ -54,13 +60,15 @@ class Admission:
 class Agents:
     def __init__(
         self,
-        client: AsyncWebClient,
+        client: Callable[[], AsyncWebClient],
         *,
         groups: Sequence[str] = (),
         refresh: float = 300.0,
         max_people: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Made for each call: an installed workspace's token is read (and refreshed before it
+        # expires) when a call starts, never kept here past its expiry.
         self._client = client
         self._groups = tuple(groups)
         self._refresh = refresh
@@ -103,7 +111,7 @@ class Agents:
         now = self._clock()
         if (cached := self._people.get(user)) is not None and now - cached[0] < self._refresh:
             return cached[1]
-        response = await call("users.info", self._client.users_info(user=user))
+        response = await call("users.info", self._client().users_info(user=user))
         found = response.get("user") or {}
         profile = found.get("profile") or {}
         person = Person(
@@ -133,7 +141,9 @@ class Agents:
             try:
                 members: set[str] = set()
                 for group in self._groups:
-                    response = await call("usergroups.users.list", self._client.usergroups_users_list(usergroup=group))
+                    response = await call(
+                        "usergroups.users.list", self._client().usergroups_users_list(usergroup=group)
+                    )
                     members.update(str(u) for u in response.get("users") or ())
             except PlatformError as exc:
                 if self._members is None:

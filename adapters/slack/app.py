@@ -44,8 +44,10 @@ from adapters.slack.desk import SlackDesk
 from adapters.slack.installs import Installations, InstalledClient, OAuthStates, oauth_flow
 from adapters.slack.intake import SlackIntake
 from adapters.slack.normalize import Identity
+from adapters.slack.recents import Recents
 from adapters.slack.sink import OnPost, ResponseUrlSink, SlackSink, StreamingSupport, call
 from adapters.slack.threads import ThreadMemory
+from bot import messages
 from bot.config import SlackSettings
 from bot.errors import ConfigError, PlatformError
 from bot.ops.metrics import Metrics
@@ -107,6 +109,25 @@ def web_client(settings: SlackSettings) -> AsyncWebClient:
     return AsyncWebClient(token=token, **client_options(settings))
 
 
+async def sign_in(client: AsyncWebClient) -> tuple[Identity, AuthorizeResult]:
+    """auth.test once at start-up (one workspace): who Parley is there, and the fixed result bolt
+    is given, so that no event waits on an auth.test of its own."""
+    try:
+        response = await call("auth.test", client.auth_test())
+    except PlatformError as exc:
+        if exc.permanent:
+            raise ConfigError("SLACK_BOT_TOKEN", f"Slack refused the bot token ({exc.code})") from None
+        raise
+    identity = Identity(
+        user_id=str(response.get("user_id", "")),
+        bot_id=str(response.get("bot_id", "")),
+        team_id=str(response.get("team_id", "")),
+        enterprise_id=str(response.get("enterprise_id") or ""),
+    )
+    log.info("slack: signed in as %s (%s) in team %s", response.get("user"), identity.user_id, identity.team_id)
+    return identity, AuthorizeResult.from_auth_test_response(bot_token=client.token, auth_test_response=response)
+
+
 class SlackAdapter:
     """Slack's connection and readiness, the support desk's start, and the way back (`sink_for`);
     what arrives is taken by a `SlackIntake` made for each run."""
@@ -127,8 +148,11 @@ class SlackAdapter:
         installations: Installations | None = None,
         states: OAuthStates | None = None,
         profiles: Profiles,
+        recents: Recents,
+        person: Callable[[Turn], bool] = lambda turn: False,
     ) -> None:
         self._settings = settings
+        self._person = person  # a desk takes the turn's requests for a person: "Talk to a person" under answers
         self._profiles = profiles  # mention rules, the pane's prompts, the Home tab, `/parley config`
         self._desk = desk  # the support channel's ticket threads, when handoff is configured
         self._register_desk = register_desk  # offers the desk for new tickets, once verified
@@ -136,6 +160,7 @@ class SlackAdapter:
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._deduper = deduper
         self._threads = threads
+        self._recents = recents  # each person's conversations, for the Home tab
         self._client = client or web_client(settings)
         self._metrics = metrics
         self._streaming = StreamingSupport(settings.native_streaming)
@@ -160,6 +185,7 @@ class SlackAdapter:
             on_post=self._remembering(turn),
             journal=journal,
             feedback=self._settings.feedback_buttons and self._answers is not None,
+            person=self._person(turn),
         )
 
     def _client_for(self, tenant: str) -> AsyncWebClient:
@@ -187,7 +213,9 @@ class SlackAdapter:
             # through it is seen by the trace that counts Slack's 429s and 5xx.
             traces = [self._metrics.platform_trace(self.platform)] if self._metrics is not None else None
             self._client.session = aiohttp.ClientSession(trace_configs=traces)
-        auth = await self._authorize() if self._installations is None else None
+        auth = None
+        if self._installations is None:
+            self.identity, auth = await sign_in(self._client)
         # Notices (busy, no text) are posted off the request path, by tasks this adapter owns.
         async with asyncio.TaskGroup() as notices:
             if self._desk is not None and not await self._check_desk(self._desk):
@@ -202,6 +230,9 @@ class SlackAdapter:
                 open_desk=lambda: self._desk if self.desk_open else None,
                 sink_for=self.sink_for,
                 profiles=self._profiles,
+                client_for=self._client_for,
+                recents=self._recents,
+                help_text=messages.slack_help(config=self._profiles.editable),  # `/parley config` stores a change
             )
             pane = AssistantPane(
                 threads=self._threads,
@@ -211,12 +242,13 @@ class SlackAdapter:
                 notices=notices,
                 client_for=self._client_for,
                 sink_for=self.sink_for,
+                recents=self._recents,
             )
             admin = ChannelConfig(
                 profiles=self._profiles, client_for=self._client_for, notices=notices, settings=self._settings
             )
             app = self._bolt_app(auth, intake, pane, admin)
-            intake.shortcuts(self._client_for).register(app)  # the "⋯" menu's Ask and Summarise
+            intake.shortcuts().register(app)  # the "⋯" menu's Ask and Summarise
             if self._settings.app_token is not None:
                 await self._socket_mode(app, self._settings.app_token.get_secret_value())
             else:
@@ -228,42 +260,21 @@ class SlackAdapter:
         if session is not None and not session.closed:
             await session.close()
 
-    async def _authorize(self) -> AuthorizeResult:
-        """auth.test once at start-up; bolt is then given this fixed result, so no event
-        waits on an auth.test of its own."""
-        try:
-            response = await call("auth.test", self._client.auth_test())
-        except PlatformError as exc:
-            if exc.permanent:
-                raise ConfigError("SLACK_BOT_TOKEN", f"Slack refused the bot token ({exc.code})") from None
-            raise
-        self.identity = Identity(
-            user_id=str(response.get("user_id", "")),
-            bot_id=str(response.get("bot_id", "")),
-            team_id=str(response.get("team_id", "")),
-            enterprise_id=str(response.get("enterprise_id") or ""),
-        )
-        log.info(
-            "slack: signed in as %s (%s) in team %s", response.get("user"), self.identity.user_id, self.identity.team_id
-        )
-        return AuthorizeResult.from_auth_test_response(bot_token=self._client.token, auth_test_response=response)
-
     async def _check_desk(self, desk: SlackDesk) -> bool:
-        """One check of the support channel; True once settled: the desk is open for tickets, or
-        it is refused. A refused desk stays off with a loud error saying the fix, and Slack goes
-        on serving everything else: a wrong handoff setting must not take the bot down (nor the
-        other adapters, which could not be told apart from it at start-up: the check needs Slack)."""
+        """One check of the default support channel; True once settled and the desk open. A refused
+        default stays off with a loud error saying the fix (profiles' channels are checked on their
+        own), and Slack goes on serving everything else: a wrong handoff setting must not take the bot
+        down (nor the other adapters, which could not be told apart from it: the check needs Slack)."""
         try:
             await desk.verify()
         except ConfigError as exc:
-            log.error("slack: the support desk is OFF, no tickets will be opened: %s", exc)
-            return True
+            log.error("slack: the support desk is OFF in its default channel, no tickets will be opened there: %s", exc)
         except PlatformError as exc:
             log.warning("slack: cannot check the support channel yet (%s); the desk opens once Slack answers", exc)
             return False
         self._register_desk(desk)
         self.desk_open = True
-        log.info("slack: support desk open in channel %s", desk.channel)
+        log.info("slack: support desk open (default channel %s; and those profiles name)", desk.channel or "none")
         return True
 
     async def _open_desk(self, desk: SlackDesk) -> None:
@@ -305,6 +316,9 @@ class SlackAdapter:
             # Before the catch-all: an uninstall or a revoked token ends the installation.
             app.event("app_uninstalled")(self._installations.uninstalled)
             app.event("tokens_revoked")(self._installations.uninstalled)
+            for kind in ("team_access_revoked", "team_access_granted"):
+                app.event(kind)(self._installations.access_changed)
+            app.middleware(self._installations.screen)
         # The assistant pane's own events; its messages go on to the catch-all like any DM's.
         assistant = AsyncAssistant(logger=logging.getLogger("slack_bolt"))
         assistant.thread_started(pane.started)
@@ -319,8 +333,8 @@ class SlackAdapter:
         app.command(ANY)(intake.command)
         if self._desk is not None:
             app.action(normalize.RESOLVE_ACTION)(intake.resolve)
-        for action_id in normalize.CHOICE_ACTIONS:
-            app.action(action_id)(intake.choice)
+        for action_id in (*normalize.CHOICE_ACTIONS, normalize.PERSON_ACTION):
+            app.action(action_id)(intake.press)
         app.action(normalize.FEEDBACK_ACTION)(intake.feedback)
         return app
 

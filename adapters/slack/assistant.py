@@ -1,13 +1,16 @@
 """Slack's assistant pane ("AI apps") and the App Home tab.
 
 - `assistant_thread_started` (someone opens the pane): Parley greets in the new thread and sets
-  the tenant's suggested prompts; the thread is remembered as a pane thread, with the channel
-  the user is looking at (`threads.ThreadMemory.open_pane`).
+  the tenant's suggested prompts, led by "Summarise this channel" when the user is looking at a
+  channel; the thread is remembered as a pane thread, with that channel
+  (`threads.ThreadMemory.open_pane`), which the pane's `summarise` reads (`summaries`).
 - `assistant_thread_context_changed`: the user moved to another channel; remembered the same way.
 - A question in a pane thread is an ordinary DM message (`normalize`), so `help` and `reset`
   work there too; `intake` marks its turn (`PANE`, `TITLE`), and its sink titles the thread with
   the first question and shows a status until the answer starts (`sink.SlackSink`).
-- `app_home_opened` on the Home tab: `views.publish` of what Parley does in this workspace.
+- `app_home_opened` on the Home tab: `views.publish` of what Parley does in this workspace, and
+  the person's own recent conversations with Parley there (`recents`), newest first, each linked
+  (`chat.getPermalink`; without a link when Slack gives none). Republished at each opening only.
 
 Bolt's `AsyncAssistant` middleware dispatches the two pane events here; the pane's messages pass
 through it to the intake like every DM. Everything is acknowledged at once: the greeting, the
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -26,19 +31,24 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.mrkdwn import escape
-from adapters.slack.normalize import PLATFORM, PaneThread, pane_thread, tenant_of
+from adapters.slack.normalize import PLATFORM, TITLE_CHARS, PaneThread, pane_thread, tenant_of
+from adapters.slack.recents import Recent, Recents
 from adapters.slack.sink import call
 from adapters.slack.threads import ThreadMemory
 from bot import messages
-from bot.errors import ParleyError
+from bot.errors import ParleyError, PlatformError
+from bot.profiles import Profiles
 from bot.reply import ReplySink
 from bot.store.dedupe import Deduper
-from bot.tenants import ProfileSource
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
 
 PANE_EVENTS = ("assistant_thread_started", "assistant_thread_context_changed")
+MAX_PROMPTS = 4  # Slack's limit on suggested prompts
+HOME_RECENTS = 5  # recent conversations on the Home tab: with the rest, far below Slack's 100 blocks
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,30}")  # a channel Parley may name as <#C…>
+Block = dict[str, Any]
 
 
 class AssistantPane:
@@ -49,12 +59,14 @@ class AssistantPane:
         *,
         threads: ThreadMemory,
         deduper: Deduper,
-        profiles: ProfileSource,
+        profiles: Profiles,
         default_prompts: Sequence[str],
         notices: asyncio.TaskGroup,
         client_for: Callable[[str], AsyncWebClient],
         sink_for: Callable[[Turn], ReplySink],
+        recents: Recents,
     ) -> None:
+        self._recents = recents  # each person's recent conversations, for their Home tab
         self._threads = threads
         self._deduper = deduper  # one greeting per thread, whatever Slack redelivers
         self._profiles = profiles
@@ -115,7 +127,10 @@ class AssistantPane:
             text="",
             event_id=f"pane:{thread.channel}:{thread.thread_ts}",
         )
-        prompts = [{"title": p, "message": p} for p in self.prompts(thread.tenant, thread.channel)]
+        offered = self.prompts(thread.tenant, thread.channel)
+        if thread.viewing:  # pressed, it is the pane's `summarise` (`normalize.pane_command_of`)
+            offered = (messages.ASSISTANT_SUMMARISE_PROMPT, *offered[: MAX_PROMPTS - 1])
+        prompts = [{"title": p, "message": p} for p in offered]
         client = self._client_for(thread.tenant)
         try:
             if not await self._deduper.claim(turn):
@@ -135,15 +150,18 @@ class AssistantPane:
             log.warning("could not greet in assistant thread %s: %r", thread.key, exc)
 
     async def _publish_home(self, tenant: str, user: str) -> None:
+        client = self._client_for(tenant)
         try:
-            await call(
-                "views.publish", self._client_for(tenant).views_publish(user_id=user, view=self.home_view(tenant))
-            )
+            recent = await self._recents.recent(tenant, user, HOME_RECENTS)
+            links = await asyncio.gather(*(permalink(client, r) for r in recent))
+            view = self.home_view(tenant, recent_blocks(recent, links))
+            await call("views.publish", client.views_publish(user_id=user, view=view))
         except ParleyError as exc:
             log.warning("could not publish the Home tab for %s in %s: %r", user, tenant, exc)
 
-    def home_view(self, tenant: str) -> dict[str, Any]:
-        """What Parley can do in this workspace: its enabled handlers, its commands, its prompts."""
+    def home_view(self, tenant: str, recent: Sequence[Block] = ()) -> dict[str, Any]:
+        """What Parley can do in this workspace: its enabled handlers, its commands, its prompts;
+        then `recent`, the person's recent conversations (`recent_blocks`)."""
         config = self._profiles.profile(tenant, "")
 
         def section(text: str) -> dict[str, Any]:
@@ -156,7 +174,48 @@ class AssistantPane:
                 {"type": "header", "text": {"type": "plain_text", "text": messages.HOME_TITLE}},
                 section(messages.HOME_HOW),
                 section(messages.home_skills(list(config.handlers))),
-                section(messages.HOME_COMMANDS),
+                section(messages.home_commands(config=self._profiles.editable)),
                 section(f"{messages.ASSISTANT_PROMPTS_TITLE}:\n{prompts}"),
+                *recent,
             ],
         }
+
+
+async def permalink(client: AsyncWebClient, recent: Recent) -> str | None:
+    """A link to the conversation's first message (a thread opens with it), or None when Slack
+    gives none (a message deleted, a channel Parley has left): it is then listed without one."""
+    try:
+        response = await call(
+            "chat.getPermalink", client.chat_getPermalink(channel=recent.channel, message_ts=recent.ts)
+        )
+    except PlatformError as exc:
+        log.info("no permalink for %s/%s: %r", recent.channel, recent.ts, exc)
+        return None
+    link = response.get("permalink")
+    return link if isinstance(link, str) and link.startswith("https://") else None
+
+
+def recent_blocks(recent: Sequence[Recent], links: Sequence[str | None]) -> list[Block]:
+    """The Home tab's "your recent conversations": a header, then one section per conversation
+    (its title, escaped and cut, linked where it can be; where; when), or a line saying none."""
+    blocks: list[Block] = [
+        {"type": "divider"},
+        {"type": "header", "text": {"type": "plain_text", "text": messages.HOME_RECENT_TITLE}},
+    ]
+    if not recent:
+        return [*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": messages.HOME_RECENT_NONE}]}]
+    for r, link in zip(recent, links, strict=True):
+        words = " ".join(r.title.split()) or "…"
+        title = escape(words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1] + "…")
+        if link is not None:
+            title = f"<{escape(link).replace('|', '%7C')}|{title}>"
+        if r.kind == "channel":
+            where = f"<#{r.channel}>" if CHANNEL_ID.fullmatch(r.channel) else escape(r.channel)
+        else:
+            where = messages.HOME_RECENT_PANE if r.kind == "pane" else messages.HOME_RECENT_DM
+        # Slack shows the time in the reader's own time zone; the fallback is for clients that cannot.
+        fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r.at))
+        when = f"<!date^{int(r.at)}^{{date_short_pretty}} at {{time}}|{fallback}>"
+        text = messages.home_recent(f"*{title}*", where, when)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    return blocks

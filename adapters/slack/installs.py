@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from logging import Logger
 from typing import Any
@@ -42,6 +43,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError, SlackTokenRotationError
 from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
 from slack_sdk.oauth.installation_store.models.bot import Bot
@@ -51,6 +53,7 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from adapters.slack.normalize import tenant_of
 from bot.config import SlackSettings
 from bot.errors import ConfigError, PlatformError, StoreUnavailable
 
@@ -171,11 +174,16 @@ class Installations(AsyncInstallationStore):
         installation goes, never its neighbour (a workspace's own install inside an org that also
         has Parley org-wide, or the other way round: each has its own token)."""
         where = enterprise_id if is_enterprise_install else team_id
-        await self._delete(str(where), self._key(enterprise_id, team_id, is_enterprise_install))
+        keys = [self._key(enterprise_id, team_id, is_enterprise_install)]
+        if is_enterprise_install and enterprise_id:
+            keys.append(self._revoked_key(enterprise_id))  # a new org-wide install starts with every workspace
+        await self._delete(str(where), *keys)
 
     async def forget_tenant(self, tenant: str) -> None:
         """The tenant's installation goes (its token was refused as revoked)."""
-        await self._delete(tenant, self._key(None, tenant, False), self._key(tenant, None, True))
+        await self._delete(
+            tenant, self._key(None, tenant, False), self._key(tenant, None, True), self._revoked_key(tenant)
+        )
 
     async def _delete(self, where: str, *keys: str) -> None:
         try:
@@ -194,6 +202,42 @@ class Installations(AsyncInstallationStore):
         org_wide = bool(context.is_enterprise_install)
         log.warning("slack: %s in %s", event.get("type"), context.enterprise_id if org_wide else context.team_id)
         await self.forget(context.enterprise_id, context.team_id, is_enterprise_install=org_wide)
+
+    async def access_changed(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        """Bolt's listener for `team_access_revoked` / `team_access_granted`: an org admin took
+        workspaces of the org out of (or back into) the reach of its org-wide install. Their events
+        are refused from now on (`authorize`), on every replica; the org's other workspaces and
+        its conversations stay."""
+        event = body.get("event") or {}
+        enterprise = body.get("enterprise_id") or event.get("enterprise_id") or context.enterprise_id
+        teams = [t for t in event.get("team_ids") or [] if isinstance(t, str) and t]
+        if not isinstance(enterprise, str) or not enterprise or not teams:
+            log.warning("slack: %s without an org or workspaces: ignored", event.get("type"))
+            return
+        key = self._revoked_key(enterprise)
+        try:
+            if event.get("type") == "team_access_revoked":
+                await self._redis.sadd(key, *teams)
+            else:
+                await self._redis.srem(key, *teams)
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot record the org's workspaces: {exc!r}") from exc
+        log.warning("slack: %s in org %s for %s", event.get("type"), enterprise, ", ".join(teams))
+
+    async def screen(self, body: dict[str, Any], next_: Callable[[], Awaitable[None]]) -> BoltResponse | None:
+        """Bolt middleware: what comes from a workspace taken out of its org's org-wide install
+        (`team_access_revoked`) is acknowledged and dropped with a log line. (Bolt's authorisation
+        sees only the org, which is still installed; the workspace is in the payload.)"""
+        team = _workspace_of(body)
+        org = tenant_of(body, team) if team else ""
+        if org and org != team and await self._revoked(org, team):
+            log.info("slack: a %s from workspace %s, out of org %s's install: dropped", body.get("type"), team, org)
+            return BoltResponse(status=200, body="")
+        await next_()
+        return None
+
+    def _revoked_key(self, enterprise_id: str) -> str:
+        return f"{self._prefix}:revoked:{enterprise_id}"
 
     async def bot_token(self, tenant: str) -> str:
         """The tenant's bot token now (a workspace's, or an org-wide install's: the tenant is the
@@ -229,6 +273,12 @@ class Installations(AsyncInstallationStore):
             bot_scopes=bot.bot_scopes,
         )
 
+    async def _revoked(self, enterprise_id: str, team_id: str) -> bool:
+        try:
+            return bool(await self._redis.sismember(self._revoked_key(enterprise_id), team_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot read the org's workspaces: {exc!r}") from exc
+
     async def bot(
         self, team_id: str | None, enterprise_id: str | None = None, *, is_enterprise_install: bool = False
     ) -> Bot | None:
@@ -260,6 +310,17 @@ class Installations(AsyncInstallationStore):
                 log.info("slack: refreshed the bot token of %s", where)
                 bot = fresh
         return bot
+
+
+def _workspace_of(body: dict[str, Any]) -> str:
+    """The workspace a payload comes from: an event's or a command's `team_id`, a press's user's."""
+    user, team = body.get("user"), body.get("team")
+    found = (
+        body.get("team_id")
+        or (user.get("team_id") if isinstance(user, dict) else None)
+        or (team.get("id") if isinstance(team, dict) else None)
+    )
+    return found if isinstance(found, str) else ""
 
 
 class OAuthStates(AsyncOAuthStateStore):

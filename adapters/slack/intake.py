@@ -5,6 +5,11 @@ This is the request path: it does only what must happen before Slack is acknowle
 inbox). Bolt acks when a listener returns, so a turn is acknowledged only once it is
 safely in the inbox. Notices (busy, no text) are posted by tasks of the adapter's
 `notices` group, never from the request path and never fire-and-forget.
+
+Two things are answered here rather than by the dialogue, because only the adapter knows them:
+`help` (and `/parley help`), which says what this deployment offers (`messages.slack_help`), and
+`summarise` in an assistant-pane thread, which reads the channel in view (`summaries`). Each
+conversation a person's turn is taken into is recorded for their Home tab (`recents`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from adapters.slack import normalize
 from adapters.slack.desk import SlackDesk
 from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import Addressed, Identity, Incoming
+from adapters.slack.recents import Recents
 from adapters.slack.shortcuts import Shortcuts
+from adapters.slack.summaries import ChannelSummary
 from adapters.slack.threads import Pane, ThreadMemory
 from bot import messages
 from bot.errors import InboxFull, InboxUnavailable, ParleyError, StoreUnavailable
@@ -32,7 +39,7 @@ from bot.reply import ReplySink
 from bot.store.dedupe import Deduper
 from bot.store.inbox import Inbox
 from bot.tenants import ProfileSource
-from bot.turns import Turn
+from bot.turns import ASK_PERSON, Turn
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ class SlackIntake:
         open_desk: Callable[[], SlackDesk | None],
         sink_for: Callable[[Turn], ReplySink],
         profiles: ProfileSource,
+        client_for: Callable[[str], AsyncWebClient],
+        recents: Recents,
+        help_text: str,
     ) -> None:
         self._me = identity
         self._profiles = profiles  # a channel's mention rule
@@ -64,6 +74,10 @@ class SlackIntake:
         self._answers = answers
         self._open_desk = open_desk  # the support desk while it is open, else None
         self._sink_for = sink_for  # for notices
+        self._client_for = client_for  # the workspace's Web API client
+        self._recents = recents  # each person's recent conversations, for their Home tab
+        self._help = help_text  # `help`, as this deployment offers it
+        self._summary = ChannelSummary(inbox=inbox, deduper=deduper, client_for=client_for, sink_for=sink_for)
 
     def _identity(self, context: AsyncBoltContext) -> Identity:
         if self._me is not None:
@@ -75,14 +89,14 @@ class SlackIntake:
             enterprise_id=context.enterprise_id or "",
         )
 
-    def shortcuts(self, client_for: Callable[[str], AsyncWebClient]) -> Shortcuts:
+    def shortcuts(self) -> Shortcuts:
         """The message shortcuts' listeners, which take their turns into this run's inbox."""
         return Shortcuts(
             identity=self._identity,
             inbox=self._inbox,
             threads=self._threads,
             notices=self._notices,
-            client_for=client_for,
+            client_for=self._client_for,
         )
 
     async def event(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -96,7 +110,7 @@ class SlackIntake:
             return
         incoming = normalize.from_event(body, me, answers_all=self._answers_all)
         if incoming is not None:
-            await self._take(incoming)
+            await self._take(incoming, me)
 
     def _answers_all(self, tenant: str, channel: str) -> bool:
         return self._profiles.profile(tenant, channel).mention_rule == "always"
@@ -107,6 +121,11 @@ class SlackIntake:
             await ack(text=escape(messages.RESOLVE_IN_THREAD), response_type="ephemeral")
             return
         turn = normalize.from_command(body)
+        if turn.command == "help":
+            # Through the command's response_url, once acknowledged (its sink: `sink_for`).
+            self._notices.create_task(self._notify(turn, self._help, once=False))
+            await ack()
+            return
         try:
             await self._inbox.put(turn)
         except (InboxFull, InboxUnavailable) as exc:
@@ -130,15 +149,18 @@ class SlackIntake:
             log.warning("Resolve pressed while the support desk is off: ignored")
         await ack()
 
-    async def choice(self, body: dict[str, Any], ack: Any, context: AsyncBoltContext) -> None:
-        """A press of a write action's Confirm or Cancel button: a `choice` turn of its conversation."""
-        turn = normalize.choice_of(body, self._identity(context))
+    async def press(self, body: dict[str, Any], ack: Any, context: AsyncBoltContext) -> None:
+        """A press of a button that asks something of its conversation: a write action's Confirm
+        or Cancel (a `choice` turn), or "Talk to a person" (a `handoff` turn)."""
+        me = self._identity(context)
+        turn = normalize.choice_of(body, me) or normalize.person_of(body, me)
         if turn is None:
-            log.warning("a Confirm/Cancel press without a call Parley made: ignored")
+            log.warning("a button press with a value Parley never put on a button: ignored")
         else:
             try:
                 await self._inbox.put(turn)
-                log.info("slack %s pressed", turn.text, extra=turn_fields(turn))
+                pressed = "handoff" if turn.command == ASK_PERSON else turn.text  # not the words it stands for
+                log.info("slack %s pressed", pressed, extra=turn_fields(turn))
             except (InboxFull, InboxUnavailable) as exc:
                 # Slack never redelivers a press: the user is told to press again later.
                 log.warning("inbox %r; a button press was refused", exc, extra=turn_fields(turn))
@@ -170,14 +192,22 @@ class SlackIntake:
         except InboxFull:
             log.warning("inbox full; a vote was dropped", extra=turn_fields(turn))
 
-    async def _take(self, incoming: Incoming) -> None:
+    async def _take(self, incoming: Incoming, me: Identity) -> None:
         turn = incoming.turn
         if incoming.route is Addressed.THREAD and not await self._threads.joined(turn.key):
             return
+        pane: Pane | None = None
         if incoming.route is not Addressed.DIRECT:
             await self._threads.join(turn.key)  # joins on a mention, refreshes the expiry on a reply
         elif turn.thread and (pane := await self._threads.pane(turn.key, asking=_asks(turn))) is not None:
             turn = _in_pane(turn, pane)
+        if turn.command == "help":
+            self._notices.create_task(self._notify(turn, self._help, once=True))
+            return
+        if pane is not None and normalize.pane_command_of(turn.text) is not None:
+            self._notices.create_task(self._summary.summarise(turn, pane.viewing, me.user_id))
+            await self._recents.add(turn)
+            return
         if incoming.no_text:
             self._notices.create_task(self._notify(turn, messages.NO_TEXT, once=True))
             return
@@ -191,6 +221,8 @@ class SlackIntake:
         # process_before_response bolt answers 500 (over Socket Mode: no ack), and Slack
         # delivers the event again later, so the turn is not lost.
         log.info("slack %s taken", incoming.route, extra=turn_fields(turn))
+        if turn.command is None:
+            await self._recents.add(turn)
 
     async def _notify(self, turn: Turn, text: str, *, once: bool) -> None:
         """Tell the user something without the dialogue manager; `once` drops Slack's retries."""
@@ -212,4 +244,4 @@ def _in_pane(turn: Turn, pane: Pane) -> Turn:
 
 
 def _asks(turn: Turn) -> bool:
-    return turn.command is None and bool(turn.text)
+    return turn.command is None and bool(turn.text) and normalize.pane_command_of(turn.text) is None

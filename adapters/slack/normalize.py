@@ -9,7 +9,9 @@ Which Slack messages are Parley's to answer:
   (`Addressed.THREAD`; the thread memory lives in `adapters.slack.threads`);
 - a direct message (`message` with `channel_type` "im"): one conversation per
   DM, or per thread where the user threads;
-- `/parley help|reset` (a slash command).
+- `/parley help|reset` (a slash command);
+- in an assistant-pane thread, the pane's own command `summarise` (`pane_command_of`), which
+  the intake answers itself with a summary of the channel in view.
 
 Everything else is ignored: Parley's own messages and other bots', edits,
 deletions, joins and the other subtypes, and the `message` copy of a channel
@@ -35,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.slack import mrkdwn
-from bot.turns import CHOICE, ConversationKey, Turn
+from bot import messages
+from bot.messages import ASK_FOR_PERSON
+from bot.turns import ASK_PERSON, CHOICE, ConversationKey, Turn
 
 PLATFORM = "slack"
 MENTIONS = "mentions"  # the `Turn.handle` key of the mentions the answer may repeat (see `mrkdwn`)
@@ -358,6 +362,19 @@ def feedback_of(body: dict[str, Any], me: Identity) -> Vote | None:
 PANE = "pane"  # `Turn.handle`: "1" for a question in an assistant-pane thread
 TITLE = "title"  # `Turn.handle`: the thread's first question, which becomes its title
 TITLE_CHARS = 80  # of the first question in the title (Slack cuts a long title itself)
+# The pane's own command: a summary of the channel the user is looking at (`summaries`). Typed,
+# or sent by pressing the suggested prompt the pane offers beside a channel.
+SUMMARISE = "summarise"
+SUMMARISE_WORDS = frozenset(
+    {"summarise", "summarize", "summarize this channel", messages.ASSISTANT_SUMMARISE_PROMPT.lower().rstrip(".!")}
+)
+
+
+def pane_command_of(text: str) -> str | None:
+    """`SUMMARISE` when a message in an assistant-pane thread is the pane's command, else None
+    (a question). Case, spacing and a final full stop or "!" do not matter."""
+    words = " ".join(text.lower().split()).rstrip(".!")
+    return SUMMARISE if words in SUMMARISE_WORDS else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,4 +449,33 @@ def choice_of(body: dict[str, Any], me: Identity) -> Turn | None:
         command=CHOICE,
         reply_to=call,
         handle={OFFER_TS: ts},
+    )
+
+
+# "Talk to a person" under answers (`sink.person_block`): its value is the conversation's thread.
+PERSON_ACTION = "parley_person"
+PERSON_BLOCK = "parley_person"
+
+
+def person_of(body: dict[str, Any], me: Identity) -> Turn | None:
+    """The `handoff` turn of a press of "Talk to a person" (a `block_actions` payload): the
+    presser asks for a person in the answer's conversation, as the web chat's button does. None
+    when the payload is not one or its value is no thread Parley put there."""
+    if (pressed := _pressed(body, (PERSON_ACTION,))) is None:
+        return None
+    action, channel, ts, user = pressed
+    thread = str(action.get("value") or "")
+    if thread and not _THREAD_TS.fullmatch(thread):
+        return None
+    tenant = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or me.team_id
+    return Turn(
+        platform=PLATFORM,
+        tenant=tenant_of(body, tenant),
+        channel=channel,
+        thread=thread,
+        user=user,
+        text=ASK_FOR_PERSON,
+        # Interactivity payloads are never retried by Slack; the trigger id is unique per press.
+        event_id="person:" + (body.get("trigger_id") or f"{channel}:{ts}:{user}:{action.get('action_ts', '')}"),
+        command=ASK_PERSON,
     )

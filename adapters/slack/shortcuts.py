@@ -7,10 +7,11 @@
   other turn, with the trigger id in its event id, so a payload delivered twice is answered once.
 - Summarise: the thread is read with `conversations.replies` (one call per page) off the request
   path, by a task of the adapter's `notices` group, and sent as one chat turn asking for a summary
-  of its lines, delimited as data, answered in the thread.
+  of its lines, delimited as data, answered in the thread (`summaries`, shared with the assistant
+  pane's summary of a channel).
 
-What cannot be done (a message without text, a thread Parley cannot read, a full inbox) is told
-to the person alone, with `chat.postEphemeral`, and logged.
+What cannot be done (a message without text, a thread Parley cannot read, Slack's rate limit, a
+full inbox) is told to the person alone, with `chat.postEphemeral`, and logged.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from adapters.slack import mrkdwn
 from adapters.slack.mrkdwn import escape
 from adapters.slack.normalize import MENTIONS, PLATFORM, Identity, clean_text, tenant_of
 from adapters.slack.sink import call
+from adapters.slack.summaries import PAGE, read_pages, refusal, summary_request
 from adapters.slack.threads import ThreadMemory
 from bot import messages
-from bot.errors import InboxFull, InboxUnavailable, ParleyError
+from bot.errors import InboxFull, InboxUnavailable, ParleyError, PlatformError
 from bot.ops.logs import turn_fields
 from bot.store.inbox import Inbox
 from bot.turns import Turn
@@ -39,13 +41,6 @@ from bot.turns import Turn
 log = logging.getLogger(__name__)
 
 ASK, SUMMARISE = "parley_ask_message", "parley_summarise_thread"  # the shortcuts' callback ids
-# How much of a thread is read and sent. 200 messages is two pages of `PAGE` (two tier-3 calls,
-# well inside Slack's ~50 a minute); 6000 characters of lines leave room for the request's own
-# words under the dialogue's default input limit (PARLEY_DIALOGUE_MAX_INPUT_CHARS, 8000), which
-# refuses longer turns: a longer thread keeps its newest lines and says the older ones were left out.
-MAX_MESSAGES = 200
-PAGE = 100
-MAX_THREAD_CHARS = 6000
 
 
 class Shortcuts:
@@ -100,34 +95,27 @@ class Shortcuts:
 
     async def _summarise(self, turn: Turn, me: str) -> None:
         client = self._client_for(turn.tenant)
-        found: list[dict[str, Any]] = []
-        cursor: str | None = None
         try:
-            while len(found) < MAX_MESSAGES:
-                page = await call(
-                    "conversations.replies",
-                    client.conversations_replies(channel=turn.channel, ts=turn.thread, limit=PAGE, cursor=cursor),
-                )
-                found.extend(m for m in page.get("messages") or [] if isinstance(m, dict))
-                cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
-                if not page.get("has_more") or cursor is None:
-                    break
-        except ParleyError as exc:
+            found, more = await read_pages(
+                "conversations.replies",
+                lambda cursor: client.conversations_replies(
+                    channel=turn.channel, ts=turn.thread, limit=PAGE, cursor=cursor
+                ),
+            )
+        except PlatformError as exc:
             log.warning("slack: could not read thread %s to summarise: %r", turn.key, exc)
-            await self._tell(turn, messages.SUMMARY_UNREADABLE)
+            await self._tell(turn, refusal(exc, messages.SUMMARY_UNREADABLE))
             return
-        if cursor is not None and len(found) >= MAX_MESSAGES:
+        if more:
             # Slack pages a thread oldest first: reading to its end could take many tier-3 calls.
-            log.info("slack: thread %s has more than %s messages; the later ones are not read", turn.key, MAX_MESSAGES)
-        lines, left_out = newest(thread_lines(found[:MAX_MESSAGES], me), MAX_THREAD_CHARS)
-        if not lines:
+            log.info("slack: thread %s is longer than what is read; its later messages are not", turn.key)
+        text = summary_request(found, me, messages.summarise_thread)
+        if text is None:
             log.info("slack: thread %s has no text to summarise: told the user", turn.key)
             await self._tell(turn, messages.SUMMARY_NOTHING)
             return
-        if left_out:
-            log.info("slack: summarising the newest %s lines of %s (%s older left out)", len(lines), turn.key, left_out)
         try:
-            await self._put(replace(turn, text=messages.summarise_thread(lines, left_out)), "summarise")
+            await self._put(replace(turn, text=text), "summarise")
         except ParleyError as exc:  # shutting down: this task must not fail the adapter's notices
             log.warning("slack: a Summarise shortcut was dropped: %r", exc, extra=turn_fields(turn))
 
@@ -181,28 +169,3 @@ def shortcut_turn(body: dict[str, Any], me: Identity) -> Turn | None:
         # The user's own workspace, which native streaming names (a Slack Connect guest's is another).
         address={"user_team": (body.get("user") or {}).get("team_id") or tenant},
     )
-
-
-def thread_lines(found: list[dict[str, Any]], me: str) -> list[str]:
-    """A thread's messages as "name/id: text" lines, oldest first, each on one line (so a message
-    cannot pass itself off as another's); messages without text are left out."""
-    lines = []
-    for m in found:
-        text = " ".join(clean_text(m.get("text") or "", me).split())
-        if not text:
-            continue
-        who = m.get("user") or (m.get("bot_profile") or {}).get("name") or m.get("username") or m.get("bot_id") or "?"
-        lines.append(f"{who}: {text}")
-    return lines
-
-
-def newest(lines: list[str], limit: int) -> tuple[list[str], int]:
-    """The newest of `lines` that fit in `limit` characters, and how many older ones did not."""
-    kept: list[str] = []
-    size = 0
-    for line in reversed(lines):
-        size += len(line) + 1
-        if size > limit:
-            break
-        kept.append(line)
-    return kept[::-1], len(lines) - len(kept)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -29,11 +29,21 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack import normalize
-from adapters.slack.mrkdwn import decode_ids, safe
+from adapters.slack.mrkdwn import decode_ids, escape, safe
 from adapters.slack.normalize import MENTIONS
 from bot import messages
 from bot.errors import PlatformError
-from bot.reply import CLOSE_RESERVE, FENCE, NO_JOURNAL, EditingSink, Offer, ReplyJournal, Settled, open_fence
+from bot.reply import (
+    CLOSE_RESERVE,
+    FENCE,
+    NO_JOURNAL,
+    EditingSink,
+    Offer,
+    ReplyJournal,
+    Settled,
+    Source,
+    open_fence,
+)
 from bot.turns import Turn
 
 log = logging.getLogger(__name__)
@@ -131,6 +141,38 @@ def feedback_block() -> Block:
     }
 
 
+def person_block(thread: str) -> Block:
+    """The button "Talk to a person" under an answer, where a support desk takes requests: a press
+    is the `handoff` turn of the answer's conversation (`normalize.person_of`), whoever presses it."""
+    button = {
+        "type": "button",
+        "action_id": normalize.PERSON_ACTION,
+        "text": {"type": "plain_text", "text": messages.PERSON_BUTTON},
+        "value": thread,  # the conversation's thread: a DM's answer may sit at the top level
+    }
+    return {"type": "actions", "block_id": normalize.PERSON_BLOCK, "elements": [button]}
+
+
+SOURCE_CHARS = 150  # of a source's title or path in the context block
+LINK_CHARS = 1000  # a longer link is named, not linked
+
+
+def sources_block(sources: Sequence[Source]) -> Block:
+    """A knowledge-base answer's sources as a context block: `[n]` and the title, linked to the
+    document where it has a web link, else followed by the path it was ingested from."""
+    text = f"*{messages.SOURCES_TITLE}*"
+    for n, source in enumerate(sources, 1):
+        label = escape(f"[{n}] {source.title[:SOURCE_CHARS]}")
+        if source.url.startswith(("https://", "http://")) and len(source.url) <= LINK_CHARS:
+            line = f"<{escape(source.url).replace('|', '%7C')}|{label}>"
+        else:
+            line = f"{label} ({escape((source.url or source.origin)[:SOURCE_CHARS])})"
+        if len(text) + 1 + len(line) > SECTION_LIMIT:
+            break
+        text += "\n" + line
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
 def sections(text: str) -> list[Block]:
     """Already escaped `text` as mrkdwn section blocks of at most `SECTION_LIMIT` characters,
     cut as native streaming cuts pages (at a line break, a code block closed and reopened)."""
@@ -189,18 +231,20 @@ class SlackEditor:
         await call("chat.update", self._client.chat_update(channel=self._channel, ts=message_id, text=text))
         self._shown[message_id] = text
 
-    async def add_blocks(self, extra: list[Block]) -> None:
-        """Put `extra` under the answer's last message. A message with blocks shows its blocks, not
-        its text (which stays, for notifications), so the text goes in as sections above them.
-        One more edit per answer, after the last: `EditingSink` knows no blocks."""
+    async def add_blocks(self, extra: list[Block]) -> bool:
+        """Put `extra` under the answer's last message; False when they do not fit. A message with
+        blocks shows its blocks, not its text (which stays, for notifications), so the text goes in
+        as sections above them. One more edit per answer, after the last: `EditingSink` knows no
+        blocks."""
         if not self._shown:
-            return
+            return True
         ts, text = next(reversed(self._shown.items()))
         blocks = [*sections(text), *extra]
         if len(blocks) > MAX_BLOCKS:
-            log.info("answer message %s too long for blocks: no feedback buttons under it", ts)
-            return
+            log.info("answer message %s too long for blocks: nothing under it", ts)
+            return False
         await call("chat.update", self._client.chat_update(channel=self._channel, ts=ts, text=text, blocks=blocks))
+        return True
 
 
 class StreamingSupport:
@@ -265,19 +309,21 @@ class NativeStream:
                 await self._append(head)
             await self.stop()
 
-    async def stop(self, blocks: list[Block] | None = None) -> None:
-        """End the message streaming now; `blocks` (the feedback buttons) go under its text."""
+    async def stop(self, blocks: list[Block] | None = None) -> bool:
+        """End the message streaming now; `blocks` (sources, buttons) go under its text. False
+        when Slack refused them (the message is stopped without them)."""
         if self._ts is None:
-            return
+            return not blocks
         ts, self._ts, self._page = self._ts, None, ""
         if blocks:
             try:
                 await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts, blocks=blocks))
-                return
+                return True
             except PlatformError as exc:
                 # The answer is whole already: it must not stay "streaming" for want of buttons.
                 log.warning("chat.stopStream refused the answer's blocks (%s); stopped without them", exc.code)
         await call("chat.stopStream", self._client.chat_stopStream(channel=self._channel, ts=ts))
+        return not blocks
 
     async def _append(self, text: str) -> None:
         if self._ts is None:
@@ -340,6 +386,7 @@ class SlackSink:
         on_post: OnPost | None = None,
         journal: ReplyJournal = NO_JOURNAL,
         feedback: bool = False,
+        person: bool = False,
     ) -> None:
         self._client = client
         self._turn = turn
@@ -353,8 +400,15 @@ class SlackSink:
         )
         self._editing = EditingSink(self._editor, limit=limit, interval=interval, journal=journal)
         self._journal = journal
-        # The 👍/👎 buttons under a complete answer (only where a press can be traced back to it).
-        self._closing: list[Block] = [feedback_block()] if feedback else []
+        # What goes under a complete answer: its sources (`cite`), "Talk to a person" where a desk
+        # takes requests, and 👍/👎 (only where a press can be traced back to the answer).
+        self._closing: list[Block] = [person_block(turn.thread)] if person else []
+        self._closing += [feedback_block()] if feedback else []
+        self._sources: Sequence[Source] = ()
+
+    async def cite(self, sources: Sequence[Source]) -> None:
+        self._sources = sources
+        self._closing.insert(0, sources_block(sources))
 
     async def send(self, text: str) -> None:
         await self._editing.send(text)
@@ -494,11 +548,20 @@ class SlackSink:
         text = await self._editing.stream(chunks)
         if self._closing:
             try:
-                await self._editor.add_blocks(self._closing)
+                if await self._editor.add_blocks(self._closing):
+                    return text
             except PlatformError as exc:
-                # The answer is shown whole already; only its buttons are missing.
-                log.warning("could not add the feedback buttons under an answer: %s", exc)
+                # The answer is shown whole already; only what goes under it is missing.
+                log.warning("could not add the sources and buttons under an answer: %s", exc)
+            await self._cite_as_text()
         return text
+
+    async def _cite_as_text(self) -> None:
+        """The sources the blocks under the answer would have shown, as a message after it: an
+        answer is not left without them because Slack refused a block."""
+        if self._sources:
+            lines = [f"[{n}] {source.text}" for n, source in enumerate(self._sources, 1)]
+            await self._editor.post(messages.sources(lines).strip())
 
     async def _stream_native(self, native: NativeStream, source: AsyncIterator[str]) -> str:
         """Read the engine's stream and append what arrived at most once per interval (a
@@ -521,7 +584,8 @@ class SlackSink:
                     await native.write(text[sent:upto])
                     sent = upto
                 if done and not dirty.is_set():
-                    await native.stop(self._closing)
+                    if not await native.stop(self._closing):
+                        await self._cite_as_text()
                     return
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 

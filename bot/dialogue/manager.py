@@ -2,11 +2,12 @@
 
 A turn goes through the stages of `bot.dialogue.stages` in order, each of which may end it:
 
-    profile → claim → command → desk event → validate → confirm (a write action's yes or no)
-      → quota → moderate in → handoff gate → route → answer
+    profile → claim → regenerate → command → desk event → validate → confirm (a write
+      action's yes or no) → quota → moderate in → handoff gate → route → answer
 
-(the profile: the tenant's settings for the turn's channel, `bot.tenants`, `bot.profiles`),
-and then past the observers (settling the turn's quota to its real usage, the hand-off after
+(the profile: the tenant's settings for the turn's channel, `bot.tenants`, `bot.profiles`;
+regenerate: a question asked again in place of its answer, `bot.dialogue.regenerate`), and
+then past the observers (settling the turn's quota to its real usage, the hand-off after
 failed answers, the report's figures, the usage meter, metrics). Every turn ends in exactly one
 logged `Outcome`; no error escapes without the user being told something. `serve` is the
 worker loop over an inbox (`bot.dialogue.worker`).
@@ -25,6 +26,7 @@ from bot.dialogue import stages, worker
 from bot.dialogue.confirm import ConfirmAction
 from bot.dialogue.locks import KeyedLocks
 from bot.dialogue.quota import QuotaCharge, QuotaGate, Quotas
+from bot.dialogue.regenerate import Regenerate
 from bot.dialogue.speculation import Speculation
 from bot.errors import ParleyError, PlatformError, StoreUnavailable
 from bot.feedback import Feedback
@@ -77,6 +79,7 @@ class DialogueManager:
         history = stages.History(store)
         self._stages: tuple[stages.Stage, ...] = (
             stages.Claim(deduper, store, handoffs),
+            Regenerate(),  # the history a Regenerate button's turn sees and replaces
             stages.Commands(store),
             stages.DeskEvents(handoffs, Feedback(stats), history),
             stages.Validate(settings.context.max_input_chars),

@@ -30,7 +30,7 @@ from bot.moderation.moderator import Moderator
 from bot.ops.logs import turn_fields
 from bot.ops.meter import Meter, Spent
 from bot.ops.stats import Stats
-from bot.reply import Choices, ReplySink
+from bot.reply import Choices, ReplySink, cited
 from bot.routing.router import ACTABLE, ACTION, HANDOFF, Route, Router
 from bot.store.context import Context, ContextStore, Message, estimate_tokens
 from bot.store.dedupe import Deduper
@@ -97,16 +97,19 @@ class History:
     def __init__(self, store: ContextStore) -> None:
         self.store = store
 
-    async def save(self, state: TurnState, new: Sequence[Message]) -> None:
+    async def save(self, state: TurnState, new: Sequence[Message], *, after: str = "") -> None:
+        """Save `new` once for the turn. `after` names a second saving of the turn's (a notice that
+        follows it once its own messages are saved), which is kept under an id of its own."""
         turn = state.turn
+        uid = f"{turn.uid}:{after}" if turn.uid and after else turn.uid
         for pause in SAVE_RETRIES:
             try:
-                await self.store.save(turn.key, state.context, list(new), uid=turn.uid)
+                await self.store.save(turn.key, state.context, list(new), uid=uid)
                 return
             except StoreUnavailable as exc:
                 log.warning("saving the turn failed (%s); again in %.1f s", exc, pause, extra=turn_fields(turn))
                 await asyncio.sleep(pause)
-        await self.store.save(turn.key, state.context, list(new), uid=turn.uid)
+        await self.store.save(turn.key, state.context, list(new), uid=uid)
 
     async def record(self, state: TurnState, step: Step, **fields: object) -> Reply:
         """Save what a handoff step said and end the turn with its outcome."""
@@ -214,7 +217,7 @@ class ModerateInput:
         turn = state.turn
         verdict = await self._moderator.check(turn, turn.text, state.tenant.moderation, scope=state.llm)
         state.flags = verdict.reasons + verdict.flags + verdict.redacted
-        if state.ticket is None and self._handoffs.hands_off_anger(verdict):
+        if state.ticket is None and self._handoffs.hands_off_anger(verdict, state.turn):
             text = self._moderator.censor(verdict.text) if verdict.refused else verdict.text
             state.turn = replace(turn, text=text)
             step = await self._handoffs.hand_off(
@@ -323,7 +326,7 @@ class AnswerTurn:
             if state.ahead is not None:
                 deltas, answer.engine_started = state.ahead.deltas(), state.ahead.started
             else:
-                deltas = self._handlers[route.intent].answer(request)
+                deltas = cited(self._handlers[route.intent].answer(request), request.sources, sink)
             if state.tenant.moderation.check_output:
                 deltas = moderated(deltas, self._moderator, turn, state.tenant.moderation)
             # Closed here, whatever the sink did: a sink that fails mid-answer leaves the stream
@@ -398,7 +401,7 @@ class Escalation:
             state.turn, state.context, state.sink, state.tenant, "failures", user_text=None
         )
         if step.save:
-            await self._history.save(state, step.save)
+            await self._history.save(state, step.save, after="failures")
 
 
 class Figures:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.config import Settings
 from bot.llm.client import LLM, CallScope
-from bot.reply import Offer
+from bot.reply import Offer, Source
 from bot.routing.router import Route
 from bot.store.context import Context
 from bot.tenants import TenantConfig
@@ -41,6 +41,9 @@ class Request:
     # Buttons to show under the answer once it is streamed (a write action's Confirm / Cancel):
     # a handler appends, the dialogue manager hands them to a sink that has buttons.
     offers: list[Offer] = field(default_factory=list)
+    # The passages the answer draws on, cited under it (`bot.reply.Citing`, else as text): a
+    # handler appends before it streams the answer.
+    sources: list[Source] = field(default_factory=list)
 
 
 class Handler(Protocol):

@@ -23,6 +23,7 @@ from bot.knowledge.base import Hit, Index
 from bot.llm.client import LLM, CallScope, ChatMessages
 from bot.llm.prompts import build_messages
 from bot.ops.logs import turn_fields
+from bot.reply import Source
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ async def passages_answer(llm: LLM, question: str, hits: Sequence[Hit], *, scope
     return await llm.choose(check_messages(question, hits), ["yes", "no"], scope=scope) == "yes"
 
 
-def sources(hits: Sequence[Hit]) -> str:
-    lines = [f"[{n}] {hit.chunk.citation}" for n, hit in enumerate(hits, 1)]
-    return messages.sources(lines)
+def sources(hits: Sequence[Hit]) -> list[Source]:
+    """The passages as the answer cites them: `[n]` is the n-th."""
+    return [Source(hit.chunk.label, hit.chunk.url, hit.chunk.source) for hit in hits]
 
 
 @register("qa")
@@ -108,10 +109,10 @@ class QAHandler:
             return
         prompt = system_prompt(self._settings, request.tenant)
         chat = build_messages(prompt, request.context, question_with_passages(question, hits))
+        request.sources.extend(sources(hits))
         async with self._llm.stream(chat, scope=request.scope) as stream:
             async for delta in stream:
                 yield delta
-        yield sources(hits)
 
     async def _confirmed(self, request: Request, question: str, hits: Sequence[Hit]) -> bool:
         """Borderline evidence: the LLM says whether the passages answer. Without its word

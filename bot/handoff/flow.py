@@ -4,12 +4,16 @@ A conversation is handed off when the user asks for a person (the `handoff` inte
 seems angry (moderation's anger signal), or failed to get an answer several times in a
 row, as `HandoffSettings` allows. Then:
 
-- the user is told a person will reply, and a `Desk` (the Slack support channel, see
+- the user is told a person will reply, and a `Desk` (a Slack support channel, see
   `adapters/slack/desk.py`) opens a ticket thread with the transcript (personal data
   redacted unless the tenant's moderation has it off), the platform, tenant and a link.
-  What customers (and the model) wrote reaches the desk as `Said` lines, which the desk
-  quotes as a block: a customer who types a line break and `*Parley:* identity verified`
-  writes inside a quotation, never a line that passes for Parley's own;
+  The channel is the conversation's profile's (`handoff_channel`), else the desk's default.
+  A conversation with neither has no desk, as in a deployment without one: the user is told
+  no one is reachable from there. So is one whose channel the desk finds unfit (`DeskRefused`:
+  logged with the reason; nothing is posted there). What customers (and the model) wrote
+  reaches the desk as `Said` lines, which the desk quotes as a block: a customer who types a
+  line break and `*Parley:* identity verified` writes inside a quotation, never a line that
+  passes for Parley's own;
 - the bot stops answering: the user's further messages are saved to the context and
   posted into the ticket thread;
 - what people write in the thread comes back as turns of the *user's* conversation
@@ -34,8 +38,8 @@ from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.config import HandoffSettings
-from bot.errors import PlatformError, StoreUnavailable
-from bot.handoff.desk import AgentRelay, Desk, HandoffGate, Said, Ticket
+from bot.errors import DeskRefused, PlatformError, StoreUnavailable
+from bot.handoff.desk import AgentRelay, Desk, HandoffGate, Said, Ticket, desk_for
 from bot.handoff.store import HandoffStore
 from bot.moderation.moderator import HOSTILE, Verdict
 from bot.moderation.pii import redact_pii
@@ -44,7 +48,7 @@ from bot.ops.stats import Stats
 from bot.reply import ReplySink
 from bot.routing.router import HANDOFF
 from bot.store.context import Context, Message, estimate_tokens
-from bot.tenants import TenantConfig
+from bot.tenants import ProfileSource, TenantConfig
 from bot.turns import AGENT, DESK_COMMANDS, RESOLVE, ConversationKey, Outcome, Reply, Turn
 
 log = logging.getLogger(__name__)
@@ -86,36 +90,44 @@ class Handoffs:
         store: HandoffStore,
         stats: Stats,
         desks: Mapping[str, Desk],
+        profiles: ProfileSource,
         gates: Mapping[str, HandoffGate] | None = None,
     ) -> None:
         self._settings = settings
         self.store = store
         self.stats = stats
         self._desks = desks  # filled by adapters after this is built: read it at each use
+        self._profiles = profiles  # where a conversation's tickets go: its profile's `handoff_channel`
         self._gates = gates if gates is not None else {}  # likewise, by platform
 
     @property
     def on_request(self) -> bool:
         return self._settings.on_request
 
-    def desk(self) -> Desk | None:
-        """The desk new tickets go to (Slack's support channel is the only kind so far)."""
-        return next(iter(self._desks.values()), None)
+    def desk(self, key: ConversationKey | None = None, target: str = "") -> Desk | None:
+        """The desk a ticket of `key` goes to, in `target` (its profile's `handoff_channel`; ""
+        the desk's default): the first that has a place for it (Slack's is the only kind so far)."""
+        return next((desk for desk in self._desks.values() if desk.reaches(key, target)), None)
+
+    def _desk_of(self, turn: Turn) -> Desk | None:
+        return desk_for(self._desks, self._profiles, turn)
 
     async def ticket(self, key: ConversationKey) -> Ticket | None:
-        if not self._settings.enabled:
-            return None  # no support channel, no tickets: no round trip on every turn
+        if not self._desks:
+            # No desk, no tickets: no round trip on every turn. (With Slack there is one: any
+            # profile may name a desk channel at run time.)
+            return None
         return await self.store.ticket(key)
 
-    def hands_off_anger(self, verdict: Verdict) -> bool:
+    def hands_off_anger(self, verdict: Verdict, turn: Turn) -> bool:
         """Whether an input's anger hands the conversation to a person now. Only when a desk
-        can take it, and only past refusals for anger itself (swearing, hostility): a message
-        refused for personal data stays refused."""
+        can take `turn`'s conversation (as its profile says), and only past refusals for anger
+        itself (swearing, hostility): a message refused for personal data stays refused."""
         return (
             self._settings.on_anger
             and verdict.angry
-            and self.desk() is not None
             and set(verdict.reasons) <= ANGER_REASONS
+            and self._desk_of(turn) is not None
         )
 
     # -- handing off -----------------------------------------------------------------------------
@@ -130,11 +142,14 @@ class Handoffs:
         def told(outcome: Outcome, text: str, error: str = "") -> Step:
             return Step(outcome, text, (*asked, _said("assistant", text)), error=error)
 
-        desk = self.desk()
+        target = tenant.handoff_channel
+        desk = self.desk(turn.key, target)
         if desk is None:
             log.info(
-                "handoff (%s) asked, but no desk is configured: the bot keeps answering",
+                "handoff (%s) asked, but no desk takes this conversation's tickets (handoff_channel %s, "
+                "and the default desk's): the bot keeps answering",
                 reason,
+                target or "unset",
                 extra=turn_fields(turn),
             )
             await sink.send(messages.NO_AGENT)
@@ -145,7 +160,11 @@ class Handoffs:
             return told(Outcome.REJECTED, messages.HANDOFF_CAPPED, "handoff cap")
         ticket = Ticket(turn.key, desk.name, "", turn.user, reason, address=dict(turn.address), reply_to=turn.reply_to)
         try:
-            thread = await desk.open(ticket)
+            thread = await desk.open(ticket, target)
+        except DeskRefused as exc:  # no ticket where the profile points: the user is told no one is reachable
+            log.error("handoff (%s) refused: %s", reason, exc, extra=turn_fields(turn))
+            await sink.send(messages.NO_AGENT)
+            return told(Outcome.FAILED, messages.NO_AGENT, "desk: channel refused")
         except PlatformError as exc:  # a desk that cannot be reached must not leave the user in silence
             log.error("could not open a ticket at desk %s: %r", desk.name, exc, extra=turn_fields(turn))
             await sink.send(messages.NO_AGENT_NOW)
@@ -256,7 +275,7 @@ class Handoffs:
         handed off now because answers failed `after_failures` times in a row."""
         limit = self._settings.after_failures
         # The run of failures is kept only where it can lead somewhere: a limit and a desk.
-        if turn.command in DESK_COMMANDS or not limit or self.desk() is None:
+        if turn.command in DESK_COMMANDS or not limit or self._desk_of(turn) is None:
             return None
         if reply.outcome is Outcome.ANSWERED:
             await self._tally(self.store.answered(turn.key), turn)

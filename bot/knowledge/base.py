@@ -88,9 +88,13 @@ class Chunk:
     text: str
 
     @property
+    def label(self) -> str:
+        """The document's title, and the section's heading when it is not the title."""
+        return self.title + (f" — {self.heading}" if self.heading and self.heading != self.title else "")
+
+    @property
     def citation(self) -> str:
-        name = self.title + (f" — {self.heading}" if self.heading and self.heading != self.title else "")
-        return f"{name} ({self.url})" if self.url else f"{name} ({self.source})"
+        return f"{self.label} ({self.url or self.source})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,11 @@ would silently swallow the turns of a returning user. The history is bounded by 
 budget; when it overflows it is cut back to `compact_to` of the budget in one
 step, so the start of the prompt (and so vLLM's prefix cache) stays the same for
 several turns instead of shifting on every turn as a sliding window would.
+
+A regenerated answer (`Turn.regenerates`) replaces its turn's exchange instead of following it:
+`Context.rewound` is the history without that exchange, and its save drops the exchange and
+appends the new one in the same script, provided the turn is still the last one saved there
+(the id at the head of `:turns`). Else the new exchange is appended, as any turn's is.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -53,15 +58,33 @@ def estimate_tokens(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """A conversation's history, oldest first, and the summary of what was folded away."""
+    """A conversation's history, oldest first, and the summary of what was folded away.
+    `replaces` and `cut` are set by `rewound` alone: a save of the context drops the `cut` newest
+    messages stored (turn `replaces`'s exchange) before it appends, as `messages` already has."""
 
     messages: tuple[Message, ...] = ()
     summary: str = ""
     answered: tuple[str, ...] = ()  # ids of the last turns saved, newest first (`Turn.uid`)
+    replaces: str = ""
+    cut: int = 0
 
     @property
     def tokens(self) -> int:
         return sum(m.tokens for m in self.messages)
+
+    def rewound(self, uid: str) -> Context | None:
+        """The history without turn `uid`'s exchange, for a turn that answers its question again
+        in its place (a Regenerate button): None unless `uid` is the last turn saved and the
+        history still ends with its exchange (not after a reset).
+
+        The exchange is the history's end from its last user message on: the question and its
+        answer (or the question alone, when answering it failed). When the question alone was over
+        the token budget, compaction kept only the answer: then all that is left goes."""
+        if not uid or self.answered[:1] != (uid,) or not self.messages:
+            return None
+        asked = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        start = asked[-1] if asked else 0
+        return replace(self, messages=self.messages[:start], replaces=uid, cut=len(self.messages) - start)
 
 
 def compact(messages: Sequence[Message], budget: int, target: float) -> int:
@@ -88,8 +111,9 @@ class ContextStore(Protocol):
     async def load(self, key: ConversationKey) -> Context: ...
 
     async def save(self, key: ConversationKey, before: Context, new: Sequence[Message], *, uid: str = "") -> Context:
-        """Append `new` to the history `before` was loaded as, marking turn `uid` answered (when
-        given; a turn already marked is not saved twice); returns the history now stored."""
+        """Append `new` to the history `before` was loaded as (to what is left of it when it was
+        `rewound`), marking turn `uid` answered (when given; a turn already marked is not saved
+        twice); returns the history now stored."""
         ...
 
     async def reset(self, key: ConversationKey) -> None: ...
@@ -100,9 +124,11 @@ class ContextStore(Protocol):
 # waiting (the inbox's order timeout).
 ANSWERED_KEPT = 32
 
-# KEYS: msgs, summary, turns. ARGV: uid, ttl, how many of the oldest to drop, new messages...
-# One atomic step; a turn whose id is already in the list is refused. Every key of the
-# conversation gets the same lifetime in the same step.
+# KEYS: msgs, summary, turns. ARGV: uid, ttl, how many of the oldest to drop, the turn whose
+# exchange is replaced ("" for none), how many of the newest messages that exchange has, new
+# messages... One atomic step; a turn whose id is already in the list is refused (0). The replaced
+# exchange goes only while its turn is still the last saved; else the new messages are appended
+# all the same (2). Every key of the conversation gets the same lifetime in the same step.
 _SAVE = f"""
 local uid = ARGV[1]
 if uid ~= '' then
@@ -110,14 +136,23 @@ if uid ~= '' then
     if seen == uid then return 0 end
   end
 end
-if #ARGV > 3 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 4)) end
+local saved = 1
+local cut = tonumber(ARGV[5])
+if cut > 0 then
+  if redis.call('LINDEX', KEYS[3], 0) == ARGV[4] then
+    redis.call('LTRIM', KEYS[1], 0, -cut - 1)
+  else
+    saved = 2
+  end
+end
+if #ARGV > 5 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 6)) end
 if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[1], ARGV[3], -1) end
 if uid ~= '' then
   redis.call('LPUSH', KEYS[3], uid)
   redis.call('LTRIM', KEYS[3], 0, {ANSWERED_KEPT - 1})
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-return 1
+return saved
 """
 
 
@@ -176,6 +211,8 @@ class RedisContextStore:
                     uid,
                     self._ttl,
                     drop,
+                    before.replaces,
+                    before.cut,
                     *(json.dumps([m.role, m.content, m.tokens]) for m in new),
                 )
             )
@@ -186,6 +223,13 @@ class RedisContextStore:
             # was taken over and saved by another worker, whose copy stands.
             log.warning("turn %s of %s was already saved by another worker; this copy is dropped", uid, key)
             return before
+        if saved == 2:
+            # A turn saved between this one's load and its save (one that went on without waiting
+            # for it, past the inbox's order timeout): the exchange to replace is no longer the last.
+            log.warning(
+                "turn %s of %s: the exchange it answers again is no longer the last; appended instead", uid, key
+            )
+            return await self.load(key)
         return after
 
     async def reset(self, key: ConversationKey) -> None:
@@ -216,6 +260,8 @@ class MemoryContextStore:
         stored = await self.load(key)
         if uid and uid in stored.answered:
             return before
+        # A `rewound` context has left its replaced exchange out already (in process, a
+        # conversation's turns run one at a time: nothing is saved between its load and its save).
         messages = (*before.messages, *new)
         after = Context(
             messages[compact(messages, self._budget, self._target) :], before.summary, _marked(stored.answered, uid)

@@ -23,6 +23,7 @@ from tests.conftest import serve_one
 from tests.discord.fake import FakeDiscord, Json
 
 DEAD_LLM = "http://127.0.0.1:9/v1"  # for tests that never reach the model
+THREAD_TYPES = (10, 11, 12)  # news, public and private threads (forum posts are public threads)
 
 
 def discord_settings(fake: FakeDiscord, **overrides: Any) -> DiscordSettings:
@@ -84,7 +85,8 @@ class DiscordStack:
 
     async def answered_in(self, channel: Json, thread: str, *, answers: int = 1) -> Context:
         tenant = channel.get("guild_id") or "dm"
-        parent = channel.get("parent_id") or channel["id"]
+        # A thread's conversation is in its channel; a channel's `parent_id` is its category.
+        parent = channel["parent_id"] if channel["type"] in THREAD_TYPES else channel["id"]
         return await self.answered(tenant, parent, thread, answers=answers)
 
 

@@ -6,7 +6,7 @@ shard's guilds, RESUME (replaying what the session missed), RECONNECT on demand,
 and dispatches MESSAGE_CREATE (users' and the bot's own), THREAD_CREATE (a forum post:
 `post`) and INTERACTION_CREATE (slash commands and their subcommands, with the member's
 permissions; message commands on a message: `message_command`, and presses of a message's
-buttons: `press`).
+buttons: `press`). Channels may be filed under a category (`add_category`).
 Without the Message Content intent it withholds message text as Discord does.
 REST records every call, answers with rate-limit headers from real per-route
 buckets, enforces message nonces, and can be told to answer 429 (per route or
@@ -258,26 +258,43 @@ class FakeDiscord:
 
     def add_forum(self, guild: Json, name: str = "questions") -> Json:
         """A forum channel (type 15) in `guild` (before Parley connects: it reads channels at IDENTIFY)."""
-        forum = {
+        return self._guild_channel(
+            guild,
+            15,
+            name,
+            topic=None,
+            available_tags=[],
+            default_reaction_emoji=None,
+            default_thread_rate_limit_per_user=0,
+            default_sort_order=None,
+            default_forum_layout=0,
+        )
+
+    def add_category(self, guild: Json, *channels: Json, name: str = "support") -> Json:
+        """A category (type 4) in `guild`, with `channels` (of the guild) moved into it (before
+        Parley connects: it reads channels at IDENTIFY)."""
+        category = self._guild_channel(guild, 4, name)
+        for channel in channels:
+            channel["parent_id"] = category["id"]
+        return category
+
+    def _guild_channel(self, guild: Json, kind: int, name: str, **fields: Any) -> Json:
+        """A channel of `kind` added to `guild`, with the fields every guild channel has and `fields`."""
+        channel = {
             "id": str(self.snowflake()),
-            "type": 15,
+            "type": kind,
             "guild_id": guild["id"],
             "name": name,
             "position": len(guild["channels"]),
             "permission_overwrites": [],
             "nsfw": False,
             "parent_id": None,
-            "topic": None,
             "flags": 0,
-            "available_tags": [],
-            "default_reaction_emoji": None,
-            "default_thread_rate_limit_per_user": 0,
-            "default_sort_order": None,
-            "default_forum_layout": 0,
+            **fields,
         }
-        guild["channels"].append(forum)
-        self.channels[int(forum["id"])] = forum
-        return forum
+        guild["channels"].append(channel)
+        self.channels[int(channel["id"])] = channel
+        return channel
 
     def dm_channel(self, user: Json) -> Json:
         for channel in self.channels.values():

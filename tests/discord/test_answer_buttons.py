@@ -16,6 +16,7 @@ import pytest_asyncio
 from adapters.discord.normalize import AnswerPress, parse_answer_press
 from bot import messages
 from bot.config import HandoffSettings
+from bot.store.context import Context
 from tests.discord.conftest import DiscordStack, discord_settings, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 from tests.standin import ScriptedEngine
@@ -54,6 +55,22 @@ async def answered(stack: DiscordStack, question: Json) -> Json:
         return next((m for m in fake.replies_to(question) if fake.buttons(m)), None)
 
     return await poll(with_buttons)
+
+
+async def saved(stack: DiscordStack, channel: Json, thread: str, *, turns: int) -> Context:
+    """The conversation's context once `turns` turns are saved in it (a regenerated answer
+    replaces its exchange: the count of answers alone would not move)."""
+
+    async def enough() -> Context | None:
+        context = await stack.context(channel["guild_id"], channel["id"], thread)
+        return context if len(context.answered) >= turns else None
+
+    return await poll(enough)
+
+
+def asked_with(engine: ScriptedEngine, text: str) -> list[list[dict]]:
+    """The chats the engine streamed whose newest message is `text`: what the model saw."""
+    return [r["messages"] for r in engine.requests if r.get("stream") and r["messages"][-1]["content"] == text]
 
 
 async def counted(stack: DiscordStack, channel: Json, up: int, down: int) -> bool:
@@ -126,10 +143,48 @@ async def test_regenerate_is_the_askers_alone_and_replaces_the_answer(
         await fake.press(answer, alice, custom_id=again)
         await poll(lambda: fake.messages[int(answer["id"])]["content"] == engine.answer)
         await poll(lambda: fake.buttons(fake.messages[int(answer["id"])])[0]["custom_id"] != again)
-        context = await stack.answered_in(channel, question["id"], answers=2)
+        context = await saved(stack, channel, question["id"], turns=2)
     assert questions(engine, "When are you open?") == 2, "asked again, once: the stranger's press asked nothing"
-    assert [m.role for m in context.messages] == ["user", "assistant", "user", "assistant"]
+    # The history holds the question once, with the new answer: the earlier exchange was replaced...
+    assert [(m.role, m.content) for m in context.messages] == [
+        ("user", "When are you open?"),
+        ("assistant", "We open at nine and close at five."),
+    ]
+    # ...and the model was asked it as first asked, not after its own earlier answer.
+    assert [m["role"] for m in asked_with(engine, "When are you open?")[-1]] == ["system", "user"]
     assert [m for m in fake.replies_to(question) if m["content"]] == [fake.messages[int(answer["id"])]]
+    assert "its 2 messages are replaced" in caplog.text
+
+
+async def test_regenerating_an_answer_the_conversation_moved_on_from_asks_it_anew_at_its_end(
+    fake: FakeDiscord, make_settings, channel: Json, alice: Json, standin, caplog
+) -> None:
+    """The later exchange was answered in the earlier one's light: it stays, and the question is
+    answered (and saved) after it, as if asked again now (`bot.dialogue.regenerate`)."""
+    caplog.set_level(logging.INFO)
+    engine, url = standin
+    async with serving(fake, make_settings(llm_url=url, discord=discord_settings(fake))) as stack:
+        question = await fake.say(channel, alice, "When are you open?", mention_bot=True)
+        first = await answered(stack, question)
+        engine.answer = "Closed on Sundays."
+        follow_up = await fake.say(channel, alice, "And on Sundays?", reply_to=first)  # the same conversation
+        await answered(stack, follow_up)
+        await saved(stack, channel, question["id"], turns=2)
+
+        engine.answer = "We open at nine and close at five."
+        again = next(b["custom_id"] for b in fake.buttons(first) if b.get("label") == messages.REGENERATE_BUTTON)
+        await fake.press(first, alice, custom_id=again)
+        await poll(lambda: fake.messages[int(first["id"])]["content"] == engine.answer)
+        context = await saved(stack, channel, question["id"], turns=3)
+    assert [(m.role, m.content) for m in context.messages] == [
+        ("user", "When are you open?"),
+        ("assistant", "Opening hours are nine to five."),
+        ("user", "And on Sundays?"),
+        ("assistant", "Closed on Sundays."),
+        ("user", "When are you open?"),
+        ("assistant", "We open at nine and close at five."),
+    ]
+    assert "the conversation has moved on from" in caplog.text
 
 
 async def test_buttons_work_after_a_restart_and_stale_ones_are_told(
@@ -147,7 +202,8 @@ async def test_buttons_work_after_a_restart_and_stale_ones_are_told(
         await poll(lambda: counted(stack, channel, 1, 0))
         await fake.press(answer, alice, custom_id=again)
         await poll(lambda: questions(engine, "When are you open?") == 2)
-        await stack.answered_in(channel, question["id"], answers=2)
+        context = await saved(stack, channel, question["id"], turns=2)
+        assert [m.role for m in context.messages] == ["user", "assistant"], "the regenerated exchange replaced"
 
         stale = await fake.press(answer, alice, custom_id=up)  # replaced by the regenerated answer's
         assert await told(stale) == messages.BUTTON_STALE

@@ -1,4 +1,5 @@
-"""`/config show|set|clear`: a server admin changes the current channel's profile while Parley runs.
+"""`/config show|set|clear`: a server admin changes the current channel's profile, or its
+category's, while Parley runs.
 
 The real discord.py client against the fake Discord, the real profiles in Redis and the real
 dialogue manager; the engine is the scripted stand-in, which records what it was asked."""
@@ -71,9 +72,14 @@ async def test_config_is_registered_for_server_admins_in_servers_only(fake: Fake
     assert config["integration_types"] == [0] and registered(fake)["ask"]["integration_types"] == [0, 1]
     subcommands = {o["name"]: o for o in config["options"]}
     assert sorted(subcommands) == ["clear", "set", "show"] and all(o["type"] == 1 for o in subcommands.values())
-    field, value = subcommands["set"]["options"]
+    field, value, scope = subcommands["set"]["options"]
     assert [c["value"] for c in field["choices"]] == list(FIELD_NAMES) and field["required"] and value["required"]
     assert not subcommands["clear"]["options"][0].get("required")
+    # Each may be about the channel's category instead (a choice; the channel by default).
+    for options in (subcommands["show"]["options"], subcommands["clear"]["options"][1:], [scope]):
+        [option] = options
+        assert option["name"] == "scope" and not option.get("required") and len(option["description"]) <= 100
+        assert [c["value"] for c in option["choices"]] == ["channel", "category"]
 
 
 async def test_without_run_time_profiles_there_is_no_config_command(fake: FakeDiscord, channel: Json) -> None:
@@ -128,7 +134,7 @@ async def test_an_admin_changes_a_channel_at_run_time_in_force_at_once_and_audit
         history = await profiles.history()
     assert all(r["flags"] & 64 for r in (before, changed, after, again, rhymes, cleared, nothing)), "ephemeral"
     assert language == "de" and profiles.profile(tenant, channel["id"]).language == "en"
-    assert changed["content"] == messages.discord_config_set("language", '"de"', seconds=2)
+    assert changed["content"] == messages.discord_config_set("language", '"de"', seconds=2, scope="channel")
     assert "within 2 s" in changed["content"]
     assert again["content"] == messages.discord_config_unchanged("language", '"de"')
     assert '`language`: "en" (file)' in before["content"] and '`language`: "de" (run-time)' in after["content"]
@@ -136,7 +142,8 @@ async def test_an_admin_changes_a_channel_at_run_time_in_force_at_once_and_audit
     assert "`model`: not set (built-in)" in after["content"]
     assert prompt in system and profiles.profile(tenant, forum["id"]).system_prompt == prompt
     assert r"rhymes, \*always\*" in rhymes["content"], "the value shown escaped for Discord's markdown"
-    assert "Cleared `language`" in cleared["content"] and nothing["content"] == messages.DISCORD_CONFIG_NOTHING_TO_CLEAR
+    assert "Cleared `language`" in cleared["content"]
+    assert nothing["content"] == messages.discord_config_nothing_to_clear("channel")
     by = f"discord:{admin['id']}"
     assert [(c.channel, c.field, c.old, c.new, c.by) for c in history] == [
         (channel["id"], "language", "de", None, by),
@@ -223,3 +230,60 @@ async def test_a_channel_outside_the_allow_lists_has_no_settings_to_change(
         )
         history = await stack.runtime.profiles.history()
     assert refused == {"content": messages.DISCORD_CONFIG_NOT_HERE, "flags": 64} and history == []
+
+
+async def test_an_admin_sets_a_categorys_profile_which_its_channels_take_until_they_have_their_own(
+    fake: FakeDiscord, make_settings, standin
+) -> None:
+    engine, url = standin
+    guild = fake.add_guild("acme")
+    filed, loose = guild["channels"]
+    category = fake.add_category(guild, filed)
+    admin, alice = fake.make_user("admin"), fake.make_user("alice")
+    prompt = "You are Acme's support desk."
+
+    def system(question: str) -> str:
+        """The system prompt the question was answered with."""
+        chats = [r["messages"] for r in engine.requests if r.get("stream")]
+        return next(chat for chat in reversed(chats) if chat[-1]["content"] == question)[0]["content"]
+
+    async def config(channel: Json, subcommand: str, **options: str) -> str:
+        shown = await response(fake, await fake.slash(channel, admin, "config", subcommand=subcommand, **options))
+        return shown["content"]
+
+    async def asked(text: str) -> str:
+        question = await fake.say(filed, alice, text, mention_bot=True)
+        await stack.answered_in(filed, question["id"])
+        return system(text)
+
+    async with serving(fake, make_settings(llm_url=url, discord=discord_settings(fake))) as stack:
+        profiles = stack.runtime.profiles
+        before = await config(filed, "show")
+        changed = await config(filed, "set", field="system_prompt", value=prompt, scope="category")
+        inherited = await asked("Where is my order?")
+        shown_here = await config(filed, "show")
+        shown_category = await config(filed, "show", scope="category")
+        own = await config(filed, "set", field="language", value="de")  # the channel gets its own
+        after_own = await asked("Do you ship abroad?")
+        cleared = await config(filed, "clear")
+        again = await asked("Can I pay later?")
+        nowhere = await config(loose, "set", field="language", value="de", scope="category")
+        history = await profiles.history()
+    assert "from the server's settings (no profile of its own, nor has its category)" in before
+    assert changed == messages.discord_config_set("system_prompt", shown(prompt), seconds=2, scope="category")
+    assert "this channel's category (for each channel in it without settings of its own)" in changed
+    assert prompt in inherited, "the channel takes its category's profile"
+    assert "in this channel, from its category's profile" in shown_here
+    assert f"`system_prompt`: {shown(prompt)} (run-time)" in shown_here
+    assert "in this channel's category, from its own profile" in shown_category
+    assert own == messages.discord_config_set("language", '"de"', seconds=2, shadows=True)
+    assert "its category's no longer apply here" in own
+    assert prompt not in after_own, "profiles do not stack: the channel's own applies whole"
+    assert cleared == messages.discord_config_cleared(["language"], seconds=2, category=True)
+    assert prompt in again, "cleared: the category's settings apply again"
+    assert nowhere == messages.DISCORD_CONFIG_NO_CATEGORY
+    assert [(c.channel, c.field, c.new) for c in reversed(history)] == [
+        (category["id"], "system_prompt", prompt),
+        (filed["id"], "language", "de"),
+        (filed["id"], "language", None),
+    ]

@@ -7,6 +7,7 @@ import pytest
 
 from adapters.discord.app import INTENTS
 from adapters.discord.normalize import (
+    category_of,
     chain_root_guess,
     channel_ids,
     conversation_link,
@@ -16,6 +17,7 @@ from adapters.discord.normalize import (
     mentions_bot,
     message_turn,
     place_of,
+    profile_keys,
     strip_mention,
     thread_name,
 )
@@ -27,13 +29,15 @@ from tests.discord.fake import FakeDiscord, Json
 class World:
     """A fake Discord's payloads, parsed by a discord.py state as the gateway would be."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, categorised: bool = False) -> None:
         self.fake = FakeDiscord()
         self.client = discord.Client(intents=INTENTS)
         self.state = self.client._connection
         self.state.user = discord.ClientUser(state=self.state, data=self.fake.bot)  # type: ignore[arg-type]
         self.bot_id = int(self.fake.bot["id"])
         guild_data = self.fake.add_guild("acme")
+        # With `categorised`, the first channel is in a category, the second in none.
+        self.category = self.fake.add_category(guild_data, guild_data["channels"][0]) if categorised else None
         self.guild = self.state._add_guild_from_data(guild_data)  # type: ignore[arg-type]
         self.channel = guild_data["channels"][0]
         self.alice = self.fake.make_user("alice")
@@ -122,6 +126,28 @@ async def test_a_message_in_a_thread_belongs_to_the_thread(world: World) -> None
         thread["id"],
     )
     assert channel_ids(message.channel) == (int(thread["id"]), int(world.channel["id"]))
+
+
+async def test_settings_come_from_a_thread_its_channel_or_the_channels_category() -> None:
+    world = World(categorised=True)
+    assert world.category is not None
+    category, plain = world.category["id"], world.guild.text_channels[1]
+    starter = await world.fake.say(world.channel, world.alice, "start")
+    thread = world.thread(starter)
+    in_thread = await world.say("inside", channel=thread)
+    in_channel = await world.say("outside")
+    assert profile_keys(in_thread.channel) == (thread["id"], world.channel["id"], category)
+    assert profile_keys(in_channel.channel) == (world.channel["id"], category)
+    assert category_of(in_thread.channel) == category_of(in_channel.channel) == category
+    assert profile_keys(plain) == (str(plain.id),) and category_of(plain) is None
+    # A thread whose channel discord.py does not have cached: its category is unknown, not an error.
+    orphan = discord.Thread(guild=world.guild, state=world.state, data=dict(thread, id="77", parent_id="88"))  # type: ignore[arg-type]
+    assert profile_keys(orphan) == ("77", "88")
+    # The key found is the turn's `profile`; the conversation stays the thread's, in its channel.
+    turn = message_turn(in_thread, bot_id=world.bot_id, conversation=None, profile=category)
+    assert (turn.profile, turn.channel, turn.thread) == (category, world.channel["id"], thread["id"])
+    dm = world.fake.dm_channel(world.alice)
+    assert profile_keys((await world.say("private", channel=dm)).channel) == (dm["id"],)
 
 
 async def test_a_dm_is_its_own_tenant_and_conversation(world: World) -> None:

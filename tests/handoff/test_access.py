@@ -64,7 +64,7 @@ async def test_the_desk_stays_off_unless_its_channel_is_private_and_slack_keeps_
     if channel is not None:
         fake_slack.add_channel(SUPPORT, "support", **channel)
     async with stack(make_settings, fake_slack) as s:
-        assert s.runtime.desks == {}  # no desk for new tickets
+        assert not s.runtime.desks["slack"].reaches(None, "")  # no ticket goes to the default channel
         asked = mention(CUSTOMER, "I want to talk to a person")
         await s.deliver(asked)  # still answered: the bot says no person is reachable here
         await fake_slack.wait_for(lambda: messages.NO_AGENT in texts(fake_slack, CUSTOMER, asked["ts"]))

@@ -19,8 +19,9 @@ ME = Identity(user_id=BOT_USER, bot_id="BPARLEY", team_id=TEAM)
 
 async def test_agent_groups_are_read_again_after_the_refresh_and_kept_when_slack_fails(fake_slack):
     now = [0.0]
+    client = AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)
     agents = Agents(
-        AsyncWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url),
+        lambda: client,
         groups=["SAGENTS"],
         refresh=60,
         clock=lambda: now[0],

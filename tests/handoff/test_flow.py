@@ -98,11 +98,18 @@ async def test_asking_for_a_person_opens_a_ticket_and_the_people_take_over(runti
 async def test_two_failed_answers_in_a_row_hand_off(runtime_for, fake_slack):
     async with runtime_for(after_failures=2) as rt:
         visitor = Recording()
-        one = await rt.manager.handle(say("first question", visitor="v2"), visitor)
+        # Each with its inbox id, as a worker hands them over: each turn is saved once under it.
+        one = await rt.manager.handle(say("first question", visitor="v2", uid="1-0"), visitor)
         assert one.outcome is Outcome.FAILED and not fake_slack.in_thread(SUPPORT, None)
-        two = await rt.manager.handle(say("second question", visitor="v2"), visitor)
+        two = await rt.manager.handle(say("second question", visitor="v2", uid="2-0"), visitor)
         assert two.outcome is Outcome.FAILED  # the turn failed; then the conversation was handed off
         assert visitor.sent[-1] == messages.HANDED_OFF_AFTER_FAILURES
+        # The notice is in the history too (saved apart from the failed turn it follows).
+        context = await rt.store.load(two.key)
+        assert [(m.role, m.content) for m in context.messages][-2:] == [
+            ("user", "second question"),
+            ("assistant", messages.HANDED_OFF_AFTER_FAILURES),
+        ]
         ticket = await rt.tickets.ticket(say("x", visitor="v2").key)
         assert ticket is not None and ticket.reason == "failures"
         _, thread = ticket_of(fake_slack)

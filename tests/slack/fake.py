@@ -16,6 +16,10 @@
   shortcut's (sent as a signed form).
 - Threads others wrote (`add_thread`): `conversations.replies` serves them in pages of
   `replies_page`, with Slack's cursor; channels in `not_in` answer not_in_channel.
+  A channel's messages (`add_history`): `conversations.history` serves them newest first, those
+  after `oldest` (and before `latest`), in pages of `history_page` with Slack's cursor; channels
+  in `not_in` answer not_in_channel, channels it has none of channel_not_found.
+- `chat.getPermalink` answers a link for any message of a channel not in `gone_channels`.
 - The assistant pane and App Home: `assistant.threads.setSuggestedPrompts`, `.setStatus`
   (`statuses`), `.setTitle` (`titles`) and `views.publish` (`homes`) check their arguments.
 - Modals: `views.open` takes a trigger id Slack issued in the last 3 seconds (a slash command's,
@@ -138,7 +142,9 @@ class FakeSlack:
         self.views: list[dict[str, Any]] = []  # views.open: each modal opened, with its "id"
         self.threads: dict[tuple[str, str], list[dict[str, Any]]] = {}  # conversations.replies (add_thread)
         self.replies_page = 100  # the most messages one conversations.replies page holds, whatever `limit` asks
-        self.not_in: set[str] = set()  # channels whose conversations.replies answers not_in_channel
+        self.not_in: set[str] = set()  # channels whose conversations.replies/.history answer not_in_channel
+        self.histories: dict[str, list[dict[str, Any]]] = {}  # conversations.history (add_history), by channel
+        self.history_page = 100  # the most messages one conversations.history page holds, whatever `limit` asks
         self.url = ""
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -414,15 +420,42 @@ class FakeSlack:
         found = self.threads.get((args.get("channel", ""), args.get("ts", "")))
         if found is None:
             return {"ok": False, "error": "thread_not_found"}
-        start = int(base64.b64decode(args["cursor"]).decode().removeprefix("offset:")) if args.get("cursor") else 0
-        size = min(int(args.get("limit") or 1000), self.replies_page)
-        more = start + size < len(found)
-        cursor = base64.b64encode(f"offset:{start + size}".encode()).decode() if more else ""
+        return {"ok": True, **_page(found, args, default=1000, most=self.replies_page)}
+
+    def add_history(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Messages of a channel (`message` events, any order), as conversations.history serves them."""
+        self.histories.setdefault(channel, []).extend(messages)
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One page of a channel's messages, newest first, paged by an opaque cursor as Slack does;
+        `oldest` and `latest` bound them (exclusive, as Slack's default)."""
+        channel = args.get("channel", "")
+        if channel in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
+        if channel not in self.histories:
+            return {"ok": False, "error": "channel_not_found"}
+        oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or "inf")
+        found = sorted(
+            (m for m in self.histories[channel] if oldest < float(m["ts"]) < latest),
+            key=lambda m: float(m["ts"]),
+            reverse=True,
+        )
         return {
             "ok": True,
-            "messages": found[start : start + size],
-            "has_more": more,
-            "response_metadata": {"next_cursor": cursor},
+            "pin_count": 0,
+            "channel_actions_ts": None,
+            "channel_actions_count": 0,
+            **_page(found, args, default=100, most=self.history_page),
+        }
+
+    def _chat_getPermalink(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("message_ts")
+        if not channel or not ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        return {
+            "ok": True,
+            "channel": channel,
+            "permalink": f"https://fake.slack.test/archives/{channel}/p{ts.replace('.', '')}",
         }
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -880,3 +913,13 @@ def view_submission(view: dict[str, Any], values: dict[str, dict[str, Any]], *, 
         "is_enterprise_install": False,
         "enterprise": None,
     }
+
+
+def _page(found: list[dict[str, Any]], args: dict[str, Any], *, default: int, most: int) -> dict[str, Any]:
+    """One page of `found` as Slack's cursor-paged methods return it: the `limit` asked for (or
+    `default`, at most `most`), from the opaque `cursor` on, and the cursor of the next page."""
+    start = int(base64.b64decode(args["cursor"]).decode().removeprefix("offset:")) if args.get("cursor") else 0
+    size = min(int(args.get("limit") or default), most)
+    more = start + size < len(found)
+    cursor = base64.b64encode(f"offset:{start + size}".encode()).decode() if more else ""
+    return {"messages": found[start : start + size], "has_more": more, "response_metadata": {"next_cursor": cursor}}

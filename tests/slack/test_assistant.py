@@ -86,7 +86,12 @@ async def test_the_pane_greets_suggests_titles_and_shows_a_status(slack, fake_sl
         [prompts] = fake_slack.calls_to("assistant.threads.setSuggestedPrompts")
         assert prompts.args["channel_id"] == DM and prompts.args["thread_ts"] == thread
         assert prompts.args["title"] == messages.ASSISTANT_PROMPTS_TITLE
-        assert [p["message"] for p in prompts.args["prompts"]] == ["What is Parley?", "Summarise <!here> & more"]
+        # Beside a channel, the pane's own "Summarise this channel" leads (Slack takes four at most).
+        assert [p["message"] for p in prompts.args["prompts"]] == [
+            messages.ASSISTANT_SUMMARISE_PROMPT,
+            "What is Parley?",
+            "Summarise <!here> & more",
+        ]
         assert (await viewing(stack, thread)).viewing == "C0GENERAL"
 
         # The user looks at another channel: remembered beside the thread.
@@ -123,7 +128,8 @@ async def test_help_and_reset_work_in_the_pane_and_a_command_is_no_title(slack, 
         [prompts] = fake_slack.calls_to("assistant.threads.setSuggestedPrompts")
         assert tuple(p["title"] for p in prompts.args["prompts"]) == messages.ASSISTANT_PROMPTS
         await stack.deliver(message(DM, "help", channel_type="im", thread_ts=thread))
-        await fake_slack.wait_for(lambda: any(m.text == messages.HELP for m in fake_slack.in_thread(DM, thread)))
+        help_text = messages.slack_help(config=True)  # Redis keeps run-time profiles: `/parley config` is offered
+        await fake_slack.wait_for(lambda: any(m.text == help_text for m in fake_slack.in_thread(DM, thread)))
         await ask(stack, thread, "What is vLLM?", 1)
         assert fake_slack.titles == {(DM, thread): "What is vLLM?"}
         assert [m.text for m in fake_slack.in_thread(DM, thread)].count(messages.ASSISTANT_GREETING) == 1
@@ -138,6 +144,7 @@ async def test_the_tenants_prompts_and_the_home_tab(slack, fake_slack, caplog):
         await open_pane(stack)
         [prompts] = fake_slack.calls_to("assistant.threads.setSuggestedPrompts")
         assert [p["message"] for p in prompts.args["prompts"]] == [
+            messages.ASSISTANT_SUMMARISE_PROMPT,
             "How do I reset my password?",
             "Translate <this> into German",
         ]

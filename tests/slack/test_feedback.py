@@ -175,5 +175,5 @@ async def test_an_answer_stays_whole_where_slack_refuses_the_buttons(fake_slack,
     assert edited.blocks is None and edited.text == streamed.text == escape(ANSWER)
     assert streamed.streamed and streamed.stopped and streamed.blocks is None  # stopped, without the buttons
     log = logged(caplog)
-    assert "could not add the feedback buttons under an answer" in log
+    assert "could not add the sources and buttons under an answer" in log
     assert "chat.stopStream refused the answer's blocks (invalid_blocks); stopped without them" in log

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -355,3 +356,25 @@ async def test_a_workspace_install_and_the_org_wide_install_beside_it_keep_their
         await in_org(stack, dm("T2", "still here?"), "T2")
         await stack.answered("DT2", team=ORG, timeout=30)
         assert {c.token for c in posts_to(stack, "DT2")} == {org.token}
+
+
+async def test_a_workspace_taken_out_of_the_org_install_is_not_answered_until_it_is_let_back(distributed, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def access(kind: str, *teams: str) -> None:
+        body = event_callback({"type": kind, "team_ids": list(teams)}, team="T1", enterprise=ORG, org_wide=True)
+        body["team_id"] = None  # as Slack sends it: the event is the org's
+        assert (await stack.send(body)).status == 200
+
+    async with distributed() as stack:
+        await add_org_wide(stack)
+        await access("team_access_revoked", "T2")
+        assert (await in_org(stack, dm("T2", "anyone there?"), "T2")).status == 200  # acknowledged, dropped
+        assert "a event_callback from workspace T2, out of org EGRID's install: dropped" in caplog.text
+        await in_org(stack, dm("T1", "still served?"), "T1")
+        assert await first_said(stack, "DT1", ORG) == "still served?"
+        assert not posts_to(stack, "DT2") and not (await stack.context("DT2", team=ORG)).messages
+
+        await access("team_access_granted", "T2")
+        await in_org(stack, dm("T2", "back again?"), "T2")
+        assert await first_said(stack, "DT2", ORG) == "back again?"

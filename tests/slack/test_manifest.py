@@ -65,15 +65,19 @@ def test_an_install_asks_for_the_manifests_scopes():
     assert sorted(SLACK_BOT_SCOPES) == sorted(manifest["oauth_config"]["scopes"]["bot"])
 
 
+ORG_EVENTS = ["team_access_granted", "team_access_revoked"]
+
+
 def test_the_distributed_manifest_is_the_same_app_over_http_with_installs():
     """deploy/slack/manifest-distributed.json: "Add to Slack" for many workspaces (SLACK_CLIENT_ID)."""
     one = json.loads(MANIFEST.read_text())
     many = json.loads((MANIFEST.parent / "manifest-distributed.json").read_text())
     assert many["oauth_config"]["scopes"] == one["oauth_config"]["scopes"]
     events = many["settings"]["event_subscriptions"]
-    # An uninstall or a revoked token ends the workspace's installation (`SlackAdapter._uninstalled`).
+    # An uninstall or a revoked token ends the workspace's installation (`Installations.uninstalled`);
+    # an org admin takes workspaces out of an org-wide install and back (`Installations.access_changed`).
     assert sorted(events["bot_events"]) == sorted(
-        [*EVENT_SCOPES, *UNSCOPED_EVENTS, "app_uninstalled", "tokens_revoked"]
+        [*EVENT_SCOPES, *UNSCOPED_EVENTS, "app_uninstalled", "tokens_revoked", *ORG_EVENTS]
     )
     host = "https://parley.example.com"
     assert events["request_url"] == many["settings"]["interactivity"]["request_url"] == f"{host}/slack/events"

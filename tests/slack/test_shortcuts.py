@@ -11,7 +11,9 @@ import json
 import logging
 from typing import Any
 
-from adapters.slack.shortcuts import ASK, MAX_THREAD_CHARS, SUMMARISE, newest
+from adapters.slack.shortcuts import ASK, SUMMARISE
+from adapters.slack.summaries import MAX_CHARS as MAX_THREAD_CHARS
+from adapters.slack.summaries import newest
 from bot import messages
 from tests.slack.conftest import SlackStack
 from tests.slack.fake import BOT_USER, message, message_action

@@ -143,14 +143,15 @@ async def dialogue_core(
         ttl = settings.redis.context_ttl
         stats = RedisStats(redis, prefix=settings.redis.prefix, conversation_ttl=ttl)
         stack.push_async_callback(stats.aclose)
+        tenants = tenants or load_tenants(settings.tenants.file)
         handoffs = Handoffs(
             settings=settings.handoff,
             store=RedisHandoffStore(redis, prefix=settings.redis.prefix, ttl=ttl),
             stats=stats,
             desks={},
+            profiles=tenants,
             gates={},
         )
-        tenants = tenants or load_tenants(settings.tenants.file)
         metrics = Metrics()
         actions, pending = await open_actions(settings, tenants, llm, redis, metrics, stack, stats)
         meter, buckets = open_metering(settings, redis, stack)

@@ -4,12 +4,13 @@ field inherits, and the one-line error that names file, profile and field."""
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 
 from bot.errors import TenantConfigError
-from bot.profiles import SOURCE, Profiles, parse_value
+from bot.profiles import SOURCE, Profiles, open_profiles, parse_value
 from bot.tenants import load_tenants
 
 FILE = """
@@ -185,6 +186,29 @@ language = "it"
     }
     assert profiles.page_profile("other", "/pricing") == ""  # another site's pages are its own
     assert profiles.profile("shop", chosen["/pricing/x"]).language == "de"
+
+
+async def test_the_first_key_with_a_profile_is_the_most_specific_in_force(tmp_path, redis):
+    """A Discord thread, its channel, the channel's category: the first that has a profile, in the
+    file or set at run time (one the file no longer allows is none); "" when none has one."""
+    places = """
+[tenants."G1".channels."CAT1"]
+system_prompt = "You are the support desk."
+[tenants."G1".channels."CH1"]
+language = "de"
+"""
+    profiles = open_profiles(load_tenants(write(tmp_path, places)), redis, prefix=f"p{uuid.uuid4().hex[:8]}", refresh=2)
+    assert profiles.first_profile("G1", ("TH1", "CH1", "CAT1")) == "CH1", "the channel's own beats its category's"
+    assert profiles.first_profile("G1", ("TH2", "CH2", "CAT1")) == "CAT1"
+    assert profiles.first_profile("G1", ("CH3",)) == "" and profiles.first_profile("G2", ("CH1", "CAT1")) == ""
+    assert profiles.first_profile("G1", ("", "CAT1")) == "CAT1", "a key not known (a DM's none) is skipped"
+    # Profiles do not stack: the channel's own applies whole, over the tenant's settings alone.
+    assert profiles.profile("G1", "CH1").system_prompt == profiles.tenants.get("G1").system_prompt
+
+    await profiles.set("G1", "TH2", "language", "fr", by="test")  # a thread's own, set at run time
+    assert profiles.first_profile("G1", ("TH2", "CH2", "CAT1")) == "TH2"
+    await profiles.clear("G1", "TH2", by="test")
+    assert profiles.first_profile("G1", ("TH2", "CH2", "CAT1")) == "CAT1", "cleared: the category's again"
 
 
 @pytest.mark.parametrize(
