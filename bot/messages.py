@@ -14,8 +14,10 @@ from bot.errors import (
     ParleyError,
 )
 
+# `help` where the platform has no help of its own (the console; Slack and Discord say what their
+# deployment offers: `slack_help`, `discord_help`).
 HELP = (
-    "I'm Parley, a chat assistant. Mention me or message me directly and I'll answer in the thread.\n"
+    "I'm Parley, a chat assistant: ask me anything and I'll answer here.\n"
     "Commands: `help` shows this, `reset` makes me forget this conversation."
 )
 RESET_DONE = "Done: I've forgotten this conversation. The next message starts afresh."

@@ -33,7 +33,7 @@ def create(context: AdapterContext) -> DiscordAdapter | None:
         degraded=context.degraded,
         metrics=context.metrics,
         answers=context.answers,
-        person=settings.handoff.enabled and settings.handoff.on_request,
+        person=context.offers_person,
         profiles=context.profiles,
         refresh=settings.tenants.refresh,  # how soon every replica has a /config change
     )

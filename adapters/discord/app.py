@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -212,13 +213,13 @@ class DiscordAdapter:
         degraded: Degraded,
         metrics: Metrics | None = None,
         answers: AnswerIndex | None = None,
-        person: bool = False,
+        person: Callable[[Turn], bool] = lambda turn: False,
         profiles: Profiles | None = None,
         refresh: float = 2.0,
     ) -> None:
         self._settings = settings
         self._chains = chains
-        self._person = person  # a support desk takes requests for a person: "Talk to a person" under answers
+        self._person = person  # a desk takes the turn's requests for a person: "Talk to a person" under answers
         self._degraded = degraded  # optional steps that failed (the command registration), for /readyz
         self._answers = answers  # each answer message posted, for 👍/👎 reactions on it
         self._trace = metrics.platform_trace(self.platform) if metrics is not None else None
@@ -366,7 +367,7 @@ class DiscordAdapter:
             interval=self._settings.edit_interval,
             journal=journal,
             chains=self._chains,
-            person=self._person,
+            person=self._person(turn),
         )
 
     async def _tell(self, turn: Turn, text: str) -> None:

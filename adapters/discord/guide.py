@@ -12,6 +12,8 @@ category's (`scopes.PlaceProfiles`), as a message there is treated. The words ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import discord
 from discord import app_commands
 
@@ -19,17 +21,19 @@ from adapters.discord.normalize import tenant_of
 from adapters.discord.scopes import PlaceProfiles
 from bot import messages
 from bot.config import DiscordSettings
+from bot.turns import Turn
 
 
 class Guide:
     """The text of /help where it is asked."""
 
-    def __init__(self, *, settings: DiscordSettings, places: PlaceProfiles, person: bool) -> None:
+    def __init__(self, *, settings: DiscordSettings, places: PlaceProfiles, person: Callable[[Turn], bool]) -> None:
         self._settings = settings
         self._places = places
-        self._person = person  # a support desk takes requests: "Talk to a person" under answers
+        self._person = person  # whether a desk takes a turn's requests: "Talk to a person" under answers
 
-    def text(self, interaction: discord.Interaction) -> str:
+    def text(self, interaction: discord.Interaction, turn: Turn) -> str:
+        """/help for `turn`, the command's own (the desk, like the mention rule, is its place's)."""
         tree = getattr(interaction.client, "tree", None)
         slash: list[str] = []
         menus: list[str] = []
@@ -46,7 +50,7 @@ class Guide:
             here=here,
             open_threads=self._settings.open_threads,
             thread_channels=self._thread_channels(interaction.guild),
-            person=self._person,
+            person=self._person(turn),
             user_install=self._settings.user_install,
         )
 

@@ -288,7 +288,7 @@ class Intake:
             await self._refuse_dm(turn)
         elif command == "help":
             # Answered here: only the adapter knows what it registered and its settings allow.
-            await self._tell(turn, self._guide.text(interaction))
+            await self._tell(turn, self._guide.text(interaction, turn))
         else:
             await self._delivery.put(turn)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ import pytest_asyncio
 import adapters.discord
 from adapters.discord.app import DiscordAdapter
 from bot.config import DialogueSettings, DiscordSettings, RedisSettings, Settings
+from bot.handoff.desk import Said, Ticket
 from bot.runtime import Runtime
 from bot.store.context import Context
 from bot.turns import ConversationKey
@@ -120,3 +121,26 @@ def channel(fake: FakeDiscord) -> Json:
 @pytest.fixture
 def alice(fake: FakeDiscord) -> Json:
     return fake.make_user("alice")
+
+
+class TakingDesk:
+    """A support desk that takes every ticket and keeps what it is sent (the Slack desk has its own
+    tests, `tests/handoff`): here only the Discord side of the hand-off is under test."""
+
+    name = "test-desk"
+
+    def __init__(self) -> None:
+        self.tickets: list[Ticket] = []
+
+    def reaches(self, key: ConversationKey | None, target: str) -> bool:
+        return True
+
+    async def open(self, ticket: Ticket, target: str = "") -> str:
+        self.tickets.append(ticket)
+        return f"T{len(self.tickets)}"
+
+    async def post(self, thread: str, text: str) -> None:
+        return None
+
+    async def quote(self, thread: str, lines: Sequence[Said]) -> None:
+        return None

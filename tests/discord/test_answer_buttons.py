@@ -15,9 +15,8 @@ import pytest_asyncio
 
 from adapters.discord.normalize import AnswerPress, parse_answer_press
 from bot import messages
-from bot.config import HandoffSettings
 from bot.store.context import Context
-from tests.discord.conftest import DiscordStack, discord_settings, poll, serving
+from tests.discord.conftest import DiscordStack, TakingDesk, discord_settings, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 from tests.standin import ScriptedEngine
 
@@ -214,22 +213,26 @@ async def test_talk_to_a_person_is_the_handoff_turn(
     fake: FakeDiscord, make_settings, channel: Json, alice: Json, standin
 ) -> None:
     engine, url = standin
-    # A desk is configured, but no Slack adapter serves it here: the request is refused with NO_AGENT.
-    settings = make_settings(
-        llm_url=url,
-        discord=discord_settings(fake),
-        handoff=HandoffSettings(_env_file=None, slack_channel="C0SUPPORT"),
-    )
-    async with serving(fake, settings) as stack:
+    bob = fake.make_user("bob")
+    async with serving(fake, make_settings(llm_url=url, discord=discord_settings(fake))) as stack:
+        # No desk takes this conversation's tickets yet: no button.
         question = await fake.say(channel, alice, "When are you open?", mention_bot=True)
         answer = await answered(stack, question)
+        assert labels(fake, answer) == ["👍", "👎", messages.REGENERATE_BUTTON]
+
+        desk = TakingDesk()
+        stack.runtime.desks[desk.name] = desk  # as an adapter's `register_desk` does once its desk is ready
+        question = await fake.say(channel, alice, "And on Sundays?", mention_bot=True)
+        answer = await answered(stack, question)
         assert labels(fake, answer) == ["👍", "👎", messages.PERSON_BUTTON, messages.REGENERATE_BUTTON]
-        asked = await fake.press(answer, alice, messages.PERSON_BUTTON)
+        asked = await fake.press(answer, bob, messages.PERSON_BUTTON)  # anyone in the channel may ask
         assert (await poll(lambda: asked.get("response")))["type"] == 6  # a deferred update: the answer follows
         context = await stack.answered_in(channel, question["id"], answers=2)
         [notice] = [m for m in fake.bot_messages() if m.get("interaction_metadata", {}).get("id") == asked["id"]]
     assert context.messages[-2].content == messages.ASK_FOR_PERSON
-    assert notice["content"] == context.messages[-1].content == messages.NO_AGENT
+    assert notice["content"] == context.messages[-1].content == messages.HANDED_OFF
+    [ticket] = desk.tickets
+    assert (ticket.user, ticket.reason) == (bob["id"], "request")
     assert questions(engine, messages.ASK_FOR_PERSON) == 0, "an explicit request: no model asked"
 
 

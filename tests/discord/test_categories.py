@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest_asyncio
 
 from bot import messages
-from bot.config import HandoffSettings, TenantsSettings
-from tests.discord.conftest import discord_settings, poll, serving
+from bot.config import TenantsSettings
+from tests.discord.conftest import TakingDesk, discord_settings, poll, serving
 from tests.discord.fake import FakeDiscord, Json
 from tests.standin import ScriptedEngine
 
@@ -102,10 +102,10 @@ async def test_help_lists_what_this_deployment_offers_and_how_this_channel_answe
     settings = make_settings(
         llm_url=url,
         discord=discord_settings(fake, thread_channels=[int(threaded["id"]), int(other["id"])], user_install=True),
-        handoff=HandoffSettings(_env_file=None, slack_channel="C0SUPPORT"),  # a desk: "Talk to a person"
         tenants=tenants_file(tmp_path, always),
     )
-    async with serving(fake, settings):
+    async with serving(fake, settings) as stack:
+        stack.runtime.desks["test-desk"] = TakingDesk()  # a desk takes tickets: "Talk to a person"
         slash, menus = await poll(lambda: registered(fake, 1)), registered(fake, 3)
         in_category, in_plain = await help_in(fake, chatty, alice), await help_in(fake, plain, alice)
     assert set(slash) == {"ask", "translate", "reset", "help", "config"} and set(menus) == {"Ask Parley", "Translate"}
