@@ -47,10 +47,14 @@ def handler(redis, embedder, make_settings):
     return make
 
 
-async def ask(handler: QAHandler, text: str) -> str:
-    turn = Turn(platform="test", tenant="T1", channel="C1", user="U1", text=text, event_id=uuid.uuid4().hex)
-    request = Request(turn, Context(), Route("qa", "explicit", text), TenantConfig(), CallScope(affinity="conv-1"))
+async def ask(handler: QAHandler, text: str, request: Request | None = None) -> str:
+    request = request or question(text)
     return "".join([delta async for delta in handler.answer(request)])
+
+
+def question(text: str) -> Request:
+    turn = Turn(platform="test", tenant="T1", channel="C1", user="U1", text=text, event_id=uuid.uuid4().hex)
+    return Request(turn, Context(), Route("qa", "explicit", text), TenantConfig(), CallScope(affinity="conv-1"))
 
 
 async def test_the_llm_saying_no_to_borderline_evidence_gets_i_dont_know_and_no_answer(handler):
@@ -66,8 +70,10 @@ async def test_the_llm_saying_no_to_borderline_evidence_gets_i_dont_know_and_no_
 
 async def test_the_llm_saying_yes_lets_the_answer_stream_with_its_sources(handler):
     llm = FakeLLM([["Business costs ", "$15."]], label="yes")
-    text = await ask(await handler(llm, **WIDE), BORDERLINE)
-    assert text.startswith("Business costs $15.") and "Plans and pricing" in text
+    request = question(BORDERLINE)
+    text = await ask(await handler(llm, **WIDE), BORDERLINE, request)
+    # The sources are data beside the answer, for the sink to show (`bot.reply.cited`).
+    assert text == "Business costs $15." and any(s.title.startswith("Plans and pricing") for s in request.sources)
     assert len(llm.choices) == 1 and llm.requests[0].finished
 
 
