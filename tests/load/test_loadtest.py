@@ -48,7 +48,9 @@ async def test_loadtest_drives_visitors_through_parley_serve_and_prints_every_fi
     _, in_p99 = _ms(out, "Parley in  (sent -> engine)")
     _, out_p99 = _ms(out, "Parley out (first token -> delta)")
     _, added_p99 = _ms(out, "Parley added (in + out)")
-    assert added_p99 <= in_p99 + out_p99 + 1e-6  # each turn's sum is at most the sum of the worst
+    # Each turn's sum is at least each of its parts, so its quantiles are too (the printed figures
+    # are rounded to 0.01 ms). (Not "at most in + out": quantiles of a sum are not subadditive.)
+    assert added_p99 >= max(in_p99, out_p99) - 0.011
     cpu = re.search(rf"Parley CPU per turn\s+{NUMBER} ms \({NUMBER} s of CPU\): event loop {NUMBER} ms", out)
     assert cpu and float(cpu.group(1)) > 0 and float(cpu.group(3)) <= float(cpu.group(1)), out
     assert re.search(r"inbox depth\s+max \d+, mean [\d.]+", out)
