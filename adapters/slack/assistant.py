@@ -30,7 +30,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.mrkdwn import escape
+from adapters.slack.mrkdwn import escape, link
 from adapters.slack.normalize import PLATFORM, TITLE_CHARS, PaneThread, pane_thread, tenant_of
 from adapters.slack.recents import Recent, Recents
 from adapters.slack.sink import call
@@ -191,8 +191,8 @@ async def permalink(client: AsyncWebClient, recent: Recent) -> str | None:
     except PlatformError as exc:
         log.info("no permalink for %s/%s: %r", recent.channel, recent.ts, exc)
         return None
-    link = response.get("permalink")
-    return link if isinstance(link, str) and link.startswith("https://") else None
+    found = response.get("permalink")
+    return found if isinstance(found, str) and found.startswith("https://") else None
 
 
 def recent_blocks(recent: Sequence[Recent], links: Sequence[str | None]) -> list[Block]:
@@ -204,11 +204,11 @@ def recent_blocks(recent: Sequence[Recent], links: Sequence[str | None]) -> list
     ]
     if not recent:
         return [*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": messages.HOME_RECENT_NONE}]}]
-    for r, link in zip(recent, links, strict=True):
+    for r, url in zip(recent, links, strict=True):
         words = " ".join(r.title.split()) or "…"
         title = escape(words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1] + "…")
-        if link is not None:
-            title = f"<{escape(link).replace('|', '%7C')}|{title}>"
+        if url is not None:
+            title = link(url, title)
         if r.kind == "channel":
             where = f"<#{r.channel}>" if CHANNEL_ID.fullmatch(r.channel) else escape(r.channel)
         else:

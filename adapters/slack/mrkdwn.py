@@ -27,6 +27,12 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def link(url: str, label: str) -> str:
+    """A link to `url` showing `label` (already escaped). The URL is escaped too, and a `|` in it,
+    which would end the address early, is percent-encoded."""
+    return f"<{escape(url).replace('|', '%7C')}|{label}>"
+
+
 def mentions_in(raw: str) -> frozenset[str]:
     """The ids of the people and channels a raw event's text mentions (`U123`, `C123`). Text the
     user typed as characters arrives escaped (`&lt;@U123&gt;`), so it is not among them."""

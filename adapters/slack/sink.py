@@ -29,7 +29,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack import normalize
-from adapters.slack.mrkdwn import decode_ids, escape, safe
+from adapters.slack.mrkdwn import decode_ids, escape, link, safe
 from adapters.slack.normalize import MENTIONS
 from bot import messages
 from bot.errors import PlatformError
@@ -164,7 +164,7 @@ def sources_block(sources: Sequence[Source]) -> Block:
     for n, source in enumerate(sources, 1):
         label = escape(f"[{n}] {source.title[:SOURCE_CHARS]}")
         if source.url.startswith(("https://", "http://")) and len(source.url) <= LINK_CHARS:
-            line = f"<{escape(source.url).replace('|', '%7C')}|{label}>"
+            line = link(source.url, label)
         else:
             line = f"{label} ({escape((source.url or source.origin)[:SOURCE_CHARS])})"
         if len(text) + 1 + len(line) > SECTION_LIMIT:

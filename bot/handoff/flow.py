@@ -104,11 +104,6 @@ class Handoffs:
     def on_request(self) -> bool:
         return self._settings.on_request
 
-    def desk(self, key: ConversationKey | None = None, target: str = "") -> Desk | None:
-        """The desk a ticket of `key` goes to, in `target` (its profile's `handoff_channel`; ""
-        the desk's default): the first that has a place for it (Slack's is the only kind so far)."""
-        return next((desk for desk in self._desks.values() if desk.reaches(key, target)), None)
-
     def _desk_of(self, turn: Turn) -> Desk | None:
         return desk_for(self._desks, self._profiles, turn)
 
@@ -142,8 +137,8 @@ class Handoffs:
         def told(outcome: Outcome, text: str, error: str = "") -> Step:
             return Step(outcome, text, (*asked, _said("assistant", text)), error=error)
 
-        target = tenant.handoff_channel
-        desk = self.desk(turn.key, target)
+        target = tenant.handoff_channel  # `tenant` is the turn's profile: where `_desk_of` looks
+        desk = self._desk_of(turn)
         if desk is None:
             log.info(
                 "handoff (%s) asked, but no desk takes this conversation's tickets (handoff_channel %s, "
